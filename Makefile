@@ -1,0 +1,60 @@
+# rayrelay — every target installs what it needs into .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help venv quickstart test test-fast lint crds chart bench images e2e clean
+
+help:
+	@echo "make quickstart   train, deploy and query the quickstart model locally"
+	@echo "make test         lint, CRD and chart drift checks, and the whole test suite"
+	@echo "make lint | crds | chart | bench | images | e2e"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e '.[operator,workloads,dev]'
+	$(BIN)/python hack/install_tools.py $(BIN)
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/rayrelay run -f examples/quickstart.yaml --once
+
+lint: $(STAMP)
+	$(BIN)/ruff check core operator workloads tests bench hack
+	$(BIN)/ruff format --check core operator workloads tests bench hack
+	$(BIN)/mypy core/rayrelay_core operator/rayrelay_operator workloads/rayrelay_workloads
+
+crds: $(STAMP)
+	$(BIN)/rayrelay crds
+
+chart: $(STAMP)
+	$(BIN)/python hack/sync_chart_crds.py
+
+test: $(STAMP) lint
+	$(BIN)/rayrelay crds --check
+	$(BIN)/python hack/sync_chart_crds.py --check
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra --timeout=900 tests
+
+test-fast: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra -m "not slow" tests/unit
+
+bench: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench $(BENCH_ARGS)
+
+images:
+	docker build -f operator/Dockerfile -t rayrelay-operator:dev .
+	docker build -f workloads/Dockerfile -t rayrelay-workloads:dev .
+
+e2e:
+	hack/kind-e2e.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,750 @@
+"""The rayrelay API: typed models of the TrainingJob and ModelDeployment resources.
+
+This module is the single source of truth for both custom resources. The CRDs in
+``crds/`` are generated from these models (``rayrelay_core.crdgen``), ``rayrelay
+validate`` runs them offline (``rayrelay_core.validation``), and the operator and
+the workloads parse a resource's spec once into these models and pass the models
+around, never raw dicts.
+
+Conventions:
+- Field names are camelCase on the wire (as in every Kubernetes API) and
+  snake_case in Python; ``model_validate`` accepts the wire form, ``wire()`` dumps
+  it.
+- Every field carries a description (it becomes ``kubectl explain`` text).
+- Cross-field rules are written twice on purpose, in the same place: as a
+  pydantic validator (Python, field path in the error) and as a CEL expression
+  (``x-kubernetes-validations`` in the CRD, run by the API server). Tests evaluate
+  each CEL rule on the same objects as the validator so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "rayrelay.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# A URI of an artifact store or a data file: s3://bucket/key, file:///abs/path,
+# or a plain filesystem path (relative paths only make sense for local runs).
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
+STORE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
+# Kubernetes object names (DNS-1123 subdomain, kept to 63 so children fit labels).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes resource quantity (memory), e.g. 4Gi, 512Mi, 1000000000.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+
+
+class CelRule:
+    """A CEL rule attached to a model; becomes one entry of x-kubernetes-validations.
+
+    ``field_path`` is where the error is reported (relative to the object the rule
+    sits on, as in the CRD's ``fieldPath``), ``message`` what users read.
+    """
+
+    def __init__(self, rule: str, message: str, field_path: str | None = None) -> None:
+        self.rule = rule
+        self.message = message
+        self.field_path = field_path
+
+    def as_crd(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+class RuleError(ValueError):
+    """A cross-field rule failed; carries the field path relative to the model."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+    # CEL rules of this object, rendered into the CRD by crdgen.
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in Kubernetes (camelCase, no unset Nones)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class StrEnum(str, enum.Enum):
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class Task(StrEnum):
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+
+
+class DataFormat(StrEnum):
+    JSONL = "jsonl"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Quantize(StrEnum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+class Backend(StrEnum):
+    KUBERAY = "kuberay"
+    RAY = "ray"
+
+
+class Variant(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    INT8 = "int8"
+
+
+class ExecutionProvider(StrEnum):
+    CPU = "CPUExecutionProvider"
+    CUDA = "CUDAExecutionProvider"
+
+
+class TrainingPhase(StrEnum):
+    PENDING = "Pending"
+    TRAINING = "Training"
+    EXPORTING = "Exporting"
+    OPTIMIZING = "Optimizing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class DeploymentPhase(StrEnum):
+    PENDING = "Pending"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+# ----------------------------------------------------------------- TrainingJob spec
+
+
+class ModelSource(ApiModel):
+    """The base model to fine-tune."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=1024,
+        description=(
+            "Where the base model comes from: a Hugging Face hub id (e.g. "
+            "'bert-base-uncased'), a local path to a save_pretrained folder, an "
+            "s3:// prefix holding one, or pkg://<python-package>/<folder> for a "
+            "model shipped inside an installed Python package."
+        ),
+    )
+    task: Task = Field(
+        default=Task.SEQUENCE_CLASSIFICATION,
+        description="The fine-tuning task. Only sequence-classification for now.",
+    )
+    num_labels: int | None = Field(
+        default=None,
+        ge=2,
+        le=1000,
+        description=(
+            "Number of classes. When omitted it is derived from the training data's "
+            "label set; when given, the data must not hold more labels."
+        ),
+    )
+
+
+class DataSpec(ApiModel):
+    """The labelled training and validation data."""
+
+    train: str = Field(
+        pattern=STORE_URI_PATTERN,
+        max_length=2048,
+        description="URI of the training set: s3://bucket/key, file:///path or a path.",
+    )
+    validation: str = Field(
+        pattern=STORE_URI_PATTERN,
+        max_length=2048,
+        description="URI of the validation set, same forms as train.",
+    )
+    format: DataFormat = Field(
+        default=DataFormat.JSONL, description="File format of both sets."
+    )
+    text_field: str = Field(
+        default="text", min_length=1, max_length=128, description="Field holding the text."
+    )
+    label_field: str = Field(
+        default="label",
+        min_length=1,
+        max_length=128,
+        description="Field holding the label (an integer id or a string class name).",
+    )
+
+
+class Hyperparameters(ApiModel):
+    """Optimisation settings of the fine-tuning run."""
+
+    epochs: int = Field(default=2, ge=1, le=100, description="Passes over the training set.")
+    batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Per-worker batch size (samples per step)."
+    )
+    learning_rate: float = Field(
+        default=5e-5, gt=0, le=1, description="Peak learning rate of AdamW."
+    )
+    max_seq_length: int = Field(
+        default=128, ge=8, le=8192, description="Texts are truncated to this many tokens."
+    )
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for a repeatable run.")
+    warmup_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="Fraction of steps with linear warmup; the rest decays linearly to 0.",
+    )
+    weight_decay: float = Field(default=0.01, ge=0, le=1, description="AdamW weight decay.")
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, le=100, description="Gradients are clipped to this global norm."
+    )
+
+
+class TrainingResources(ApiModel):
+    """The Ray Train workers."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "self.precision == 'fp32' || self.gpusPerWorker > 0",
+            "bf16 and fp16 precision need GPUs (set gpusPerWorker > 0)",
+            ".precision",
+        ),
+    )
+
+    num_workers: int = Field(default=1, ge=1, le=256, description="Number of Ray Train workers.")
+    cpus_per_worker: float = Field(
+        default=1, gt=0, le=256, description="CPUs reserved for each worker."
+    )
+    gpus_per_worker: int = Field(
+        default=0, ge=0, le=16, description="GPUs for each worker; > 0 trains on GPUs with NCCL."
+    )
+    memory: str | None = Field(
+        default=None,
+        pattern=QUANTITY_PATTERN,
+        description="Memory for each worker as a Kubernetes quantity (e.g. 8Gi).",
+    )
+    precision: Precision = Field(
+        default=Precision.FP32,
+        description="Training precision; bf16 and fp16 use autocast and need GPUs.",
+    )
+
+    @model_validator(mode="after")
+    def _precision_needs_gpu(self) -> TrainingResources:
+        if self.precision != Precision.FP32 and self.gpus_per_worker == 0:
+            raise RuleError(
+                ("precision",), "bf16 and fp16 precision need GPUs (set gpusPerWorker > 0)"
+            )
+        return self
+
+
+class Checkpointing(ApiModel):
+    """When checkpoints are written and which are kept."""
+
+    every_n_steps: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Also checkpoint every N optimizer steps; 0 = only at each epoch end.",
+    )
+    keep: int = Field(
+        default=2, ge=1, le=100, description="Keep the K best checkpoints by validation accuracy."
+    )
+    resume: bool = Field(
+        default=True,
+        description="Continue from the latest checkpoint of an earlier attempt or run.",
+    )
+
+
+class FailurePolicy(ApiModel):
+    """How failures are retried and how long a job may run."""
+
+    max_failures: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Worker-group restarts inside one attempt (Ray Train FailureConfig).",
+    )
+    backoff_limit: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Attempts (whole resubmissions) after the first before the job fails.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Fail the job when it has run longer than this many seconds.",
+    )
+
+
+class ExportSpec(ApiModel):
+    """ONNX export, optimisation and quantisation of the trained model."""
+
+    opset: int = Field(default=17, ge=14, le=21, description="ONNX opset version.")
+    optimize: bool = Field(
+        default=True, description="Fuse the graph with onnxruntime's transformer optimizer."
+    )
+    quantize: Quantize = Field(
+        default=Quantize.INT8, description="Also produce a dynamic int8 model (int8) or not."
+    )
+    parity_tolerance: float = Field(
+        default=1e-3,
+        gt=0,
+        le=1,
+        description="Largest |logit difference| allowed between ONNX fp32 and PyTorch.",
+    )
+
+
+class QualityGate(ApiModel):
+    """Numbers a run must reach before its artifacts are published as servable."""
+
+    min_eval_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Fail the job when the trained model's validation accuracy is lower.",
+    )
+    max_int8_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Largest accuracy drop of int8 vs ONNX fp32; a larger drop rejects the int8 "
+            "model (fp32 is served instead). Only with export.quantize: int8."
+        ),
+    )
+
+
+class ArtifactsSpec(ApiModel):
+    """Where artifacts go and how to reach the store."""
+
+    uri: str | None = Field(
+        default=None,
+        pattern=STORE_URI_PATTERN,
+        max_length=2048,
+        description=(
+            "Base URI of the artifact store (s3://bucket/prefix or a local folder). "
+            "Defaults to the operator's configured store."
+        ),
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="S3 endpoint of an S3-compatible store (MinIO, moto); AWS when omitted.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        max_length=253,
+        description=(
+            "Secret (same namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
+            "credentials never go in the spec."
+        ),
+    )
+
+
+class TrainingJobSpec(ApiModel):
+    """What to fine-tune, on what, with what, and where the results go."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!has(self.qualityGate) || !has(self.qualityGate.maxInt8AccuracyDrop) || "
+            "!has(self.export) || !has(self.export.quantize) || self.export.quantize == 'int8'",
+            "qualityGate.maxInt8AccuracyDrop needs export.quantize: int8",
+            ".qualityGate.maxInt8AccuracyDrop",
+        ),
+    )
+
+    model: ModelSource = Field(description="The base model and task.")
+    data: DataSpec = Field(description="Training and validation data.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Optimisation settings."
+    )
+    resources: TrainingResources = Field(
+        default_factory=TrainingResources, description="Ray Train workers."
+    )
+    checkpointing: Checkpointing = Field(
+        default_factory=Checkpointing, description="Checkpoint cadence and retention."
+    )
+    failure_policy: FailurePolicy = Field(
+        default_factory=FailurePolicy, description="Retries and deadline."
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="ONNX export, optimisation, quantisation."
+    )
+    quality_gate: QualityGate = Field(
+        default_factory=QualityGate, description="Minimum quality to publish."
+    )
+    artifacts: ArtifactsSpec = Field(
+        default_factory=ArtifactsSpec, description="The artifact store."
+    )
+    backend: Backend | None = Field(
+        default=None,
+        description="kuberay (KubeRay RayJob) or ray (an existing Ray cluster); operator default when omitted.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Workload image for the Ray pods (kuberay backend); operator default when omitted.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Stop the work; clearing it resumes from the latest checkpoint.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=365 * 24 * 3600,
+        description="Delete the job's children (Ray jobs, clusters) this long after it finished.",
+    )
+
+    @model_validator(mode="after")
+    def _int8_gate_needs_int8(self) -> TrainingJobSpec:
+        if (
+            self.quality_gate.max_int8_accuracy_drop is not None
+            and self.export.quantize != Quantize.INT8
+        ):
+            raise RuleError(
+                ("qualityGate", "maxInt8AccuracyDrop"),
+                "qualityGate.maxInt8AccuracyDrop needs export.quantize: int8",
+            )
+        return self
+
+
+# ------------------------------------------------------------- ModelDeployment spec
+
+
+class TrainingJobRef(ApiModel):
+    """A TrainingJob in the same namespace whose published model is served."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=NAME_PATTERN, description="The TrainingJob's name."
+    )
+    variant: Variant = Field(
+        default=Variant.AUTO,
+        description="auto = int8 when its quality gate passed, else fp32; or force one.",
+    )
+
+
+class ModelRef(ApiModel):
+    """Which artifact set to serve: exactly one of trainingJobRef and manifestUri."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "has(self.trainingJobRef) != has(self.manifestUri)",
+            "exactly one of trainingJobRef and manifestUri must be set",
+        ),
+        CelRule(
+            "!has(self.variant) || has(self.manifestUri)",
+            "variant is only for manifestUri; use trainingJobRef.variant",
+            ".variant",
+        ),
+    )
+
+    training_job_ref: TrainingJobRef | None = Field(
+        default=None, description="Serve the latest published run of this TrainingJob."
+    )
+    manifest_uri: str | None = Field(
+        default=None,
+        pattern=r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|file://.+|[^:]+)manifest\.json$",
+        max_length=2048,
+        description="URI of a published manifest.json (s3://..., file://... or a path).",
+    )
+    variant: Variant | None = Field(
+        default=None, description="Variant to serve from manifestUri (default auto)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelRef:
+        if (self.training_job_ref is None) == (self.manifest_uri is None):
+            raise RuleError((), "exactly one of trainingJobRef and manifestUri must be set")
+        if self.variant is not None and self.manifest_uri is None:
+            raise RuleError(("variant",), "variant is only for manifestUri; use trainingJobRef.variant")
+        return self
+
+    @property
+    def effective_variant(self) -> Variant:
+        if self.training_job_ref is not None:
+            return Variant(self.training_job_ref.variant)
+        return Variant(self.variant or Variant.AUTO)
+
+
+class Autoscaling(ApiModel):
+    """Ray Serve autoscaling of the replicas."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+            ".minReplicas",
+        ),
+    )
+
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas (0 scales to zero).")
+    max_replicas: int = Field(default=2, ge=1, le=1000, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        default=4, gt=0, le=10_000, description="Requests in flight per replica that autoscaling aims for."
+    )
+    upscale_delay_seconds: float = Field(
+        default=10, ge=0, le=3600, description="How long load must stay high before scaling up."
+    )
+    downscale_delay_seconds: float = Field(
+        default=120, ge=0, le=36_000, description="How long load must stay low before scaling down."
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise RuleError(("minReplicas",), "minReplicas must not exceed maxReplicas")
+        return self
+
+
+class ReplicaResources(ApiModel):
+    """Resources of one serving replica."""
+
+    cpus: float = Field(default=1, ge=0, le=256, description="CPUs per replica.")
+    gpus: float = Field(default=0, ge=0, le=16, description="GPUs per replica (uses the CUDA provider).")
+    memory: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, description="Memory per replica (Kubernetes quantity)."
+    )
+
+
+class Batching(ApiModel):
+    """Dynamic batching of concurrent requests inside a replica."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=512, description="Most texts in one model call.")
+    batch_wait_timeout_ms: float = Field(
+        default=5, ge=0, le=10_000, description="How long a batch waits to fill, in milliseconds."
+    )
+
+
+class Runtime(ApiModel):
+    """onnxruntime settings of each replica."""
+
+    execution_providers: list[ExecutionProvider] = Field(
+        default_factory=lambda: [ExecutionProvider.CPU],
+        min_length=1,
+        max_length=4,
+        description="onnxruntime providers in order of preference; CUDA needs GPUs.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, le=256, description="Threads inside an operator; 0 = onnxruntime's default."
+    )
+    inter_op_threads: int = Field(
+        default=0, ge=0, le=256, description="Threads across operators; 0 = onnxruntime's default."
+    )
+
+
+class RequestLimits(ApiModel):
+    """Bounds on what one request may ask; beyond them a request gets a 4xx."""
+
+    max_texts_per_request: int = Field(default=64, ge=1, le=10_000, description="Most texts in one request.")
+    max_text_chars: int = Field(default=4096, ge=1, le=1_000_000, description="Longest text, in characters.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body, in bytes."
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    """What to serve and how."""
+
+    model: ModelRef = Field(description="The artifact set to serve.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica autoscaling.")
+    resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Per-replica resources.")
+    batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
+    runtime: Runtime = Field(default_factory=Runtime, description="onnxruntime settings.")
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="Request bounds.")
+    artifacts: ArtifactsSpec = Field(
+        default_factory=ArtifactsSpec,
+        description="How to reach the store of manifestUri (endpoint, credentials); uri is unused here.",
+    )
+    backend: Backend | None = Field(default=None, description="kuberay (RayService) or ray; operator default when omitted.")
+    image: str | None = Field(default=None, max_length=512, description="Workload image (kuberay backend).")
+    suspend: bool = Field(default=False, description="Take the endpoint down; clearing it deploys again.")
+
+
+# ------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Succeeded, Failed.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="What happened, for people.")
+    last_transition_time: str | None = Field(
+        default=None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The generation this condition was computed for."
+    )
+
+
+class Progress(ApiModel):
+    """Where training is."""
+
+    epoch: float | None = Field(default=None, description="Current epoch (fractional).")
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps in the run.")
+    percent: float | None = Field(default=None, description="step / totalSteps in percent.")
+    loss: float | None = Field(default=None, description="Recent training loss.")
+    samples_per_second: float | None = Field(default=None, description="Training throughput.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds left in training.")
+    last_update_time: str | None = Field(default=None, description="When the workers last reported.")
+
+
+class CheckpointRef(ApiModel):
+    """The latest checkpoint written."""
+
+    step: int | None = Field(default=None, description="Step of the checkpoint.")
+    uri: str | None = Field(default=None, description="Where it is.")
+
+
+class ArtifactsStatus(ApiModel):
+    """What the run published."""
+
+    manifest_uri: str | None = Field(default=None, description="URI of manifest.json.")
+    models: dict[str, str] = Field(default_factory=dict, description="Variant name to model URI.")
+    digest: str | None = Field(default=None, description="sha256 of the manifest.")
+    recommended_variant: str | None = Field(default=None, description="Variant that auto serves.")
+
+
+class RayJobRef(ApiModel):
+    """The Ray work behind a TrainingJob."""
+
+    name: str | None = Field(default=None, description="RayJob object name (kuberay backend).")
+    job_id: str | None = Field(default=None, description="Ray submission id.")
+    dashboard_url: str | None = Field(default=None, description="Ray dashboard URL.")
+
+
+class TrainingJobStatus(ApiModel):
+    """Observed state of a TrainingJob, computed by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: TrainingPhase = Field(default=TrainingPhase.PENDING, description="Lifecycle phase.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation metrics per variant.")
+    attempt: int = Field(default=0, description="Attempt number (1 for the first).")
+    last_checkpoint: CheckpointRef | None = Field(default=None, description="Latest checkpoint.")
+    artifacts: ArtifactsStatus | None = Field(default=None, description="Published artifacts.")
+    ray_job: RayJobRef | None = Field(default=None, description="The Ray job.")
+    backend: Backend | None = Field(default=None, description="Backend in use.")
+    run_id: str | None = Field(default=None, description="Run id (folder in the store).")
+    start_time: str | None = Field(default=None, description="When work started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When the job finished.")
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+
+
+class ServedModel(ApiModel):
+    """The model a ModelDeployment serves."""
+
+    manifest_uri: str | None = Field(default=None, description="Manifest served.")
+    digest: str | None = Field(default=None, description="sha256 of that manifest.")
+    variant: str | None = Field(default=None, description="fp32 or int8.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment, computed by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: DeploymentPhase = Field(default=DeploymentPhase.PENDING, description="Lifecycle phase.")
+    url: str | None = Field(default=None, description="Base URL of the endpoint.")
+    replicas: int | None = Field(default=None, description="Replicas running.")
+    ready_replicas: int | None = Field(default=None, description="Replicas ready.")
+    model: ServedModel | None = Field(default=None, description="Model being served.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    backend: Backend | None = Field(default=None, description="Backend in use.")
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+
+
+# ------------------------------------------------------------------ whole objects
+
+
+class ObjectMeta(ApiModel):
+    """The part of metadata rayrelay reads (the rest passes through)."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN, description="Object name.")
+    namespace: str | None = Field(default=None, description="Namespace.")
+    uid: str | None = Field(default=None, description="UID.")
+    generation: int | None = Field(default=None, description="Generation.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+
+
+class TrainingJob(ApiModel):
+    """A fine-tuning run from data to a published, checked ONNX artifact set."""
+
+    KIND: ClassVar[str] = "TrainingJob"
+    PLURAL: ClassVar[str] = "trainingjobs"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("tj",)
+
+    api_version: Literal["rayrelay.dev/v1alpha1"] = Field(description="API version.")
+    kind: Literal["TrainingJob"] = Field(description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: TrainingJobSpec = Field(description="Desired state.")
+    status: TrainingJobStatus | None = Field(default=None, description="Observed state.")
+
+
+class ModelDeployment(ApiModel):
+    """An autoscaled HTTP endpoint serving a published artifact set with Ray Serve."""
+
+    KIND: ClassVar[str] = "ModelDeployment"
+    PLURAL: ClassVar[str] = "modeldeployments"
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("md",)
+
+    api_version: Literal["rayrelay.dev/v1alpha1"] = Field(description="API version.")
+    kind: Literal["ModelDeployment"] = Field(description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state.")
+
+
+RESOURCES: dict[str, type[TrainingJob] | type[ModelDeployment]] = {
+    "TrainingJob": TrainingJob,
+    "ModelDeployment": ModelDeployment,
+}
