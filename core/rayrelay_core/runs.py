@@ -1,0 +1,270 @@
+"""Runs and their documents: the contract between the control plane and the workloads.
+
+A TrainingJob's work is a *run* stored at
+``{artifacts.uri}/{namespace}/{trainingjob}/{run-id}/`` (DESIGN.md). The run id is
+derived from the spec hash, so the same spec always maps to the same folder: a
+retried attempt resumes from that folder's checkpoints, and `rayrelay run` can
+reuse a finished run whose spec hash matches.
+
+Three small JSON documents cross the boundary between the workloads (writers)
+and the operator / CLI (readers):
+
+- ``job.json`` is not stored; the ``JobDocument`` travels in the entrypoint
+  (``python -m rayrelay_workloads.train_job --job-json '<json>'``).
+- ``progress.json`` is rewritten by rank 0 every few seconds while it runs.
+- ``failure.json`` says why a run failed (reason + message) before it exits.
+- ``manifest.json`` is written last; a run without it is incomplete.
+
+Everything here is pure (no clock, no I/O) apart from the explicit store
+helpers at the bottom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from rayrelay_core.api import ModelDeploymentSpec, TrainingJobSpec
+from rayrelay_core.store import NotFound, Store, join, sha256_bytes
+
+MANIFEST_VERSION = 1
+
+# Spec fields that do not change what a run produces: changing them must not
+# start a new run (nor invalidate a finished one).
+_NON_RESULT_FIELDS = ("suspend", "ttlSecondsAfterFinished", "failurePolicy", "backend", "image")
+
+
+class Doc(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(spec: TrainingJobSpec) -> str:
+    """sha256 of the result-defining part of a TrainingJob spec (defaults filled in)."""
+    wire = spec.wire()
+    for field in _NON_RESULT_FIELDS:
+        wire.pop(field, None)
+    # Where artifacts are stored does not change what they are.
+    wire.pop("artifacts", None)
+    return hashlib.sha256(canonical_json(wire).encode()).hexdigest()
+
+
+def run_id_for(spec: TrainingJobSpec) -> str:
+    return f"run-{spec_hash(spec)[:12]}"
+
+
+class RunLayout:
+    """Where each file of a run lives, from the run's base URI."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+
+    @classmethod
+    def for_job(cls, artifacts_uri: str, namespace: str, name: str, run_id: str) -> RunLayout:
+        return cls(join(artifacts_uri, namespace, name, run_id))
+
+    @property
+    def checkpoints(self) -> str:
+        return join(self.base, "checkpoints")
+
+    @property
+    def hf(self) -> str:
+        return join(self.base, "hf")
+
+    @property
+    def onnx(self) -> str:
+        return join(self.base, "onnx")
+
+    @property
+    def manifest(self) -> str:
+        return join(self.base, "manifest.json")
+
+    @property
+    def progress(self) -> str:
+        return join(self.base, "progress.json")
+
+    @property
+    def failure(self) -> str:
+        return join(self.base, "failure.json")
+
+
+class JobDocument(Doc):
+    """Everything the training entrypoint needs, passed by the control plane."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 1
+    run_id: str
+    run_uri: str = Field(description="Base URI of the run folder (RunLayout.base).")
+    attempt: int = 1
+    spec: TrainingJobSpec
+    endpoint_url: str | None = None
+    resume_from: str | None = Field(
+        default=None, description="A checkpoint URI of an earlier run to start from."
+    )
+
+
+class CheckpointInfo(Doc):
+    step: int
+    uri: str
+    accuracy: float | None = None
+
+
+class ProgressDoc(Doc):
+    """Written by rank 0 while the run goes; read to fill status.progress."""
+
+    stage: str = Field(description="Training, Exporting, Optimizing, Publishing, Succeeded, Failed.")
+    attempt: int = 1
+    epoch: float | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    samples_per_second: float | None = None
+    eta_seconds: float | None = None
+    update_time: str | None = None
+    last_checkpoint: CheckpointInfo | None = None
+    message: str | None = None
+
+
+class FailureDoc(Doc):
+    """Why a run failed; reason is a CamelCase condition reason."""
+
+    reason: str
+    message: str
+    retryable: bool = True
+
+
+class FileEntry(Doc):
+    path: str = Field(description="Path relative to the run folder.")
+    sha256: str
+    size: int
+
+
+class VariantInfo(Doc):
+    file: str | None = Field(default=None, description="Relative path of the model file.")
+    accuracy: float | None = None
+    accepted: bool = True
+    reason: str | None = None
+    size: int | None = None
+
+
+class Parity(Doc):
+    max_abs_logit_diff_fp32: float | None = None
+    max_abs_logit_diff_int8: float | None = None
+    tolerance: float
+    passed: bool
+    samples: int = 0
+
+
+class TokenizerInfo(Doc):
+    path: str = Field(default="hf", description="Folder (relative) holding the tokenizer files.")
+    max_seq_length: int
+    model_input_names: list[str] = Field(default_factory=list)
+    lower_case: bool | None = None
+
+
+class DataLineage(Doc):
+    uri: str
+    sha256: str
+
+
+class Lineage(Doc):
+    training_job_uid: str = ""
+    namespace: str = ""
+    name: str = ""
+    generation: int = 1
+    spec_hash: str
+    data: list[DataLineage] = Field(default_factory=list)
+    base_model: str
+    package_version: str
+
+
+class Manifest(Doc):
+    """The published artifact set (DESIGN.md: Artifacts)."""
+
+    version: int = MANIFEST_VERSION
+    run_id: str
+    created_at: str
+    files: list[FileEntry]
+    variants: dict[str, VariantInfo] = Field(description="pytorch, fp32, fp32-optimized?, int8.")
+    recommended_variant: str = Field(description="What variant auto serves: int8 when accepted, else fp32.")
+    parity: Parity
+    labels: list[str]
+    tokenizer: TokenizerInfo
+    lineage: Lineage
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    def file(self, path: str) -> FileEntry:
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        raise KeyError(path)
+
+    def servable_variant(self, wanted: str) -> str:
+        """Resolve auto/fp32/int8 against what this run published and accepted."""
+        if wanted in ("auto", "", None):
+            return self.recommended_variant
+        info = self.variants.get(wanted)
+        if info is None or info.file is None:
+            raise ManifestError(f"variant {wanted!r} is not in this artifact set")
+        if not info.accepted:
+            raise ManifestError(f"variant {wanted!r} was rejected by the quality gate: {info.reason}")
+        return wanted
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or does not match its files."""
+
+
+def parse_manifest(data: bytes, uri: str = "manifest.json") -> Manifest:
+    try:
+        return Manifest.model_validate_json(data)
+    except ValueError as exc:
+        raise ManifestError(f"{uri}: not a valid rayrelay manifest: {exc}") from exc
+
+
+def read_manifest(store: Store, uri: str) -> tuple[Manifest, str]:
+    """The manifest at ``uri`` and its sha256 (the artifact set's digest)."""
+    try:
+        data = store.read_bytes(uri)
+    except NotFound as exc:
+        raise ManifestError(f"{uri}: no manifest (the run is missing or incomplete)") from exc
+    return parse_manifest(data, uri), sha256_bytes(data)
+
+
+def read_doc(store: Store, uri: str, model: type[Doc]) -> Any:
+    """A progress/failure document, or None when it is not there (yet)."""
+    try:
+        data = store.read_bytes(uri)
+    except NotFound:
+        return None
+    try:
+        return model.model_validate_json(data)
+    except ValueError:
+        # A half-written document from a store without atomic writes: skip a beat.
+        return None
+
+
+def serve_app_args(
+    name: str, namespace: str, manifest_uri: str, spec: ModelDeploymentSpec, endpoint_url: str | None
+) -> dict[str, Any]:
+    """The arguments of the Serve application builder (JSON-serialisable)."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "manifestUri": manifest_uri,
+        "variant": str(spec.model.effective_variant),
+        "endpointUrl": endpoint_url,
+        "spec": spec.wire(),
+    }

@@ -1,0 +1,1 @@
+"""Backends: where the work of a resource runs (see ``base``)."""

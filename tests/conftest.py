@@ -1,0 +1,149 @@
+"""Shared test fixtures: real servers, started for the session.
+
+- ``s3_server``: moto's threaded S3 server on loopback (a real HTTP S3 endpoint).
+- ``s3_bucket``: a fresh bucket in it, as an ``s3://`` base URI.
+- ``ray_cluster``: a real local Ray head (``ray start --head --block``) with the
+  dashboard, so that the Job Submission API and Serve's REST API work. Its
+  ports are picked free, so several test sessions can run side by side, and it
+  is torn down by SIGTERM (not ``ray stop``, which would kill every Ray on the
+  machine).
+- ``ray_session``: this process connected to that cluster as a driver.
+- ``serve_port``: the HTTP port Serve listens on in this session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# moto accepts any credentials; real ones must never be needed by a test.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # reported at the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last error: {last_exc!r}")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["RAYRELAY_S3_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    os.environ.pop("RAYRELAY_S3_ENDPOINT_URL", None)
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    import boto3
+
+    name = f"rr-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@dataclass
+class RayCluster:
+    address: str  # GCS address, for ray.init
+    dashboard_url: str  # Job Submission and Serve REST API
+    serve_port: int
+    temp_dir: str
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
+    gcs_port, dash_port, serve_port = free_port(), free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rrray-", dir="/tmp")
+    log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 - closed at teardown
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "core"), str(REPO / "operator"), str(REPO / "workloads")])
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs_port}",
+        f"--dashboard-port={dash_port}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--num-cpus=4",
+        "--object-store-memory=500000000",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{dash_port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray head exited: {(Path(temp_dir) / 'head.log').read_text()[-2000:]}")
+        with urllib.request.urlopen(f"{dashboard}/api/version", timeout=2) as resp:
+            return resp.status == 200
+
+    try:
+        wait_until(up, timeout=120, what="the Ray head's dashboard")
+        yield RayCluster(f"127.0.0.1:{gcs_port}", dashboard, serve_port, temp_dir)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster: RayCluster) -> Iterator[RayCluster]:
+    import ray
+
+    ray.init(address=ray_cluster.address, log_to_driver=False)
+    yield ray_cluster
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster: RayCluster) -> int:
+    return ray_cluster.serve_port
