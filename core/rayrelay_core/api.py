@@ -198,9 +198,7 @@ class DataSpec(ApiModel):
         max_length=2048,
         description="URI of the validation set, same forms as train.",
     )
-    format: DataFormat = Field(
-        default=DataFormat.JSONL, description="File format of both sets."
-    )
+    format: DataFormat = Field(default=DataFormat.JSONL, description="File format of both sets.")
     text_field: str = Field(
         default="text", min_length=1, max_length=128, description="Field holding the text."
     )
@@ -219,9 +217,7 @@ class Hyperparameters(ApiModel):
     batch_size: int = Field(
         default=32, ge=1, le=4096, description="Per-worker batch size (samples per step)."
     )
-    learning_rate: float = Field(
-        default=5e-5, gt=0, le=1, description="Peak learning rate of AdamW."
-    )
+    learning_rate: float = Field(default=5e-5, gt=0, le=1, description="Peak learning rate of AdamW.")
     max_seq_length: int = Field(
         default=128, ge=8, le=8192, description="Texts are truncated to this many tokens."
     )
@@ -250,9 +246,7 @@ class TrainingResources(ApiModel):
     )
 
     num_workers: int = Field(default=1, ge=1, le=256, description="Number of Ray Train workers.")
-    cpus_per_worker: float = Field(
-        default=1, gt=0, le=256, description="CPUs reserved for each worker."
-    )
+    cpus_per_worker: float = Field(default=1, gt=0, le=256, description="CPUs reserved for each worker.")
     gpus_per_worker: int = Field(
         default=0, ge=0, le=16, description="GPUs for each worker; > 0 trains on GPUs with NCCL."
     )
@@ -269,9 +263,7 @@ class TrainingResources(ApiModel):
     @model_validator(mode="after")
     def _precision_needs_gpu(self) -> TrainingResources:
         if self.precision != Precision.FP32 and self.gpus_per_worker == 0:
-            raise RuleError(
-                ("precision",), "bf16 and fp16 precision need GPUs (set gpusPerWorker > 0)"
-            )
+            raise RuleError(("precision",), "bf16 and fp16 precision need GPUs (set gpusPerWorker > 0)")
         return self
 
 
@@ -399,24 +391,16 @@ class TrainingJobSpec(ApiModel):
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters, description="Optimisation settings."
     )
-    resources: TrainingResources = Field(
-        default_factory=TrainingResources, description="Ray Train workers."
-    )
+    resources: TrainingResources = Field(default_factory=TrainingResources, description="Ray Train workers.")
     checkpointing: Checkpointing = Field(
         default_factory=Checkpointing, description="Checkpoint cadence and retention."
     )
-    failure_policy: FailurePolicy = Field(
-        default_factory=FailurePolicy, description="Retries and deadline."
-    )
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries and deadline.")
     export: ExportSpec = Field(
         default_factory=ExportSpec, description="ONNX export, optimisation, quantisation."
     )
-    quality_gate: QualityGate = Field(
-        default_factory=QualityGate, description="Minimum quality to publish."
-    )
-    artifacts: ArtifactsSpec = Field(
-        default_factory=ArtifactsSpec, description="The artifact store."
-    )
+    quality_gate: QualityGate = Field(default_factory=QualityGate, description="Minimum quality to publish.")
+    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="The artifact store.")
     backend: Backend | None = Field(
         default=None,
         description="kuberay (KubeRay RayJob) or ray (an existing Ray cluster); operator default when omitted.",
@@ -439,10 +423,7 @@ class TrainingJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _int8_gate_needs_int8(self) -> TrainingJobSpec:
-        if (
-            self.quality_gate.max_int8_accuracy_drop is not None
-            and self.export.quantize != Quantize.INT8
-        ):
+        if self.quality_gate.max_int8_accuracy_drop is not None and self.export.quantize != Quantize.INT8:
             raise RuleError(
                 ("qualityGate", "maxInt8AccuracyDrop"),
                 "qualityGate.maxInt8AccuracyDrop needs export.quantize: int8",
@@ -589,7 +570,9 @@ class ModelDeploymentSpec(ApiModel):
 
     model: ModelRef = Field(description="The artifact set to serve.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Replica autoscaling.")
-    resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Per-replica resources.")
+    resources: ReplicaResources = Field(
+        default_factory=ReplicaResources, description="Per-replica resources."
+    )
     batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
     runtime: Runtime = Field(default_factory=Runtime, description="onnxruntime settings.")
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request bounds.")
@@ -597,7 +580,9 @@ class ModelDeploymentSpec(ApiModel):
         default_factory=ArtifactsSpec,
         description="How to reach the store of manifestUri (endpoint, credentials); uri is unused here.",
     )
-    backend: Backend | None = Field(default=None, description="kuberay (RayService) or ray; operator default when omitted.")
+    backend: Backend | None = Field(
+        default=None, description="kuberay (RayService) or ray; operator default when omitted."
+    )
     image: str | None = Field(default=None, max_length=512, description="Workload image (kuberay backend).")
     suspend: bool = Field(default=False, description="Take the endpoint down; clearing it deploys again.")
 
@@ -612,9 +597,7 @@ class Condition(ApiModel):
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase reason.")
     message: str = Field(default="", description="What happened, for people.")
-    last_transition_time: str | None = Field(
-        default=None, description="When status last changed (RFC 3339)."
-    )
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
     observed_generation: int | None = Field(
         default=None, description="The generation this condition was computed for."
     )
