@@ -1,0 +1,135 @@
+"""The ``rayrelay`` command: validate, crds, run and operator.
+
+``validate`` and ``crds`` only need ``rayrelay_core`` (pydantic, PyYAML). ``run``
+(``rayrelay_operator.local``) and ``operator`` (``rayrelay_operator.runner``) pull
+in Ray, torch or kopf, so they are imported only when those subcommands run:
+``rayrelay validate`` stays fast and works in a light install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rayrelay_core import crdgen
+from rayrelay_core.validation import ManifestError, load_documents, validate_document
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    return Path(path).read_text(encoding="utf-8")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    """Print one line per problem; exit 1 on any, else a one-line summary."""
+    try:
+        text = _read(args.file)
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    source = "<stdin>" if args.file == "-" else args.file
+    try:
+        docs = load_documents(text)
+    except ManifestError as exc:
+        print(f"{source}: {exc}")
+        return 1
+    if not docs:
+        print(f"{source}: no resources found")
+        return 1
+    names: list[str] = []
+    failed = 0
+    for index, doc in enumerate(docs, start=1):
+        issues = validate_document(doc, index=index)
+        if issues:
+            failed += 1
+            for issue in issues:
+                print(issue)
+        else:
+            names.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    if failed:
+        print(f"{failed} of {len(docs)} resource(s) invalid", file=sys.stderr)
+        return 1
+    noun = "resource" if len(names) == 1 else "resources"
+    print(f"{len(names)} {noun} valid ({', '.join(names)})")
+    return 0
+
+
+def crds_command(args: argparse.Namespace) -> int:
+    """Write crds/ and docs/resources.md, or (--check) report which are stale."""
+    if args.check:
+        stale = crdgen.stale_files(args.dir, args.docs)
+        for path in stale:
+            print(f"{path}: differs from what the models generate; run `rayrelay crds`")
+        if stale:
+            return 1
+        print(f"{args.dir}/ and {args.docs} are up to date")
+        return 0
+    written = crdgen.write_all(args.dir, args.docs)
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print(f"{args.dir}/ and {args.docs} already up to date")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rayrelay_operator.local import run_command  # heavy: Ray, torch
+
+    return int(run_command(args))
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from rayrelay_operator.runner import operator_command  # heavy: kopf, kubernetes
+
+    return int(operator_command(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayrelay",
+        description="Train transformers models with Ray Train and serve them as ONNX with Ray Serve.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check manifests offline with the CRDs' rules")
+    p.add_argument("-f", "--file", required=True, help="YAML file (several documents allowed) or - for stdin")
+    p.set_defaults(func=validate_command)
+
+    p = sub.add_parser("crds", help="write (or --check) crds/ and docs/resources.md")
+    p.add_argument("--check", action="store_true", help="exit 1 when a generated file is stale")
+    p.add_argument("--dir", default=crdgen.CRD_DIR, help="CRD folder (default: %(default)s)")
+    p.add_argument("--docs", default=crdgen.DOCS_PATH, help="field reference (default: %(default)s)")
+    p.set_defaults(func=crds_command)
+
+    p = sub.add_parser("run", help="run every resource in FILE locally")
+    p.add_argument("-f", "--file", required=True, help="YAML file or - for stdin")
+    p.add_argument("--artifacts", metavar="URI", help="artifact store (file:// or s3://)")
+    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one)")
+    p.add_argument(
+        "--once", action="store_true", help="exit 0 once deployments are Ready and a smoke request passed"
+    )
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against a Kubernetes cluster")
+    p.add_argument(
+        "--namespace", "-n", action="append", default=[], metavar="NS", help="namespace (repeatable)"
+    )
+    p.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    p.add_argument("--standalone", action="store_true", help="no peering with other operator instances")
+    p.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--peering", metavar="NAME", help="peering object name")
+    p.add_argument("--verbose", "-v", action="store_true", help="verbose logging")
+    p.set_defaults(func=_operator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
