@@ -1,0 +1,93 @@
+"""Operator settings: one documented object, read once from the environment.
+
+Every knob of the control plane lives here so that the kopf handlers
+(``handlers``), the local loop of ``rayrelay run`` (``local``) and the
+reconcilers (``reconcile``) read the same values. Nothing below the drivers
+reads the environment: a ``Settings`` is built once (``Settings.from_env()``)
+and passed down, which keeps the reconcilers pure and their tests free of
+environment tricks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from rayrelay_core.api import Backend
+
+ENV_PREFIX = "RAYRELAY_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Control-plane configuration; each field maps to ``RAYRELAY_<FIELD_IN_CAPS>``."""
+
+    # Backend used when a resource's spec.backend is omitted: kuberay (RayJob /
+    # RayService objects) or ray (an existing Ray cluster at ray_address).
+    default_backend: Backend = Backend.KUBERAY
+    # Image of the Ray head/worker pods (kuberay backend) when spec.image is omitted.
+    workload_image: str = "rayrelay-workloads:dev"
+    # Artifact store used when spec.artifacts.uri is omitted (s3://bucket/prefix or a path).
+    artifacts_uri: str | None = None
+    # S3 endpoint of an S3-compatible store (MinIO, moto); AWS when unset.
+    s3_endpoint_url: str | None = None
+    # Secret (in the resource's namespace) holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    # used when spec.artifacts.credentialsSecret is omitted.
+    artifacts_secret: str | None = None
+    # Ray dashboard URL of an existing cluster (ray backend), e.g. http://ray-head:8265.
+    ray_address: str | None = None
+    # Port of the Prometheus /metrics endpoint of the operator (0 = do not serve).
+    metrics_port: int = 8080
+    # json: one JSON object per log line (for log pipelines); text: for people.
+    log_format: str = "text"
+    # How often a timer re-observes a resource whose work is active, in seconds.
+    timer_interval_seconds: float = 10.0
+    # A timer skips a tick while the resource changed less than this long ago
+    # (the change handlers just reconciled it).
+    timer_idle_seconds: float = 5.0
+    # Work waiting for pods (Initializing) longer than this is StuckInitializing:
+    # the attempt counts as failed, with the pods' reasons in the message.
+    stuck_initializing_seconds: float = 600.0
+    # First and largest delay of temporary-error retries (doubling in between).
+    retry_base_delay_seconds: float = 5.0
+    retry_max_delay_seconds: float = 300.0
+    # Port of the Serve HTTP proxy inside a RayService (kuberay backend).
+    serve_port: int = 8000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``RAYRELAY_*`` variables; unset or empty ones keep their default."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            default = f.default
+            if f.name == "default_backend":
+                values[f.name] = Backend(raw.strip().lower())
+            elif isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject values that cannot work, naming the variable."""
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"RAYRELAY_LOG_FORMAT must be json or text, not {self.log_format!r}")
+        if self.default_backend == Backend.RAY and not self.ray_address:
+            raise ValueError(
+                "RAYRELAY_DEFAULT_BACKEND=ray needs RAYRELAY_RAY_ADDRESS (the Ray dashboard URL)"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"RAYRELAY_METRICS_PORT out of range: {self.metrics_port}")
+        if self.timer_interval_seconds <= 0 or self.stuck_initializing_seconds <= 0:
+            raise ValueError("timer and stuck-initializing intervals must be positive")
