@@ -1,0 +1,76 @@
+{{/* Names, labels and small computed values shared by the templates. */}}
+
+{{- define "rayrelay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rayrelay.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rayrelay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rayrelay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "rayrelay.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "rayrelay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: rayrelay
+{{- end }}
+
+{{- define "rayrelay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rayrelay.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* True ("true") when the operator pods elect a leader through kopf peering. */}}
+{{- define "rayrelay.peering" -}}
+{{- if and .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{- end }}
+{{- end }}
+
+{{- define "rayrelay.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "rayrelay.workloadImage" -}}
+{{- printf "%s:%s" .Values.workloadImage.repository (default .Chart.AppVersion .Values.workloadImage.tag) }}
+{{- end }}
+
+{{/* Rules every mode grants on namespaced resources (Role or ClusterRole). */}}
+{{- define "rayrelay.namespacedRules" -}}
+- apiGroups: ["rayrelay.dev"]
+  resources: ["trainingjobs", "modeldeployments"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["rayrelay.dev"]
+  resources: ["trainingjobs/status", "modeldeployments/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["rayrelay.dev"]
+  resources: ["trainingjobs/finalizers", "modeldeployments/finalizers"]
+  verbs: ["update", "patch"]
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs", "rayservices"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Read-only: to surface ImagePullBackOff / Unschedulable of the Ray pods.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
