@@ -1,0 +1,144 @@
+"""Ray Serve declarative config of a ModelDeployment: pure, no ray or torch imports.
+
+A ModelDeployment becomes two Serve applications on a Ray cluster:
+
+- ``rayrelay-gateway`` (route prefix ``/``), shared by every ModelDeployment on
+  the cluster: the HTTP ingress that speaks KServe v2/v1 and forwards to a model
+  application by name. Serve gives each application exactly one route prefix,
+  so one shared gateway is how several models share one HTTP port.
+- one application named after the ModelDeployment (``metadata.name``), holding
+  the ``ModelServer`` deployment, with **no** route prefix (``route_prefix:
+  null``): it is reached only through the gateway's handle calls.
+
+The operator's builders (KubeRay ``RayService.spec.serveConfigV2``) and the
+``ray`` backend (``PUT /api/serve/applications/``) both take their entries from
+:func:`application_configs`; the application builders in
+``rayrelay_workloads.serve.app`` take the very same deployment options from
+:func:`model_deployment_options`, so ``serve.run`` and the declarative path cannot
+drift apart. A ``PUT`` replaces *every* declarative application of the cluster,
+so callers merge these entries into the current list (the ``ray`` backend's
+``merge_applications`` does).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from rayrelay_core.api import ModelDeploymentSpec
+
+GATEWAY_APP_NAME = "rayrelay-gateway"
+GATEWAY_DEPLOYMENT = "Gateway"
+MODEL_DEPLOYMENT = "ModelServer"
+GATEWAY_IMPORT_PATH = "rayrelay_workloads.serve.app:gateway_app"
+MODEL_IMPORT_PATH = "rayrelay_workloads.serve.app:model_app"
+
+# The gateway only parses JSON and forwards; it must not take a CPU that a model
+# replica could use (Serve's own proxy does the same).
+GATEWAY_OPTIONS: dict[str, Any] = {
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0},
+    "max_ongoing_requests": 1000,
+}
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_FACTORS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (``4Gi``, ``512M``, ``1000``) in bytes."""
+    match = _QUANTITY.match(quantity.strip())
+    if not match:
+        raise ValueError(f"not a memory quantity: {quantity!r} (expected e.g. 512Mi or 4Gi)")
+    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+
+
+def batching_user_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """What ``ModelServer.reconfigure`` receives: batching can change without a restart."""
+    return {
+        "maxBatchSize": spec.batching.max_batch_size,
+        "batchWaitTimeoutMs": spec.batching.batch_wait_timeout_ms,
+    }
+
+
+def max_ongoing_requests(spec: ModelDeploymentSpec) -> int:
+    """Requests a replica accepts at once.
+
+    Above the autoscaling target (twice it), so the autoscaler sees queueing
+    before requests are refused, and at least a full batch, so that dynamic
+    batching can fill ``maxBatchSize`` from concurrent requests.
+    """
+    target = spec.autoscaling.target_ongoing_requests
+    return max(2 * math.ceil(target), spec.batching.max_batch_size, 2)
+
+
+def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """Serve deployment options of ``ModelServer`` (the same keys as the config schema)."""
+    scaling = spec.autoscaling
+    actor: dict[str, Any] = {"num_cpus": spec.resources.cpus}
+    if spec.resources.gpus:
+        actor["num_gpus"] = spec.resources.gpus
+    if spec.resources.memory:
+        actor["memory"] = quantity_bytes(spec.resources.memory)
+    return {
+        "autoscaling_config": {
+            "min_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            # Scale-to-zero still loads one replica first, so that Ready means a
+            # verified model passed its warm-up.
+            "initial_replicas": max(scaling.min_replicas, 1),
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+            "upscale_delay_s": scaling.upscale_delay_seconds,
+            "downscale_delay_s": scaling.downscale_delay_seconds,
+        },
+        "ray_actor_options": actor,
+        "max_ongoing_requests": max_ongoing_requests(spec),
+        "user_config": batching_user_config(spec),
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+    }
+
+
+def gateway_application(args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The shared gateway's entry; identical for every ModelDeployment."""
+    return {
+        "name": GATEWAY_APP_NAME,
+        "route_prefix": "/",
+        "import_path": GATEWAY_IMPORT_PATH,
+        "args": dict(args or {}),
+        "deployments": [{"name": GATEWAY_DEPLOYMENT, **GATEWAY_OPTIONS}],
+    }
+
+
+def model_application(app_args: dict[str, Any]) -> dict[str, Any]:
+    """The model application's entry, from ``rayrelay_core.runs.serve_app_args``."""
+    for key in ("name", "manifestUri", "spec"):
+        if key not in app_args:
+            raise ValueError(f"serve application args lack {key!r}")
+    spec = ModelDeploymentSpec.model_validate(app_args["spec"])
+    name = str(app_args["name"])
+    if name == GATEWAY_APP_NAME:
+        raise ValueError(f"{GATEWAY_APP_NAME!r} is reserved for the gateway; rename the ModelDeployment")
+    return {
+        "name": name,
+        "route_prefix": None,
+        "import_path": MODEL_IMPORT_PATH,
+        "args": dict(app_args),
+        "deployments": [{"name": MODEL_DEPLOYMENT, **model_deployment_options(spec)}],
+    }
+
+
+def application_configs(app_args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Entries of ``applications`` for one ModelDeployment: the gateway, then the model."""
+    return [gateway_application(), model_application(app_args)]

@@ -1,0 +1,1 @@
+"""rayrelay workloads: code that runs inside Ray (training, export, serving)."""

@@ -1,0 +1,55 @@
+"""Typed application builders: what ``serve.run`` and Serve's declarative config import.
+
+``rayrelay_core.serveconfig`` names these builders in the config it emits
+(``rayrelay_workloads.serve.app:model_app`` and ``:gateway_app``); Serve
+validates the config's ``args`` into the pydantic models below (the "typed
+application builder" pattern), so a malformed spec fails at deploy time with a
+field path, before a replica starts. The deployment options come from the same
+``serveconfig.model_deployment_options`` the declarative path uses; options in
+a config's ``deployments`` list override them, as Serve documents.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from ray.serve import Application, Deployment
+
+from rayrelay_core.api import ModelDeploymentSpec
+from rayrelay_core.serveconfig import GATEWAY_OPTIONS, model_deployment_options
+from rayrelay_workloads.serve.gateway import Gateway
+from rayrelay_workloads.serve.model import ModelServer
+
+
+class ModelAppArgs(BaseModel):
+    """``rayrelay_core.runs.serve_app_args`` plus an optional cache folder."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=63)
+    namespace: str = "default"
+    manifest_uri: str = Field(min_length=1)
+    variant: str = "auto"
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint of the artifact store.")
+    spec: ModelDeploymentSpec
+    cache_dir: str | None = Field(
+        default=None, description="Local artifact cache; default $RAYRELAY_CACHE_DIR or ~/.cache/rayrelay."
+    )
+
+
+class GatewayArgs(BaseModel):
+    """The gateway takes no settings yet; the model carries its own limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def model_app(args: ModelAppArgs) -> Application:
+    options = model_deployment_options(args.spec)
+    wire = args.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return cast(Deployment, ModelServer).options(**options).bind(wire)
+
+
+def gateway_app(args: GatewayArgs) -> Application:
+    return cast(Deployment, Gateway).options(**GATEWAY_OPTIONS).bind(args.model_dump())

@@ -1,0 +1,133 @@
+"""Prometheus metrics of the serving path, and how the gateway exposes them.
+
+Each process keeps its own ``prometheus_client`` registry (not the global one,
+which Ray's own libraries may also write to):
+
+- the gateway (``gateway.py``) counts requests by model, protocol and status
+  code, errors by code, and the end-to-end latency: every HTTP request passes
+  through it, so these are complete for a single gateway replica;
+- each model replica (``model.py``) records batch sizes, queue wait (arrival in
+  the replica to the start of its batch) and inference latency, labelled with
+  its replica id.
+
+``GET /metrics`` on the gateway renders its own registry and merges in the
+text that every *running* model application returns from
+``ModelServer.metrics_text``. A handle call reaches one replica, so with several
+replicas each scrape carries the series of whichever replica answered (they
+differ by the ``replica`` label); for a complete cluster-wide view at scale,
+Ray Serve's built-in ``ray_serve_*`` metrics on each node's metrics agent are
+the source. Tests read batch sizes from ``ModelServer.stats`` or this endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rayrelay_requests",
+            "HTTP requests served by the gateway.",
+            ["model", "protocol", "code"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "rayrelay_request_errors",
+            "Requests answered with a 4xx or 5xx status, by code.",
+            ["model", "protocol", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rayrelay_request_latency_seconds",
+            "Time from request arrival at the gateway to its response.",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.texts = Histogram(
+            "rayrelay_request_texts",
+            "Texts per accepted inference request.",
+            ["model", "protocol"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, model: str, protocol: str, code: int, seconds: float) -> None:
+        self.requests.labels(model, protocol, str(code)).inc()
+        if code >= 400:
+            self.errors.labels(model, protocol, str(code)).inc()
+        self.latency.labels(model, protocol).observe(seconds)
+
+
+class ReplicaMetrics:
+    def __init__(self, model: str, replica: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "replica"]
+        self.batch_size = Histogram(
+            "rayrelay_batch_size",
+            "Texts per model call (dynamic batching).",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.queue_wait = Histogram(
+            "rayrelay_queue_wait_seconds",
+            "Time a text waited in the replica before its batch started.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.inference = Histogram(
+            "rayrelay_inference_latency_seconds",
+            "Time of one batch: tokenisation and the onnxruntime call.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.failures = Counter(
+            "rayrelay_inference_failures",
+            "Batches whose model call raised.",
+            labels,
+            registry=self.registry,
+        ).labels(model, replica)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _sample_line(sample: Sample) -> str:
+    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+    value = repr(float(sample.value)) if sample.value not in (float("inf"), float("-inf")) else "+Inf"
+    return f"{sample.name}{{{labels}}} {value}" if labels else f"{sample.name} {value}"
+
+
+def merge_expositions(texts: Iterable[str]) -> str:
+    """Merge Prometheus text expositions, one HELP/TYPE block per family.
+
+    Concatenating them would repeat a family's HELP and TYPE lines (every model
+    application defines the same families), which strict parsers reject.
+    """
+    families: dict[str, tuple[str, str, list[Sample]]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            entry = families.setdefault(family.name, (family.documentation, family.type, []))
+            entry[2].extend(family.samples)
+    lines: list[str] = []
+    for name, (doc, kind, samples) in families.items():
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(_sample_line(s) for s in samples)
+    return "\n".join(lines) + "\n"
