@@ -253,13 +253,27 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def status_changed(old: Mapping[str, Any] | None, new: TrainingJobStatus | ModelDeploymentStatus) -> bool:
-    """Whether writing ``new`` changes the stored status (kopf/kubectl may add unknown keys)."""
+def status_patch(
+    old: Mapping[str, Any] | None, new: TrainingJobStatus | ModelDeploymentStatus
+) -> dict[str, Any]:
+    """A JSON merge patch from the stored status to ``new`` ({} = nothing to write).
+
+    Keys of ours that ``new`` no longer has are patched to None (= removed);
+    keys we do not own (another writer's) are left alone.
+    """
     old = dict(old or {})
     wire = new.wire()
-    return any(old.get(k) != v for k, v in wire.items()) or any(
-        k not in wire and old.get(k) is not None for k in type(new).model_fields_by_alias()
-    )
+    patch = {k: v for k, v in wire.items() if old.get(k) != v}
+    for f in type(new).model_fields.values():
+        key = f.alias or ""
+        if key and key not in wire and old.get(key) is not None:
+            patch[key] = None
+    return patch
+
+
+def status_changed(old: Mapping[str, Any] | None, new: TrainingJobStatus | ModelDeploymentStatus) -> bool:
+    """Whether writing ``new`` changes the stored status."""
+    return bool(status_patch(old, new))
 
 
 def permanent_failure(status: TrainingJobStatus | ModelDeploymentStatus) -> str | None:
