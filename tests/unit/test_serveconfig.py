@@ -1,0 +1,95 @@
+"""Unit tests of the Serve declarative config built from a ModelDeployment (rayrelay_core.serveconfig)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rayrelay_core import serveconfig
+from rayrelay_core.api import ModelDeploymentSpec
+from rayrelay_core.runs import serve_app_args
+
+
+def args(**spec_extra: Any) -> dict[str, Any]:
+    spec = ModelDeploymentSpec.model_validate(
+        {"model": {"manifestUri": "s3://bucket/ns/job/run-1/manifest.json"}, **spec_extra}
+    )
+    return serve_app_args("sentiment", "default", "s3://bucket/ns/job/run-1/manifest.json", spec, None)
+
+
+def test_gateway_and_model_entries() -> None:
+    gateway, model = serveconfig.application_configs(
+        args(
+            autoscaling={
+                "minReplicas": 2,
+                "maxReplicas": 5,
+                "targetOngoingRequests": 3,
+                "upscaleDelaySeconds": 1,
+            },
+            resources={"cpus": 2, "gpus": 1, "memory": "2Gi"},
+            batching={"maxBatchSize": 32, "batchWaitTimeoutMs": 7},
+        )
+    )
+    assert gateway["name"] == "rayrelay-gateway" and gateway["route_prefix"] == "/"
+    assert gateway["import_path"] == "rayrelay_workloads.serve.app:gateway_app"
+    assert model["name"] == "sentiment" and model["route_prefix"] is None
+    assert model["import_path"] == "rayrelay_workloads.serve.app:model_app"
+    assert model["args"]["manifestUri"].endswith("manifest.json")
+    (dep,) = model["deployments"]
+    assert dep["name"] == "ModelServer"
+    assert dep["autoscaling_config"] == {
+        "min_replicas": 2,
+        "max_replicas": 5,
+        "initial_replicas": 2,
+        "target_ongoing_requests": 3,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 120,
+    }
+    assert dep["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1, "memory": 2 * 2**30}
+    assert dep["user_config"] == {"maxBatchSize": 32, "batchWaitTimeoutMs": 7}
+    # A full batch must fit, and more than the autoscaling target.
+    assert dep["max_ongoing_requests"] >= 32
+
+
+def test_defaults_scale_to_zero_and_ongoing_above_target() -> None:
+    (dep,) = serveconfig.model_application(args(autoscaling={"minReplicas": 0, "targetOngoingRequests": 40}))[
+        "deployments"
+    ]
+    assert dep["autoscaling_config"]["min_replicas"] == 0
+    assert dep["autoscaling_config"]["initial_replicas"] == 1
+    assert dep["ray_actor_options"] == {"num_cpus": 1}
+    assert dep["max_ongoing_requests"] == 80
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"), [("512Mi", 512 * 2**20), ("1G", 10**9), ("1000", 1000), ("1.5Gi", 3 * 2**29)]
+)
+def test_quantity_bytes(quantity: str, expected: int) -> None:
+    assert serveconfig.quantity_bytes(quantity) == expected
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="not a memory quantity"):
+        serveconfig.quantity_bytes("lots")
+    with pytest.raises(ValueError, match="lack 'manifestUri'"):
+        serveconfig.model_application({"name": "x", "spec": {}})
+    bad = args()
+    bad["name"] = "rayrelay-gateway"
+    with pytest.raises(ValueError, match="reserved"):
+        serveconfig.model_application(bad)
+
+
+def test_entries_pass_serves_own_schema() -> None:
+    """The same dicts go to PUT /api/serve/applications/ and to serveConfigV2."""
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(
+        {
+            "http_options": {"host": "127.0.0.1", "port": 8000},
+            "applications": serveconfig.application_configs(args()),
+        }
+    )
+    model = next(app for app in config.applications if app.name == "sentiment")
+    assert model.route_prefix is None
+    assert model.deployments[0].user_config == {"maxBatchSize": 16, "batchWaitTimeoutMs": 5}
