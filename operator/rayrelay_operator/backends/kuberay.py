@@ -1,0 +1,356 @@
+"""The ``kuberay`` backend: KubeRay RayJob / RayService objects over the Kubernetes API.
+
+``reconcile`` decides what should exist; this module creates, patches, deletes
+and reads the KubeRay objects that ``builders.kuberay`` produces (the only
+side effects of the kuberay path), and translates what KubeRay reports into
+the backend-neutral observations of ``backends.base``. It goes further than
+KubeRay's own status on the two complaints its users raise most:
+
+- a job whose ``jobStatus`` still says RUNNING while its driver is dead (the
+  submitter Job failed, or the head pod failed) is reported as ``DriverDied``;
+- a job waiting in ``Initializing`` reports *why*: ``ImagePullFailed`` or
+  ``Unschedulable`` from the Ray pods, and ``started_at`` so that the
+  reconciler can call it ``StuckInitializing`` past a threshold.
+
+Creation is idempotent (HTTP 409 = already there), deletion tolerates 404.
+API 429/5xx and connection failures raise ``BackendUnavailable`` (retried with
+backoff); other 4xx raise ``BackendRejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rayrelay_operator import naming
+from rayrelay_operator.backends.base import (
+    BackendRejected,
+    BackendUnavailable,
+    ServingObservation,
+    ServingWork,
+    TrainingObservation,
+    TrainingWork,
+    WorkState,
+)
+from rayrelay_operator.builders.kuberay import ANNOTATION_APP_ARGS, build_rayjob, build_rayservice
+from rayrelay_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+GROUP, VERSION = "ray.io", "v1"
+T = TypeVar("T")
+
+_IMAGE_PULL = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+_WAITING_DEPLOYMENT = {"", "New", "Initializing", "Waiting", "Retrying", "Scheduling"}
+_APP_STATES = {
+    "RUNNING": "Running",
+    "DEPLOYING": "Deploying",
+    "NOT_STARTED": "Deploying",
+    "DEPLOY_FAILED": "DeployFailed",
+    "UNHEALTHY": "Unhealthy",
+    "DELETING": "Deploying",
+}
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _Conflict(Exception):
+    pass
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    """Run one API call, translating errors into the backend's vocabulary."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return fn()
+    except ApiException as exc:
+        if exc.status == 404:
+            raise _NotFound(what) from exc
+        if exc.status == 409:
+            raise _Conflict(what) from exc
+        if exc.status in (429,) or (exc.status or 0) >= 500:
+            raise BackendUnavailable(f"{what}: Kubernetes API {exc.status}: {exc.reason}") from exc
+        raise BackendRejected(f"{what}: Kubernetes API {exc.status}: {exc.reason}: {exc.body}") from exc
+    except (OSError, ConnectionError) as exc:
+        raise BackendUnavailable(f"{what}: cannot reach the Kubernetes API: {exc}") from exc
+    except Exception as exc:  # urllib3's MaxRetryError and friends
+        if type(exc).__module__.startswith("urllib3"):
+            raise BackendUnavailable(f"{what}: cannot reach the Kubernetes API: {exc}") from exc
+        raise
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> tuple[str, str]:
+    """(reason, message) of the first pod problem worth telling: image pulls, scheduling (pure)."""
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _IMAGE_PULL:
+                return (
+                    "ImagePullFailed",
+                    f"pod {name}: {waiting['reason']}: {waiting.get('message', '')}".strip(),
+                )
+        for cond in status.get("conditions") or []:
+            unschedulable = cond.get("status") == "False" and cond.get("reason") == "Unschedulable"
+            if cond.get("type") == "PodScheduled" and unschedulable:
+                return "Unschedulable", f"pod {name}: {cond.get('message', 'cannot be scheduled')}"
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CrashLoopBackOff":
+                name = (pod.get("metadata") or {}).get("name", "?")
+                return "CrashLoopBackOff", f"pod {name}: {waiting.get('message', 'crash loop')}"
+    return "", ""
+
+
+def training_observation(
+    rayjob: dict[str, Any], pods: list[dict[str, Any]], submitter_job: dict[str, Any] | None
+) -> TrainingObservation:
+    """KubeRay's RayJob status (+ its pods and submitter Job) in backend-neutral terms (pure)."""
+    meta = rayjob.get("metadata") or {}
+    status = rayjob.get("status") or {}
+    deployment = str(status.get("jobDeploymentStatus") or "")
+    job = str(status.get("jobStatus") or "")
+    message = str(status.get("message") or "")
+    common: dict[str, Any] = {
+        "dashboard_url": status.get("dashboardURL") or None,
+        "started_at": status.get("startTime") or meta.get("creationTimestamp"),
+        "finished_at": status.get("endTime"),
+    }
+    if job == "SUCCEEDED" or (deployment == "Complete" and job in ("", "SUCCEEDED")):
+        return TrainingObservation(WorkState.SUCCEEDED, "Succeeded", message, **common)
+    if job == "FAILED" or deployment == "Failed":
+        reason = str(status.get("reason") or "TrainingFailed")
+        if reason == "DeadlineExceeded":
+            reason = "DeadlineExceeded"
+        return TrainingObservation(
+            WorkState.FAILED, reason, message or f"RayJob {deployment or job}", **common
+        )
+    if job == "STOPPED" or deployment in ("Suspended", "Suspending"):
+        return TrainingObservation(WorkState.STOPPED, "Stopped", message or "RayJob stopped", **common)
+    if job == "RUNNING" or deployment == "Running":
+        died = _driver_death(pods, submitter_job)
+        if died:
+            return TrainingObservation(WorkState.RUNNING, "DriverDied", died, **common)
+        return TrainingObservation(WorkState.RUNNING, "Running", message, **common)
+    reason, problem = pod_problems(pods)
+    if deployment not in _WAITING_DEPLOYMENT:
+        problem = problem or f"RayJob jobDeploymentStatus {deployment!r}"
+    return TrainingObservation(
+        WorkState.WAITING,
+        reason or "WaitingForResources",
+        problem or message or "waiting for the Ray cluster to start",
+        **common,
+    )
+
+
+def _driver_death(pods: list[dict[str, Any]], submitter_job: dict[str, Any] | None) -> str:
+    """Why the driver is dead although KubeRay says RUNNING, or ''."""
+    if submitter_job is not None:
+        js = submitter_job.get("status") or {}
+        for cond in js.get("conditions") or []:
+            if cond.get("type") == "Failed" and cond.get("status") == "True":
+                return f"the submitter Job failed ({cond.get('reason', '')}: {cond.get('message', '')})"
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get("ray.io/node-type") == "head":
+            phase = (pod.get("status") or {}).get("phase")
+            if phase in ("Failed", "Succeeded"):
+                return f"the Ray head pod {pod['metadata'].get('name')} is {phase}"
+    return ""
+
+
+def serving_observation(rayservice: dict[str, Any], app_name: str, url: str) -> ServingObservation:
+    """KubeRay's RayService status in backend-neutral terms (pure)."""
+    meta = rayservice.get("metadata") or {}
+    status = rayservice.get("status") or {}
+    active = status.get("activeServiceStatus") or {}
+    apps = active.get("applicationStatuses") or {}
+    app = apps.get(app_name)
+    args_text = (meta.get("annotations") or {}).get(ANNOTATION_APP_ARGS)
+    serving_args = json.loads(args_text) if args_text else None
+    cluster = active.get("rayClusterStatus") or {}
+    replicas = cluster.get("desiredWorkerReplicas")
+    ready = cluster.get("availableWorkerReplicas", cluster.get("readyWorkerReplicas"))
+    if app is None:
+        return ServingObservation(
+            state="Deploying",
+            replicas=replicas,
+            ready_replicas=ready,
+            message="waiting for the Ray cluster and the Serve application",
+            serving_args=serving_args,
+        )
+    state = _APP_STATES.get(str(app.get("status") or ""), "Deploying")
+    messages = [str(app.get("message") or "")]
+    for dep_name, dep in (app.get("serveDeploymentStatuses") or {}).items():
+        if dep.get("status") in ("UNHEALTHY", "DEPLOY_FAILED") and dep.get("message"):
+            messages.append(f"{dep_name}: {dep['message']}")
+    return ServingObservation(
+        state=state,
+        url=url if state in ("Running", "Unhealthy") else None,
+        replicas=replicas,
+        ready_replicas=ready,
+        message="; ".join(m for m in messages if m),
+        serving_args=serving_args,
+        extra={"serviceStatus": status.get("serviceStatus")},
+    )
+
+
+class KubeRayBackend:
+    """Backend over KubeRay; ``api_client`` is a configured ``kubernetes.client.ApiClient``."""
+
+    name = "kuberay"
+
+    def __init__(self, api_client: Any, settings: Settings) -> None:
+        from kubernetes import client
+
+        self.settings = settings
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+
+    # ----------------------------------------------------------------- training
+
+    def _rayjob_body(self, work: TrainingWork) -> dict[str, Any]:
+        spec = work.job.spec
+        return build_rayjob(
+            work,
+            image=spec.image or self.settings.workload_image,
+            endpoint_url=work.job.endpoint_url,
+            credentials_secret=spec.artifacts.credentials_secret or self.settings.artifacts_secret,
+        )
+
+    def submit_training(self, work: TrainingWork) -> None:
+        body = self._rayjob_body(work)
+        ns = work.job.namespace
+        try:
+            _call(
+                f"create RayJob {ns}/{work.child_name}",
+                lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rayjobs", body),
+            )
+            log.info("created RayJob %s/%s", ns, work.child_name)
+        except _Conflict:
+            # Already there: the deterministic name is what makes a resubmission a no-op.
+            log.info("RayJob %s/%s exists already", ns, work.child_name)
+
+    def _get(self, ns: str, plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                _call(
+                    f"get {plural} {ns}/{name}",
+                    lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name),
+                )
+            )
+        except _NotFound:
+            return None
+
+    def _pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
+        result = _call(
+            f"list pods {ns} {selector}",
+            lambda: self.core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False),
+        )
+        return list(json.loads(result.data).get("items") or [])
+
+    def _submitter_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            result = _call(
+                f"get Job {ns}/{name}",
+                lambda: self.batch.read_namespaced_job(name, ns, _preload_content=False),
+            )
+        except (_NotFound, BackendRejected):
+            return None
+        return dict(json.loads(result.data))
+
+    def observe_training(self, work: TrainingWork) -> TrainingObservation:
+        ns = work.job.namespace
+        rayjob = self._get(ns, "rayjobs", work.child_name)
+        if rayjob is None:
+            return TrainingObservation(WorkState.ABSENT)
+        status = rayjob.get("status") or {}
+        cluster = status.get("rayClusterName")
+        pods = self._pods(ns, f"ray.io/cluster={cluster}") if cluster else []
+        job_running = status.get("jobStatus") == "RUNNING" or status.get("jobDeploymentStatus") == "Running"
+        # KubeRay names the K8sJobMode submitter Job after the RayJob.
+        submitter = self._submitter_job(ns, work.child_name) if job_running else None
+        return training_observation(rayjob, pods, submitter)
+
+    def _delete(self, ns: str, plural: str, name: str) -> None:
+        try:
+            _call(
+                f"delete {plural} {ns}/{name}",
+                lambda: self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, ns, plural, name, propagation_policy="Background"
+                ),
+            )
+            log.info("deleted %s %s/%s", plural, ns, name)
+        except _NotFound:
+            pass
+
+    def stop_training(self, work: TrainingWork) -> None:
+        # Deleting the RayJob stops the job and tears its cluster down; checkpoints stay in the store.
+        self._delete(work.job.namespace, "rayjobs", work.child_name)
+
+    def delete_training(self, namespace: str, name: str) -> None:
+        selector = f"{naming.LABEL_TRAININGJOB}={naming.dns_name(name)}"
+        listed = _call(
+            f"list RayJobs {namespace} {selector}",
+            lambda: self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "rayjobs", label_selector=selector
+            ),
+        )
+        for item in listed.get("items") or []:
+            self._delete(namespace, "rayjobs", item["metadata"]["name"])
+
+    # ------------------------------------------------------------------ serving
+
+    def _rayservice_body(self, work: ServingWork) -> dict[str, Any]:
+        return build_rayservice(
+            work,
+            image=work.spec.image or self.settings.workload_image,
+            endpoint_url=work.spec.artifacts.endpoint_url or self.settings.s3_endpoint_url,
+            credentials_secret=work.spec.artifacts.credentials_secret or self.settings.artifacts_secret,
+        )
+
+    def deploy_serving(self, work: ServingWork) -> None:
+        body = self._rayservice_body(work)
+        ns, name = work.namespace, work.child_name
+        try:
+            _call(
+                f"create RayService {ns}/{name}",
+                lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rayservices", body),
+            )
+            log.info("created RayService %s/%s", ns, name)
+            return
+        except _Conflict:
+            pass
+        current = self._get(ns, "rayservices", name) or {}
+        same_spec = current.get("spec") == body["spec"]
+        same_args = (current.get("metadata") or {}).get("annotations", {}).get(ANNOTATION_APP_ARGS) == body[
+            "metadata"
+        ]["annotations"][ANNOTATION_APP_ARGS]
+        if same_spec and same_args:
+            return
+        # KubeRay applies a new serveConfigV2 in place: Serve rolls replicas over without dropping requests.
+        patch = {"metadata": {"annotations": body["metadata"]["annotations"]}, "spec": body["spec"]}
+        _call(
+            f"patch RayService {ns}/{name}",
+            lambda: self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, ns, "rayservices", name, patch
+            ),
+        )
+        log.info("updated RayService %s/%s", ns, name)
+
+    def observe_serving(self, work: ServingWork) -> ServingObservation:
+        rayservice = self._get(work.namespace, "rayservices", work.child_name)
+        if rayservice is None:
+            return ServingObservation(state="Absent")
+        url = naming.serve_url(work.child_name, work.namespace, self.settings.serve_port)
+        return serving_observation(rayservice, work.app_name, url)
+
+    def delete_serving(self, work: ServingWork) -> None:
+        self._delete(work.namespace, "rayservices", work.child_name)

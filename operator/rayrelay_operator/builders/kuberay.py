@@ -1,0 +1,287 @@
+"""Pure builders of KubeRay ``ray.io/v1`` RayJob and RayService manifests.
+
+``backends.kuberay`` calls these with the ``TrainingWork`` / ``ServingWork``
+that the reconcilers computed, and creates or patches the result. Choices
+worth knowing:
+
+- Every container runs under the *restricted* Pod Security Standard (non-root,
+  no privilege escalation, all capabilities dropped, RuntimeDefault seccomp,
+  read-only root filesystem) with writable ``emptyDir`` volumes at ``/tmp``
+  (Ray's session folder, ``HOME``) and ``/dev/shm`` (Ray's object store), and
+  with CPU and memory requests and limits.
+- S3 credentials come from a Secret via ``secretKeyRef`` on every container,
+  never from the spec or the entrypoint.
+- The RayJob carries ``jobId`` = our deterministic submission id and
+  ``backoffLimit: 0``: retries are ours (``reconcile``), because ours resume
+  from the run's latest checkpoint with a new attempt number.
+- The RayService's ``serveConfigV2`` comes from ``rayrelay_core.serveconfig``
+  (shared with the ``ray`` backend), and the app args are also kept in an
+  annotation so that the backend can tell which model version is deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from typing import Any
+
+import yaml
+
+from rayrelay_core.serveconfig import application_configs
+from rayrelay_operator import naming
+from rayrelay_operator.backends.base import ServingWork, TrainingWork
+
+RAY_API_VERSION = "ray.io/v1"
+RAY_VERSION = "2.58.0"
+ANNOTATION_SUBMISSION_ID = f"{naming.ANNOTATION_PREFIX}/submission-id"
+ANNOTATION_APP_ARGS = f"{naming.ANNOTATION_PREFIX}/app-args"
+GPU_RESOURCE = "nvidia.com/gpu"
+# The head schedules no work (num-cpus 0); it runs GCS, the dashboard and the driver.
+HEAD_CPU = "1"
+HEAD_MEMORY = "2Gi"
+DEFAULT_WORKER_MEMORY = "4Gi"
+SUBMITTER_CPU = "200m"
+SUBMITTER_MEMORY = "256Mi"
+UID = 1000
+
+
+def train_entrypoint(work: TrainingWork) -> str:
+    """The shell command KubeRay runs as the driver; the job document is shell-quoted."""
+    return f"python -m rayrelay_workloads.train_job --job-json {shlex.quote(work.job.to_json())}"
+
+
+def _meta(name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+        "ownerReferences": [dict(owner)] if owner.get("uid") else [],
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(endpoint_url: str | None, credentials_secret: str | None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},  # read-only root: caches go to the emptyDir
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+    ]
+    if endpoint_url:
+        env.append({"name": "RAYRELAY_S3_ENDPOINT_URL", "value": endpoint_url})
+    if credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": credentials_secret, "key": key}}})
+    return env
+
+
+def _volumes() -> list[dict[str, Any]]:
+    return [{"name": "tmp", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    requests: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus > 0:
+        limits[GPU_RESOURCE] = str(gpus)
+        requests[GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _cpu(cpus: float) -> str:
+    return str(int(cpus)) if float(cpus).is_integer() else f"{int(math.ceil(cpus * 1000))}m"
+
+
+def _pod(
+    container: str,
+    image: str,
+    resources: dict[str, Any],
+    env: list[dict[str, Any]],
+    labels: dict[str, str],
+    ports: list[dict[str, Any]] | None = None,
+    gpu: bool = False,
+) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": container,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": env,
+        "resources": resources,
+        "securityContext": container_security_context(),
+        "volumeMounts": _mounts(),
+    }
+    if ports:
+        c["ports"] = ports
+    spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "containers": [c],
+        "volumes": _volumes(),
+    }
+    if gpu:
+        spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}
+
+
+_HEAD_PORTS = [
+    {"name": "gcs", "containerPort": 6379},
+    {"name": "dashboard", "containerPort": 8265},
+    {"name": "client", "containerPort": 10001},
+]
+
+
+def _head_group(image: str, env: list[dict[str, Any]], labels: dict[str, str], serve: bool) -> dict[str, Any]:
+    ports = list(_HEAD_PORTS) + ([{"name": "serve", "containerPort": 8000}] if serve else [])
+    return {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": _pod("ray-head", image, _resources(HEAD_CPU, HEAD_MEMORY), env, labels, ports),
+    }
+
+
+def build_rayjob(
+    work: TrainingWork,
+    *,
+    image: str,
+    endpoint_url: str | None,
+    credentials_secret: str | None,
+) -> dict[str, Any]:
+    """The RayJob of one attempt: its own RayCluster, shut down when the job ends."""
+    spec = work.job.spec
+    res = spec.resources
+    env = _env(endpoint_url, credentials_secret)
+    memory = res.memory or DEFAULT_WORKER_MEMORY
+    gpus = res.gpus_per_worker
+    worker_params = {"num-cpus": _cpu(res.cpus_per_worker)}
+    if gpus:
+        worker_params["num-gpus"] = str(gpus)
+    worker = {
+        "groupName": "workers",
+        "replicas": res.num_workers,
+        "minReplicas": res.num_workers,
+        "maxReplicas": res.num_workers,
+        "rayStartParams": worker_params,
+        "template": _pod(
+            "ray-worker",
+            image,
+            _resources(_cpu(res.cpus_per_worker), memory, gpus),
+            env,
+            work.labels,
+            gpu=gpus > 0,
+        ),
+    }
+    runtime_env = {"env_vars": {"RAYRELAY_S3_ENDPOINT_URL": endpoint_url} if endpoint_url else {}}
+    body: dict[str, Any] = {
+        "entrypoint": train_entrypoint(work),
+        "jobId": work.submission_id,
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        # The cluster goes as soon as the job ends; logs and results are in the store.
+        "ttlSecondsAfterFinished": 0,
+        "backoffLimit": 0,
+        "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
+        "submitterPodTemplate": _pod(
+            "ray-job-submitter", image, _resources(SUBMITTER_CPU, SUBMITTER_MEMORY), env, work.labels
+        ),
+        "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "headGroupSpec": _head_group(image, env, work.labels, serve=False),
+            "workerGroupSpecs": [worker],
+        },
+    }
+    body["submitterPodTemplate"]["spec"]["restartPolicy"] = "Never"
+    if spec.failure_policy.active_deadline_seconds:
+        body["activeDeadlineSeconds"] = spec.failure_policy.active_deadline_seconds
+    meta = _meta(work.child_name, work.job.namespace, work.labels, work.owner)
+    meta["annotations"] = {ANNOTATION_SUBMISSION_ID: work.submission_id}
+    return {"apiVersion": RAY_API_VERSION, "kind": "RayJob", "metadata": meta, "spec": body}
+
+
+def serve_config(work: ServingWork, http_port: int = 8000) -> str:
+    """serveConfigV2: the gateway and model applications as Serve declarative YAML."""
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": http_port},
+        "applications": application_configs(work.app_args),
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def build_rayservice(
+    work: ServingWork,
+    *,
+    image: str,
+    endpoint_url: str | None,
+    credentials_secret: str | None,
+) -> dict[str, Any]:
+    """The RayService of a deployment: one worker pod per Serve replica, autoscaled."""
+    spec = work.spec
+    env = _env(endpoint_url, credentials_secret)
+    gpus = int(math.ceil(spec.resources.gpus))
+    # Headroom for Serve's proxy and the replica's process beyond what the replica reserves.
+    cpus = max(1.0, spec.resources.cpus + 0.5)
+    memory = spec.resources.memory or "2Gi"
+    params = {"num-cpus": _cpu(max(spec.resources.cpus, 1.0))}
+    if gpus:
+        params["num-gpus"] = str(gpus)
+    scaling = spec.autoscaling
+    worker = {
+        "groupName": "serve",
+        "replicas": max(scaling.min_replicas, 1),
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "rayStartParams": params,
+        "template": _pod(
+            "ray-worker",
+            image,
+            _resources(_cpu(cpus), memory, gpus),
+            env,
+            work.labels,
+            ports=[{"name": "serve", "containerPort": 8000}],
+            gpu=gpus > 0,
+        ),
+    }
+    meta = _meta(work.child_name, work.namespace, work.labels, work.owner)
+    meta["annotations"] = {ANNOTATION_APP_ARGS: json.dumps(work.app_args, sort_keys=True)}
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayService",
+        "metadata": meta,
+        "spec": {
+            "serveConfigV2": serve_config(work),
+            "rayClusterConfig": {
+                "rayVersion": RAY_VERSION,
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": {
+                    "upscalingMode": "Default",
+                    "idleTimeoutSeconds": 60,
+                    "resources": _resources("500m", "512Mi"),
+                    "securityContext": container_security_context(),
+                    "env": [{"name": "HOME", "value": "/tmp"}],
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                },
+                "headGroupSpec": _head_group(image, env, work.labels, serve=True),
+                "workerGroupSpecs": [worker],
+            },
+        },
+    }
