@@ -1,0 +1,247 @@
+"""kopf handlers: thin adapters from kopf's events to the reconcilers.
+
+Every handler of a kind -- create, update, resume, the timer -- ends in the
+same ``_reconcile`` call, which runs ``reconcile.reconcile_trainingjob`` or
+``reconcile.reconcile_modeldeployment`` and patches the status only when it
+changed. Delete handlers remove the children (kopf adds our finalizer,
+``rayrelay.dev/finalizer``, because a delete handler exists). Errors are
+classified by ``reconcile.classify``: permanent ones (after the explaining
+condition is written) become ``kopf.PermanentError``, temporary ones
+``kopf.TemporaryError`` with exponential backoff. Nothing here sleeps.
+
+``build_registry(settings)`` returns a fresh ``kopf.OperatorRegistry`` so
+that the runner (``runner``) and the tests (which add a login handler for the
+emulator) each get their own. The ``ReconcileContext`` lives in kopf's
+``memo`` (``memo.ctx``); the startup handler builds the default one (kuberay
+backend over the Kubernetes API, plus the ray backend when an address is
+configured) unless the caller passed one in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from rayrelay_core.api import GROUP, VERSION
+from rayrelay_operator import metrics, naming
+from rayrelay_operator.reconcile import (
+    Event,
+    ReconcileContext,
+    classify,
+    delete_modeldeployment,
+    delete_trainingjob,
+    permanent_failure,
+    reconcile_modeldeployment,
+    reconcile_trainingjob,
+    status_patch,
+)
+from rayrelay_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Handler ids are constants: kopf keeps progress under them in annotations, so
+# renaming one would make a restarted operator forget what it had done.
+TJ_RECONCILE = "reconcile-trainingjob"
+TJ_DELETE = "delete-trainingjob"
+TJ_TIMER = "observe-trainingjob"
+MD_RECONCILE = "reconcile-modeldeployment"
+MD_DELETE = "delete-modeldeployment"
+MD_TIMER = "observe-modeldeployment"
+
+TJ_PLURAL = "trainingjobs"
+MD_PLURAL = "modeldeployments"
+
+_RECONCILERS: dict[str, Callable[[Mapping[str, Any], ReconcileContext], Any]] = {
+    "TrainingJob": reconcile_trainingjob,
+    "ModelDeployment": reconcile_modeldeployment,
+}
+
+
+def default_context(settings: Settings, api_client: Any | None = None) -> ReconcileContext:
+    """The production context: kuberay over the cluster's API (+ ray when an address is set)."""
+    from kubernetes import client, config
+
+    from rayrelay_operator.backends.kuberay import KubeRayBackend
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api_client = client.ApiClient()
+    backends: dict[str, Any] = {"kuberay": KubeRayBackend(api_client, settings)}
+    if settings.ray_address:
+        from rayrelay_operator.backends.ray import RayBackend
+
+        backends["ray"] = RayBackend(settings.ray_address)
+    return ReconcileContext(
+        settings=settings, backends=backends, get_trainingjob=trainingjob_getter(api_client)
+    )
+
+
+def trainingjob_getter(api_client: Any) -> Callable[[str, str], dict[str, Any] | None]:
+    """``get_trainingjob(namespace, name)`` over the Kubernetes API (None when absent)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CustomObjectsApi(api_client)
+
+    def get(namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(api.get_namespaced_custom_object(GROUP, VERSION, namespace, TJ_PLURAL, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    return get
+
+
+def _with_events(ctx: ReconcileContext, body: kopf.Body) -> ReconcileContext:
+    def emit(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+
+    return dataclasses.replace(ctx, emit=emit)
+
+
+def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int, *, timer: bool) -> None:
+    ctx: ReconcileContext = memo.ctx
+    meta = body.get("metadata") or {}
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    started = time.monotonic()
+    obj = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": kind,
+        "metadata": dict(meta),
+        "spec": dict(body.spec),
+    }
+    obj["status"] = dict(body.status)
+    try:
+        status = _RECONCILERS[kind](obj, _with_events(ctx, body))
+    except Exception as exc:
+        err = classify(exc, retry, ctx.settings)
+        metrics.ERRORS.labels(kind, err.reason).inc()
+        metrics.RECONCILES.labels(kind, "permanent" if err.permanent else "temporary").inc()
+        if err.permanent and not timer:
+            raise kopf.PermanentError(f"{err.reason}: {exc}") from exc
+        raise kopf.TemporaryError(f"{err.reason}: {exc}", delay=err.delay) from exc
+    finally:
+        metrics.DURATION.labels(kind).observe(time.monotonic() - started)
+    changes = status_patch(body.status, status)
+    for field, value in changes.items():
+        patch.status[field] = value
+    metrics.record_phase(kind, key, str(status.phase))
+    problem = permanent_failure(status)
+    if problem is not None:
+        metrics.RECONCILES.labels(kind, "permanent").inc()
+        if not timer:
+            # The status that explains it is in the patch, which kopf applies before it gives up.
+            raise kopf.PermanentError(problem)
+        return
+    metrics.RECONCILES.labels(kind, "ok").inc()
+
+
+def _tj_needs_timer(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
+    """Terminal jobs need no polling, except to honour ttlSecondsAfterFinished."""
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return True
+    cleaned = any(c.get("type") == "ChildrenDeleted" for c in status.get("conditions") or [])
+    return spec.get("ttlSecondsAfterFinished") is not None and not cleaned
+
+
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+    """All of rayrelay's handlers in a fresh registry."""
+    registry = kopf.OperatorRegistry()
+    interval = settings.timer_interval_seconds
+    idle = settings.timer_idle_seconds
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.finalizer = naming.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=naming.ANNOTATION_PREFIX
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.INFO
+        # Sync handlers block a worker thread on API calls; a few run side by side.
+        settings.execution.max_workers = 8
+        ours: Settings = memo.get("settings") or Settings.from_env()
+        memo["settings"] = ours
+        if memo.get("ctx") is None:
+            memo["ctx"] = default_context(ours)
+        metrics.serve(memo.get("metrics_port", ours.metrics_port))
+
+    # ------------------------------------------------------------------ TrainingJob
+
+    @kopf.on.create(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
+    @kopf.on.update(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
+    def trainingjob_changed(
+        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any
+    ) -> None:
+        _reconcile("TrainingJob", body, patch, memo, retry, timer=False)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        TJ_PLURAL,
+        id=TJ_TIMER,
+        interval=interval,
+        idle=idle,
+        when=_tj_needs_timer,
+        registry=registry,
+    )
+    def trainingjob_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile("TrainingJob", body, patch, memo, 0, timer=True)
+
+    @kopf.on.delete(GROUP, VERSION, TJ_PLURAL, id=TJ_DELETE, registry=registry)
+    def trainingjob_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        _delete("TrainingJob", body, memo, retry)
+
+    # -------------------------------------------------------------- ModelDeployment
+
+    @kopf.on.create(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
+    @kopf.on.update(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, field="spec", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
+    def deployment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        _reconcile("ModelDeployment", body, patch, memo, retry, timer=False)
+
+    @kopf.timer(GROUP, VERSION, MD_PLURAL, id=MD_TIMER, interval=interval, idle=idle, registry=registry)
+    def deployment_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile("ModelDeployment", body, patch, memo, 0, timer=True)
+
+    @kopf.on.delete(GROUP, VERSION, MD_PLURAL, id=MD_DELETE, registry=registry)
+    def deployment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+        _delete("ModelDeployment", body, memo, retry)
+
+    return registry
+
+
+def _delete(kind: str, body: kopf.Body, memo: Any, retry: int) -> None:
+    ctx: ReconcileContext = memo.ctx
+    meta = body.get("metadata") or {}
+    obj = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": kind,
+        "metadata": dict(meta),
+        "spec": dict(body.spec),
+    }
+    try:
+        if kind == "TrainingJob":
+            delete_trainingjob(obj, ctx)
+        else:
+            delete_modeldeployment(obj, ctx)
+    except Exception as exc:
+        err = classify(exc, retry, ctx.settings)
+        metrics.ERRORS.labels(kind, err.reason).inc()
+        # A finalizer must not be dropped while children may remain: always retry.
+        raise kopf.TemporaryError(f"{err.reason}: {exc}", delay=err.delay) from exc
+    metrics.record_phase(kind, f"{meta.get('namespace')}/{meta.get('name')}", None)
+    kopf.info(body, reason="Deleted", message=f"{kind} children removed")
