@@ -107,6 +107,10 @@ def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
         f"--port={gcs_port}",
         f"--dashboard-port={dash_port}",
         "--dashboard-host=127.0.0.1",
+        # The job agent's HTTP port defaults to a fixed 52365: a second head on this
+        # machine then has no job agent and every job submission gets a 500.
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
         "--include-dashboard=true",
         "--num-cpus=4",
         "--object-store-memory=500000000",
