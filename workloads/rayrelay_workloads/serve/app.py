@@ -9,8 +9,8 @@ field path, before a replica starts. The deployment options come from the same
 a config's ``deployments`` list override them, as Serve documents.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Serve reads the builders'
+# parameter annotations at runtime to validate ``args`` into the typed model.
 from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
