@@ -289,6 +289,10 @@ def _ms_to_rfc3339(value: Any) -> str | None:
     return rfc3339(datetime.fromtimestamp(float(value) / 1000.0, tz=timezone.utc))
 
 
+def _server_error(exc: Exception) -> bool:
+    return re.search(r"status code (5\d\d|429)", str(exc)) is not None
+
+
 def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -413,6 +417,9 @@ class RayBackend:
                 # before (a repeated reconcile or a restarted operator). Nothing to do.
                 log.debug("job %s already submitted", work.submission_id)
                 return
+            if _server_error(exc):
+                # e.g. "No available agent to submit job": the head is still starting.
+                raise BackendUnavailable(f"Ray at {self.dashboard_url}: submit job: {exc}") from exc
             raise BackendRejected(f"Ray refused job {work.submission_id}: {exc}") from exc
 
     def _job_info(self, submission_id: str) -> dict[str, Any] | None:

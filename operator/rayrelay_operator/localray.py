@@ -1,0 +1,142 @@
+"""A Ray head on this machine for one `rayrelay run` (``rayrelay_operator.local``).
+
+``ray start --head --block`` runs as a child process with every port picked
+free (several Ray instances may share this machine: tests, other users' runs),
+bound to 127.0.0.1, with its own temp dir. It is torn down by SIGTERM to that
+child alone, never ``ray stop``, which would stop every Ray on the machine.
+The run then talks to it like to any other cluster, through its dashboard URL
+and the ``ray`` backend (``backends/ray.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+SERVE_DEFAULT_PORT = 8000
+
+
+class LocalRayError(RuntimeError):
+    """The local Ray head could not be started (the message says why)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve_port(preferred: int = SERVE_DEFAULT_PORT) -> int:
+    """Serve's HTTP port: the usual 8000 when nobody holds it, else any free one."""
+    return preferred if port_is_free(preferred) else free_port()
+
+
+class LocalRay:
+    """Start with ``start()``, stop with ``stop()`` (or use as a context manager)."""
+
+    def __init__(self, num_cpus: int | None = None, bin_dir: str | None = None) -> None:
+        self.num_cpus = num_cpus or max(os.cpu_count() or 1, 4)
+        # The ray CLI of this very interpreter (a venv), so the head runs our code.
+        self.bin_dir = bin_dir or str(Path(sys.executable).parent)
+        self.temp_dir = ""
+        self.dashboard_url = ""
+        self.address = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Path | None = None
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start the head and wait for its dashboard; returns the dashboard URL."""
+        ray_bin = Path(self.bin_dir) / "ray"
+        if not ray_bin.exists():
+            found = shutil.which("ray")
+            if not found:
+                raise LocalRayError("the `ray` command is not installed (pip install 'rayrelay[workloads]')")
+            ray_bin = Path(found)
+        # Ray puts socket paths under the temp dir; they must stay short (107 bytes).
+        self.temp_dir = tempfile.mkdtemp(prefix="rr-", dir="/tmp")
+        gcs, dash = free_port(), free_port()
+        self._log = Path(self.temp_dir) / "head.log"
+        env = dict(os.environ)
+        # Jobs run `python -m rayrelay_workloads...`: this interpreter's bin first.
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cmd = [
+            str(ray_bin), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            # Fixed by default (52365, 10001): a second Ray on this machine would
+            # otherwise start without a job agent and refuse every submission.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        with open(self._log, "wb") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self.address = f"127.0.0.1:{gcs}"
+        self.dashboard_url = f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise LocalRayError(f"the local Ray head exited during start-up:\n{self.log_tail()}")
+            if self._dashboard_up():
+                return self.dashboard_url
+            time.sleep(0.5)
+        self.stop()
+        raise LocalRayError(f"the local Ray head's dashboard did not come up within {timeout:.0f}s")
+
+    def _dashboard_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return self._log.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM the head (its process group), SIGKILL if it lingers; remove the temp dir."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = ""
+
+    def __enter__(self) -> LocalRay:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
