@@ -32,6 +32,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# Session fixtures producing real training artifacts (tiny_run), shared by training and
+# serving tests. The repo root goes on sys.path so "tests.…" imports under bare `pytest` too.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+pytest_plugins = ["tests.pipeline_fixtures"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,0 +1,115 @@
+"""Publish a run: upload ``hf/`` and ``onnx/``, then write ``manifest.json`` last.
+
+``pipeline.py`` calls :func:`publish` with the local output folder of
+``export.py`` and the gate's decision (``quality.py``). Every file is hashed
+locally before upload, so the manifest's sha256 and sizes describe exactly the
+bytes sent; serving verifies them before it loads anything. The manifest is
+written only after every upload succeeded (a run without it is incomplete).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from importlib import metadata
+
+from rayrelay_core.runs import (
+    DataLineage,
+    FileEntry,
+    JobDocument,
+    Lineage,
+    Manifest,
+    Parity,
+    RunLayout,
+    TokenizerInfo,
+    VariantInfo,
+    spec_hash,
+)
+from rayrelay_core.store import join, open_store, sha256_file
+from rayrelay_workloads.data import LoadedData
+from rayrelay_workloads.export import ExportResult
+from rayrelay_workloads.quality import Int8Decision
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("rayrelay")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_manifest(
+    job: JobDocument, result: ExportResult, data: LoadedData, decision: Int8Decision, files: list[FileEntry]
+) -> Manifest:
+    sizes = {f.path: f.size for f in files}
+    variants = {
+        "pytorch": VariantInfo(file=None, accuracy=result.accuracy.get("pytorch"), accepted=True),
+        "fp32": VariantInfo(
+            file=result.fp32_file, accuracy=result.accuracy.get("fp32"), size=sizes.get(result.fp32_file)
+        ),
+    }
+    if result.int8_file:
+        variants["int8"] = VariantInfo(
+            file=result.int8_file,
+            accuracy=result.accuracy.get("int8"),
+            accepted=decision.accepted,
+            reason=decision.reason,
+            size=sizes.get(result.int8_file),
+        )
+    spec = job.spec
+    metrics = dict(result.metrics)
+    for variant, acc in result.accuracy.items():
+        metrics[f"accuracy_{variant}"] = acc
+    return Manifest(
+        run_id=job.run_id,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        files=files,
+        variants=variants,
+        recommended_variant=decision.recommended_variant,
+        parity=Parity(
+            max_abs_logit_diff_fp32=result.max_diff_fp32,
+            max_abs_logit_diff_int8=result.max_diff_int8,
+            tolerance=spec.export.parity_tolerance,
+            passed=result.max_diff_fp32 <= spec.export.parity_tolerance,
+            samples=result.samples,
+        ),
+        labels=result.labels,
+        tokenizer=TokenizerInfo(
+            path="hf",
+            max_seq_length=spec.hyperparameters.max_seq_length,
+            model_input_names=result.input_names,
+            lower_case=result.lower_case,
+        ),
+        lineage=Lineage(
+            training_job_uid=job.uid,
+            namespace=job.namespace,
+            name=job.name,
+            generation=job.generation,
+            spec_hash=spec_hash(spec),
+            data=[
+                DataLineage(uri=data.train.uri, sha256=data.train.sha256),
+                DataLineage(uri=data.validation.uri, sha256=data.validation.sha256),
+            ],
+            base_model=spec.model.source,
+            package_version=package_version(),
+        ),
+        metrics=metrics,
+    )
+
+
+def publish(
+    job: JobDocument, result: ExportResult, data: LoadedData, decision: Int8Decision
+) -> tuple[Manifest, str]:
+    """Upload the artifact files, then the manifest; returns it and its URI."""
+    layout = RunLayout(job.run_uri)
+    store = open_store(layout.base, job.endpoint_url)
+    files: list[FileEntry] = []
+    for folder in ("hf", "onnx"):
+        for path in sorted((result.out_dir / folder).rglob("*")):
+            if not path.is_file():
+                continue
+            rel = path.relative_to(result.out_dir).as_posix()
+            files.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
+            store.upload(path, join(layout.base, rel))
+    manifest = build_manifest(job, result, data, decision, files)
+    store.write_bytes(layout.manifest, manifest.to_json().encode())
+    return manifest, layout.manifest
