@@ -34,6 +34,10 @@ class ModelAppArgs(BaseModel):
     variant: str = "auto"
     endpoint_url: str | None = Field(default=None, description="S3 endpoint of the artifact store.")
     spec: ModelDeploymentSpec
+    digest: str | None = Field(
+        default=None,
+        description="sha256 of the manifest as the operator resolved it (reconcile adds it, so a new model changes the args).",
+    )
     cache_dir: str | None = Field(
         default=None, description="Local artifact cache; default $RAYRELAY_CACHE_DIR or ~/.cache/rayrelay."
     )
