@@ -292,6 +292,8 @@ class Display:
         line = f"{description} {detail}".rstrip()
         # Without a terminal, print a line on each change of phase or each 10% of progress.
         key = f"{description}|{int(100 * completed / total) // 10 if total else ''}"
+        if t.kind == MD:
+            key += f"|{detail}"  # replica counts and Serve's messages are the news here
         if self._lines.get(t.label) != key:
             self._lines[t.label] = key
             self.note(line)
@@ -653,7 +655,9 @@ def run_command(args: argparse.Namespace) -> int:
                 raise RunError(str(exc)) from None
             console.print(f"Ray: dashboard {dashboard}", markup=False)
             python = sys.executable
-        port = serve_port()
+        # Serve's HTTP port, when this run is the first to start Serve on the cluster:
+        # RAYRELAY_SERVE_PORT, else 8000 unless taken, else a free one.
+        port = int(os.environ.get("RAYRELAY_SERVE_PORT") or serve_port())
         backend = RayBackend(
             dashboard, serve_host="127.0.0.1", serve_port=port, url_host="127.0.0.1", python=python
         )

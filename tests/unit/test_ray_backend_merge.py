@@ -146,3 +146,12 @@ def test_entrypoint_survives_the_shell_and_env_passthrough_is_selective() -> Non
     assert argv == ["python", "-m", "rayrelay_workloads.train_job", "--job-json", doc]
     env = {"AWS_ACCESS_KEY_ID": "k", "HF_HUB_OFFLINE": "1", "HOME": "/root", "AWS_SESSION_TOKEN": ""}
     assert passthrough_env(env) == {"AWS_ACCESS_KEY_ID": "k", "HF_HUB_OFFLINE": "1"}
+
+
+def test_configs_serve_hands_back_normalised_count_as_unchanged() -> None:
+    from rayrelay_operator.backends.ray import _same
+
+    ours = [gateway(), {**app("a"), "deployments": [{"name": "M", "ray_actor_options": {"num_cpus": 0}}]}]
+    theirs = [{**app("a"), "deployments": [{"name": "M", "ray_actor_options": {"num_cpus": 0.0}}]}, gateway()]
+    assert _same(ours, theirs)
+    assert not _same(ours, [gateway(), app("a", 2)])
