@@ -201,6 +201,7 @@ class Tracked:
     obj: dict[str, Any]
     error: str | None = None  # a permanent failure outside the status (e.g. BackendRejected)
     last_temporary: str | None = None
+    temporary_failures: int = 0
     submitted: bool = False  # a training job was submitted during this run
     ready_since: float | None = None
     waiting_since: float = field(default_factory=time.monotonic)
@@ -397,13 +398,16 @@ class LocalRun:
             verdict = reconcile.classify(exc, settings=self.settings)
             if verdict.permanent:
                 t.error = f"{verdict.reason}: {exc}"
-            elif str(exc) != t.last_temporary:
+            else:
+                # A cluster still starting fails a few calls; say so only when it persists.
+                t.temporary_failures += 1
+                if t.temporary_failures == 5 or (t.temporary_failures > 5 and str(exc) != t.last_temporary):
+                    self.display.note(f"{t.label}: retrying: {exc}")
                 t.last_temporary = str(exc)
-                self.display.note(f"{t.label}: retrying: {exc}")
             return
         finally:
             self._current = None
-        t.last_temporary = None
+        t.last_temporary, t.temporary_failures = None, 0
         if reconcile.status_changed(t.obj.get("status"), status):
             t.obj["status"] = status.wire()
         problem = reconcile.permanent_failure(status)
@@ -624,7 +628,7 @@ def _artifacts(args: argparse.Namespace, base: Path) -> tuple[str | None, str]:
 
 def run_command(args: argparse.Namespace) -> int:
     """`rayrelay run`: exit 0 on success, 1 on any failure (with the reason printed)."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     docs = read_resources(args.file, console)
     if docs is None:
         return 1
