@@ -80,6 +80,9 @@ def test_imperative_apps_are_refused_with_a_reason() -> None:
     instance = {"applications": {"mine": {"deployed_app_config": app("mine")}, "py": {"status": "RUNNING"}}}
     with pytest.raises(BackendRejected, match="deployed from Python.*py"):
         current_applications(instance)
+    # An app being deleted (after our own PUT) has no config either: it is simply left out.
+    leaving = {"applications": {"mine": {"deployed_app_config": app("mine")}, "old": {"status": "DELETING"}}}
+    assert names(current_applications(leaving)) == ["mine"]
 
 
 def test_deploy_body_keeps_the_running_proxy_port() -> None:

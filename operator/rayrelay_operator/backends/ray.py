@@ -187,7 +187,9 @@ def current_applications(instance: dict[str, Any]) -> list[dict[str, Any]]:
     imperative: list[str] = []
     for name, details in (instance.get("applications") or {}).items():
         config = details.get("deployed_app_config")
-        if not config:
+        if details.get("status") == "DELETING":
+            continue  # on its way out (an earlier PUT removed it): nothing to keep
+        if details.get("source") == "imperative" or not config:
             imperative.append(name)
             continue
         out.append(config)
