@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from rayrelay_core.runs import CheckpointInfo, ProgressDoc, RunLayout
+from rayrelay_core.runs import CheckpointInfo, ProgressDoc, RunLayout, read_doc
 from rayrelay_core.store import StoreError, open_store
 
 
@@ -75,6 +75,10 @@ class ProgressWriter:
 
     def stage(self, stage: str, message: str | None = None) -> None:
         """A stage transition of the pipeline; always written."""
+        # Keep what training workers wrote (step, loss, last checkpoint): the driver's copy lacks it.
+        current = read_doc(self.store, self.uri, ProgressDoc)
+        if current is not None and self.doc.step is None:
+            self.doc = current.model_copy(update={"attempt": self.attempt})
         self.doc.stage = stage
         self.doc.message = message
         self._write()

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -167,13 +168,11 @@ def run_training(job: JobDocument, labels: list[str], scratch_dir: str) -> Train
 
 
 def _first_line(exc: BaseException) -> str:
-    # Ray's errors carry the worker traceback; the root cause is the most useful line.
-    text = str(exc).strip()
-    cause = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()] or [text]
-    return lines[-1][:500] if cause is not exc else (text.splitlines() or [repr(exc)])[0][:500]
+    """The most telling line of a Ray Train error: the last "XError: ..." of the worker traceback."""
+    text = str(exc)
+    errors = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]*(Error|Exception)\b.*:", ln)]
+    head = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return f"{head} {errors[-1]}"[:500] if errors else head[:500]
 
 
 # ------------------------------------------------------------------ worker side

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from rayrelay_workloads.pipeline import PipelineError, run_pipeline
 
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    # Without --ray-address, Ray Train connects when training starts (RAY_ADDRESS or the job's
+    # cluster), so bad data or an unreachable store fail fast without waiting on Ray.
+    if args.ray_address and not ray.is_initialized():
+        ray.init(address=args.ray_address, log_to_driver=True)
     try:
         manifest = run_pipeline(job)
     except PipelineError as exc:
