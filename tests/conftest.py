@@ -133,7 +133,7 @@ def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
             return resp.status == 200
 
     try:
-        wait_until(up, timeout=120, what="the Ray head's dashboard")
+        wait_until(up, timeout=300, what="the Ray head's dashboard")
         yield RayCluster(f"127.0.0.1:{gcs_port}", dashboard, serve_port, temp_dir)
     finally:
         proc.send_signal(signal.SIGTERM)
