@@ -254,7 +254,11 @@ class KubeRayBackend:
             f"list pods {ns} {selector}",
             lambda: self.core.list_namespaced_pod(ns, label_selector=selector, _preload_content=False),
         )
-        return list(json.loads(result.data).get("items") or [])
+        items = json.loads(result.data).get("items") or []
+        # Filter again here: a server that ignores labelSelector (an emulator) must not
+        # make another cluster's pods look like ours.
+        key, _, value = selector.partition("=")
+        return [p for p in items if ((p.get("metadata") or {}).get("labels") or {}).get(key) == value]
 
     def _submitter_job(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
@@ -304,7 +308,9 @@ class KubeRayBackend:
             ),
         )
         for item in listed.get("items") or []:
-            self._delete(namespace, "rayjobs", item["metadata"]["name"])
+            labels = (item.get("metadata") or {}).get("labels") or {}
+            if labels.get(naming.LABEL_TRAININGJOB) == naming.dns_name(name):  # see _pods
+                self._delete(namespace, "rayjobs", item["metadata"]["name"])
 
     # ------------------------------------------------------------------ serving
 
