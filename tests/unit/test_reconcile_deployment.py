@@ -1,0 +1,156 @@
+"""The ModelDeployment state machine (``rayrelay_operator.reconcile``), pass by pass.
+
+A fake backend reports what Serve shows; TrainingJobs are plain dicts served
+by ``get_trainingjob``; manifests live in a local-folder store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reconcile_fakes import Clock, FakeBackend, make_ctx, sample_manifest, with_status, write_manifest
+
+from rayrelay_core.api import ModelDeploymentStatus
+from rayrelay_core.conditions import find_condition
+from rayrelay_operator.backends.base import ServingObservation
+from rayrelay_operator.reconcile import Deploy, permanent_failure, reconcile_modeldeployment, status_changed
+
+
+def md_dict(**model: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "rayrelay.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "sentiment", "namespace": "ml", "uid": "u", "generation": 1},
+        "spec": {"model": model or {"trainingJobRef": {"name": "sst2"}}},
+    }
+
+
+class Driver:
+    def __init__(self, tmp_path: Path, **model: Any) -> None:
+        self.backend = FakeBackend()
+        self.tjs: dict[str, dict[str, Any]] = {}
+        self.ctx, self.events = make_ctx(
+            self.backend, Clock(), str(tmp_path), get_trainingjob=lambda ns, name: self.tjs.get(name)
+        )
+        self.root = tmp_path
+        self.obj = md_dict(**model)
+        self.writes = 0
+
+    def step(self) -> ModelDeploymentStatus:
+        status = reconcile_modeldeployment(self.obj, self.ctx)
+        if status_changed(self.obj.get("status"), status):
+            self.writes += 1
+            self.obj = with_status(self.obj, status)
+        return status
+
+    def publish(self, run: str, int8: bool = True) -> str:
+        uri = str(self.root / run / "manifest.json")
+        write_manifest(uri, sample_manifest(run, int8_accepted=int8))
+        self.tjs["sst2"] = {
+            "status": {"phase": "Succeeded", "artifacts": {"manifestUri": uri}},
+        }
+        return uri
+
+    def serve(self, state: str, ready: int = 1) -> None:
+        args = self.backend.deployed[-1].app_args if self.backend.deployed else None
+        self.backend.serving = ServingObservation(
+            state=state, url="http://x:8000", replicas=1, ready_replicas=ready, serving_args=args, message="m"
+        )
+
+
+def cond(status: ModelDeploymentStatus, type_: str) -> tuple[str, str]:
+    c = find_condition(status.conditions, type_)
+    assert c is not None, f"no {type_} in {status.conditions}"
+    return str(c.status), c.reason
+
+
+def test_waits_for_its_trainingjob_then_deploys_and_becomes_ready(tmp_path: Path) -> None:
+    d = Driver(tmp_path)
+    s = d.step()
+    assert s.phase == "Pending" and cond(s, "ModelAvailable") == ("False", "TrainingJobNotFound")
+    d.tjs["sst2"] = {"status": {"phase": "Training", "progress": {"percent": 40.0}}}
+    s = d.step()
+    c = find_condition(s.conditions, "ModelAvailable")
+    assert c and c.reason == "WaitingForTrainingJob" and "sst2" in c.message and "Training, 40%" in c.message
+    assert d.backend.calls == []
+    uri = d.publish("run-1")
+    s = d.step()
+    assert s.phase == "Deploying" and d.backend.calls == [("deploy", "sentiment")]
+    assert d.backend.deployed[0].app_args["manifestUri"] == uri
+    d.serve("Deploying")
+    assert d.step().phase == "Deploying"
+    d.serve("Running")
+    s = d.step()
+    assert s.phase == "Ready" and s.url == "http://x:8000" and s.ready_replicas == 1
+    assert (
+        s.model is not None and s.model.variant == "int8" and s.model.digest and s.model.manifest_uri == uri
+    )
+    assert cond(s, "Ready") == ("True", "Serving")
+    writes = d.writes
+    d.step()
+    assert d.writes == writes and d.backend.verbs().count("deploy") == 1  # steady state: nothing to do
+
+
+def test_new_model_rolls_over_and_a_bad_one_leaves_the_old_serving(tmp_path: Path) -> None:
+    d = Driver(tmp_path)
+    d.publish("run-1")
+    d.step()
+    d.serve("Running")
+    old = d.step().model
+    assert old is not None
+    d.publish("run-2", int8=False)  # the TrainingJob succeeded again with a new model
+    s = d.step()
+    assert d.backend.verbs().count("deploy") == 2
+    assert s.phase == "Ready" and cond(s, "Progressing") == ("True", "RollingOut")
+    assert s.model == old  # still the old one until the new one runs
+    d.serve("DeployFailed", ready=1)
+    s = d.step()
+    assert s.phase == "Degraded" and cond(s, "Progressing") == ("False", "ModelRolloutFailed")
+    assert cond(s, "Ready") == ("True", "ServingPrevious") and s.model == old
+    assert any(e.type == "Warning" and e.reason == "ModelRolloutFailed" for e in d.events)
+
+
+def test_failure_with_nothing_serving_is_failed(tmp_path: Path) -> None:
+    d = Driver(tmp_path)
+    d.publish("run-1")
+    d.step()
+    d.serve("DeployFailed", ready=0)
+    s = d.step()
+    assert s.phase == "Failed" and cond(s, "Ready") == ("False", "ModelRolloutFailed") and s.model is None
+
+
+def test_missing_manifest_is_permanent(tmp_path: Path) -> None:
+    d = Driver(tmp_path, manifestUri=str(tmp_path / "nope" / "manifest.json"))
+    s = d.step()
+    assert s.phase == "Failed" and cond(s, "ModelAvailable") == ("False", "ModelNotFound")
+    assert permanent_failure(s) is not None and d.backend.calls == []
+
+
+def test_rejected_variant_is_permanent(tmp_path: Path) -> None:
+    uri = str(tmp_path / "r" / "manifest.json")
+    write_manifest(uri, sample_manifest("r", int8_accepted=False))
+    d = Driver(tmp_path, manifestUri=uri, variant="int8")
+    s = d.step()
+    assert s.phase == "Failed" and "rejected by the quality gate" in (permanent_failure(s) or "")
+
+
+def test_suspend_takes_the_endpoint_down(tmp_path: Path) -> None:
+    d = Driver(tmp_path)
+    d.publish("run-1")
+    d.step()
+    d.serve("Running")
+    d.step()
+    d.obj["spec"]["suspend"] = True
+    s = d.step()
+    assert d.backend.calls[-1] == ("undeploy", "sentiment")
+    assert s.phase == "Pending" and s.url is None and cond(s, "Ready") == ("False", "Suspended")
+
+
+def test_deploy_action_carries_the_digest(tmp_path: Path) -> None:
+    d = Driver(tmp_path)
+    d.publish("run-1")
+    d.step()
+    work = d.backend.deployed[0]
+    assert work.app_args["digest"].startswith("sha256:") and work.child_name == "sentiment"
+    assert Deploy(work).work.labels["rayrelay.dev/modeldeployment"] == "sentiment"
