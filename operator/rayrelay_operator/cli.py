@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rayrelay_core import crdgen
+import rayrelay_core.crdgen as crdgen
 from rayrelay_core.validation import ManifestError, load_documents, validate_document
 
 

@@ -387,10 +387,9 @@ class LocalRun:
         try:
             if t.kind == TJ:
                 before = t.status.get("rayJob")
-                status: TrainingJobStatus | ModelDeploymentStatus = reconcile.reconcile_trainingjob(
-                    t.obj, self.ctx
-                )
-                if status.ray_job is not None and status.ray_job.job_id and not before:
+                tj_status = reconcile.reconcile_trainingjob(t.obj, self.ctx)
+                status: TrainingJobStatus | ModelDeploymentStatus = tj_status
+                if tj_status.ray_job is not None and tj_status.ray_job.job_id and not before:
                     t.submitted = True
             else:
                 status = reconcile.reconcile_modeldeployment(t.obj, self.ctx)

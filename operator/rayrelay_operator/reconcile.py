@@ -44,7 +44,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -60,6 +60,9 @@ from rayrelay_core.api import (
     TrainingJob,
     TrainingJobStatus,
     TrainingPhase,
+)
+from rayrelay_core.api import (
+    Backend as BackendKind,
 )
 from rayrelay_core.conditions import find_condition, rfc3339, set_condition
 from rayrelay_core.runs import (
@@ -312,9 +315,10 @@ def _backend_name(spec_backend: Any, settings: Settings) -> str:
     return str(spec_backend or settings.default_backend)
 
 
-def invalid_spec_status(
-    previous: TrainingJobStatus | ModelDeploymentStatus, message: str, now: datetime, generation: int
-) -> TrainingJobStatus | ModelDeploymentStatus:
+_StatusT = TypeVar("_StatusT", TrainingJobStatus, ModelDeploymentStatus)
+
+
+def invalid_spec_status(previous: _StatusT, message: str, now: datetime, generation: int) -> _StatusT:
     """Failed with InvalidSpec; pure. Set before the driver raises a permanent error."""
     status = previous.model_copy(deep=True)
     status.observed_generation = generation
@@ -466,7 +470,7 @@ def compute_training_status(
     run_id = run_id_for(spec)
     backend = _backend_name(spec.backend, settings)
     s.observed_generation = m.gen
-    s.backend = backend
+    s.backend = BackendKind(backend)
     docs = observed.docs
     work = current_work(tj, previous, settings)
 
@@ -573,11 +577,8 @@ def compute_training_status(
         s.phase = TrainingPhase.PENDING
         reason = obs.reason or "WaitingForResources"
         message = obs.message or "waiting for the Ray cluster and its workers to start"
-        if (
-            reason != "WaitingForResources"
-            and find_condition(s.conditions, COND_RUNNING)
-            and (find_condition(s.conditions, COND_RUNNING).reason != reason)
-        ):
+        running = find_condition(s.conditions, COND_RUNNING)
+        if reason != "WaitingForResources" and running is not None and running.reason != reason:
             m.event("Warning", reason, message)
         m.cond(COND_RUNNING, False, reason, message)
         return s, m.actions
@@ -836,7 +837,7 @@ def compute_deployment_status(
     gen = md.metadata.generation or 1
     s = previous.model_copy(deep=True)
     s.observed_generation = gen
-    s.backend = _backend_name(md.spec.backend, settings)
+    s.backend = BackendKind(_backend_name(md.spec.backend, settings))
     actions: list[Action] = []
     old_phase = DeploymentPhase(previous.phase)
 
