@@ -143,6 +143,9 @@ class FailureDoc(Doc):
     reason: str
     message: str
     retryable: bool = True
+    # The attempt that wrote it: a document left by an earlier attempt must not be
+    # read as the reason the current one failed. None = not tied to an attempt.
+    attempt: int | None = None
 
 
 class FileEntry(Doc):

@@ -78,7 +78,7 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
     if settings.ray_address:
         from rayrelay_operator.backends.ray import RayBackend
 
-        backends["ray"] = RayBackend(settings.ray_address)
+        backends["ray"] = RayBackend(settings.ray_address, serve_port=settings.serve_port)
     return ReconcileContext(
         settings=settings, backends=backends, get_trainingjob=trainingjob_getter(api_client)
     )

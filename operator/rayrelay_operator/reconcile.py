@@ -590,18 +590,20 @@ def compute_training_status(
         s.phase = new_phase
         m.cond(COND_RUNNING, True, str(new_phase), f"attempt {s.attempt}: {stage}")
         return s, m.actions
+    # A failure document of an earlier attempt does not explain this one.
+    failure = docs.failure if docs.failure and docs.failure.attempt in (None, s.attempt) else None
     if state is WorkState.SUCCEEDED:
         # The driver exited 0 but no manifest (checked above): the publish did not happen.
-        if docs.failure is not None:
+        if failure is not None:
             return _attempt_failed(
-                m, tj, settings, work, docs.failure.reason, docs.failure.message, docs.failure.retryable
+                m, tj, settings, work, failure.reason, failure.message, failure.retryable
             ), m.actions
         return _attempt_failed(
             m, tj, settings, work, "ManifestMissing", "the job exited 0 without publishing a manifest", True
         ), m.actions
     # FAILED or STOPPED (not by us: we are not suspended).
-    if docs.failure is not None:
-        reason, message, retryable = docs.failure.reason, docs.failure.message, docs.failure.retryable
+    if failure is not None:
+        reason, message, retryable = failure.reason, failure.message, failure.retryable
     else:
         reason = obs.reason or "TrainingFailed"
         message = obs.message or f"the Ray job {work.submission_id} {str(state).lower()}"

@@ -138,8 +138,10 @@ def write_progress(layout: RunLayout, stage: str, step: int = 10, total: int = 1
     LocalStore().write_bytes(layout.progress, doc.to_json().encode())
 
 
-def write_failure(layout: RunLayout, reason: str, message: str, retryable: bool) -> None:
-    doc = FailureDoc(reason=reason, message=message, retryable=retryable)
+def write_failure(
+    layout: RunLayout, reason: str, message: str, retryable: bool, attempt: int | None = None
+) -> None:
+    doc = FailureDoc(reason=reason, message=message, retryable=retryable, attempt=attempt)
     LocalStore().write_bytes(layout.failure, doc.to_json().encode())
 
 

@@ -200,6 +200,19 @@ def test_failure_document_reason_and_quality_gate_is_not_retried(tmp_path: Path)
     assert d.events[-1].type == "Warning" and d.events[-1].reason == "QualityGateFailed"
 
 
+def test_failure_document_of_an_earlier_attempt_is_not_this_attempts_reason(tmp_path: Path) -> None:
+    d = Driver(tmp_path, failurePolicy={"backoffLimit": 3})
+    d.step()
+    write_failure(d.layout, "StorageError", "S3 throttled", retryable=True, attempt=1)
+    d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
+    s = d.step()
+    assert s.attempt == 2 and cond(s, "Running") == ("False", "StorageError")
+    # Attempt 2 dies without writing a document: the stale one must not explain it.
+    d.observe(WorkState.FAILED, "DriverDied", "the head pod is gone")
+    s = d.step()
+    assert s.attempt == 3 and cond(s, "Running") == ("False", "DriverDied")
+
+
 def test_driver_died_while_job_says_running_is_a_failed_attempt(tmp_path: Path) -> None:
     d = Driver(tmp_path)
     d.step()

@@ -122,7 +122,10 @@ def _record_failure(
     try:
         store = open_store(layout.base, job.endpoint_url)
         store.write_bytes(
-            layout.failure, FailureDoc(reason=reason, message=message, retryable=retryable).to_json().encode()
+            layout.failure,
+            FailureDoc(reason=reason, message=message, retryable=retryable, attempt=job.attempt)
+            .to_json()
+            .encode(),
         )
         if progress is not None:
             progress.stage("Failed", f"{reason}: {message}")
