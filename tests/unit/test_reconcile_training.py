@@ -207,10 +207,10 @@ def test_failure_document_of_an_earlier_attempt_is_not_this_attempts_reason(tmp_
     d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
     s = d.step()
     assert s.attempt == 2 and cond(s, "Running") == ("False", "StorageError")
-    # Attempt 2 dies without writing a document: the stale one must not explain it.
-    d.observe(WorkState.FAILED, "DriverDied", "the head pod is gone")
+    # Attempt 2 fails without writing a document: the stale one must not explain it.
+    d.observe(WorkState.FAILED)
     s = d.step()
-    assert s.attempt == 3 and cond(s, "Running") == ("False", "DriverDied")
+    assert s.attempt == 3 and cond(s, "Running") == ("False", "TrainingFailed")
 
 
 def test_driver_died_while_job_says_running_is_a_failed_attempt(tmp_path: Path) -> None:
