@@ -50,6 +50,7 @@ def validate_command(args: argparse.Namespace) -> int:
         else:
             names.append(f"{doc['kind']}/{doc['metadata']['name']}")
     if failed:
+        sys.stdout.flush()  # the error lines come before the summary, even when piped
         print(f"{failed} of {len(docs)} resource(s) invalid", file=sys.stderr)
         return 1
     noun = "resource" if len(names) == 1 else "resources"
