@@ -1,0 +1,408 @@
+"""Render ``bench/results/*.json`` into ``docs/performance.md``.
+
+``bench.__main__`` calls :func:`render` after the benchmarks ran; it can also be
+run alone (``python -m bench.report``) to regenerate the page from the stored
+results. Only the figures in the JSON files appear on the page: nothing is
+typed in by hand, so the page and the results cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, ROOT
+
+DOC = ROOT / "docs" / "performance.md"
+
+
+def _f(value: Any, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}{unit}"
+    return str(value)
+
+
+def _x(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}×"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def _load(results: Path) -> dict[str, dict[str, Any]]:
+    docs = {}
+    for name in ("kernel", "endpoint", "training", "control_plane", "cold_start", "run"):
+        path = results / f"{name}.json"
+        if path.is_file():
+            docs[name] = json.loads(path.read_text())
+    return docs
+
+
+def headlines(docs: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    k = docs.get("kernel")
+    if k:
+        for row in k["grid"]:
+            if row["contender"] == "ort-int8" and row["batch"] == 8 and row["seq"] == 128:
+                lines.append(
+                    f"- **Kernel**: onnxruntime int8 is **{_x(row['speedup_vs_pytorch'])}** PyTorch eager fp32 "
+                    f"at batch 8 × sequence 128 (p50 {_f(row['p50_ms'])} ms), "
+                    f"accuracy {k['accuracy']['ort-int8']:.4f} vs {k['accuracy']['pytorch']:.4f}."
+                )
+    e = docs.get("endpoint")
+    if e:
+        parts = [
+            f"{_x(r['throughput_ratio'])} at concurrency {r['concurrency']}"
+            for r in e["table"]
+            if r["concurrency"] in (8, 32)
+        ]
+        lines.append(
+            f"- **Endpoint**: rayrelay (int8, batching) vs the naive Flask server, throughput {', '.join(parts)}."
+        )
+    t = docs.get("training")
+    if t:
+        s = t["summary"]
+        lines.append(
+            "- **Training**: plain PyTorch / Ray Train samples/s, end to end: "
+            f"{_x(s['ray-1w']['end_to_end_overhead_x'])} (1 worker), {_x(s['ray-2w']['end_to_end_overhead_x'])} "
+            f"(2 workers); step loop only: {_x(s['ray-1w']['loop_overhead_x'])} and "
+            f"{_x(s['ray-2w']['loop_overhead_x'])}."
+        )
+    c = docs.get("control_plane")
+    if c:
+        big = max(c["results"], key=lambda r: r["resources"])
+        lines.append(
+            f"- **Control plane**: {big['resources']} TrainingJobs at once: create → submitted "
+            f"p99 **{_f(big['create_to_submitted_p99_s'], 2)} s** (p50 {_f(big['create_to_submitted_p50_s'], 2)} s), "
+            f"all reconciled in {_f(big['all_reconciled_s'])} s, operator peak RSS {_f(big['operator_peak_rss_mib'], 0)} MiB."
+        )
+    cs = docs.get("cold_start")
+    if cs:
+        lines.append(
+            f"- **Cold start**: ModelDeployment created → Ready in {_f(cs['e2e_model_cold_s'])} s "
+            f"({_f(cs['e2e_first_on_cluster_s'])} s when it also starts Serve); the replica's own work is "
+            f"{_f(cs['replica_breakdown_median_s'].get('constructor_total'), 2)} s of it."
+        )
+    return lines
+
+
+def kernel_section(k: dict[str, Any]) -> list[str]:
+    s = k["settings"]
+    out = [
+        "## 1. Inference kernel",
+        "",
+        f"One fine-tuned MiniLM (run `{s['model_run']}`), {s['threads']} threads for every contender, "
+        f"inputs padded to exactly the sequence length; {s['repetitions']} interleaved repetitions of "
+        f"~{s['timed_seconds_per_contender_shape_rep']} s per contender and shape after a warm-up call. "
+        "Latency percentiles pool all calls; throughput is the median over repetitions. "
+        "`GFLOP/s` = analytic model FLOPs (≈ 2 × encoder params × tokens + attention) / p50 latency; "
+        "`% peak` = FLOPs / the best call, over the best fp32 GEMM sample below (best against best, "
+        "the two least disturbed by other load). int8 runs on VNNI int8 dot products, so it can pass "
+        "the fp32 peak.",
+        "",
+    ]
+    rows = []
+    for r in k["grid"]:
+        rows.append(
+            [
+                f"{r['batch']}×{r['seq']}",
+                r["contender"],
+                _f(r["p50_ms"]),
+                _f(r["p99_ms"]),
+                _f(r["throughput_seq_per_s"]),
+                _x(r["speedup_vs_pytorch"]),
+                _f(r["achieved_gflops_p50"]),
+                _f(100 * r["fraction_of_gemm_peak"], 0, "%"),
+            ]
+        )
+    out += _table(
+        [
+            "batch×seq",
+            "contender",
+            "p50 ms",
+            "p99 ms",
+            "seq/s",
+            "speed-up vs PyTorch",
+            "GFLOP/s at p50",
+            "% peak",
+        ],
+        rows,
+    )
+    g = k["gemm"]
+    out += [
+        f"fp32 GEMM {g['n']}³ in the same process with the same threads, {g['samples']} samples through "
+        f"the run: best torch {_f(g['torch_best'])}, numpy {_f(g['numpy_best'])}, onnxruntime MatMul "
+        f"{_f(g.get('onnxruntime_best'))} GFLOP/s (medians {_f(g['torch_median'])} / {_f(g['numpy_median'])} / "
+        f"{_f(g.get('onnxruntime_median'))}); the peak used is the best of all, {_f(g['peak'])} GFLOP/s. CPU flags: "
+        f"{', '.join(k.get('cpu_flags', [])) or 'n/a'}.",
+        "",
+        "Accuracy on the validation set (600 texts) and the largest logit difference from PyTorch:",
+        "",
+    ]
+    out += _table(
+        ["contender", "accuracy", "max |Δlogit| vs PyTorch"],
+        [
+            [c, f"{k['accuracy'][c]:.4f}", f"{k['max_abs_logit_diff_vs_pytorch'][c]:.2e}"]
+            for c in ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8")
+        ],
+    )
+    ops = k["op_counts"]
+
+    def fmt(counts: dict[str, int]) -> str:
+        return ", ".join(f"{op} {n}" for op, n in sorted(counts.items())) or "none"
+
+    out += [
+        "**Fusion.** Op types in each graph (of Attention, MultiHeadAttention, SkipLayerNormalization, "
+        "EmbedLayerNormalization, BiasGelu, FastGelu, Gelu, LayerNormalization):",
+        "",
+        f"- plain export: {fmt(ops['plain_graph'])}",
+        f"- plain export after onnxruntime's own session optimizer (`ORT_ENABLE_ALL`): "
+        f"{fmt(ops['plain_after_session_optimizer'])}",
+        f"- transformer optimizer (`optimize_onnx`): {fmt(ops['fused_graph'])}",
+        f"- transformer optimizer, then the session optimizer: {fmt(ops['fused_after_session_optimizer'])}",
+        "",
+        f"Attention fused: **{'yes' if k['attention_fused'] else 'no'}**. "
+        + (
+            "Without an Attention node the transformer optimizer only pre-applies LayerNorm/GELU "
+            "fusions that onnxruntime's session optimizer already applies to the plain graph at load "
+            "time, so the fused graph cannot be expected to be faster than the plain one, and here it "
+            "is not (see the table); `rayrelay_workloads.export` therefore serves the plain graph unless "
+            "the fused one measures faster."
+            if not k["attention_fused"]
+            else "The attention subgraph is fused into one kernel."
+        ),
+        "",
+    ]
+    return out
+
+
+def endpoint_section(e: dict[str, Any]) -> list[str]:
+    s = e["settings"]
+    rr, nv = s["rayrelay"], s["naive"]
+    out = [
+        "## 2. Endpoint",
+        "",
+        f"rayrelay: a ModelDeployment ({rr['variant']}, {rr['replicas']} replica, batching up to "
+        f"{rr['max_batch_size']} / {rr['batch_wait_timeout_ms']} ms, {rr['intra_op_threads']} onnxruntime threads), "
+        f"{rr['protocol']}. Naive: {nv['server']}, {nv['runtime']}, {nv['threads']} threads, one forward per "
+        f"request. Load: `bench/loadgen.py` in its own process, closed loop, one text per request, "
+        f"{s['requests_per_level']} requests or {s['time_bound_s']:.0f} s per level, {s['repetitions']} "
+        "interleaved repetitions after a warm-up; medians over repetitions. Server, load generator and "
+        "Ray share the same 2 cores.",
+        "",
+    ]
+    rows = []
+    for r in e["table"]:
+        a, b = r["rayrelay"], r["naive"]
+        rows.append(
+            [
+                str(r["concurrency"]),
+                _f(a["throughput_rps"]),
+                _f(b["throughput_rps"]),
+                _x(r["throughput_ratio"]),
+                _f(a["p50_ms"]),
+                _f(b["p50_ms"]),
+                _f(a["p99_ms"]),
+                _f(b["p99_ms"]),
+                f"{a['errors']} / {b['errors']}",
+            ]
+        )
+    out += _table(
+        [
+            "concurrency",
+            "rayrelay req/s",
+            "naive req/s",
+            "throughput ratio",
+            "rayrelay p50 ms",
+            "naive p50 ms",
+            "rayrelay p99 ms",
+            "naive p99 ms",
+            "errors (rr / naive)",
+        ],
+        rows,
+    )
+    return out
+
+
+def training_section(t: dict[str, Any]) -> list[str]:
+    s = t["settings"]
+    out = [
+        "## 3. Training",
+        "",
+        f"MiniLM, {s['samples']} samples, {s['epochs']} epoch, global batch {s['global_batch']}, "
+        f"sequence ≤ {s['max_seq_length']}, {s['steps']} optimizer steps, evaluation on "
+        f"{s['validation_samples']} texts and a checkpoint at the end, {s['repetitions']} interleaved "
+        f"repetitions after a warm-up. Ray: {s['ray']}, through `rayrelay_workloads.train.run_training`. "
+        "Plain: one fresh Python process, the same model/data helpers, 2 threads. End to end = the whole "
+        "call (process/worker start, model load, steps, evaluation, checkpoint); loop = the step loop "
+        "alone (Ray: `progress.json`'s samplesPerSecond).",
+        "",
+    ]
+    rows = []
+    for name, v in t["summary"].items():
+        rows.append(
+            [
+                name,
+                _f(v["samples_per_s"]),
+                _f(v["loop_samples_per_s"]),
+                _f(v["wall_s"]),
+                _x(v.get("end_to_end_overhead_x")) if name != "plain" else "1.00×",
+                _x(v.get("loop_overhead_x")) if name != "plain" else "1.00×",
+            ]
+        )
+    out += _table(
+        [
+            "contender",
+            "samples/s end to end",
+            "samples/s loop",
+            "wall s",
+            "overhead end to end (plain/ray)",
+            "overhead loop",
+        ],
+        rows,
+    )
+    return out
+
+
+def control_plane_section(c: dict[str, Any]) -> list[str]:
+    s = c["settings"]
+    out = [
+        "## 4. Control plane",
+        "",
+        f"API server: {s['api_server']}. Operator: {s['operator']}, in its own process, "
+        f"{s['kopf_workers']} handler threads, default timers. Backend: {s['backend']}. All TrainingJobs are "
+        "POSTed concurrently; *reconciled* = the operator wrote a status recording the submission "
+        "(`status.rayJob`, `observedGeneration`). kopf's event posting is off (the emulator cannot name "
+        "events made with `generateName`).",
+        "",
+    ]
+    rows = [
+        [
+            str(r["resources"]),
+            _f(r["created_burst_s"], 2),
+            _f(r["create_to_submitted_p50_s"], 2),
+            _f(r["create_to_submitted_p99_s"], 2),
+            _f(r["all_reconciled_s"], 1),
+            f"{r['submitted']} / {r['submit_calls']}",
+            _f(r["operator_rss_ready_mib"], 0),
+            _f(r["operator_peak_rss_mib"], 0),
+        ]
+        for r in c["results"]
+    ]
+    out += _table(
+        [
+            "TrainingJobs",
+            "create burst s",
+            "create→submitted p50 s",
+            "p99 s",
+            "all reconciled s",
+            "submitted / submit calls",
+            "operator RSS idle MiB",
+            "operator peak RSS MiB",
+        ],
+        rows,
+    )
+    return out
+
+
+def cold_start_section(cs: dict[str, Any]) -> list[str]:
+    s = cs["settings"]
+    parts = cs["replica_breakdown_median_s"]
+    out = [
+        "## 5. Cold start",
+        "",
+        f"Artifacts in {s['store']}; variant {s['variant']} ({_f(s['int8_model_mib'])} MiB model), fetched: "
+        f"{s['files_fetched']}; empty cache each time; {s['repetitions']} repetitions, medians. End to end: "
+        "the product's reconciler + ray backend on a local Ray head, created → phase Ready.",
+        "",
+    ]
+    out += _table(
+        ["end to end", "seconds"],
+        [
+            [
+                "first ModelDeployment on a fresh cluster (also starts Serve + gateway)",
+                _f(cs["e2e_first_on_cluster_s"], 1),
+            ],
+            ["next ModelDeployments (model cold, Serve running)", _f(cs["e2e_model_cold_s"], 1)],
+            ["of which Ray/Serve orchestration (e2e − replica constructor)", _f(cs["orchestration_s"], 1)],
+        ],
+    )
+    order = [
+        ("imports", "imports of the replica process (onnxruntime, transformers, rayrelay)"),
+        ("store_client", "store client (boto3 S3 client creation)"),
+        ("manifest_read", "manifest read"),
+        ("artifact_download", "artifact download (S3)"),
+        ("digest_verification", "digest verification (sha256 of every file)"),
+        ("tokenizer_load", "tokenizer load"),
+        ("session_creation", "onnxruntime session creation"),
+        ("warmup_inference", "warm-up inference"),
+        ("other_in_constructor", "other (metrics, options, batching setup)"),
+        ("constructor_total", "**replica constructor total** (without imports)"),
+    ]
+    out += _table(
+        ["replica step (`ModelServer.__init__`)", "seconds"],
+        [[label, _f(parts.get(k), 3)] for k, label in order],
+    )
+    return out
+
+
+def render(results: Path | None = None, doc: Path | None = None) -> Path:
+    results = results or RESULTS
+    doc = doc or DOC
+    docs = _load(results)
+    any_doc = next((d for d in docs.values() if "machine" in d), {})
+    m, v = any_doc.get("machine", {}), any_doc.get("versions", {})
+    run = docs.get("run", {})
+    lines = [
+        "# Performance",
+        "",
+        "<!-- Generated by `python -m bench` (bench/report.py) from bench/results/*.json; do not edit by hand. -->",
+        "",
+        f"Command: `{run.get('command', '.venv/bin/python -m bench')}` (what `make bench` runs)"
+        + (f", {run['total_s'] / 60:.1f} min in all" if run.get("total_s") else "")
+        + (f", finished {run['finished_at']}" if run.get("finished_at") else "")
+        + (f", git {run['git_revision']}" if run.get("git_revision") else "")
+        + ".",
+        "",
+        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('memory_gib')} GiB memory, no GPU, "
+        f"{m.get('os')}. Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "This machine is shared: absolute times vary from run to run (load average at the end of each "
+        "benchmark is in its JSON file); ratios between contenders measured interleaved in the same run "
+        "hold much better. Each benchmark runs in its own process; results in `bench/results/<name>.json`.",
+        "",
+        "## Headlines",
+        "",
+        *headlines(docs),
+        "",
+    ]
+    if run.get("benchmarks"):
+        lines += _table(
+            ["benchmark", "status", "minutes"],
+            [[n, b["status"], _f(b["seconds"] / 60, 1)] for n, b in run["benchmarks"].items()],
+        )
+    sections = {
+        "kernel": kernel_section,
+        "endpoint": endpoint_section,
+        "training": training_section,
+        "control_plane": control_plane_section,
+        "cold_start": cold_start_section,
+    }
+    for name, fn in sections.items():
+        if name in docs:
+            lines += fn(docs[name])
+        else:
+            lines += [f"## {name}", "", "Not run (see the run table above).", ""]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines).rstrip() + "\n")
+    return doc
+
+
+if __name__ == "__main__":
+    print(render())
