@@ -68,12 +68,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # A partial run (--only) keeps the other benchmarks' previous entries in the run record.
     run_file = results / "run.json"
-    previous = json.loads(run_file.read_text()).get("benchmarks", {}) if run_file.is_file() else {}
+    before = json.loads(run_file.read_text()) if run_file.is_file() and args.only else {}
+    previous = before.get("benchmarks", {})
+    # The page says which commands produced it: a full run, then any --only re-runs.
+    commands = before.get("commands", [before["command"]] if before.get("command") else [])
     results.mkdir(parents=True, exist_ok=True)
     run_file.write_text(
         json.dumps(
             {
                 "command": f".venv/bin/{command}",
+                "commands": [*commands, f".venv/bin/{command}"],
                 "quick": args.quick,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "git_revision": git_revision(),
