@@ -12,24 +12,39 @@ them, parses and validates with ``protocol.py``, and only then calls
 ``ModelServer.predict`` with a list of strings. So a client can get a 4xx and
 never a 5xx, and never reach a replica with something it cannot take. 503 is
 kept for a model that exists but has no ready replica; 404 for a name that is
-no model application. Metrics: ``metrics.GatewayMetrics`` plus the replicas'
+no model application, and for transient server-side trouble (a model's
+queue full, i.e. Serve's ``BackPressureError``, a replica gone, or no model
+status read yet), with a ``Retry-After`` header. Metrics: ``metrics.GatewayMetrics`` plus the replicas'
 series at ``GET /metrics``.
 
 A raw Starlette handler (no FastAPI) on purpose: routes like
 ``/v1/models/{name}:predict`` and OIP's error shape are simpler to state by hand
 than to bend a framework's validation errors into.
+
+Model status (``serve.status()``) is cached for ``STATUS_TTL_S`` and refreshed
+by one read at a time: requests that find it stale keep using the last known
+state while the refresh runs, and a failed refresh is logged and leaves that
+state in place. Concurrent ``serve.status()`` calls in one process are not
+safe: parsing the status builds ``AutoscalingPolicy`` objects, whose
+constructor registers and then unregisters a module in cloudpickle's
+process-global pickle-by-value set, so two threads doing it at once make one
+raise ``ValueError: ... is not registered for pickle by value``. That is how a
+request got a 500 under load when every stale request started its own read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -46,6 +61,19 @@ _V1_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?P<verb>:predict)?/?$")
 
 STATUS_TTL_S = 1.0
 INFER_TIMEOUT_S = 60.0
+RETRY_AFTER_S = 1
+
+# Serve errors that mean "the model cannot take this request right now", not a fault.
+_TRANSIENT = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+
+
+class Unavailable(Exception):
+    """Transient server-side trouble: answered 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -78,12 +106,44 @@ def _error(status: int, message: str) -> JSONResponse:
     return _json(status, protocol.error_body(message))
 
 
+def _unavailable(message: str, retry_after_s: float | None = None) -> JSONResponse:
+    response = _error(503, message)
+    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))
+    return response
+
+
+def _transient(exc: BaseException) -> BaseException | None:
+    """The Serve overload/unavailability error in ``exc`` (or its causes), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # a RayTaskError may wrap it; do not loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, _TRANSIENT):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BackPressureError):
+        return f"the model is overloaded (its request queue is full); retry later: {exc}"
+    message = getattr(exc, "message", None) or str(exc)
+    return f"the model is temporarily unavailable; retry later: {message}"
+
+
 @serve.deployment(name=GATEWAY_DEPLOYMENT)
 class Gateway:
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         self.args = dict(args or {})
         self.metrics = GatewayMetrics()
         self._status_cache: tuple[float, dict[str, ModelState]] = (0.0, {})
+        self._status_known = False  # a status read has succeeded at least once
+        self._status_error: str | None = None  # why the latest status read failed
+        self._refresh: asyncio.Future[dict[str, ModelState]] | None = None
+        # Serve's client API is not thread-safe (see the module docstring) and the
+        # gateway calls it from worker threads: one call at a time. (An attribute,
+        # not a module global: Serve pickles this class by value.)
+        self._serve_api = threading.Lock()
         self._handles: dict[tuple[str, float], Any] = {}
         self._infos: dict[tuple[str, float], dict[str, Any]] = {}
 
@@ -91,7 +151,9 @@ class Gateway:
 
     def _read_states(self) -> dict[str, ModelState]:
         states: dict[str, ModelState] = {}
-        for name, app in serve.status().applications.items():
+        with self._serve_api:
+            status = serve.status()
+        for name, app in status.applications.items():
             dep = app.deployments.get(MODEL_DEPLOYMENT)
             if name == GATEWAY_APP_NAME or dep is None:
                 continue  # not a rayrelay model application: never forward to it
@@ -101,10 +163,46 @@ class Gateway:
         return states
 
     async def _states(self, fresh: bool = False) -> dict[str, ModelState]:
+        """Model states: cached, refreshed by at most one read at a time.
+
+        A stale cache starts a refresh (or joins the one running) but is
+        returned at once if a read ever succeeded; ``fresh`` waits for that
+        refresh. A failed refresh keeps the last known state (see
+        ``_refresh_states``); with none known yet it raises ``Unavailable``.
+        """
         stamp, states = self._status_cache
-        if fresh or time.monotonic() - stamp > STATUS_TTL_S:
+        if not fresh and time.monotonic() - stamp <= STATUS_TTL_S:
+            return states
+        refresh = self._refresh
+        if refresh is None or refresh.done():
+            refresh = self._refresh = asyncio.ensure_future(self._refresh_states())
+        if not fresh and self._status_known:
+            return states
+        # shield: a caller that gives up must not cancel the read the others wait on.
+        return await asyncio.shield(refresh)
+
+    async def _refresh_states(self) -> dict[str, ModelState]:
+        try:
             states = await asyncio.to_thread(self._read_states)
-            self._status_cache = (time.monotonic(), states)
+        except Exception as exc:
+            # Retry after another TTL, not on every request; keep serving meanwhile.
+            stamp, cached = self._status_cache
+            self._status_cache = (time.monotonic(), cached)
+            self._status_error = f"{type(exc).__name__}: {exc}"
+            if not self._status_known:
+                log.exception("gateway: reading the model status failed (no state known yet)")
+                raise Unavailable(
+                    f"the model status is not available yet; retry later ({self._status_error})"
+                ) from exc
+            log.warning(
+                "gateway: reading the model status failed; serving with the state read %.1f s ago",
+                time.monotonic() - stamp,
+                exc_info=True,
+            )
+            return cached
+        self._status_cache = (time.monotonic(), states)
+        self._status_known = True
+        self._status_error = None
         return states
 
     async def _state(self, name: str) -> ModelState:
@@ -112,6 +210,9 @@ class Gateway:
         if state is None:
             # Maybe deployed within the last second: look once more before a 404.
             state = (await self._states(fresh=True)).get(name)
+        if state is None and self._status_error is not None:
+            # The fresh read failed: the model may exist; do not answer 404.
+            raise Unavailable(f"the model status could not be read; retry later ({self._status_error})")
         if state is None:
             raise ProtocolError(404, f"model {name!r} not found")
         return state
@@ -120,8 +221,12 @@ class Gateway:
         key = (state.name, state.deployed_at)
         if key not in self._handles:
             self._handles = {k: v for k, v in self._handles.items() if k[0] != state.name}
-            self._handles[key] = await asyncio.to_thread(serve.get_app_handle, state.name)
+            self._handles[key] = await asyncio.to_thread(self._get_app_handle, state.name)
         return self._handles[key]
+
+    def _get_app_handle(self, name: str) -> Any:
+        with self._serve_api:
+            return serve.get_app_handle(name)
 
     async def _info(self, state: ModelState) -> dict[str, Any]:
         if not state.servable:
@@ -148,11 +253,18 @@ class Gateway:
             response, model_label = await self._route(request, path)
         except ProtocolError as exc:
             response = _error(exc.status, exc.message)
+        except Unavailable as exc:  # already logged where it arose
+            response = _unavailable(exc.message, exc.retry_after_s)
         except asyncio.TimeoutError:
             response = _error(504, f"the model did not answer within {INFER_TIMEOUT_S:.0f} s")
-        except Exception as exc:  # a server fault, never a client's: say so, keep serving
-            log.exception("gateway: %s %s failed", request.method, path)
-            response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            transient = _transient(exc)
+            if transient is not None:  # overload or a replica going away: retryable
+                log.warning("gateway: %s %s: 503: %s", request.method, path, transient)
+                response = _unavailable(_describe(transient), getattr(transient, "retry_after_s", None))
+            else:  # a server fault, never a client's: say so, keep serving
+                log.exception("gateway: %s %s failed", request.method, path)
+                response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
         if path != "/metrics":
             self.metrics.observe(
                 model_label, protocol_name, response.status_code, time.perf_counter() - start
@@ -253,7 +365,11 @@ class Gateway:
         from prometheus_client import generate_latest
 
         texts = [generate_latest(self.metrics.registry).decode()]
-        for state in (await self._states()).values():
+        try:
+            states = await self._states()
+        except Unavailable:  # logged; the gateway's own series still answer
+            states = {}
+        for state in states.values():
             if not state.servable:
                 continue
             try:
