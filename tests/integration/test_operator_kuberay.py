@@ -11,28 +11,20 @@ asserts what the operator created and the status it reports.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
 import json
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import kmock as kmock_lib
-import kopf
 import pytest
-from kubernetes import client as k8s
+from tests.integration.kopf_harness import OperatorHarness, register_resources, wait_until
 
 from rayrelay_core.api import TrainingJobSpec
 from rayrelay_core.runs import FailureDoc, ProgressDoc, RunLayout, run_id_for
 from rayrelay_core.store import S3Settings, S3Store
 from rayrelay_operator.backends.kuberay import KubeRayBackend
-from rayrelay_operator.handlers import build_registry, trainingjob_getter
-from rayrelay_operator.reconcile import ReconcileContext
 from rayrelay_operator.settings import Settings
 
 NS = "ml"
@@ -48,21 +40,16 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/events": {"kind": "Event", "singular": "event"},
     "batch/v1/jobs": {"kind": "Job", "singular": "job"},
 }
-VERBS = ["get", "list", "watch", "create", "patch", "update", "delete"]
 
 
-class Cluster:
-    """The emulator, an API client to it, S3, and the operator runs."""
+class Cluster(OperatorHarness):
+    """The emulator, an API client to it, S3, and the operator runs (kuberay backend)."""
 
     def __init__(self, emulator: Any, s3_bucket: str, s3_server: str) -> None:
         self.k = emulator
-        cfg = k8s.Configuration(host=str(emulator.url).rstrip("/"))
-        self.api_client = k8s.ApiClient(cfg)
-        self.custom = k8s.CustomObjectsApi(self.api_client)
-        self.core = k8s.CoreV1Api(self.api_client)
         self.bucket = s3_bucket
         self.store = S3Store(S3Settings(endpoint_url=s3_server))
-        self.settings = Settings(
+        settings = Settings(
             artifacts_uri=f"{s3_bucket}/runs",
             s3_endpoint_url=s3_server,
             timer_interval_seconds=0.5,
@@ -71,81 +58,17 @@ class Cluster:
             stuck_initializing_seconds=300,
             retry_base_delay_seconds=0.5,
         )
-        # The test's own threads for blocking client calls (kept apart from kopf's executor).
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-client")
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
-
-    # ------------------------------------------------------------------ operator
-
-    async def start(self) -> None:
-        registry = build_registry(self.settings)
-        url = str(self.k.url).rstrip("/")
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True)
-
-        @kopf.on.startup(registry=registry)
-        def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.scanning.disabled = True
-            settings.watching.server_timeout = 10
-
-        # A fresh client per run: see stop().
-        operator_client = k8s.ApiClient(k8s.Configuration(host=url))
-        ctx = ReconcileContext(
-            settings=self.settings,
-            backends={"kuberay": KubeRayBackend(operator_client, self.settings)},
-            get_trainingjob=trainingjob_getter(operator_client),
+        super().__init__(
+            str(emulator.url),
+            settings,
+            lambda client: {"kuberay": KubeRayBackend(client, settings)},
+            NS,
         )
-        self._stop = asyncio.Event()
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(
-            kopf.operator(
-                registry=registry,
-                standalone=True,
-                namespaces=[NS],
-                memo=kopf.Memo(settings=self.settings, ctx=ctx, metrics_port=0),
-                stop_flag=self._stop,
-                ready_flag=ready,
-            )
-        )
-        await asyncio.wait_for(ready.wait(), timeout=30)
-
-    async def stop(self) -> None:
-        assert self._stop is not None and self._task is not None
-        self._stop.set()
-        await asyncio.wait_for(self._task, timeout=30)
-        # On stopping, kopf cancels every task started after it, the emulator's per-connection
-        # server tasks included: pooled keep-alive connections are dead now, drop them.
-        self.api_client.rest_client.pool_manager.clear()
 
     # ------------------------------------------------------------------ helpers
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
-
-    async def create(self, plural: str, body: dict[str, Any]) -> None:
-        await self.call(
-            self.custom.create_namespaced_custom_object, "rayrelay.dev", "v1alpha1", NS, plural, body
-        )
-
-    async def get(self, group: str, version: str, plural: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(
-                await self.call(self.custom.get_namespaced_custom_object, group, version, NS, plural, name)
-            )
-        except k8s.exceptions.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def status(self, plural: str, name: str) -> dict[str, Any]:
-        obj = await self.get("rayrelay.dev", "v1alpha1", plural, name)
-        return dict((obj or {}).get("status") or {})
-
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        """Write a KubeRay resource's status (the test plays KubeRay)."""
         await self.call(
             self.custom.patch_namespaced_custom_object_status,
             "ray.io",
@@ -156,15 +79,11 @@ class Cluster:
             {"status": status},
         )
 
+    async def ray(self, plural: str, name: str) -> dict[str, Any] | None:
+        return await self.get(plural, name, group="ray.io", version="v1")
+
     async def wait(self, what: str, probe: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = await probe()
-            if last:
-                return last
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+        return await wait_until(what, probe, timeout, interval=0.2)
 
     async def wait_phase(self, plural: str, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
@@ -197,26 +116,10 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(kmock: Any, s3_bucket: str, s3_server: str) -> AsyncIterator[Cluster]:
-    for key, info in RESOURCES.items():
-        kmock.resources[key] = kmock_lib.ResourceInfo(
-            namespaced=True, verbs=set(VERBS), subresources={"status"}, **info
-        )
-    # kopf waits for these two in discovery before it watches anything (scanning stays off).
-    kmock.resources["v1/namespaces"] = kmock_lib.ResourceInfo(
-        kind="Namespace", singular="namespace", namespaced=False, verbs=set(VERBS)
-    )
-    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock_lib.ResourceInfo(
-        kind="CustomResourceDefinition",
-        singular="customresourcedefinition",
-        namespaced=False,
-        verbs=set(VERBS),
-    )
+    register_resources(kmock, RESOURCES)
     c = Cluster(kmock, s3_bucket, s3_server)
     yield c
-    # Tests stop the operator themselves: on stopping, kopf cancels every task started after
-    # it, and a fixture finalizer is one of those. Only a failed test leaves it running here.
-    if c._task is not None and not c._task.done():
-        c._task.cancel()
+    c.cancel()
 
 
 def tj_body(name: str, **spec: Any) -> dict[str, Any]:
@@ -256,7 +159,7 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 async def rayjob(c: Cluster, name: str) -> dict[str, Any]:
-    return dict(await c.wait(f"RayJob {name}", lambda: c.get("ray.io", "v1", "rayjobs", name)))
+    return dict(await c.wait(f"RayJob {name}", lambda: c.ray("rayjobs", name)))
 
 
 async def test_trainingjob_and_deployment_through_every_phase(cluster: Cluster) -> None:
@@ -340,7 +243,7 @@ async def test_trainingjob_and_deployment_through_every_phase(cluster: Cluster) 
         },
     }
     await c.create("modeldeployments", md)
-    rs = await c.wait("RayService", lambda: c.get("ray.io", "v1", "rayservices", "sentiment"))
+    rs = await c.wait("RayService", lambda: c.ray("rayservices", "sentiment"))
     assert rs["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     assert rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] == 3
     assert (
@@ -367,23 +270,14 @@ async def test_trainingjob_and_deployment_through_every_phase(cluster: Cluster) 
     assert status["readyReplicas"] == 1
 
     # Deleting both removes their children (the finalizer's work).
-    await c.call(
-        c.custom.delete_namespaced_custom_object,
-        "rayrelay.dev",
-        "v1alpha1",
-        NS,
-        "modeldeployments",
-        "sentiment",
-    )
-    await c.call(
-        c.custom.delete_namespaced_custom_object, "rayrelay.dev", "v1alpha1", NS, "trainingjobs", "sst2"
-    )
+    await c.delete("modeldeployments", "sentiment")
+    await c.delete("trainingjobs", "sst2")
 
     async def children_gone() -> bool:
         return (
-            await c.get("ray.io", "v1", "rayservices", "sentiment") is None
-            and await c.get("ray.io", "v1", "rayjobs", "sst2-g1-a1") is None
-            and await c.get("rayrelay.dev", "v1alpha1", "trainingjobs", "sst2") is None
+            await c.ray("rayservices", "sentiment") is None
+            and await c.ray("rayjobs", "sst2-g1-a1") is None
+            and await c.get("trainingjobs", "sst2") is None
         )
 
     await c.wait("children deleted", children_gone)
@@ -404,16 +298,13 @@ async def test_failures_retry_then_stuck_initializing(cluster: Cluster) -> None:
     await rayjob(c, "flaky-g1-a2")  # the retry, same run folder
 
     async def first_gone() -> bool:
-        return await c.get("ray.io", "v1", "rayjobs", "flaky-g1-a1") is None
+        return await c.ray("rayjobs", "flaky-g1-a1") is None
 
     await c.wait("failed attempt stopped", first_gone)
     status = await c.status("trainingjobs", "flaky")
     assert status["attempt"] == 2 and cond(status, "Running")["reason"] == "WorkerLost"
-    job_doc = json.loads(
-        (await c.get("ray.io", "v1", "rayjobs", "flaky-g1-a2"))["spec"]["entrypoint"]
-        .split("--job-json ", 1)[1]
-        .strip("'")
-    )  # type: ignore[index]
+    entrypoint = (await rayjob(c, "flaky-g1-a2"))["spec"]["entrypoint"]
+    job_doc = json.loads(entrypoint.split("--job-json ", 1)[1].strip("'"))
     assert job_doc["attempt"] == 2 and job_doc["runUri"] == c.layout(tj).base
 
     # The second attempt never gets past Initializing: stuck, and the limit is spent.

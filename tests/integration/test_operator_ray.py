@@ -11,26 +11,20 @@ both resources removes the Ray jobs and the Serve application.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import kmock as kmock_lib
-import kopf
 import pytest
 import requests
-from kubernetes import client as k8s
+from tests.integration.kopf_harness import OperatorHarness, register_resources, wait_until
 
 from rayrelay_core.api import Backend
 from rayrelay_operator.backends.ray import RayBackend
-from rayrelay_operator.handlers import build_registry, trainingjob_getter
-from rayrelay_operator.reconcile import ReconcileContext
 from rayrelay_operator.settings import Settings
 
 NS = "ml"
 pytestmark = pytest.mark.slow
-VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 RESOURCES: dict[str, dict[str, Any]] = {
     "rayrelay.dev/v1alpha1/trainingjobs": {"kind": "TrainingJob", "singular": "trainingjob"},
     "rayrelay.dev/v1alpha1/modeldeployments": {"kind": "ModelDeployment", "singular": "modeldeployment"},
@@ -38,92 +32,16 @@ RESOURCES: dict[str, dict[str, Any]] = {
 }
 
 
-class Operator:
+class Operator(OperatorHarness):
     """The operator running in this event loop against the emulator, with the ray backend."""
 
     def __init__(self, emulator: Any, settings: Settings, backend: RayBackend) -> None:
-        self.url = str(emulator.url).rstrip("/")
-        self.api_client = k8s.ApiClient(k8s.Configuration(host=self.url))
-        self.custom = k8s.CustomObjectsApi(self.api_client)
-        self.settings = settings
+        super().__init__(str(emulator.url), settings, {"ray": backend}, NS)
         self.backend = backend
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-
-    async def start(self) -> None:
-        registry = build_registry(self.settings)
-        url = self.url
-
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True)
-
-        @kopf.on.startup(registry=registry)
-        def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.scanning.disabled = True  # kmock 0.8 has no namespace list (NOTES.md)
-            settings.watching.server_timeout = 10
-
-        ctx = ReconcileContext(
-            settings=self.settings,
-            backends={"ray": self.backend},
-            get_trainingjob=trainingjob_getter(self.api_client),
-        )
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(
-            kopf.operator(
-                registry=registry,
-                standalone=True,
-                namespaces=[NS],
-                memo=kopf.Memo(settings=self.settings, ctx=ctx, metrics_port=0),
-                stop_flag=self._stop,
-                ready_flag=ready,
-            )
-        )
-        await asyncio.wait_for(ready.wait(), timeout=30)
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._stop.set()
-        await asyncio.wait_for(self._task, timeout=30)
-
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
-
-    async def create(self, plural: str, body: dict[str, Any]) -> None:
-        await self.call(
-            self.custom.create_namespaced_custom_object, "rayrelay.dev", "v1alpha1", NS, plural, body
-        )
-
-    async def delete(self, plural: str, name: str) -> None:
-        await self.call(
-            self.custom.delete_namespaced_custom_object, "rayrelay.dev", "v1alpha1", NS, plural, name
-        )
-
-    async def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(
-                await self.call(
-                    self.custom.get_namespaced_custom_object, "rayrelay.dev", "v1alpha1", NS, plural, name
-                )
-            )
-        except k8s.exceptions.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def status(self, plural: str, name: str) -> dict[str, Any]:
-        return dict(((await self.get(plural, name)) or {}).get("status") or {})
 
 
 async def wait(what: str, probe: Callable[[], Awaitable[Any]], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+    return await wait_until(what, probe, timeout, interval=0.5)
 
 
 def body(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -138,16 +56,7 @@ def body(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 async def operator(kmock: Any, ray_cluster: Any, s3_bucket: str, s3_server: str) -> AsyncIterator[Operator]:
-    for key, info in RESOURCES.items():
-        kmock.resources[key] = kmock_lib.ResourceInfo(
-            namespaced=True, verbs=VERBS, subresources={"status"}, **info
-        )
-    kmock.resources["v1/namespaces"] = kmock_lib.ResourceInfo(
-        kind="Namespace", singular="namespace", namespaced=False, verbs=VERBS
-    )
-    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock_lib.ResourceInfo(
-        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs=VERBS
-    )
+    register_resources(kmock, RESOURCES)
     settings = Settings(
         default_backend=Backend.RAY,
         ray_address=ray_cluster.dashboard_url,
@@ -162,8 +71,7 @@ async def operator(kmock: Any, ray_cluster: Any, s3_bucket: str, s3_server: str)
     backend = RayBackend(ray_cluster.dashboard_url, serve_host="127.0.0.1", serve_port=ray_cluster.serve_port)
     op = Operator(kmock, settings, backend)
     yield op
-    if op._task is not None and not op._task.done():  # only a failed test leaves it running
-        op._task.cancel()
+    op.cancel()
 
 
 async def test_trainingjob_to_endpoint_and_back_on_ray(
