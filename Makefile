@@ -28,8 +28,8 @@ quickstart: $(STAMP)
 	$(BIN)/rayrelay run -f examples/quickstart.yaml --once
 
 lint: $(STAMP)
-	$(BIN)/ruff check core operator workloads tests bench hack
-	$(BIN)/ruff format --check core operator workloads tests bench hack
+	$(BIN)/ruff check --no-cache core operator workloads tests bench hack
+	$(BIN)/ruff format --no-cache --check core operator workloads tests bench hack
 	$(BIN)/mypy core/rayrelay_core operator/rayrelay_operator workloads/rayrelay_workloads
 
 crds: $(STAMP)

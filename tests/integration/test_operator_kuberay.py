@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.kopf_harness import OperatorHarness, register_resources, wait_until
 
 from rayrelay_core.api import TrainingJobSpec
 from rayrelay_core.runs import FailureDoc, ProgressDoc, RunLayout, run_id_for
 from rayrelay_core.store import S3Settings, S3Store
 from rayrelay_operator.backends.kuberay import KubeRayBackend
 from rayrelay_operator.settings import Settings
+from tests.integration.kopf_harness import OperatorHarness, register_resources, wait_until
 
 NS = "ml"
 RAY = "ray.io/v1"

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import requests
-from tests.integration.kopf_harness import OperatorHarness, register_resources, wait_until
 
 from rayrelay_core.api import Backend
 from rayrelay_operator.backends.ray import RayBackend
 from rayrelay_operator.settings import Settings
+from tests.integration.kopf_harness import OperatorHarness, register_resources, wait_until
 
 NS = "ml"
 pytestmark = pytest.mark.slow

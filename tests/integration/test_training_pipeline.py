@@ -14,10 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.pipeline_fixtures import DATA, tiny_job, tiny_spec, write_subset
 
 from rayrelay_core.runs import FailureDoc, ProgressDoc, RunLayout, read_doc, read_manifest
 from rayrelay_core.store import join, open_store, sha256_bytes
+from tests.pipeline_fixtures import DATA, tiny_job, tiny_spec, write_subset
 
 
 def upload(store, local: str, uri: str) -> str:
