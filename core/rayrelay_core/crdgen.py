@@ -15,9 +15,17 @@ Conversion rules (JSON Schema draft 2020-12 -> CRD OpenAPI v3):
   may not combine it with ``properties``; the API server prunes unknown fields
   (and rejects them under ``kubectl --validate=strict``).
 - ``const`` becomes a one-value ``enum``.
-- Fields with a ``default_factory`` get a default too: ``{}`` for nested objects
-  (the API server then fills in the nested defaults), the factory's value
-  otherwise, so a stored object always carries every default.
+- Fields with a ``default_factory`` get a default too: the factory's value in
+  wire form, so a stored object always carries every default. For a nested
+  object that is the *whole* default object (every defaulted field filled in),
+  never ``{}``: kube-apiserver validates each ``default`` against the schema
+  and the CEL rules of its node as written, without first filling in the
+  nested defaults, so a rule such as ``self.minReplicas <= self.maxReplicas``
+  fails on ``{}`` ("no such key") and the whole CRD is refused. Guarding the
+  rules with ``has()`` instead would make them pass vacuously on every default
+  and hide a wrong one; a full default is checked for real by the server (and
+  by ``tests/unit/test_crd_defaults.py``), and defaulting is unchanged (the
+  server would have filled in the same values field by field).
 
 Everything is deterministic (fixed key order, models' field order) so that the
 drift check is a byte comparison.
@@ -111,8 +119,8 @@ class _Generator(GenerateJsonSchema):
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
             value = factory()  # type: ignore[call-arg]
-            # A nested object defaults to {}: the API server fills in its own defaults.
-            return {} if isinstance(value, BaseModel) else value
+            # A nested object defaults to its full wire form, not {}: see the module docstring.
+            return value.wire() if isinstance(value, ApiModel) else value
         return super().get_default_value(schema)
 
 
@@ -319,11 +327,15 @@ def _cell(text: str) -> str:
 
 def _walk(node: dict[str, Any], path: str, required: bool, rows: list[str], rules: list[str]) -> None:
     default = node.get("default")
-    default_text = (
-        ""
-        if "default" not in node
-        else f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
-    )
+    if "default" not in node:
+        default_text = ""
+    elif isinstance(default, dict) and default and "properties" in node:
+        # The full default object repeats the fields' own defaults, listed below it.
+        default_text = "its fields' defaults"
+    else:
+        default_text = (
+            f"`{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}`"
+        )
     flags = "**required** " if required else ""
     rows.append(
         f"| `{path}` | {_type_text(node)} | {default_text} | {_cell(_bounds_text(node))} | "

@@ -110,6 +110,20 @@ def iter_rules(schema: dict[str, Any], path: tuple[Any, ...] = ()) -> Iterator[t
         yield from iter_rules(schema["additionalProperties"], (*path, "{}"))
 
 
+def iter_defaults(
+    schema: dict[str, Any], path: tuple[Any, ...] = ()
+) -> Iterator[tuple[tuple[Any, ...], dict]]:
+    """(schema path, schema node) for every node that carries a ``default``."""
+    if "default" in schema:
+        yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from iter_defaults(sub, (*path, name))
+    if isinstance(schema.get("items"), dict):
+        yield from iter_defaults(schema["items"], (*path, "[]"))
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from iter_defaults(schema["additionalProperties"], (*path, "{}"))
+
+
 _ENV = celpy.Environment()
 _PROGRAMS: dict[str, Any] = {}
 
@@ -124,7 +138,7 @@ def eval_rule(rule: str, self_value: Any) -> bool:
     return bool(result)
 
 
-def _cel_errors(schema: dict[str, Any], value: Any, path: tuple[Any, ...]) -> list[tuple[str, str]]:
+def cel_errors(schema: dict[str, Any], value: Any, path: tuple[Any, ...]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     for rule in schema.get("x-kubernetes-validations", []):
         try:
@@ -138,10 +152,10 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: tuple[Any, ...]) -> li
     if isinstance(value, dict):
         for name, sub in schema.get("properties", {}).items():
             if name in value:
-                errors += _cel_errors(sub, value[name], (*path, name))
+                errors += cel_errors(sub, value[name], (*path, name))
     elif isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
-            errors += _cel_errors(schema["items"], item, (*path, i))
+            errors += cel_errors(schema["items"], item, (*path, i))
     return errors
 
 
@@ -162,5 +176,5 @@ def check(doc: dict[str, Any]) -> list[tuple[str, str]]:
         errors.append((user_path(parts), err.message))
     if not errors:
         # The API server runs CEL only on objects that passed the schema checks.
-        errors += _cel_errors(schema, value, ())
+        errors += cel_errors(schema, value, ())
     return errors
