@@ -7,6 +7,12 @@ sha256 is the artifact set's digest and names the cache folder
 replicas on one node share one download and a new manifest never mixes with
 an old one.
 
+When the caller names the digest it resolved (the operator passes
+``sha256:<hex>`` of the manifest it read, and reports "model verified" for
+it), the manifest read here must have that very sha256: a manifest rewritten
+between the operator's read and the replica's is refused, so a replica never
+serves an artifact set other than the one the status names.
+
 Only what serving loads is fetched: the chosen variant's ONNX file (and any
 external-data file next to it) and the tokenizer folder without the PyTorch
 weights. Every one of those files is checked against the manifest's sha256 and
@@ -58,6 +64,18 @@ def _safe_relative(path: str) -> PurePosixPath:
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise ArtifactError(f"manifest lists an unsafe file path {path!r}")
     return rel
+
+
+def check_digest(actual: str, expected: str | None, manifest_uri: str) -> None:
+    """Refuse a manifest whose sha256 is not the digest the caller resolved (``sha256:`` optional)."""
+    if not expected:
+        return
+    wanted = expected.removeprefix("sha256:").strip().lower()
+    if actual.lower() != wanted:
+        raise ArtifactError(
+            f"{manifest_uri}: manifest digest mismatch: expected sha256:{wanted}, got sha256:{actual}; "
+            "the manifest changed after it was resolved, refusing to load it"
+        )
 
 
 def files_to_fetch(manifest: Manifest, variant: str) -> list[FileEntry]:
@@ -123,13 +141,15 @@ def prepare(
     cache_dir: str | None = None,
     endpoint_url: str | None = None,
     store: Store | None = None,
+    expected_digest: str | None = None,
 ) -> PreparedArtifacts:
-    """Read the manifest, resolve the variant, fetch and verify what serving needs."""
+    """Read the manifest, check its digest, resolve the variant, fetch and verify what serving needs."""
     if not manifest_uri.rstrip("/").endswith("manifest.json"):
         raise ArtifactError(f"{manifest_uri}: expected the URI of a manifest.json")
     store = store or open_store(manifest_uri, endpoint_url)
     try:
         manifest, digest = read_manifest(store, manifest_uri)
+        check_digest(digest, expected_digest, manifest_uri)
         chosen = manifest.servable_variant(variant)
     except (ManifestError, StoreError) as exc:
         raise ArtifactError(str(exc)) from exc

@@ -2,10 +2,12 @@
 
 One replica = one verified artifact set (``artifacts.prepare``), its tokenizer
 (from the set's ``hf/`` folder) and one ``onnxruntime.InferenceSession``. The
-constructor loads, verifies and runs a warm-up inference; if any step fails it
-raises with the reason, so the replica never becomes healthy and Serve reports
-the application as DEPLOY_FAILED with that message (this is what "Ready" means
-in DESIGN.md).
+constructor loads and verifies (the manifest's sha256 against the digest the
+operator resolved, when given, then every file's sha256), and runs a warm-up
+inference; if any step fails it raises with the reason, so the replica never
+becomes healthy and Serve reports the application as DEPLOY_FAILED with that
+message. That is what a ModelDeployment's ``Ready`` means: model loaded,
+checksum verified, a warm-up inference passed.
 
 The deployment has no HTTP route: the gateway (``gateway.py``) validates
 requests (``protocol.py``) and calls :meth:`ModelServer.predict` with a list of
@@ -72,17 +74,42 @@ def choose_providers(requested: list[str], gpus: float, available: list[str]) ->
 @serve.deployment(name="ModelServer")
 class ModelServer:
     def __init__(self, args: dict[str, Any]) -> None:
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
         self.name: str = args["name"]
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
+        self._load_artifacts(args)
+        self._create_session()
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a replica (unit use): one process, one label
+            replica = str(os.getpid())
+        self.replica = replica
+        self.metrics = ReplicaMetrics(self.name, replica)
+        self.batch_counts: collections.Counter[int] = collections.Counter()
+        self.max_batch_size = self.spec.batching.max_batch_size
+        self.batch_wait_timeout_s = self.spec.batching.batch_wait_timeout_ms / 1000
+        self._apply_batching()
+        self._warm_up()
+        self.ready = True
+        log.info(
+            "%s ready: %s variant %s, providers %s, labels %s",
+            self.name,
+            self.artifacts.digest[:12],
+            self.artifacts.variant,
+            self.providers,
+            self.labels,
+        )
+
+    def _load_artifacts(self, args: dict[str, Any]) -> None:
+        """Fetch and verify the artifact set (manifest digest, then every file), load the tokenizer."""
+        from transformers import AutoTokenizer
+
         endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
         self.artifacts = prepare(
             args["manifestUri"],
             variant=args.get("variant") or "auto",
             cache_dir=args.get("cacheDir"),
             endpoint_url=endpoint,
+            expected_digest=args.get("digest"),
         )
         manifest = self.artifacts.manifest
         self.labels = list(manifest.labels)
@@ -90,6 +117,9 @@ class ModelServer:
         self.tokenizer = AutoTokenizer.from_pretrained(
             str(self.artifacts.tokenizer_dir), local_files_only=True
         )
+
+    def _create_session(self) -> None:
+        import onnxruntime as ort
 
         runtime = self.spec.runtime
         options = ort.SessionOptions()
@@ -108,33 +138,14 @@ class ModelServer:
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = "logits" if "logits" in outputs else outputs[0]
 
-        try:
-            replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside a replica (unit use): one process, one label
-            replica = str(os.getpid())
-        self.replica = replica
-        self.metrics = ReplicaMetrics(self.name, replica)
-        self.batch_counts: collections.Counter[int] = collections.Counter()
-        self.max_batch_size = self.spec.batching.max_batch_size
-        self.batch_wait_timeout_s = self.spec.batching.batch_wait_timeout_ms / 1000
-        self._apply_batching()
-
-        # Warm-up: the replica is healthy only once a real inference passed.
+    def _warm_up(self) -> None:
+        """The replica is healthy only once a real inference passed."""
         probs = self._run([WARMUP_TEXT])
         if probs.shape != (1, len(self.labels)) or not np.isfinite(probs).all():
             raise RuntimeError(
                 f"warm-up inference failed: the model gave {probs.shape} probabilities "
                 f"for {len(self.labels)} labels (or non-finite values)"
             )
-        self.ready = True
-        log.info(
-            "%s ready: %s variant %s, providers %s, labels %s",
-            self.name,
-            self.artifacts.digest[:12],
-            self.artifacts.variant,
-            self.providers,
-            self.labels,
-        )
 
     # ------------------------------------------------------------------ config
 
