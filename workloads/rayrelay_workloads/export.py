@@ -172,7 +172,7 @@ def quantize_int8(src: Path, dst: Path, fused: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # A graph fused by the transformer optimizer has tensors without type info;
-    # quantize_dynamic needs a default type for them (NOTES.md).
+    # quantize_dynamic fails on them unless given a default type (seen with onnxruntime 1.30).
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=extra)
 

@@ -3,5 +3,6 @@
 ``app`` has the typed application builders (named in ``rayrelay_core.serveconfig``),
 ``gateway`` the shared HTTP ingress, ``model`` the onnxruntime replicas,
 ``artifacts`` the verified download of an artifact set, ``protocol`` the wire
-formats and ``metrics`` the Prometheus series. ``loadtest`` measures an endpoint.
+formats and ``metrics`` the Prometheus series. To measure an endpoint, use the
+benchmarks' load generator (``python -m bench.loadgen``, see docs/performance.md).
 """

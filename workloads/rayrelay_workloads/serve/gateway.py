@@ -2,20 +2,21 @@
 
 Serve gives each application one route prefix, and several ModelDeployments
 share one cluster and port, so one application, ``rayrelay-gateway`` at ``/``,
-owns the whole endpoint contract of DESIGN.md and forwards to the model
-application named in the path (``serve.get_app_handle(name)``; the model
+owns the whole endpoint (KServe v2 and v1 routes, health, metrics) and forwards
+to the model application named in the path (``serve.get_app_handle(name)``; the model
 applications have no route of their own, see ``rayrelay_core.serveconfig``).
 
 The gateway is where client input is judged: it reads each model's limits
 from the model (``ModelServer.info``), refuses oversized bodies before reading
 them, parses and validates with ``protocol.py``, and only then calls
 ``ModelServer.predict`` with a list of strings. So a client can get a 4xx and
-never a 5xx, and never reach a replica with something it cannot take. 503 is
-kept for a model that exists but has no ready replica; 404 for a name that is
-no model application, and for transient server-side trouble (a model's
-queue full, i.e. Serve's ``BackPressureError``, a replica gone, or no model
-status read yet), with a ``Retry-After`` header. Metrics: ``metrics.GatewayMetrics`` plus the replicas'
-series at ``GET /metrics``.
+never a 5xx, and never reach a replica with something it cannot take. 404 is
+kept for a name that is no model application (only after a fresh status read
+succeeded: a failed read is never a 404). 503 is for a model that exists but
+has no ready replica, and, with a ``Retry-After`` header, for transient
+server-side trouble (a model's queue full, i.e. Serve's ``BackPressureError``,
+a replica gone, or no model status read yet). Metrics:
+``metrics.GatewayMetrics`` plus the replicas' series at ``GET /metrics``.
 
 A raw Starlette handler (no FastAPI) on purpose: routes like
 ``/v1/models/{name}:predict`` and OIP's error shape are simpler to state by hand
