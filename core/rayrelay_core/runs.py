@@ -1,13 +1,16 @@
 """Runs and their documents: the contract between the control plane and the workloads.
 
 A TrainingJob's work is a *run* stored at
-``{artifacts.uri}/{namespace}/{trainingjob}/{run-id}/`` (DESIGN.md). The run id is
-derived from the spec hash, so the same spec always maps to the same folder: a
-retried attempt resumes from that folder's checkpoints, and `rayrelay run` can
-reuse a finished run whose spec hash matches.
+``{artifacts.uri}/{namespace}/{trainingjob}/{run-id}/`` (``RunLayout``: ``checkpoints/``,
+``hf/``, ``onnx/``, ``progress.json``, ``failure.json``, ``manifest.json``). The run id
+is derived from the spec hash, so the same spec always maps to the same folder: a
+retried attempt resumes from that folder's latest checkpoint (with
+``checkpointing.resume``, the default, every attempt uses the same Ray Train run
+name, ``rayrelay_workloads.train.run_name_for``, and Ray Train restores it), and
+`rayrelay run` can reuse a finished run whose spec hash matches.
 
-Three small JSON documents cross the boundary between the workloads (writers)
-and the operator / CLI (readers):
+Four small JSON documents cross the boundary between the control plane and the
+workloads; the operator / CLI writes the first, the workloads the other three:
 
 - ``job.json`` is not stored; the ``JobDocument`` travels in the entrypoint
   (``python -m rayrelay_workloads.train_job --job-json '<json>'``).
@@ -110,9 +113,10 @@ class JobDocument(Doc):
     attempt: int = 1
     spec: TrainingJobSpec
     endpoint_url: str | None = None
-    resume_from: str | None = Field(
-        default=None, description="A checkpoint URI of an earlier run to start from."
-    )
+    # No "resume point" field: an attempt resumes from its own run folder's latest
+    # checkpoint (same run id, same Ray Train run name), so the submitter has nothing
+    # to pass. Unknown keys are ignored (``Doc``), so a submitter that still sends
+    # ``resumeFrom`` keeps working.
 
 
 class CheckpointInfo(Doc):
@@ -194,7 +198,11 @@ class Lineage(Doc):
 
 
 class Manifest(Doc):
-    """The published artifact set (DESIGN.md: Artifacts)."""
+    """The published artifact set: every file with sha256 and size, metrics, parity, lineage.
+
+    Written last (``RunLayout.manifest``): a run without it is incomplete and never
+    served. Its own sha256 is the artifact set's digest (``read_manifest``).
+    """
 
     version: int = MANIFEST_VERSION
     run_id: str

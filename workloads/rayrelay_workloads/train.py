@@ -1,47 +1,38 @@
-"""Distributed fine-tuning with Ray Train: the TorchTrainer driver and the per-worker loop.
+"""Distributed fine-tuning with Ray Train: the TorchTrainer driver.
 
 ``pipeline.py`` calls :func:`run_training` with a ``JobDocument`` and the
 validated data (``data.py``); it returns the best checkpoint (by validation
 accuracy) downloaded to a local folder, which ``export.py`` turns into ONNX.
+The workers run ``train_worker.train_loop_per_worker`` with the plain config
+of :func:`build_config`.
 
 Checkpoints go to ``RunLayout.checkpoints`` through Ray Train's storage
-(pyarrow; S3 with a configurable endpoint). A checkpoint holds the model
-(``model/``, save_pretrained), the optimizer, the scheduler, and the exact
-position (global step, epoch, batch index in the epoch), so a restarted worker
-group (``FailureConfig.max_failures``), a new attempt (same Ray Train run name:
-Train V2 restores its checkpoint manager from storage) or a new run
-(``JobDocument.resume_from``) continues at the next step and never repeats one.
-
-Rank 0 writes ``progress.json`` (``progress.py``) at most every ~2 s and records
-the steps it executed in ``steps/`` (one JSON file per worker-group start), so
-tests and humans can check that no step ran twice.
-
-Test hook: ``RAYRELAY_FAULT_AT_STEP=k`` (read on the driver) makes every worker
-raise once, just before step k, in the first worker group of attempt 1 that did
-not start from a checkpoint. It exists to exercise resume; never set it in
-production.
+(pyarrow; S3 with a configurable endpoint). A checkpoint holds the model, the
+optimizer, the scheduler, and the exact position (global step, epoch, batch
+index in the epoch; ``train_state.py``), so a restarted worker group
+(``FailureConfig.max_failures``) or a new attempt of the same run continues at
+the next step and never repeats one. Attempts share a run's checkpoints through
+the Ray Train run name (:func:`run_name_for`): with ``checkpointing.resume`` it
+is the same for every attempt, and Train V2 restores its checkpoint manager
+from storage; without it each attempt starts from scratch under its own name.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import random
 import re
-import tempfile
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rayrelay_core.runs import JobDocument, RunLayout
-from rayrelay_core.store import is_s3, join, local_path, open_store, split_s3
+from rayrelay_core.store import is_s3, join, local_path, split_s3
+from rayrelay_workloads.train_state import METRIC, TrainingError
+from rayrelay_workloads.train_worker import FAULT_ENV, train_loop_per_worker
 
-FAULT_ENV = "RAYRELAY_FAULT_AT_STEP"
-METRIC = "val_accuracy"
-PROGRESS_INTERVAL_S = 2.0
+# METRIC and TrainingError are part of this module's interface (pipeline.py imports them here).
+__all__ = ["METRIC", "TrainResult", "TrainingError", "build_config", "run_training"]
+
 # Environment the workers need to see as the driver does (offline hub, S3 endpoint, credentials).
 _PROPAGATE_ENV = (
     "HF_HUB_OFFLINE",
@@ -52,10 +43,6 @@ _PROPAGATE_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
 )
-
-
-class TrainingError(RuntimeError):
-    """Training did not finish; the message carries the worker's error."""
 
 
 @dataclass
@@ -110,7 +97,6 @@ def build_config(job: JobDocument, labels: list[str]) -> dict[str, Any]:
         "checkpoints_uri": join(RunLayout(job.run_uri).checkpoints, run_name_for(job)),
         "endpoint_url": job.endpoint_url,
         "attempt": job.attempt,
-        "resume_from": job.resume_from if spec.checkpointing.resume else None,
         "fault_at_step": int(fault) if fault else None,
     }
 
@@ -173,293 +159,3 @@ def _first_line(exc: BaseException) -> str:
     errors = [ln.strip() for ln in text.splitlines() if re.match(r"^\s*[\w.]*(Error|Exception)\b.*:", ln)]
     head = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
     return f"{head} {errors[-1]}"[:500] if errors else head[:500]
-
-
-# ------------------------------------------------------------------ worker side
-
-
-class _StepRecorder:
-    """Rank 0's record of the steps this worker group executed (steps/<attempt>-<id>.json)."""
-
-    def __init__(
-        self, run_uri: str, endpoint_url: str | None, attempt: int, started_at: int, how: str
-    ) -> None:
-        self.store = open_store(run_uri, endpoint_url)
-        self.uri = join(run_uri, "steps", f"attempt-{attempt}-{uuid.uuid4().hex[:8]}.json")
-        self.doc: dict[str, Any] = {
-            "attempt": attempt,
-            "startedAtStep": started_at,
-            "resumedFrom": how,
-            "startTime": time.time(),
-            "steps": [],
-        }
-
-    def add(self, step: int) -> None:
-        self.doc["steps"].append(step)
-
-    def flush(self) -> None:
-        self.store.write_bytes(self.uri, json.dumps(self.doc).encode())
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import numpy as np
-    import ray.train
-    import ray.train.torch
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    from rayrelay_workloads.data import read_examples, shard
-    from rayrelay_workloads.modeling import load_model, load_tokenizer, resolve_source
-    from rayrelay_workloads.progress import ProgressWriter
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    hp = config["hp"]
-    seed = int(hp["seed"])
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    device = ray.train.torch.get_device()
-    endpoint = config["endpoint_url"]
-
-    labels: list[str] = config["labels"]
-    label_ids = {name: i for i, name in enumerate(labels)}
-    data = config["data"]
-    model_path = resolve_source(config["source"], endpoint)
-    tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, labels)
-    train_rows = shard(
-        read_examples(
-            data["train"], data["format"], data["textField"], data["labelField"], endpoint
-        ).examples,
-        rank,
-        world,
-    )
-    val_all = read_examples(
-        data["validation"], data["format"], data["textField"], data["labelField"], endpoint
-    ).examples
-    val_rows = val_all[rank::world]  # evaluation sums counts, so shards need not be equal
-
-    batch_size = int(hp["batch_size"])
-    epochs = int(hp["epochs"])
-    steps_per_epoch = math.ceil(len(train_rows) / batch_size)
-    total_steps = steps_per_epoch * epochs
-
-    model = ray.train.torch.prepare_model(model)
-    raw_model: Any = model.module if hasattr(model, "module") else model
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {
-            "params": [p for n, p in raw_model.named_parameters() if not any(x in n for x in no_decay)],
-            "weight_decay": float(hp["weight_decay"]),
-        },
-        {
-            "params": [p for n, p in raw_model.named_parameters() if any(x in n for x in no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=float(hp["learning_rate"]))
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(float(hp["warmup_ratio"]) * total_steps), max(total_steps, 1)
-    )
-    precision = config["precision"]
-    use_amp = device.type == "cuda" and precision in ("bf16", "fp16")
-    amp_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp and precision == "fp16" else None
-
-    # ---- resume: restart inside this attempt first, else a checkpoint of an earlier run
-    step, epoch, position = 0, 0, 0
-    how = "scratch"
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        how = f"restart:{Path(checkpoint.path).name}"
-    elif config["resume_from"]:
-        checkpoint = _checkpoint_at(config["resume_from"], endpoint)
-        how = f"resume:{config['resume_from']}"
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            step, epoch, position = _load_state(Path(ckpt_dir), raw_model, optimizer, scheduler, scaler)
-    first_group = ray.train.get_checkpoint() is None
-    fault_at = config["fault_at_step"] if (first_group and config["attempt"] == 1) else None
-
-    progress = (
-        ProgressWriter(config["run_uri"], endpoint, attempt=int(config["attempt"])) if rank == 0 else None
-    )
-    recorder = (
-        _StepRecorder(config["run_uri"], endpoint, int(config["attempt"]), step, how) if rank == 0 else None
-    )
-    if recorder:
-        recorder.flush()
-    last_ckpt: dict[str, Any] | None = None
-
-    def encode(rows: list[Any]) -> dict[str, Any]:
-        enc = tokenizer(
-            [r.text for r in rows],
-            padding=True,
-            truncation=True,
-            max_length=int(hp["max_seq_length"]),
-            return_tensors="pt",
-        )
-        return {k: v.to(device) for k, v in enc.items()}
-
-    def evaluate() -> tuple[float, float]:
-        model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)
-        with torch.no_grad():
-            for i in range(0, len(val_rows), 64):
-                rows = val_rows[i : i + 64]
-                target = torch.tensor([label_ids[r.label] for r in rows], device=device)
-                logits = raw_model(**encode(rows)).logits.float()
-                sums[0] += float((logits.argmax(-1) == target).sum())
-                sums[1] += len(rows)
-                sums[2] += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(sums)
-        model.train()
-        count = max(float(sums[1]), 1.0)
-        return float(sums[0]) / count, float(sums[2]) / count
-
-    def save_and_report(loss: float) -> None:
-        nonlocal last_ckpt
-        accuracy, val_loss = evaluate()
-        metrics = {METRIC: accuracy, "val_loss": val_loss, "loss": loss, "step": step, "epoch": epoch}
-        dir_name = f"step-{step:07d}"
-        with tempfile.TemporaryDirectory(prefix="rr-ckpt-") as tmp:
-            ckpt = None
-            if rank == 0:
-                _save_state(
-                    Path(tmp), raw_model, optimizer, scheduler, scaler, step, epoch, position, metrics
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=dir_name)
-        last_ckpt = {"step": step, "uri": join(config["checkpoints_uri"], dir_name), "accuracy": accuracy}
-        if recorder:
-            recorder.flush()
-
-    model.train()
-    loss_value = float("nan")
-    started, samples = time.monotonic(), 0
-    try:
-        while epoch < epochs:
-            order = np.random.default_rng(seed + 1000 * epoch + rank).permutation(len(train_rows))
-            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            while position < len(batches):
-                if fault_at is not None and step + 1 == fault_at:
-                    raise RuntimeError(f"injected fault before step {fault_at} ({FAULT_ENV} test hook)")
-                rows = [train_rows[i] for i in batches[position]]
-                inputs = encode(rows)
-                target = torch.tensor([label_ids[r.label] for r in rows], device=device)
-                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(**inputs).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), target)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(hp["max_grad_norm"]))
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                position += 1
-                samples += len(rows) * world
-                loss_value = float(loss.detach())
-                if recorder:
-                    recorder.add(step)
-                epoch_end = position == len(batches)
-                if epoch_end:
-                    epoch, position = epoch + 1, 0
-                if progress:
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    rate = samples / elapsed
-                    left = (total_steps - step) * batch_size * world / rate if rate else None
-                    progress.training(
-                        step=step,
-                        total_steps=total_steps,
-                        epoch=step / steps_per_epoch,
-                        loss=loss_value,
-                        samples_per_second=rate,
-                        eta_seconds=left,
-                        last_checkpoint=last_ckpt,
-                    )
-                every = int(config["every_n_steps"])
-                if epoch_end or (every and step % every == 0):
-                    save_and_report(loss_value)
-                    if progress:
-                        progress.training(
-                            step=step,
-                            total_steps=total_steps,
-                            epoch=step / steps_per_epoch,
-                            loss=loss_value,
-                            last_checkpoint=last_ckpt,
-                            force=True,
-                        )
-                if recorder and progress and progress.wrote_last:
-                    recorder.flush()
-                if epoch_end:
-                    break  # the next epoch has its own shuffle
-    finally:
-        if recorder:
-            recorder.flush()
-
-
-def _checkpoint_at(uri: str, endpoint_url: str | None) -> Any:
-    import ray.train
-
-    path, fs = storage_for(uri, endpoint_url) if is_s3(uri) else (str(local_path(uri)), None)
-    return ray.train.Checkpoint(path=path, filesystem=fs)
-
-
-def _save_state(
-    folder: Path,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    scaler: Any,
-    step: int,
-    epoch: int,
-    position: int,
-    metrics: dict[str, Any],
-) -> None:
-    import torch
-
-    model.save_pretrained(folder / "model")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-        },
-        folder / "training_state.pt",
-    )
-    meta = {"step": step, "epoch": epoch, "position": position, "metrics": metrics}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
-def _load_state(
-    folder: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any
-) -> tuple[int, int, int]:
-    import torch
-    from safetensors.torch import load_file
-
-    weights = load_file(str(folder / "model" / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # position_ids-like buffers are not saved; real parameters must all be there.
-    real_missing = [k for k in missing if not k.endswith("position_ids")]
-    if real_missing or unexpected:
-        raise TrainingError(f"checkpoint {folder} does not fit the model: missing {real_missing[:5]}")
-    state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    meta = json.loads((folder / "meta.json").read_text())
-    return int(meta["step"]), int(meta["epoch"]), int(meta["position"])

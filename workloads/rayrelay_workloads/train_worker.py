@@ -1,0 +1,311 @@
+"""The Ray Train per-worker loop: set up, restore, run the planned batches, checkpoint.
+
+``train.run_training`` gives :func:`train_loop_per_worker` to a ``TorchTrainer``
+with the config of ``train.build_config``. The loop is a short sequence of named
+steps over one :class:`Worker`; what needs no Ray (the data position and batch
+plan, checkpoint files, one optimizer step, evaluation) is in ``train_state.py``.
+
+Resume: a restarted worker group (``FailureConfig.max_failures``) and a new
+attempt of the same run (same Ray Train run name, ``train.run_name_for``: Train
+V2 restores its checkpoint manager from storage) both find
+``ray.train.get_checkpoint()`` set, and continue at the position it holds, so
+no step runs twice.
+
+Rank 0 writes ``progress.json`` (``progress.py``) at most every ~2 s and records
+the steps it executed in ``steps/`` (one JSON file per worker-group start), so
+tests and humans can check that no step ran twice.
+
+Test hook: ``RAYRELAY_FAULT_AT_STEP=k`` (read on the driver) makes every worker
+raise once, just before step k, in the first worker group of attempt 1 that did
+not start from a checkpoint. It exists to exercise resume; never set it in
+production.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayrelay_core.store import join, open_store
+from rayrelay_workloads.data import Example
+from rayrelay_workloads.train_state import (
+    METRIC,
+    Optimization,
+    Position,
+    batch_plan,
+    build_optimization,
+    checkpoint_due,
+    eta_seconds,
+    evaluate,
+    fault_step,
+    load_state,
+    save_state,
+    steps_per_epoch,
+    train_step,
+)
+
+FAULT_ENV = "RAYRELAY_FAULT_AT_STEP"
+
+
+@dataclass
+class Worker:
+    """One worker's model, data and optimizer, as :func:`setup_worker` built them."""
+
+    config: dict[str, Any]
+    rank: int
+    world: int
+    device: Any
+    tokenizer: Any
+    model: Any  # as Ray Train prepared it (DDP-wrapped when world > 1)
+    raw_model: Any  # the transformers model inside
+    train_rows: list[Example]
+    val_rows: list[Example]
+    label_ids: dict[str, int]
+    opt: Optimization
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config["hp"]["batch_size"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.train_rows), self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * int(self.config["hp"]["epochs"])
+
+    def encode(self, rows: Sequence[Example]) -> dict[str, Any]:
+        enc = self.tokenizer(
+            [r.text for r in rows],
+            padding=True,
+            truncation=True,
+            max_length=int(self.config["hp"]["max_seq_length"]),
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def target(self, rows: Sequence[Example]) -> Any:
+        import torch
+
+        return torch.tensor([self.label_ids[r.label] for r in rows], device=self.device)
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+
+
+def load_rows(config: dict[str, Any], rank: int, world: int) -> tuple[list[Example], list[Example]]:
+    """This worker's training shard (equal sizes, as DDP needs) and validation share."""
+    from rayrelay_workloads.data import read_examples, shard
+
+    data, endpoint = config["data"], config["endpoint_url"]
+    fields = (data["format"], data["textField"], data["labelField"], endpoint)
+    train = shard(read_examples(data["train"], *fields).examples, rank, world)
+    validation = read_examples(data["validation"], *fields).examples
+    return train, validation[rank::world]  # evaluation sums counts, so shares need not be equal
+
+
+def setup_worker(config: dict[str, Any]) -> Worker:
+    import ray.train
+    import ray.train.torch
+
+    from rayrelay_workloads.modeling import load_model, load_tokenizer, resolve_source
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(int(config["hp"]["seed"]), int(config["cpus_per_worker"]))
+    device = ray.train.torch.get_device()
+    labels: list[str] = config["labels"]
+    model_path = resolve_source(config["source"], config["endpoint_url"])
+    train_rows, val_rows = load_rows(config, rank, world)
+    model = ray.train.torch.prepare_model(load_model(model_path, labels))
+    raw_model = model.module if hasattr(model, "module") else model
+    total = steps_per_epoch(len(train_rows), int(config["hp"]["batch_size"])) * int(config["hp"]["epochs"])
+    return Worker(
+        config=config,
+        rank=rank,
+        world=world,
+        device=device,
+        tokenizer=load_tokenizer(model_path),
+        model=model,
+        raw_model=raw_model,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        label_ids={name: i for i, name in enumerate(labels)},
+        opt=build_optimization(raw_model, config["hp"], total, device.type, config["precision"]),
+    )
+
+
+def restore(worker: Worker) -> tuple[Position, str]:
+    """The position to start at, and how (``scratch`` or ``restart:<checkpoint>``)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Position(), "scratch"
+    with checkpoint.as_directory() as folder:
+        position = load_state(Path(folder), worker.raw_model, worker.opt)
+    return position, f"restart:{Path(checkpoint.path).name}"
+
+
+# ------------------------------------------------------------------ rank 0's records
+
+
+class StepRecorder:
+    """The steps this worker group executed (``steps/attempt-<n>-<id>.json``)."""
+
+    def __init__(
+        self, run_uri: str, endpoint_url: str | None, attempt: int, start: Position, how: str
+    ) -> None:
+        self.store = open_store(run_uri, endpoint_url)
+        self.uri = join(run_uri, "steps", f"attempt-{attempt}-{uuid.uuid4().hex[:8]}.json")
+        self.doc: dict[str, Any] = {
+            "attempt": attempt,
+            "startedAtStep": start.step,
+            "resumedFrom": how,
+            "startTime": time.time(),
+            "steps": [],
+        }
+
+    def add(self, step: int) -> None:
+        self.doc["steps"].append(step)
+
+    def flush(self) -> None:
+        self.store.write_bytes(self.uri, json.dumps(self.doc).encode())
+
+
+class RankZeroLog:
+    """Rank 0's progress.json (throttled) and step record; throughput since this group started."""
+
+    def __init__(self, worker: Worker, start: Position, how: str) -> None:
+        from rayrelay_workloads.progress import ProgressWriter
+
+        config, attempt = worker.config, int(worker.config["attempt"])
+        self.worker = worker
+        self.progress = ProgressWriter(config["run_uri"], config["endpoint_url"], attempt=attempt)
+        self.recorder = StepRecorder(config["run_uri"], config["endpoint_url"], attempt, start, how)
+        self.recorder.flush()
+        self.started, self.samples = time.monotonic(), 0
+        self.last_checkpoint: dict[str, Any] | None = None
+
+    def stepped(self, position: Position, loss: float, rows: int) -> None:
+        w = self.worker
+        self.samples += rows * w.world
+        self.recorder.add(position.step)
+        rate = self.samples / max(time.monotonic() - self.started, 1e-6)
+        self._write(
+            position, loss, rate, eta_seconds(w.total_steps - position.step, w.batch_size * w.world, rate)
+        )
+
+    def checkpointed(self, position: Position, loss: float, checkpoint: dict[str, Any]) -> None:
+        self.last_checkpoint = checkpoint
+        self._write(position, loss, force=True)
+        if not self.progress.wrote_last:  # the store refused progress.json: keep the record anyway
+            self.recorder.flush()
+
+    def _write(
+        self,
+        position: Position,
+        loss: float,
+        rate: float | None = None,
+        eta: float | None = None,
+        force: bool = False,
+    ) -> None:
+        w = self.worker
+        self.progress.training(
+            step=position.step,
+            total_steps=w.total_steps,
+            epoch=position.step / w.steps_per_epoch,
+            loss=loss,
+            samples_per_second=rate,
+            eta_seconds=eta,
+            last_checkpoint=self.last_checkpoint,
+            force=force,
+        )
+        if self.progress.wrote_last:
+            self.recorder.flush()
+
+    def close(self) -> None:
+        self.recorder.flush()
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def save_and_report(worker: Worker, position: Position, loss: float) -> dict[str, Any]:
+    """Evaluate, checkpoint (rank 0 writes it) and report to Ray Train; the checkpoint's record."""
+    import ray.train
+
+    accuracy, val_loss = evaluate(
+        worker.raw_model, worker.encode, worker.val_rows, worker.label_ids, worker.world
+    )
+    metrics = {
+        METRIC: accuracy,
+        "val_loss": val_loss,
+        "loss": loss,
+        "step": position.step,
+        "epoch": position.epoch,
+    }
+    dir_name = f"step-{position.step:07d}"
+    with tempfile.TemporaryDirectory(prefix="rr-ckpt-") as tmp:
+        checkpoint = None
+        if worker.rank == 0:
+            save_state(Path(tmp), worker.raw_model, worker.opt, position, metrics)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+    return {
+        "step": position.step,
+        "uri": join(worker.config["checkpoints_uri"], dir_name),
+        "accuracy": accuracy,
+    }
+
+
+def run_steps(worker: Worker, start: Position, log: RankZeroLog | None, fault_at: int | None) -> None:
+    """Every planned batch from ``start``: a step each, a checkpoint when due."""
+    config, hp = worker.config, worker.config["hp"]
+    plan = batch_plan(
+        start, len(worker.train_rows), worker.batch_size, int(hp["epochs"]), int(hp["seed"]), worker.rank
+    )
+    worker.model.train()
+    for position, indices in plan:
+        if fault_at is not None and position.step == fault_at:
+            raise RuntimeError(f"injected fault before step {fault_at} ({FAULT_ENV} test hook)")
+        rows = [worker.train_rows[i] for i in indices]
+        loss = train_step(worker.model, worker.opt, worker.encode(rows), worker.target(rows))
+        if log:
+            log.stepped(position, loss, len(rows))
+        epoch_end = position.batch == 0
+        if checkpoint_due(position.step, int(config["every_n_steps"]), epoch_end):
+            checkpoint = save_and_report(worker, position, loss)
+            if log:
+                log.checkpointed(position, loss, checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry on each worker: set up, restore, run the remaining steps."""
+    worker = setup_worker(config)
+    start, how = restore(worker)
+    fault_at = fault_step(config["fault_at_step"], int(config["attempt"]), restored=how != "scratch")
+    log = RankZeroLog(worker, start, how) if worker.rank == 0 else None
+    try:
+        run_steps(worker, start, log, fault_at)
+    finally:
+        if log:
+            log.close()
