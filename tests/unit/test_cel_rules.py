@@ -1,7 +1,8 @@
 """Every CEL rule in the generated CRDs, evaluated with cel-python.
 
-Each rule runs on objects that must pass and objects that must fail (after the
-CRD's defaults are applied, as the API server does), and the models must reach
+Each rule runs on objects that must pass and objects that must fail
+(``validation_corpus.CEL_CASES``, after the CRD's defaults are applied, as the
+API server does), and the models must reach
 the same verdict with the same message, so the two copies of each cross-field
 rule (pydantic validator and CEL) cannot drift apart. A rule added to the models
 without cases here fails ``test_every_rule_has_cases``.
@@ -9,162 +10,14 @@ without cases here fails ``test_every_rule_has_cases``.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import crd_emulator
 import pytest
+from validation_corpus import CEL_CASES as CASES
+from validation_corpus import document
 
 from rayrelay_core.validation import validate_document
-
-TJ_SPEC: dict[str, Any] = {
-    "model": {"source": "bert-base-uncased"},
-    "data": {"train": "s3://bucket/train.jsonl", "validation": "s3://bucket/validation.jsonl"},
-}
-MD_SPEC: dict[str, Any] = {"model": {"trainingJobRef": {"name": "tj"}}}
-
-
-def spec_with(kind: str, **parts: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(TJ_SPEC if kind == "TrainingJob" else MD_SPEC)
-    spec.update(copy.deepcopy(parts))
-    return spec
-
-
-# (kind, schema path of the rule's object, rule message, spec, rule must hold)
-CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
-    # precision needs GPUs
-    ("TrainingJob", "spec.resources", "need GPUs", spec_with("TrainingJob"), True),
-    (
-        "TrainingJob",
-        "spec.resources",
-        "need GPUs",
-        spec_with("TrainingJob", resources={"precision": "fp32"}),
-        True,
-    ),
-    (
-        "TrainingJob",
-        "spec.resources",
-        "need GPUs",
-        spec_with("TrainingJob", resources={"precision": "bf16", "gpusPerWorker": 1}),
-        True,
-    ),
-    (
-        "TrainingJob",
-        "spec.resources",
-        "need GPUs",
-        spec_with("TrainingJob", resources={"precision": "bf16"}),
-        False,
-    ),
-    (
-        "TrainingJob",
-        "spec.resources",
-        "need GPUs",
-        spec_with("TrainingJob", resources={"precision": "fp16", "gpusPerWorker": 0}),
-        False,
-    ),
-    # int8 accuracy gate needs int8
-    ("TrainingJob", "spec", "needs export.quantize: int8", spec_with("TrainingJob"), True),
-    (
-        "TrainingJob",
-        "spec",
-        "needs export.quantize: int8",
-        spec_with("TrainingJob", qualityGate={"maxInt8AccuracyDrop": 0.02}),
-        True,
-    ),
-    (
-        "TrainingJob",
-        "spec",
-        "needs export.quantize: int8",
-        spec_with("TrainingJob", qualityGate={"maxInt8AccuracyDrop": 0.02}, export={"quantize": "int8"}),
-        True,
-    ),
-    (
-        "TrainingJob",
-        "spec",
-        "needs export.quantize: int8",
-        spec_with("TrainingJob", export={"quantize": "none"}),
-        True,
-    ),
-    (
-        "TrainingJob",
-        "spec",
-        "needs export.quantize: int8",
-        spec_with("TrainingJob", qualityGate={"maxInt8AccuracyDrop": 0.02}, export={"quantize": "none"}),
-        False,
-    ),
-    # exactly one model source
-    ("ModelDeployment", "spec.model", "exactly one of", spec_with("ModelDeployment"), True),
-    (
-        "ModelDeployment",
-        "spec.model",
-        "exactly one of",
-        spec_with("ModelDeployment", model={"manifestUri": "s3://bucket/r/manifest.json"}),
-        True,
-    ),
-    ("ModelDeployment", "spec.model", "exactly one of", spec_with("ModelDeployment", model={}), False),
-    (
-        "ModelDeployment",
-        "spec.model",
-        "exactly one of",
-        spec_with(
-            "ModelDeployment",
-            model={"trainingJobRef": {"name": "tj"}, "manifestUri": "s3://bucket/r/manifest.json"},
-        ),
-        False,
-    ),
-    # variant only with manifestUri
-    ("ModelDeployment", "spec.model", "variant is only for manifestUri", spec_with("ModelDeployment"), True),
-    (
-        "ModelDeployment",
-        "spec.model",
-        "variant is only for manifestUri",
-        spec_with("ModelDeployment", model={"manifestUri": "s3://bucket/r/manifest.json", "variant": "int8"}),
-        True,
-    ),
-    (
-        "ModelDeployment",
-        "spec.model",
-        "variant is only for manifestUri",
-        spec_with("ModelDeployment", model={"trainingJobRef": {"name": "tj"}, "variant": "int8"}),
-        False,
-    ),
-    # minReplicas <= maxReplicas
-    (
-        "ModelDeployment",
-        "spec.autoscaling",
-        "must not exceed maxReplicas",
-        spec_with("ModelDeployment"),
-        True,
-    ),
-    (
-        "ModelDeployment",
-        "spec.autoscaling",
-        "must not exceed maxReplicas",
-        spec_with("ModelDeployment", autoscaling={"minReplicas": 0, "maxReplicas": 1}),
-        True,
-    ),
-    (
-        "ModelDeployment",
-        "spec.autoscaling",
-        "must not exceed maxReplicas",
-        spec_with("ModelDeployment", autoscaling={"minReplicas": 3, "maxReplicas": 3}),
-        True,
-    ),
-    (
-        "ModelDeployment",
-        "spec.autoscaling",
-        "must not exceed maxReplicas",
-        spec_with("ModelDeployment", autoscaling={"minReplicas": 4, "maxReplicas": 3}),
-        False,
-    ),
-    (
-        "ModelDeployment",
-        "spec.autoscaling",
-        "must not exceed maxReplicas",
-        spec_with("ModelDeployment", autoscaling={"minReplicas": 5}),
-        False,
-    ),
-]
 
 
 def all_rules() -> list[tuple[str, str, dict[str, str]]]:
@@ -186,10 +39,6 @@ def node_value(doc: dict[str, Any], kind: str, path: str) -> Any:
     for part in path.split("."):
         value = value[part]
     return value
-
-
-def document(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "rayrelay.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}
 
 
 def test_crds_carry_the_expected_rules() -> None:
