@@ -3,7 +3,7 @@
 Two processes, so that the operator's memory is its own:
 
 - this driver runs kmock's ``KubernetesEmulator`` (a stateful Kubernetes API
-  over real HTTP on loopback; resources registered as NOTES.md describes,
+  over real HTTP on loopback; resources registered as ``tests/integration/kopf_harness.py`` does,
   with the ``status`` subresource) and plays the user: it POSTs N
   TrainingJobs concurrently and polls the list until every one is reconciled;
 - the operator process (``--operator``) runs ``kopf.operator`` with the
@@ -11,7 +11,7 @@ Two processes, so that the operator's memory is its own:
   emulator's login handler and scanning off, standalone, watching one
   namespace, with default settings (8 handler threads, 10 s timers). Work
   submission is stubbed at the backend boundary: a ``RecordingBackend``
-  implementing ``rayrelay_operator.backends.base.Backend`` records when
+  implementing ``rayrelay_operator.backends.base.WorkBackend`` records when
   ``submit_training`` was called and reports the work as running.
 
 Measured for N = 100 and 500 (a fresh emulator and operator each): time from
@@ -49,7 +49,7 @@ VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 
 
 class RecordingBackend:
-    """A ``Backend`` that submits nothing: it records when each submission happened."""
+    """A ``WorkBackend`` that submits nothing: it records when each submission happened."""
 
     name = "kuberay"
 
@@ -65,7 +65,7 @@ class RecordingBackend:
             self.submitted.setdefault(key, time.time())
 
     def observe_training(self, work: Any) -> Any:
-        from rayrelay_operator.backends.base import TrainingObservation, WorkState
+        from rayrelay_operator.work import TrainingObservation, WorkState
 
         key = f"{work.job.namespace}/{work.job.name}"
         state = WorkState.RUNNING if key in self.submitted else WorkState.ABSENT
@@ -81,9 +81,9 @@ class RecordingBackend:
         pass
 
     def observe_serving(self, work: Any) -> Any:
-        from rayrelay_operator.backends.base import ServingObservation
+        from rayrelay_operator.work import ServingObservation, ServingState
 
-        return ServingObservation(state="Absent")
+        return ServingObservation(ServingState.ABSENT)
 
     def delete_serving(self, work: Any) -> None:
         pass
@@ -105,7 +105,7 @@ async def run_operator(url: str, artifacts: str, out: Path, ready_file: Path) ->
 
     @kopf.on.startup(registry=registry)
     def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.scanning.disabled = True  # kmock 0.8 cannot list namespaces (NOTES.md)
+        settings.scanning.disabled = True  # kmock 0.8 cannot list namespaces
         # kopf names events with generateName, which the emulator does not implement (every
         # event after the first gets a 409): events are off, so they are not part of the figures.
         settings.posting.enabled = False

@@ -7,17 +7,19 @@ The same path ``rayrelay run`` takes, with nothing re-implemented:
 - the ``ray`` backend (``rayrelay_operator.backends.ray.RayBackend``), which
   deploys through Serve's REST API (the shared gateway application + one model
   application, ``rayrelay_core.serveconfig``);
-- the ModelDeployment reconciler (``rayrelay_operator.reconcile.reconcile_modeldeployment``),
-  called in a loop on the resource (a plain dict whose status is written back
-  after each pass, as the operator and ``rayrelay run`` do) until the phase is
-  Ready, i.e. the replica has verified the artifact digests, created its
-  onnxruntime session and passed a warm-up inference.
+- the one reconcile pass (``rayrelay_operator.reconcile.run_pass``), called in
+  a loop on the resource (a plain dict whose status patch is written back after
+  each pass, as the operator and ``rayrelay run`` do, waiting the pass's delay
+  after a temporary error) until the phase is Ready, i.e. the replica has
+  verified the artifact digests, created its onnxruntime session and passed a
+  warm-up inference.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,46 +84,49 @@ class Rollout:
     temporary_errors: int = 0
 
 
-def deploy(cluster: Cluster, obj: dict[str, Any], timeout: float = 600, interval: float = 0.25) -> Rollout:
-    """Reconcile ``obj`` until Ready (or Failed: raises); returns the time it took."""
-    from rayrelay_operator.reconcile import (
-        ReconcileContext,
-        classify,
-        reconcile_modeldeployment,
-        status_changed,
-    )
+def deploy(
+    cluster: Cluster,
+    obj: dict[str, Any],
+    timeout: float = 600,
+    interval: float = 0.25,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+    ctx: Any = None,
+) -> Rollout:
+    """Pass over ``obj`` until Ready (or Failed: raises); returns the time it took.
 
-    ctx = ReconcileContext(settings=cluster.settings, backends={"ray": cluster.backend})
-    start = time.perf_counter()
+    Each pass is ``reconcile.run_pass``, as in the operator and ``rayrelay run``:
+    a temporary error (the dashboard busy, Serve starting) waits the pass's delay.
+    """
+    from rayrelay_operator.reconcile import MODELDEPLOYMENT, ReconcileContext, run_pass
+
+    ctx = ctx or ReconcileContext(settings=cluster.settings, backends={"ray": cluster.backend})
+    start = clock()
     phases: list[tuple[float, str]] = []
     retries = 0
     while True:
-        try:
-            status = reconcile_modeldeployment(obj, ctx)
-        except Exception as exc:
-            # As the drivers do: temporary errors (the dashboard busy, Serve starting) are retried.
-            if classify(exc).permanent or time.perf_counter() - start > timeout:
-                raise
-            retries += 1
-            time.sleep(min(2.0, interval * 2**retries))
-            continue
-        if status_changed(obj.get("status"), status):
-            obj["status"] = status.wire()
+        result = run_pass(MODELDEPLOYMENT, obj, ctx)
+        if result.patch:
+            obj["status"] = result.status.wire()
         phase = str(obj["status"].get("phase"))
         if not phases or phases[-1][1] != phase:
-            phases.append((time.perf_counter() - start, phase))
+            phases.append((clock() - start, phase))
         if phase == "Ready":
-            return Rollout(time.perf_counter() - start, phases, dict(obj["status"]), retries)
-        if phase == "Failed":
-            raise RuntimeError(f"ModelDeployment {obj['metadata']['name']} failed: {obj['status']}")
-        if time.perf_counter() - start > timeout:
+            return Rollout(clock() - start, phases, dict(obj["status"]), retries)
+        if result.permanent or phase == "Failed":
+            raise RuntimeError(
+                f"ModelDeployment {obj['metadata']['name']} failed: {result.problem or obj['status']}"
+            )
+        if clock() - start > timeout:
             raise TimeoutError(f"ModelDeployment not Ready after {timeout}s: {obj['status']}")
-        time.sleep(interval)
+        retries += int(result.temporary)
+        sleep(result.delay if result.temporary and result.delay is not None else interval)
 
 
 def undeploy(cluster: Cluster, obj: dict[str, Any]) -> None:
-    from rayrelay_operator.reconcile import ReconcileContext, delete_modeldeployment
+    from rayrelay_operator.reconcile import MODELDEPLOYMENT, ReconcileContext, delete_pass
 
-    delete_modeldeployment(
-        obj, ReconcileContext(settings=cluster.settings, backends={"ray": cluster.backend})
+    delete_pass(
+        MODELDEPLOYMENT, obj, ReconcileContext(settings=cluster.settings, backends={"ray": cluster.backend})
     )

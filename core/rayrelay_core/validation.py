@@ -10,7 +10,14 @@ a raw object into a typed model go through here:
   whose ``path`` is written the way users write it (``spec.resources.numWorkers``,
   ``spec.runtime.executionProviders[0]``);
 - ``parse_resource(doc)`` returns the typed TrainingJob/ModelDeployment or raises
-  ``InvalidResource`` listing every issue.
+  ``InvalidResource`` listing every issue;
+- ``cross_checks(docs)`` finds problems *between* the documents of one file (a
+  name defined twice, a ``trainingJobRef`` naming no TrainingJob of the file),
+  so that ``rayrelay validate -f`` and ``rayrelay run -f`` refuse the same files
+  with the same lines.
+
+``ManifestParseError`` is about the YAML text; the artifact set's
+``manifest.json`` has its own ``rayrelay_core.runs.ManifestError``.
 
 Validation runs pydantic in *strict* JSON mode on wire (camelCase) names only so
 that, like the API server, a string is never silently coerced into a number or a
@@ -82,8 +89,8 @@ class ValidationIssue:
         return f"{self.kind}/{self.name}: {self.path}: {self.message}"
 
 
-class ManifestError(ValueError):
-    """The text is not a sequence of YAML mappings (malformed YAML and the like)."""
+class ManifestParseError(ValueError):
+    """The YAML text is not a sequence of mappings (malformed YAML and the like)."""
 
 
 class InvalidResource(ValueError):
@@ -97,7 +104,7 @@ class InvalidResource(ValueError):
 def load_documents(text: str) -> list[dict[str, Any]]:
     """Parse multi-document YAML; empty documents are skipped.
 
-    Raises ``ManifestError`` with the line number for malformed YAML, and for a
+    Raises ``ManifestParseError`` with the line number for malformed YAML, and for a
     document that is not a mapping.
     """
     try:
@@ -106,15 +113,15 @@ def load_documents(text: str) -> list[dict[str, Any]]:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = exc.problem or exc.context or "malformed YAML"
-        raise ManifestError(f"malformed YAML: {where}{problem}") from None
+        raise ManifestParseError(f"malformed YAML: {where}{problem}") from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"malformed YAML: {exc}") from None
+        raise ManifestParseError(f"malformed YAML: {exc}") from None
     docs: list[dict[str, Any]] = []
     for index, doc in enumerate(raw, start=1):
         if doc is None:
             continue
         if not isinstance(doc, dict):
-            raise ManifestError(
+            raise ManifestParseError(
                 f"document {index} is a {type(doc).__name__}, not a mapping with apiVersion, kind, ..."
             )
         docs.append(doc)
@@ -283,3 +290,41 @@ def parse_resource(doc: Any) -> TrainingJob | ModelDeployment:
         return _validate(kind, doc)
     except ValidationError as exc:
         raise InvalidResource(_issues_from(exc, kind, name)) from None
+
+
+def cross_checks(docs: Sequence[Mapping[str, Any]], *, self_contained: bool = False) -> list[ValidationIssue]:
+    """Problems across the (individually valid) documents of one file.
+
+    A resource defined twice, and a ModelDeployment whose ``trainingJobRef``
+    names no TrainingJob of the file (in its namespace) although the file
+    defines TrainingJobs: a typo, or a job left out. A file of
+    ModelDeployments alone may name TrainingJobs that already exist in a
+    cluster (``kubectl apply`` one file after the other); ``self_contained``
+    (``rayrelay run``, which has no cluster to find them in) refuses those too,
+    with the same message.
+    """
+    issues: list[ValidationIssue] = []
+    seen: set[tuple[str, str, str]] = set()
+    for doc in docs:
+        meta = doc.get("metadata") or {}
+        key = (str(doc.get("kind")), str(meta.get("namespace") or "default"), str(meta.get("name")))
+        if key in seen:
+            issues.append(ValidationIssue(key[0], key[2], "metadata.name", "defined twice in this file"))
+        seen.add(key)
+    jobs = {(ns, name) for kind, ns, name in seen if kind == "TrainingJob"}
+    if not jobs and not self_contained:
+        return issues
+    for doc in docs:
+        meta = doc.get("metadata") or {}
+        ref = ((doc.get("spec") or {}).get("model") or {}).get("trainingJobRef")
+        ns = str(meta.get("namespace") or "default")
+        if doc.get("kind") == "ModelDeployment" and ref and (ns, ref.get("name")) not in jobs:
+            issues.append(
+                ValidationIssue(
+                    "ModelDeployment",
+                    str(meta.get("name")),
+                    "spec.model.trainingJobRef.name",
+                    f"TrainingJob {ref.get('name')!r} is not defined in this file",
+                )
+            )
+    return issues

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import rayrelay_core.crdgen as crdgen
-from rayrelay_core.validation import ManifestError, load_documents, validate_document
+from rayrelay_core.validation import ManifestParseError, cross_checks, load_documents, validate_document
 
 
 def _read(path: str) -> str:
@@ -33,7 +33,7 @@ def validate_command(args: argparse.Namespace) -> int:
     source = "<stdin>" if args.file == "-" else args.file
     try:
         docs = load_documents(text)
-    except ManifestError as exc:
+    except ManifestParseError as exc:
         print(f"{source}: {exc}")
         return 1
     if not docs:
@@ -49,6 +49,12 @@ def validate_command(args: argparse.Namespace) -> int:
                 print(issue)
         else:
             names.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    if not failed:
+        # Between documents (the same check as `rayrelay run`'s): duplicates, dangling references.
+        across = cross_checks(docs)
+        for issue in across:
+            print(issue)
+        failed = len({(issue.kind, issue.name) for issue in across})
     if failed:
         sys.stdout.flush()  # the error lines come before the summary, even when piped
         print(f"{failed} of {len(docs)} resource(s) invalid", file=sys.stderr)

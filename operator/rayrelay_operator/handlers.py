@@ -1,13 +1,14 @@
 """kopf handlers: thin adapters from kopf's events to the reconcilers.
 
 Every handler of a kind -- create, update, resume, the timer -- ends in the
-same ``_reconcile`` call, which runs ``reconcile.reconcile_trainingjob`` or
-``reconcile.reconcile_modeldeployment`` and patches the status only when it
-changed. Delete handlers remove the children (kopf adds our finalizer,
-``rayrelay.dev/finalizer``, because a delete handler exists). Errors are
-classified by ``reconcile.classify``: permanent ones (after the explaining
-condition is written) become ``kopf.PermanentError``, temporary ones
-``kopf.TemporaryError`` with exponential backoff. Nothing here sleeps.
+same ``_reconcile`` call, which runs ``reconcile.run_pass`` (the one pass every
+driver runs) and puts its status patch into kopf's patch. Delete handlers
+remove the children (kopf adds our finalizer, ``rayrelay.dev/finalizer``,
+because a delete handler exists). ``run_pass`` has already written the
+condition that explains an error; here a permanent one becomes
+``kopf.PermanentError`` and a temporary one ``kopf.TemporaryError`` with the
+pass's delay (kopf applies the patch either way, timers included). Nothing
+here sleeps.
 
 ``build_registry(settings)`` returns a fresh ``kopf.OperatorRegistry`` so
 that the runner (``runner``) and the tests (which add a login handler for the
@@ -29,17 +30,7 @@ import kopf
 
 from rayrelay_core.api import GROUP, VERSION
 from rayrelay_operator import metrics, naming
-from rayrelay_operator.reconcile import (
-    Event,
-    ReconcileContext,
-    classify,
-    delete_modeldeployment,
-    delete_trainingjob,
-    permanent_failure,
-    reconcile_modeldeployment,
-    reconcile_trainingjob,
-    status_patch,
-)
+from rayrelay_operator.reconcile import Event, ReconcileContext, classify, delete_pass, run_pass
 from rayrelay_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,11 +46,6 @@ MD_TIMER = "observe-modeldeployment"
 
 TJ_PLURAL = "trainingjobs"
 MD_PLURAL = "modeldeployments"
-
-_RECONCILERS: dict[str, Callable[[Mapping[str, Any], ReconcileContext], Any]] = {
-    "TrainingJob": reconcile_trainingjob,
-    "ModelDeployment": reconcile_modeldeployment,
-}
 
 
 def default_context(settings: Settings, api_client: Any | None = None) -> ReconcileContext:
@@ -109,41 +95,40 @@ def _with_events(ctx: ReconcileContext, body: kopf.Body) -> ReconcileContext:
     return dataclasses.replace(ctx, emit=emit)
 
 
-def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, retry: int, *, timer: bool) -> None:
-    ctx: ReconcileContext = memo.ctx
-    meta = body.get("metadata") or {}
-    key = f"{meta.get('namespace')}/{meta.get('name')}"
-    started = time.monotonic()
-    obj = {
+def _as_object(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The resource as ``run_pass`` takes it: a plain dict with its stored status."""
+    return {
         "apiVersion": body.get("apiVersion"),
         "kind": kind,
-        "metadata": dict(meta),
-        "spec": dict(body.spec),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
     }
-    obj["status"] = dict(body.status)
+
+
+def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool) -> None:
+    """One ``run_pass``; its patch goes into kopf's, its error into kopf's retry machinery."""
+    ctx: ReconcileContext = memo.ctx
+    meta = body.get("metadata") or {}
+    started = time.monotonic()
     try:
-        status = _RECONCILERS[kind](obj, _with_events(ctx, body))
-    except Exception as exc:
-        err = classify(exc, retry, ctx.settings)
-        metrics.ERRORS.labels(kind, err.reason).inc()
-        metrics.RECONCILES.labels(kind, "permanent" if err.permanent else "temporary").inc()
-        if err.permanent and not timer:
-            raise kopf.PermanentError(f"{err.reason}: {exc}") from exc
-        raise kopf.TemporaryError(f"{err.reason}: {exc}", delay=err.delay) from exc
+        result = run_pass(kind, _as_object(kind, body), _with_events(ctx, body))
     finally:
         metrics.DURATION.labels(kind).observe(time.monotonic() - started)
-    changes = status_patch(body.status, status)
-    for field, value in changes.items():
+    for field, value in result.patch.items():
         patch.status[field] = value
-    metrics.record_phase(kind, key, str(status.phase))
-    problem = permanent_failure(status)
-    if problem is not None:
-        metrics.RECONCILES.labels(kind, "permanent").inc()
-        if not timer:
-            # The status that explains it is in the patch, which kopf applies before it gives up.
-            raise kopf.PermanentError(problem)
+    metrics.record_phase(kind, f"{meta.get('namespace')}/{meta.get('name')}", str(result.status.phase))
+    if result.error is None:
+        metrics.RECONCILES.labels(kind, "ok").inc()
         return
-    metrics.RECONCILES.labels(kind, "ok").inc()
+    metrics.ERRORS.labels(kind, result.error.reason).inc()
+    metrics.RECONCILES.labels(kind, "permanent" if result.permanent else "temporary").inc()
+    if result.temporary:
+        # kopf applies the patch (the Reconciled condition) and calls again after the delay.
+        raise kopf.TemporaryError(result.problem or result.error.reason, delay=result.delay or 0)
+    if not timer:
+        # The status that explains it is in the patch, which kopf applies before it gives up.
+        raise kopf.PermanentError(result.problem)
 
 
 def _tj_needs_timer(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
@@ -183,10 +168,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.on.create(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
     @kopf.on.update(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, field="spec", registry=registry)
     @kopf.on.resume(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
-    def trainingjob_changed(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any
-    ) -> None:
-        _reconcile("TrainingJob", body, patch, memo, retry, timer=False)
+    def trainingjob_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile("TrainingJob", body, patch, memo, timer=False)
 
     @kopf.timer(
         GROUP,
@@ -199,7 +182,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         registry=registry,
     )
     def trainingjob_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        _reconcile("TrainingJob", body, patch, memo, 0, timer=True)
+        _reconcile("TrainingJob", body, patch, memo, timer=True)
 
     @kopf.on.delete(GROUP, VERSION, TJ_PLURAL, id=TJ_DELETE, registry=registry)
     def trainingjob_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
@@ -210,12 +193,12 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.on.create(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
     @kopf.on.update(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, field="spec", registry=registry)
     @kopf.on.resume(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
-    def deployment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
-        _reconcile("ModelDeployment", body, patch, memo, retry, timer=False)
+    def deployment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        _reconcile("ModelDeployment", body, patch, memo, timer=False)
 
     @kopf.timer(GROUP, VERSION, MD_PLURAL, id=MD_TIMER, interval=interval, idle=idle, registry=registry)
     def deployment_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        _reconcile("ModelDeployment", body, patch, memo, 0, timer=True)
+        _reconcile("ModelDeployment", body, patch, memo, timer=True)
 
     @kopf.on.delete(GROUP, VERSION, MD_PLURAL, id=MD_DELETE, registry=registry)
     def deployment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
@@ -227,17 +210,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
 def _delete(kind: str, body: kopf.Body, memo: Any, retry: int) -> None:
     ctx: ReconcileContext = memo.ctx
     meta = body.get("metadata") or {}
-    obj = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": kind,
-        "metadata": dict(meta),
-        "spec": dict(body.spec),
-    }
     try:
-        if kind == "TrainingJob":
-            delete_trainingjob(obj, ctx)
-        else:
-            delete_modeldeployment(obj, ctx)
+        delete_pass(kind, _as_object(kind, body), ctx)
     except Exception as exc:
         err = classify(exc, retry, ctx.settings)
         metrics.ERRORS.labels(kind, err.reason).inc()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-GROUP = "rayrelay.dev"
+from rayrelay_core.api import GROUP
+
 # kopf's finalizer and progress-annotation prefix (handlers.py configures both).
 FINALIZER = f"{GROUP}/finalizer"
 ANNOTATION_PREFIX = GROUP

@@ -49,11 +49,21 @@ class Settings:
     # Work waiting for pods (Initializing) longer than this is StuckInitializing:
     # the attempt counts as failed, with the pods' reasons in the message.
     stuck_initializing_seconds: float = 600.0
-    # First and largest delay of temporary-error retries (doubling in between).
+    # First and largest delay of temporary-error retries (doubling in between;
+    # reconcile/errors.py holds the one backoff function).
     retry_base_delay_seconds: float = 5.0
     retry_max_delay_seconds: float = 300.0
+    # Spread of each delay, as a fraction (0.2: +-20%), so that resources that
+    # failed together do not all retry in the same second.
+    retry_jitter: float = 0.2
     # Port of the Serve HTTP proxy inside a RayService (kuberay backend).
     serve_port: int = 8000
+    # Peering (replicas > 1): how long a replica's keep-alive stays valid, in
+    # seconds. A standby takes over at most this long after the leader's last
+    # keep-alive when the leader dies without a goodbye (SIGKILL, node loss);
+    # kopf renews it 5-10 s before expiry (at least every second). kopf's own
+    # default is 60. `rayrelay operator --peering-lifetime` overrides it.
+    peering_lifetime_seconds: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,3 +101,5 @@ class Settings:
             raise ValueError(f"RAYRELAY_METRICS_PORT out of range: {self.metrics_port}")
         if self.timer_interval_seconds <= 0 or self.stuck_initializing_seconds <= 0:
             raise ValueError("timer and stuck-initializing intervals must be positive")
+        if self.retry_base_delay_seconds <= 0 or not 0 <= self.retry_jitter < 1:
+            raise ValueError("RAYRELAY_RETRY_BASE_DELAY_SECONDS must be > 0, RAYRELAY_RETRY_JITTER in [0, 1)")

@@ -2,9 +2,8 @@
 
 Shared by the operator integration tests (``test_operator_kuberay``,
 ``test_operator_ray``). ``register_resources`` declares the resources on the
-emulator the way kopf needs them (NOTES.md: every resource namespaced with its
-status subresource, plus namespaces and CRDs, which kopf waits for in
-discovery). ``OperatorHarness`` runs ``kopf.operator`` with the handlers of
+emulator the way kopf needs them (every resource namespaced with its status
+subresource, plus namespaces and CRDs, which kopf waits for in discovery). ``OperatorHarness`` runs ``kopf.operator`` with the handlers of
 ``rayrelay_operator.handlers`` as a task (standalone, namespace-scoped,
 scanning disabled, a login handler for the emulator's URL) and gives the test a
 Kubernetes client to the emulator with a few blocking-call helpers.
@@ -23,17 +22,16 @@ import kmock as kmock_lib
 import kopf
 from kubernetes import client as k8s
 
-from rayrelay_operator.backends.base import Backend
+from rayrelay_core.api import GROUP, VERSION
+from rayrelay_operator.backends.base import WorkBackend
 from rayrelay_operator.handlers import build_registry, trainingjob_getter
 from rayrelay_operator.reconcile import ReconcileContext
 from rayrelay_operator.settings import Settings
 
-GROUP = "rayrelay.dev"
-VERSION = "v1alpha1"
 VERBS = frozenset({"get", "list", "watch", "create", "patch", "update", "delete"})
 
 # Builds the backends for one operator run from that run's own API client to the emulator.
-BackendsFactory = Callable[[k8s.ApiClient], Mapping[str, Backend]]
+BackendsFactory = Callable[[k8s.ApiClient], Mapping[str, WorkBackend]]
 
 
 def register_resources(emulator: Any, resources: Mapping[str, Mapping[str, Any]]) -> None:
@@ -85,7 +83,7 @@ class OperatorHarness:
         self,
         url: str,
         settings: Settings,
-        backends: Mapping[str, Backend] | BackendsFactory,
+        backends: Mapping[str, WorkBackend] | BackendsFactory,
         namespace: str,
         *,
         watch_server_timeout: float = 10,
@@ -121,7 +119,7 @@ class OperatorHarness:
 
         @kopf.on.startup(registry=registry)
         def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.scanning.disabled = True  # kmock 0.8 has no namespace list (NOTES.md)
+            settings.scanning.disabled = True  # kmock 0.8 answers no namespace list
             settings.watching.server_timeout = server_timeout
 
         # A fresh client per run: see stop().

@@ -1,7 +1,9 @@
 """Test doubles shared by the reconciler unit tests: a recording backend and documents.
 
-``FakeBackend`` implements the ``Backend`` protocol in memory: tests set what
-it observes and read back what the reconcilers asked of it. The document
+``FakeBackend`` implements the ``WorkBackend`` protocol in memory: tests set
+what it observes (or script it: ``script`` holds what the next calls observe,
+an exception to raise, ``refuse`` an exception per verb) and read back what the
+reconcilers asked of it. The document
 helpers write progress/failure/manifest documents the way the workloads do,
 into a local folder store, so the reconcilers' small I/O step runs for real.
 """
@@ -28,15 +30,16 @@ from rayrelay_core.runs import (
     run_id_for,
 )
 from rayrelay_core.store import LocalStore
-from rayrelay_operator.backends.base import (
+from rayrelay_operator.reconcile import Event, ReconcileContext
+from rayrelay_operator.settings import Settings
+from rayrelay_operator.work import (
     ServingObservation,
+    ServingState,
     ServingWork,
     TrainingObservation,
     TrainingWork,
     WorkState,
 )
-from rayrelay_operator.reconcile import Event, ReconcileContext
-from rayrelay_operator.settings import Settings
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -45,13 +48,22 @@ T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 class FakeBackend:
     name: str = "kuberay"
     training: dict[str, TrainingObservation] = field(default_factory=dict)  # by submission id
-    serving: ServingObservation = field(default_factory=lambda: ServingObservation(state="Absent"))
+    serving: ServingObservation = field(default_factory=lambda: ServingObservation(ServingState.ABSENT))
     calls: list[tuple[str, str]] = field(default_factory=list)
     submitted: list[TrainingWork] = field(default_factory=list)
     deployed: list[ServingWork] = field(default_factory=list)
+    # What the next observe_serving calls see, in order (an exception is raised); then ``serving``.
+    script: list[ServingObservation | Exception] = field(default_factory=list)
+    # verb ("submit", "deploy", ...) -> the exception that call raises (after being recorded).
+    refuse: dict[str, Exception] = field(default_factory=dict)
+
+    def _refused(self, verb: str) -> None:
+        if verb in self.refuse:
+            raise self.refuse[verb]
 
     def submit_training(self, work: TrainingWork) -> None:
         self.calls.append(("submit", work.submission_id))
+        self._refused("submit")
         self.submitted.append(work)
         self.training.setdefault(work.submission_id, TrainingObservation(WorkState.WAITING))
 
@@ -66,9 +78,15 @@ class FakeBackend:
 
     def deploy_serving(self, work: ServingWork) -> None:
         self.calls.append(("deploy", work.app_name))
+        self._refused("deploy")
         self.deployed.append(work)
 
     def observe_serving(self, work: ServingWork) -> ServingObservation:
+        if self.script:
+            nxt = self.script.pop(0)
+            if isinstance(nxt, Exception):
+                raise nxt
+            self.serving = nxt
         return self.serving
 
     def delete_serving(self, work: ServingWork) -> None:
@@ -100,6 +118,7 @@ def make_ctx(
         now=clock,
         store_for=lambda uri, endpoint: LocalStore(),
         emit=events.append,
+        jitter=lambda: 0.5,  # the middle of the spread: delays are exact
         **kw,
     )
     return ctx, events

@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import k8s_checks
 from rayrelay_core.api import ModelDeployment, TrainingJob
 from rayrelay_core.runs import JobDocument
-from rayrelay_operator.backends.base import WorkState
 from rayrelay_operator.backends.kuberay import serving_observation, training_observation
 from rayrelay_operator.builders.kuberay import build_rayjob, build_rayservice
-from rayrelay_operator.reconcile import DesiredModel, serving_work, training_work
+from rayrelay_operator.reconcile.deployment import DesiredModel, serving_work
+from rayrelay_operator.reconcile.training import training_work
 from rayrelay_operator.settings import Settings
+from rayrelay_operator.work import ServingState, WorkState
 
 SETTINGS = Settings(artifacts_uri="s3://rr-art/runs", s3_endpoint_url="http://minio:9000")
 
@@ -236,7 +237,7 @@ def test_rayservice_status_mapping() -> None:
         },
     }
     obs = serving_observation(rs, "m", "http://m-serve-svc.ml.svc:8000")
-    assert (obs.state, obs.message, obs.url) == ("DeployFailed", "checksum mismatch", None)
+    assert (obs.state, obs.message, obs.url) == (ServingState.DEPLOY_FAILED, "checksum mismatch", None)
     assert (obs.replicas, obs.ready_replicas, obs.serving_args) == (2, 1, {"name": "m"})
     rs["status"]["activeServiceStatus"]["applicationStatuses"]["m"]["status"] = "RUNNING"
     assert serving_observation(rs, "m", "http://u").url == "http://u"

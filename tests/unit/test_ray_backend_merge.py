@@ -12,7 +12,7 @@ import shlex
 
 import pytest
 
-from rayrelay_operator.backends.base import BackendRejected, WorkState
+from rayrelay_operator.backends.base import BackendRejected
 from rayrelay_operator.backends.ray import (
     GATEWAY_APP,
     current_applications,
@@ -24,6 +24,7 @@ from rayrelay_operator.backends.ray import (
     train_entrypoint,
     training_observation,
 )
+from rayrelay_operator.work import ServingState, WorkState
 
 
 def app(name: str, version: int = 1, import_path: str = "rayrelay_workloads.serve.app:build") -> dict:
@@ -110,7 +111,7 @@ def details(status: str, replicas: list[str], config: dict | None = None, messag
 
 def test_observe_app_states_and_replicas() -> None:
     url = "http://127.0.0.1:8000"
-    assert observe_app({"applications": {}}, "a", url).state == "Absent"
+    assert observe_app({"applications": {}}, "a", url).state is ServingState.ABSENT
     instance = {
         "applications": {
             "a": details("RUNNING", ["RUNNING", "STARTING"], app("a", 3)),
@@ -118,13 +119,15 @@ def test_observe_app_states_and_replicas() -> None:
         }
     }
     obs = observe_app(instance, "a", url)
-    assert (obs.state, obs.url, obs.replicas, obs.ready_replicas) == ("Running", url, 2, 1)
+    assert (obs.state, obs.url, obs.replicas, obs.ready_replicas) == (ServingState.RUNNING, url, 2, 1)
     assert obs.serving_args == {"name": "a", "v": 3}
     instance["applications"][GATEWAY_APP] = details("DEPLOYING", [])
-    assert observe_app(instance, "a", url).state == "Deploying", "not Running before the gateway is"
+    assert observe_app(instance, "a", url).state is ServingState.DEPLOYING, (
+        "not Running before the gateway is"
+    )
     failed = {"applications": {"a": details("DEPLOY_FAILED", [], message="sha256 mismatch: onnx/model.onnx")}}
     obs = observe_app(failed, "a", url)
-    assert obs.state == "DeployFailed" and "sha256 mismatch" in obs.message and obs.url is None
+    assert obs.state is ServingState.DEPLOY_FAILED and "sha256 mismatch" in obs.message and obs.url is None
 
 
 def test_training_observation_maps_every_status() -> None:

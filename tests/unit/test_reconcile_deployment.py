@@ -1,4 +1,4 @@
-"""The ModelDeployment state machine (``rayrelay_operator.reconcile``), pass by pass.
+"""The ModelDeployment state machine (``rayrelay_operator.reconcile.deployment``), pass by pass.
 
 A fake backend reports what Serve shows; TrainingJobs are plain dicts served
 by ``get_trainingjob``; manifests live in a local-folder store.
@@ -13,8 +13,8 @@ from reconcile_fakes import Clock, FakeBackend, make_ctx, sample_manifest, with_
 
 from rayrelay_core.api import ModelDeploymentStatus
 from rayrelay_core.conditions import find_condition
-from rayrelay_operator.backends.base import ServingObservation
-from rayrelay_operator.reconcile import Deploy, permanent_failure, reconcile_modeldeployment, status_changed
+from rayrelay_operator.reconcile import Deploy, PassResult, permanent_failure, run_pass
+from rayrelay_operator.work import ServingObservation, ServingState
 
 
 def md_dict(**model: Any) -> dict[str, Any]:
@@ -37,11 +37,16 @@ class Driver:
         self.obj = md_dict(**model)
         self.writes = 0
 
-    def step(self) -> ModelDeploymentStatus:
-        status = reconcile_modeldeployment(self.obj, self.ctx)
-        if status_changed(self.obj.get("status"), status):
+    def run(self) -> PassResult:
+        result = run_pass("ModelDeployment", self.obj, self.ctx)
+        if result.patch:
             self.writes += 1
-            self.obj = with_status(self.obj, status)
+            self.obj = with_status(self.obj, result.status)
+        return result
+
+    def step(self) -> ModelDeploymentStatus:
+        status = self.run().status
+        assert isinstance(status, ModelDeploymentStatus)
         return status
 
     def publish(self, run: str, int8: bool = True) -> str:
@@ -55,7 +60,12 @@ class Driver:
     def serve(self, state: str, ready: int = 1) -> None:
         args = self.backend.deployed[-1].app_args if self.backend.deployed else None
         self.backend.serving = ServingObservation(
-            state=state, url="http://x:8000", replicas=1, ready_replicas=ready, serving_args=args, message="m"
+            state=ServingState(state),
+            url="http://x:8000",
+            replicas=1,
+            ready_replicas=ready,
+            serving_args=args,
+            message="m",
         )
 
 

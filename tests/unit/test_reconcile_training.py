@@ -1,7 +1,7 @@
-"""The TrainingJob state machine (``rayrelay_operator.reconcile``), pass by pass.
+"""The TrainingJob state machine (``rayrelay_operator.reconcile.training``), pass by pass.
 
-Each test drives ``reconcile_trainingjob`` the way a driver does (status out,
-fed back in as the previous status) against a recording fake backend and a
+Each test drives ``run_pass`` the way every driver does (the patch written
+back, fed in as the previous status) against a recording fake backend and a
 local-folder store where the test writes the workload's documents.
 """
 
@@ -28,18 +28,9 @@ from rayrelay_core.api import TrainingJobStatus
 from rayrelay_core.conditions import find_condition
 from rayrelay_core.store import StoreError
 from rayrelay_operator import naming
-from rayrelay_operator.backends.base import (
-    BackendRejected,
-    BackendUnavailable,
-    TrainingObservation,
-    WorkState,
-)
-from rayrelay_operator.reconcile import (
-    classify,
-    permanent_failure,
-    reconcile_trainingjob,
-    status_changed,
-)
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
+from rayrelay_operator.reconcile import PassResult, classify, permanent_failure, run_pass
+from rayrelay_operator.work import TrainingObservation, WorkState
 
 
 class Driver:
@@ -53,11 +44,16 @@ class Driver:
         self.obj = tj_dict(**spec)
         self.writes = 0
 
-    def step(self) -> TrainingJobStatus:
-        status = reconcile_trainingjob(self.obj, self.ctx)
-        if status_changed(self.obj.get("status"), status):
+    def run(self) -> PassResult:
+        result = run_pass("TrainingJob", self.obj, self.ctx)
+        if result.patch:
             self.writes += 1
-            self.obj = with_status(self.obj, status)
+            self.obj = with_status(self.obj, result.status)
+        return result
+
+    def step(self) -> TrainingJobStatus:
+        status = self.run().status
+        assert isinstance(status, TrainingJobStatus)
         return status
 
     @property
@@ -315,8 +311,8 @@ def test_restart_recomputes_same_names(tmp_path: Path) -> None:
     # The status write after a submit was lost (operator crashed): the next pass submits
     # the very same names, which an idempotent backend turns into a no-op.
     d = Driver(tmp_path)
-    reconcile_trainingjob(d.obj, d.ctx)
-    reconcile_trainingjob(d.obj, d.ctx)
+    run_pass("TrainingJob", d.obj, d.ctx)
+    run_pass("TrainingJob", d.obj, d.ctx)
     assert d.backend.calls == [("submit", "rayrelay-ml-sst2-g1-a1")] * 2
 
 

@@ -1,9 +1,9 @@
 """The ``kuberay`` backend: KubeRay RayJob / RayService objects over the Kubernetes API.
 
-``reconcile`` decides what should exist; this module creates, patches, deletes
+``rayrelay_operator.reconcile`` decides what should exist; this module creates, patches, deletes
 and reads the KubeRay objects that ``builders.kuberay`` produces (the only
 side effects of the kuberay path), and translates what KubeRay reports into
-the backend-neutral observations of ``backends.base``. It goes further than
+the backend-neutral observations of ``rayrelay_operator.work``. It goes further than
 KubeRay's own status on the two complaints its users raise most:
 
 - a job whose ``jobStatus`` still says RUNNING while its driver is dead (the
@@ -14,7 +14,9 @@ KubeRay's own status on the two complaints its users raise most:
 
 Creation is idempotent (HTTP 409 = already there), deletion tolerates 404.
 API 429/5xx and connection failures raise ``BackendUnavailable`` (retried with
-backoff); other 4xx raise ``BackendRejected``.
+backoff); 403 raises ``MissingPermission`` naming the call (retried: an RBAC
+fix ends it, the spec cannot); other 4xx raise ``BackendRejected`` (the
+resource fails with the API server's words).
 """
 
 from __future__ import annotations
@@ -25,32 +27,26 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rayrelay_operator import naming
-from rayrelay_operator.backends.base import (
-    BackendRejected,
-    BackendUnavailable,
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, MissingPermission
+from rayrelay_operator.builders.kuberay import ANNOTATION_APP_ARGS, build_rayjob, build_rayservice
+from rayrelay_operator.settings import Settings
+from rayrelay_operator.work import (
     ServingObservation,
+    ServingState,
     ServingWork,
     TrainingObservation,
     TrainingWork,
     WorkState,
+    serving_state,
 )
-from rayrelay_operator.builders.kuberay import ANNOTATION_APP_ARGS, build_rayjob, build_rayservice
-from rayrelay_operator.settings import Settings
 
 log = logging.getLogger(__name__)
-GROUP, VERSION = "ray.io", "v1"
+# KubeRay's API group (rayrelay's own is rayrelay_core.api.GROUP).
+RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 T = TypeVar("T")
 
 _IMAGE_PULL = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 _WAITING_DEPLOYMENT = {"", "New", "Initializing", "Waiting", "Retrying", "Scheduling"}
-_APP_STATES = {
-    "RUNNING": "Running",
-    "DEPLOYING": "Deploying",
-    "NOT_STARTED": "Deploying",
-    "DEPLOY_FAILED": "DeployFailed",
-    "UNHEALTHY": "Unhealthy",
-    "DELETING": "Deploying",
-}
 
 
 class _NotFound(Exception):
@@ -74,6 +70,11 @@ def _call(what: str, fn: Callable[[], T]) -> T:
             raise _Conflict(what) from exc
         if exc.status in (429,) or (exc.status or 0) >= 500:
             raise BackendUnavailable(f"{what}: Kubernetes API {exc.status}: {exc.reason}") from exc
+        if exc.status == 403:
+            # RBAC, not the spec: say which permission, and retry (a fixed Role ends it).
+            raise MissingPermission(
+                f"{what}: forbidden (HTTP 403): the operator's ServiceAccount needs this permission"
+            ) from exc
         raise BackendRejected(f"{what}: Kubernetes API {exc.status}: {exc.reason}: {exc.body}") from exc
     except (OSError, ConnectionError) as exc:
         raise BackendUnavailable(f"{what}: cannot reach the Kubernetes API: {exc}") from exc
@@ -120,14 +121,11 @@ def training_observation(
     common: dict[str, Any] = {
         "dashboard_url": status.get("dashboardURL") or None,
         "started_at": status.get("startTime") or meta.get("creationTimestamp"),
-        "finished_at": status.get("endTime"),
     }
     if job == "SUCCEEDED" or (deployment == "Complete" and job in ("", "SUCCEEDED")):
         return TrainingObservation(WorkState.SUCCEEDED, "Succeeded", message, **common)
     if job == "FAILED" or deployment == "Failed":
-        reason = str(status.get("reason") or "TrainingFailed")
-        if reason == "DeadlineExceeded":
-            reason = "DeadlineExceeded"
+        reason = str(status.get("reason") or "TrainingFailed")  # e.g. KubeRay's DeadlineExceeded
         return TrainingObservation(
             WorkState.FAILED, reason, message or f"RayJob {deployment or job}", **common
         )
@@ -179,25 +177,24 @@ def serving_observation(rayservice: dict[str, Any], app_name: str, url: str) -> 
     ready = cluster.get("availableWorkerReplicas", cluster.get("readyWorkerReplicas"))
     if app is None:
         return ServingObservation(
-            state="Deploying",
+            state=ServingState.DEPLOYING,
             replicas=replicas,
             ready_replicas=ready,
             message="waiting for the Ray cluster and the Serve application",
             serving_args=serving_args,
         )
-    state = _APP_STATES.get(str(app.get("status") or ""), "Deploying")
+    state = serving_state(str(app.get("status") or ""))
     messages = [str(app.get("message") or "")]
     for dep_name, dep in (app.get("serveDeploymentStatuses") or {}).items():
         if dep.get("status") in ("UNHEALTHY", "DEPLOY_FAILED") and dep.get("message"):
             messages.append(f"{dep_name}: {dep['message']}")
     return ServingObservation(
         state=state,
-        url=url if state in ("Running", "Unhealthy") else None,
+        url=url if state in (ServingState.RUNNING, ServingState.UNHEALTHY) else None,
         replicas=replicas,
         ready_replicas=ready,
         message="; ".join(m for m in messages if m),
         serving_args=serving_args,
-        extra={"serviceStatus": status.get("serviceStatus")},
     )
 
 
@@ -231,7 +228,9 @@ class KubeRayBackend:
         try:
             _call(
                 f"create RayJob {ns}/{work.child_name}",
-                lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rayjobs", body),
+                lambda: self.custom.create_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, ns, "rayjobs", body
+                ),
             )
             log.info("created RayJob %s/%s", ns, work.child_name)
         except _Conflict:
@@ -243,7 +242,9 @@ class KubeRayBackend:
             return dict(
                 _call(
                     f"get {plural} {ns}/{name}",
-                    lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name),
+                    lambda: self.custom.get_namespaced_custom_object(
+                        RAY_GROUP, RAY_VERSION, ns, plural, name
+                    ),
                 )
             )
         except _NotFound:
@@ -261,12 +262,18 @@ class KubeRayBackend:
         return [p for p in items if ((p.get("metadata") or {}).get("labels") or {}).get(key) == value]
 
     def _submitter_job(self, ns: str, name: str) -> dict[str, Any] | None:
+        """KubeRay's submitter Job, or None when there is none.
+
+        A 403 is not "none": without reading it a failed submitter would look
+        like a running job, so ``MissingPermission`` (naming ``get`` on
+        ``batch/v1`` ``jobs``) goes up and the resource's status says so.
+        """
         try:
             result = _call(
-                f"get Job {ns}/{name}",
+                f"get batch/v1 Job {ns}/{name} (verb get on jobs.batch)",
                 lambda: self.batch.read_namespaced_job(name, ns, _preload_content=False),
             )
-        except (_NotFound, BackendRejected):
+        except _NotFound:
             return None
         return dict(json.loads(result.data))
 
@@ -288,7 +295,7 @@ class KubeRayBackend:
             _call(
                 f"delete {plural} {ns}/{name}",
                 lambda: self.custom.delete_namespaced_custom_object(
-                    GROUP, VERSION, ns, plural, name, propagation_policy="Background"
+                    RAY_GROUP, RAY_VERSION, ns, plural, name, propagation_policy="Background"
                 ),
             )
             log.info("deleted %s %s/%s", plural, ns, name)
@@ -304,7 +311,7 @@ class KubeRayBackend:
         listed = _call(
             f"list RayJobs {namespace} {selector}",
             lambda: self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, "rayjobs", label_selector=selector
+                RAY_GROUP, RAY_VERSION, namespace, "rayjobs", label_selector=selector
             ),
         )
         for item in listed.get("items") or []:
@@ -328,7 +335,9 @@ class KubeRayBackend:
         try:
             _call(
                 f"create RayService {ns}/{name}",
-                lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rayservices", body),
+                lambda: self.custom.create_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, ns, "rayservices", body
+                ),
             )
             log.info("created RayService %s/%s", ns, name)
             return
@@ -346,7 +355,7 @@ class KubeRayBackend:
         _call(
             f"patch RayService {ns}/{name}",
             lambda: self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, ns, "rayservices", name, patch
+                RAY_GROUP, RAY_VERSION, ns, "rayservices", name, patch
             ),
         )
         log.info("updated RayService %s/%s", ns, name)
@@ -354,7 +363,7 @@ class KubeRayBackend:
     def observe_serving(self, work: ServingWork) -> ServingObservation:
         rayservice = self._get(work.namespace, "rayservices", work.child_name)
         if rayservice is None:
-            return ServingObservation(state="Absent")
+            return ServingObservation(ServingState.ABSENT)
         url = naming.serve_url(work.child_name, work.namespace, self.settings.serve_port)
         return serving_observation(rayservice, work.app_name, url)
 

@@ -4,6 +4,7 @@ Implements ``Backend`` (``backends/base.py``) for a Ray cluster the operator doe
 not manage: the local head of ``rayrelay run`` (``rayrelay_operator.local``) or a
 long-lived cluster the operator is pointed at. The reconcilers
 (``rayrelay_operator.reconcile``) call it; it never decides anything itself.
+What it reports is in the values of ``rayrelay_operator.work``.
 
 - Training goes through Ray's Job Submission API (``JobSubmissionClient``). The
   submission id is the deterministic ``TrainingWork.submission_id``, and Ray
@@ -38,14 +39,15 @@ from urllib.parse import urlparse
 
 import requests
 
-from rayrelay_operator.backends.base import (
-    BackendRejected,
-    BackendUnavailable,
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
+from rayrelay_operator.work import (
     ServingObservation,
+    ServingState,
     ServingWork,
     TrainingObservation,
     TrainingWork,
     WorkState,
+    serving_state,
 )
 
 log = logging.getLogger(__name__)
@@ -81,16 +83,6 @@ PASSTHROUGH_ENV = (
 
 LOG_TAIL_LINES = 20
 REST_TIMEOUT_S = 30.0
-
-# Serve application status -> ServingObservation.state.
-_APP_STATES = {
-    "NOT_STARTED": "Deploying",
-    "DEPLOYING": "Deploying",
-    "RUNNING": "Running",
-    "DEPLOY_FAILED": "DeployFailed",
-    "UNHEALTHY": "Unhealthy",
-    "DELETING": "Deploying",
-}
 
 # One lock per process for Serve's read-modify-write: the PUT replaces all apps.
 _SERVE_LOCK = threading.Lock()
@@ -214,9 +206,9 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
     apps = instance.get("applications") or {}
     details = apps.get(app_name)
     if details is None:
-        return ServingObservation(state="Absent")
+        return ServingObservation(ServingState.ABSENT)
     status = str(details.get("status", "NOT_STARTED"))
-    state = _APP_STATES.get(status, "Deploying")
+    state = serving_state(status)
     messages = [str(details.get("message") or "")]
     replicas = ready = 0
     for dep_name, dep in (details.get("deployments") or {}).items():
@@ -226,24 +218,25 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
         if dep.get("status") in ("UNHEALTHY", "DEPLOY_FAILED") and dep.get("message"):
             messages.append(f"{dep_name}: {dep['message']}")
     gateway = apps.get(GATEWAY_APP)
-    if state == "Running" and app_name != GATEWAY_APP:
+    if state is ServingState.RUNNING and app_name != GATEWAY_APP:
         # The model answers through the gateway: not Running until it runs too.
         gw_status = str((gateway or {}).get("status", "NOT_STARTED"))
         if gw_status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            state = _APP_STATES[gw_status]
+            state = serving_state(gw_status)
             messages.append(f"{GATEWAY_APP}: {(gateway or {}).get('message', '')}")
         elif gw_status != "RUNNING" and gateway is not None:
-            state = "Deploying"
+            state = ServingState.DEPLOYING
             messages.append(f"{GATEWAY_APP} is {gw_status.lower()}")
     message = "; ".join(m for m in messages if m)
     return ServingObservation(
         state=state,
-        url=url if state in ("Running", "Unhealthy") else None,
+        url=url if state in (ServingState.RUNNING, ServingState.UNHEALTHY) else None,
         replicas=replicas,
         ready_replicas=ready,
         message=message,
-        serving_args=app_args_of(details.get("deployed_app_config")) if state == "Running" else None,
-        extra={"status": status, "lastDeployedTime": details.get("last_deployed_time_s")},
+        serving_args=(
+            app_args_of(details.get("deployed_app_config")) if state is ServingState.RUNNING else None
+        ),
     )
 
 
@@ -251,12 +244,9 @@ def training_observation(info: dict[str, Any], logs_tail: str, dashboard_url: st
     """A Ray job's details (as a dict) in backend-neutral terms (pure)."""
     status = str(info.get("status", ""))
     message = str(info.get("message") or "")
-    started = _ms_to_rfc3339(info.get("start_time"))
-    finished = _ms_to_rfc3339(info.get("end_time"))
     common: dict[str, Any] = {
         "dashboard_url": dashboard_url,
-        "started_at": started,
-        "finished_at": finished,
+        "started_at": _ms_to_rfc3339(info.get("start_time")),
     }
     if status == "PENDING":
         return TrainingObservation(WorkState.WAITING, "WaitingForResources", message, **common)

@@ -30,7 +30,7 @@ import yaml
 
 from rayrelay_core.serveconfig import application_configs
 from rayrelay_operator import naming
-from rayrelay_operator.backends.base import ServingWork, TrainingWork
+from rayrelay_operator.work import ServingWork, TrainingWork
 
 RAY_API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.58.0"

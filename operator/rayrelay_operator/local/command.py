@@ -1,0 +1,183 @@
+"""``run_command(args)``: `rayrelay run` from the command line to the exit code.
+
+Reads FILE (``inputs``), starts or reaches Ray, runs the loop (``loop``), then
+reports (``report``): 0 when every resource finished well and every endpoint
+answered its smoke request, 1 otherwise (with the reason printed), 130 on
+Ctrl-C. Without ``--once`` it keeps passing over the resources while serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+
+from rayrelay_core.api import Backend
+from rayrelay_operator.backends.base import BackendUnavailable
+from rayrelay_operator.backends.ray import RayBackend
+from rayrelay_operator.local.display import Display
+from rayrelay_operator.local.inputs import as_uri, prepare, read_resources
+from rayrelay_operator.local.loop import RUN_TIMEOUT_S, LocalRun, RunError
+from rayrelay_operator.local.objects import NAMESPACE, TJ, LocalObjects
+from rayrelay_operator.local.report import failures, print_endpoints, summary
+from rayrelay_operator.localray import LocalRay, LocalRayError, serve_port
+from rayrelay_operator.settings import Settings
+
+DEFAULT_ARTIFACTS = "./.rayrelay/artifacts"
+SERVE_REFRESH_SECONDS = 5.0
+
+
+def _dashboard(address: str) -> str:
+    address = address.strip().rstrip("/")
+    return address if "://" in address else f"http://{address}"
+
+
+def _check_dashboard(url: str) -> None:
+    try:
+        requests.get(f"{url}/api/version", timeout=10).raise_for_status()
+    except requests.RequestException as exc:
+        raise RunError(
+            f"cannot reach the Ray dashboard at {url} ({exc.__class__.__name__}); --ray-address takes "
+            "the dashboard URL of a running cluster, e.g. http://127.0.0.1:8265"
+        ) from None
+
+
+def _artifacts(args: argparse.Namespace, base: Path) -> tuple[str | None, str]:
+    """(override for every TrainingJob or None, the default store)."""
+    if args.artifacts:
+        uri = as_uri(args.artifacts, base)
+        return uri, uri
+    return None, as_uri(DEFAULT_ARTIFACTS, base)
+
+
+def _ray(args: argparse.Namespace, console: Console) -> tuple[str, str, LocalRay | None]:
+    """(dashboard URL, the job's python, the head started for this run or None)."""
+    if args.ray_address:
+        dashboard = _dashboard(args.ray_address)
+        _check_dashboard(dashboard)
+        console.print(f"Ray: using the cluster at {dashboard}", markup=False)
+        return dashboard, "python", None
+    console.print("Ray: starting a local head for this run ...", markup=False)
+    local_ray = LocalRay()
+    try:
+        dashboard = local_ray.start()
+    except LocalRayError as exc:
+        local_ray.stop()
+        raise RunError(str(exc)) from None
+    console.print(f"Ray: dashboard {dashboard}", markup=False)
+    return dashboard, sys.executable, local_ray
+
+
+def _backend_and_settings(dashboard: str, python: str, default_store: str) -> tuple[RayBackend, Settings]:
+    # Serve's HTTP port, when this run is the first to start Serve on the cluster:
+    # RAYRELAY_SERVE_PORT, else 8000 unless taken, else a free one.
+    port = int(os.environ.get("RAYRELAY_SERVE_PORT") or serve_port())
+    backend = RayBackend(
+        dashboard, serve_host="127.0.0.1", serve_port=port, url_host="127.0.0.1", python=python
+    )
+    settings = Settings(
+        default_backend=Backend.RAY,
+        ray_address=dashboard,
+        artifacts_uri=default_store,
+        s3_endpoint_url=os.environ.get("RAYRELAY_S3_ENDPOINT_URL") or None,
+    )
+    return backend, settings
+
+
+def _finish(run: LocalRun, console: Console, once: bool) -> int:
+    """Report; then exit, or keep serving (passes keep statuses fresh) until Ctrl-C."""
+    summary(run, console)
+    failed = failures(run)
+    ready = print_endpoints(run, console, failed)
+    if failed:
+        for line in failed:
+            console.print(f"error: {line}", markup=False, soft_wrap=True)
+        return 1
+    if once or not ready:
+        console.print("done.", markup=False)
+        return 0
+    console.print("\nserving; press Ctrl-C to stop", markup=False)
+    while True:
+        for t in run.tracked:
+            run.step(t)
+        time.sleep(SERVE_REFRESH_SECONDS)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`rayrelay run`: exit 0 on success, 1 on any failure (with the reason printed)."""
+    console = Console(highlight=False, soft_wrap=True)
+    docs = read_resources(args.file, console)
+    if docs is None:
+        return 1
+    base = Path.cwd()
+    override, default_store = _artifacts(args, base)
+    objects = LocalObjects(prepare(docs, override, base))
+    for doc in docs:
+        if (doc.get("spec") or {}).get("backend") == "kuberay":
+            console.print(
+                f"{doc['kind']}/{doc['metadata']['name']}: runs on the local ray backend "
+                "(spec.backend kuberay is for clusters)",
+                markup=False,
+            )
+    local_ray: LocalRay | None = None
+    run: LocalRun | None = None
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        dashboard, python, local_ray = _ray(args, console)
+        backend, settings = _backend_and_settings(dashboard, python, default_store)
+        console.print(f"artifacts: {override or default_store}", markup=False)
+        if args.ray_address:
+            _forget_finished_jobs(backend, objects)
+        display = Display(console)
+        run = LocalRun(objects, backend, settings, display)
+        with display.running():
+            run.drive(time.monotonic() + RUN_TIMEOUT_S)
+        return _finish(run, console, args.once)
+    except RunError as exc:
+        console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        return 1
+    except BackendUnavailable as exc:
+        console.print(f"error: the Ray cluster is not reachable: {exc}", markup=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("\ninterrupted; shutting down", markup=False)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        if run is not None:
+            run.teardown(remove_serving=local_ray is None)
+        if local_ray is not None:
+            console.print("Ray: stopping the local head", markup=False)
+            local_ray.stop()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _forget_finished_jobs(backend: RayBackend, objects: LocalObjects) -> None:
+    """Delete finished Ray jobs of these TrainingJobs from an earlier run on this cluster.
+
+    A local run always counts generation 1, so its submission ids repeat from run
+    to run; Ray would refuse the new submission and the loop would observe the old
+    job instead. Running jobs are left alone (another run may own them).
+    """
+    client = backend._jobs()
+    for obj in objects.of(TJ):
+        name = obj["metadata"]["name"]
+        for job in client.list_jobs():
+            meta = job.metadata or {}
+            if meta.get("rayrelay.dev/name") != name or meta.get("rayrelay.dev/namespace") != NAMESPACE:
+                continue
+            if str(getattr(job.status, "value", job.status)) in ("SUCCEEDED", "FAILED", "STOPPED"):
+                # Gone already, or not finished after all: the backend copes with both.
+                with contextlib.suppress(RuntimeError):
+                    client.delete_job(job.submission_id)

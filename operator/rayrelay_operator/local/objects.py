@@ -1,0 +1,99 @@
+"""The resources of one `rayrelay run`, in memory, standing in for the Kubernetes API."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rayrelay_core.api import DeploymentPhase, TrainingPhase
+
+NAMESPACE = "default"
+TJ = "TrainingJob"
+MD = "ModelDeployment"
+
+
+@dataclass
+class LocalObjects:
+    """The resources of one run, by kind and name."""
+
+    objects: list[dict[str, Any]]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        for obj in self.objects:
+            meta = obj["metadata"]
+            if obj["kind"] == kind and meta["name"] == name and meta.get("namespace") == namespace:
+                return obj
+        return None
+
+    def get_trainingjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get(TJ, namespace, name)
+
+
+@dataclass
+class Tracked:
+    """What the loop knows about one resource beyond its status."""
+
+    obj: dict[str, Any]
+    error: str | None = None  # a permanent failure, or one of the loop's own (deploy timeout)
+    last_temporary: str | None = None
+    temporary_failures: int = 0
+    not_before: float = 0.0  # the pass's backoff after a temporary error (clock seconds)
+    submitted: bool = False  # a training job was submitted during this run
+    ready_since: float | None = None
+    waiting_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.obj.get("status") or {})
+
+
+def training_done(t: Tracked) -> bool:
+    return t.error is not None or t.status.get("phase") in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
+
+
+def deployment_done(t: Tracked, objects: LocalObjects) -> bool:
+    if t.error is not None:
+        return True
+    phase = t.status.get("phase")
+    if phase in (DeploymentPhase.READY, DeploymentPhase.FAILED):
+        return True
+    return referenced_training_failed(t, objects) is not None
+
+
+def done(t: Tracked, objects: LocalObjects) -> bool:
+    return training_done(t) if t.kind == TJ else deployment_done(t, objects)
+
+
+def referenced_training_failed(t: Tracked, objects: LocalObjects) -> str | None:
+    """Why a ModelDeployment will never get its model, when its TrainingJob failed."""
+    ref = ((t.obj["spec"].get("model") or {}).get("trainingJobRef") or {}).get("name")
+    tj = objects.get_trainingjob(NAMESPACE, ref) if ref else None
+    if tj is None:
+        return None
+    status = tj.get("status") or {}
+    if status.get("phase") == TrainingPhase.FAILED:
+        return f"its TrainingJob {ref} failed"
+    return None
+
+
+def condition_message(status: dict[str, Any], type_: str) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == type_:
+            return str(cond.get("message") or "")[:160]
+    return ""

@@ -1,0 +1,377 @@
+"""The ModelDeployment state machine: observe -> compute -> actions.
+
+- *observe* (``resolve_model`` and the backend, small side effects): which
+  artifact set to serve (from the referenced TrainingJob's status or
+  ``spec.model.manifestUri``, its manifest read from the store) and what Serve
+  runs now. A store that does not answer raises ``StoreUnavailable``.
+- *compute* (``compute_deployment_status``, pure): one dispatch over the
+  situation (suspended, no model yet, a model) and then over the Serve
+  application's ``ServingState`` (``_BY_STATE``), each step a small function of
+  a ``DeploymentPass``.
+- *actions*: ``context.Deploy`` / ``Undeploy`` / events, applied by the driver.
+
+``status.model`` is the model last seen serving: it stays while a newer one
+rolls out, or fails to (Serve keeps the old replicas), so a bad model never
+takes a working endpoint down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rayrelay_core.api import (
+    Backend,
+    DeploymentPhase,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    ServedModel,
+    TrainingJobStatus,
+    TrainingPhase,
+)
+from rayrelay_core.conditions import find_condition, set_condition
+from rayrelay_core.runs import ManifestError, read_manifest, serve_app_args
+from rayrelay_core.store import StoreError
+from rayrelay_operator import naming
+from rayrelay_operator.reconcile.context import Action, Deploy, Event, Plan, ReconcileContext, Undeploy
+from rayrelay_operator.reconcile.errors import StoreUnavailable
+from rayrelay_operator.reconcile.status import (
+    COND_MODEL_AVAILABLE,
+    COND_PROGRESSING,
+    COND_READY,
+    backend_name,
+    invalid_spec_status,
+    meta_of,
+    parse_typed,
+    previous_status,
+)
+from rayrelay_operator.settings import Settings
+from rayrelay_operator.work import ServingObservation, ServingState, ServingWork
+
+# ------------------------------------------------------------------------ observe
+
+
+@dataclass
+class DesiredModel:
+    """The artifact set a deployment should serve, as resolved this pass."""
+
+    manifest_uri: str
+    digest: str  # "sha256:<hex>" of the manifest
+    variant: str  # resolved: fp32 | int8
+
+
+@dataclass
+class DeploymentObserved:
+    """Everything ``compute_deployment_status`` looks at besides the spec."""
+
+    desired: DesiredModel | None = None
+    # Why there is no desired model: (reason, message, permanent).
+    waiting: tuple[str, str, bool] | None = None
+    serving: ServingObservation | None = None
+
+
+def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings) -> ServingWork:
+    """The Serve application of a deployment for one model (pure)."""
+    ns = md.metadata.namespace or "default"
+    endpoint = md.spec.artifacts.endpoint_url or settings.s3_endpoint_url
+    args = serve_app_args(md.metadata.name, ns, desired.manifest_uri, md.spec, endpoint)
+    args["digest"] = desired.digest
+    return ServingWork(
+        app_name=md.metadata.name,
+        child_name=naming.serving_child_name(md.metadata.name),
+        namespace=ns,
+        spec=md.spec,
+        app_args=args,
+        owner=naming.owner_reference(md.api_version, "ModelDeployment", md.metadata.name, md.metadata.uid),
+        labels=naming.modeldeployment_labels(md.metadata.name),
+    )
+
+
+def serving_work_without_model(md: ModelDeployment, settings: Settings) -> ServingWork:
+    """The application's names when no model is resolved (to observe or remove it)."""
+    served = (md.status or ModelDeploymentStatus()).model
+    desired = DesiredModel(
+        manifest_uri=(served.manifest_uri if served else None) or "", digest="", variant=""
+    )
+    return serving_work(md, desired, settings)
+
+
+def _waiting_for(ref_name: str, tj: Mapping[str, Any] | None) -> tuple[str, str, bool] | None:
+    """Why the referenced TrainingJob gives no model yet, or None when it has one."""
+    if tj is None:
+        return ("TrainingJobNotFound", f"TrainingJob {ref_name} not found", False)
+    status = previous_status(tj, TrainingJobStatus)
+    if status.phase == TrainingPhase.SUCCEEDED and status.artifacts and status.artifacts.manifest_uri:
+        return None
+    detail = f"{status.phase}"
+    if status.progress and status.progress.percent is not None:
+        detail += f", {status.progress.percent:.0f}%"
+    reason = "TrainingJobFailed" if status.phase == TrainingPhase.FAILED else "WaitingForTrainingJob"
+    return (reason, f"waiting for TrainingJob {ref_name} to succeed (it is {detail})", False)
+
+
+def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObserved:
+    """Find the manifest to serve (side effects: reads a TrainingJob and the store)."""
+    ns = md.metadata.namespace or "default"
+    ref = md.spec.model.training_job_ref
+    manifest_uri = md.spec.model.manifest_uri
+    if ref is not None:
+        tj = ctx.get_trainingjob(ns, ref.name) if ctx.get_trainingjob else None
+        waiting = _waiting_for(ref.name, tj)
+        if waiting is not None:
+            return DeploymentObserved(waiting=waiting)
+        assert tj is not None
+        manifest_uri = previous_status(tj, TrainingJobStatus).artifacts.manifest_uri  # type: ignore[union-attr]
+    assert manifest_uri is not None
+    store = ctx.store_for(manifest_uri, md.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
+    try:
+        manifest, digest = read_manifest(store, manifest_uri)
+        variant = manifest.servable_variant(str(md.spec.model.effective_variant))
+    except ManifestError as exc:
+        # A TrainingJob-published manifest that vanished is as permanent as a wrong URI.
+        return DeploymentObserved(waiting=("ModelNotFound", str(exc), True))
+    except StoreError as exc:
+        raise StoreUnavailable(manifest_uri, exc) from exc
+    return DeploymentObserved(desired=DesiredModel(manifest_uri, f"sha256:{digest}", variant))
+
+
+# ------------------------------------------------------------------------ compute
+
+
+class DeploymentPass:
+    """One pass of the ModelDeployment state machine: the status being built and its actions."""
+
+    def __init__(
+        self, md: ModelDeployment, observed: DeploymentObserved, now: datetime, settings: Settings
+    ) -> None:
+        previous = md.status or ModelDeploymentStatus()
+        self.md = md
+        self.settings = settings
+        self.gen = md.metadata.generation or 1
+        self.now = now
+        self.s = previous.model_copy(deep=True)
+        self.actions: list[Action] = []
+        self.old_phase = DeploymentPhase(previous.phase)
+        self.observed = observed
+        self.obs = observed.serving or ServingObservation(ServingState.ABSENT)
+        self.serving_now = previous.model if previous.model and previous.model.digest else None
+        self.desired = observed.desired
+
+    @property
+    def rolling(self) -> bool:
+        """A verified model serves and another one is wanted."""
+        d = self.desired
+        return self.serving_now is not None and d is not None and self.serving_now.digest != d.digest
+
+    def cond(self, type_: str, status: bool, reason: str, message: str) -> None:
+        self.s.conditions = set_condition(
+            self.s.conditions, type_, status, reason, message, self.now, self.gen
+        )
+
+    def done(self, phase: DeploymentPhase, reason: str, message: str) -> None:
+        self.s.phase = phase
+        if phase != self.old_phase:
+            bad = phase in (DeploymentPhase.FAILED, DeploymentPhase.DEGRADED)
+            self.actions.append(
+                Event("Warning" if bad else "Normal", reason, f"{self.old_phase} -> {phase}: {message}")
+            )
+
+    def fill_serving(self) -> None:
+        self.s.url = self.obs.url or self.s.url
+        self.s.replicas = self.obs.replicas
+        self.s.ready_replicas = self.obs.ready_replicas
+
+
+def compute_deployment_status(
+    md: ModelDeployment, observed: DeploymentObserved, now: datetime, settings: Settings
+) -> tuple[ModelDeploymentStatus, list[Action]]:
+    """The ModelDeployment's new status and the actions to take; pure.
+
+    ``md.status`` is the previous status.
+    """
+    p = DeploymentPass(md, observed, now, settings)
+    p.s.observed_generation = p.gen
+    p.s.backend = Backend(backend_name(md.spec.backend, settings))
+    _step_for(p)(p)
+    return p.s, p.actions
+
+
+def _step_for(p: DeploymentPass) -> Callable[[DeploymentPass], None]:
+    """The dispatch: suspended, no model to serve, or a model (then by Serve's state)."""
+    if p.md.spec.suspend:
+        return _suspended
+    if p.desired is None:
+        return _no_model
+    return _with_model
+
+
+def _suspended(p: DeploymentPass) -> None:
+    if p.obs.state is not ServingState.ABSENT:
+        p.actions.append(Undeploy(serving_work_without_model(p.md, p.settings)))
+    p.s.url, p.s.replicas, p.s.ready_replicas, p.s.model = None, 0, 0, None
+    p.cond(COND_READY, False, "Suspended", "spec.suspend is true; the endpoint is down")
+    p.done(DeploymentPhase.PENDING, "Suspended", "suspended")
+
+
+def _no_model(p: DeploymentPass) -> None:
+    reason, message, permanent = p.observed.waiting or ("WaitingForModel", "no model yet", False)
+    p.cond(COND_MODEL_AVAILABLE, False, reason, message)
+    if p.serving_now is not None and p.obs.state is ServingState.RUNNING:
+        # The source is gone or retraining: keep serving what we verified.
+        p.fill_serving()
+        p.cond(COND_READY, True, "Serving", f"serving {p.serving_now.digest}; {message}")
+        p.done(DeploymentPhase.READY, "Ready", "serving")
+        return
+    p.cond(COND_READY, False, reason, message)
+    p.done(DeploymentPhase.FAILED if permanent else DeploymentPhase.PENDING, reason, message)
+
+
+def _with_model(p: DeploymentPass) -> None:
+    desired = p.desired
+    assert desired is not None
+    p.cond(COND_MODEL_AVAILABLE, True, "ModelResolved", f"{desired.manifest_uri} ({desired.variant})")
+    work = serving_work(p.md, desired, p.settings)
+    # Deploy is idempotent in every backend, so asking again while the backend cannot
+    # tell which version it runs (serving_args None) costs a comparison, not a restart.
+    if p.obs.state is ServingState.ABSENT or p.obs.serving_args != work.app_args:
+        p.actions.append(Deploy(work))
+    older_runs = p.obs.serving_args is not None and p.obs.serving_args != work.app_args
+    if older_runs and p.obs.state is ServingState.RUNNING:
+        _rolling_over(p)
+        return
+    _BY_STATE[ServingState(p.obs.state)](p)
+
+
+def _rolling_over(p: DeploymentPass) -> None:
+    """An older version runs: Serve rolls over without dropping requests."""
+    assert p.desired is not None
+    p.fill_serving()
+    p.cond(COND_PROGRESSING, True, "RollingOut", f"deploying {p.desired.digest} ({p.desired.variant})")
+    serving = p.serving_now.digest if p.serving_now else "a previous model"
+    p.cond(COND_READY, True, "Serving", f"serving {serving}")
+    p.done(DeploymentPhase.READY, "RollingOut", f"rolling out {p.desired.digest}")
+
+
+def _absent(p: DeploymentPass) -> None:
+    assert p.desired is not None
+    what = f"deploying {p.desired.digest} ({p.desired.variant})"
+    p.cond(COND_PROGRESSING, True, "Deploying", what)
+    p.cond(COND_READY, False, "Deploying", what)
+    p.s.url, p.s.replicas, p.s.ready_replicas = None, 0, 0
+    p.done(DeploymentPhase.DEPLOYING, "Deploying", f"deploying {p.desired.digest}")
+
+
+def _running(p: DeploymentPass) -> None:
+    d = p.desired
+    assert d is not None
+    p.fill_serving()
+    p.s.model = ServedModel(manifest_uri=d.manifest_uri, digest=d.digest, variant=d.variant)
+    p.cond(COND_PROGRESSING, False, "RolledOut", f"serving {d.digest}")
+    p.cond(COND_READY, True, "Serving", f"model loaded and warmed up: {d.digest} ({d.variant})")
+    p.done(DeploymentPhase.READY, "Ready", f"serving {d.digest}")
+
+
+def _deploying(p: DeploymentPass) -> None:
+    assert p.desired is not None
+    p.fill_serving()
+    rolling = p.rolling
+    p.cond(COND_PROGRESSING, True, "RollingOut" if rolling else "Deploying", f"deploying {p.desired.digest}")
+    if rolling:
+        p.cond(COND_READY, True, "Serving", f"serving {p.serving_now.digest if p.serving_now else ''}")
+        p.done(DeploymentPhase.READY, "RollingOut", f"rolling out {p.desired.digest}")
+        return
+    p.cond(COND_READY, False, "Deploying", p.obs.message or "replicas starting")
+    p.done(DeploymentPhase.DEPLOYING, "Deploying", p.obs.message or "replicas starting")
+
+
+def _failing(p: DeploymentPass) -> None:
+    """DeployFailed or Unhealthy: degraded while something still serves, else failed."""
+    assert p.desired is not None
+    p.fill_serving()
+    state = ServingState(p.obs.state)
+    reason = "ModelRolloutFailed" if state is ServingState.DEPLOY_FAILED else "Unhealthy"
+    message = p.obs.message or f"the Serve application is {state.value}"
+    p.cond(COND_PROGRESSING, False, reason, message)
+    if p.rolling:
+        # Serve keeps the old replicas while new ones fail verification or warm-up.
+        serving = p.serving_now.digest if p.serving_now else ""
+        p.cond(COND_READY, True, "ServingPrevious", f"still serving {serving}")
+        p.done(DeploymentPhase.DEGRADED, reason, f"new model {p.desired.digest} failed: {message}")
+        return
+    if state is ServingState.UNHEALTHY and (p.obs.ready_replicas or 0) > 0:
+        p.cond(COND_READY, True, "Unhealthy", message)
+        p.done(DeploymentPhase.DEGRADED, reason, message)
+        return
+    p.s.model = None
+    p.cond(COND_READY, False, reason, message)
+    p.done(DeploymentPhase.FAILED, reason, message)
+
+
+_BY_STATE: dict[ServingState, Callable[[DeploymentPass], None]] = {
+    ServingState.ABSENT: _absent,
+    ServingState.RUNNING: _running,
+    ServingState.DEPLOYING: _deploying,
+    ServingState.DEPLOY_FAILED: _failing,
+    ServingState.UNHEALTHY: _failing,
+}
+
+
+# ------------------------------------------------------------------------ pass
+
+
+def _rejected_already(previous: ModelDeploymentStatus, generation: int) -> bool:
+    """The backend refused this generation: asking again before the spec changes is pointless."""
+    ready = find_condition(previous.conditions, COND_READY)
+    return (
+        previous.phase == DeploymentPhase.FAILED
+        and ready is not None
+        and ready.reason == "BackendRejected"
+        and previous.observed_generation == generation
+    )
+
+
+def plan_modeldeployment(obj: Mapping[str, Any], ctx: ReconcileContext) -> Plan:
+    """Parse, observe and compute one pass (observe errors propagate to the driver)."""
+    ns, _name, gen = meta_of(obj)
+    previous = previous_status(obj, ModelDeploymentStatus)
+    md, problem = parse_typed(obj, "ModelDeployment")
+    if md is not None and backend_name(md.spec.backend, ctx.settings) not in ctx.backends:
+        name = backend_name(md.spec.backend, ctx.settings)
+        problem = f"backend {name!r} is not configured in this operator (have: {', '.join(ctx.backends)})"
+    if problem is not None:
+        events = (
+            [Event("Warning", "InvalidSpec", problem)] if previous.phase != DeploymentPhase.FAILED else []
+        )
+        return Plan(invalid_spec_status(previous, problem, ctx.now(), gen), list(events), None)
+    assert md is not None
+    if _rejected_already(previous, gen):
+        return Plan(previous, [], None)
+    md = md.model_copy(update={"status": previous})
+    md.metadata.namespace = ns
+    md.metadata.generation = gen
+    backend = ctx.backends[backend_name(md.spec.backend, ctx.settings)]
+    observed = DeploymentObserved() if md.spec.suspend else resolve_model(md, ctx)
+    desired = observed.desired
+    probe = (
+        serving_work(md, desired, ctx.settings) if desired else serving_work_without_model(md, ctx.settings)
+    )
+    observed.serving = backend.observe_serving(probe)
+    status, actions = compute_deployment_status(md, observed, ctx.now(), ctx.settings)
+    return Plan(status, actions, backend)
+
+
+def delete_modeldeployment(obj: Mapping[str, Any], ctx: ReconcileContext) -> None:
+    """Take the endpoint down (the finalizer's job)."""
+    ns, _name, _ = meta_of(obj)
+    spec = obj.get("spec") or {}
+    backend = ctx.backends.get(backend_name(spec.get("backend"), ctx.settings))
+    if backend is None:
+        return
+    md, _problem = parse_typed(obj, "ModelDeployment")
+    if md is None:
+        # An invalid spec never deployed anything under a typed model; nothing to build from.
+        return
+    md.metadata.namespace = ns
+    backend.delete_serving(serving_work_without_model(md, ctx.settings))

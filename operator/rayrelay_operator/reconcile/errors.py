@@ -1,0 +1,100 @@
+"""How a reconcile pass treats an exception, and how long it waits before the next try.
+
+``classify`` sorts exceptions into permanent (retrying is useless until the
+spec changes: the resource fails with the reason) and temporary (retried with
+backoff; the status says what is wrong meanwhile). ``backoff_delay`` is the
+only backoff of the operator: every driver gets its delay from
+``driver.run_pass``, which counts retries from how long the problem has lasted
+(``retries_since``), so the schedule survives an operator restart and needs no
+counter anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from rayrelay_core.runs import ManifestError
+from rayrelay_core.store import NotFound, StoreError
+from rayrelay_core.validation import InvalidResource
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, MissingPermission
+from rayrelay_operator.settings import Settings
+
+# Reasons that end a resource for good until its spec changes.
+PERMANENT_REASONS = frozenset({"InvalidSpec", "ModelNotFound", "BackendRejected"})
+
+
+class StoreUnavailable(StoreError):
+    """The artifact store at ``uri`` did not answer (temporary): no credentials, S3 down, ..."""
+
+    def __init__(self, uri: str, cause: BaseException) -> None:
+        super().__init__(f"artifact store {uri} is not reachable: {cause}")
+        self.uri = uri
+
+
+@dataclass(frozen=True)
+class ErrorClass:
+    """How a driver should treat an exception out of a reconcile."""
+
+    permanent: bool
+    reason: str
+    delay: float  # seconds before a retry (0 for permanent errors)
+
+
+def backoff_delay(retry: int, settings: Settings | None = None, jitter: float = 0.5) -> float:
+    """Exponential backoff: base * 2**retry, spread by +-``retry_jitter``, capped.
+
+    ``jitter`` in [0, 1) says where in the spread (0.5: in the middle, i.e. no
+    spread); the cap holds after the spread.
+    """
+    s = settings or Settings()
+    exact = s.retry_base_delay_seconds * (2 ** max(0, min(retry, 30)))
+    spread = 1.0 + s.retry_jitter * (2.0 * jitter - 1.0)
+    return float(min(s.retry_max_delay_seconds, exact * spread))
+
+
+def retries_since(since: datetime | None, now: datetime, settings: Settings | None = None) -> int:
+    """How many retries an exponential schedule made since ``since`` (0 when it just began).
+
+    With base b the tries fall at 0, b, 3b, 7b, ...: after t seconds,
+    floor(log2(1 + t/b)) retries were made.
+    """
+    s = settings or Settings()
+    if since is None or now <= since:
+        return 0
+    elapsed = (now - since).total_seconds()
+    return int(math.floor(math.log2(1.0 + elapsed / s.retry_base_delay_seconds) + 1e-9))
+
+
+def classify(
+    exc: BaseException, retry: int = 0, settings: Settings | None = None, jitter: float = 0.5
+) -> ErrorClass:
+    """Permanent (retrying is useless) or temporary (retry after ``delay``)."""
+    delay = backoff_delay(retry, settings, jitter)
+    if isinstance(exc, InvalidResource | ValidationError):
+        return ErrorClass(True, "InvalidSpec", 0)
+    if isinstance(exc, BackendRejected):
+        return ErrorClass(True, "BackendRejected", 0)
+    if isinstance(exc, ManifestError | NotFound):
+        return ErrorClass(True, "ModelNotFound", 0)
+    if isinstance(exc, MissingPermission):
+        return ErrorClass(False, "MissingPermission", delay)
+    if isinstance(exc, BackendUnavailable):
+        return ErrorClass(False, "BackendUnavailable", delay)
+    if isinstance(exc, StoreError):
+        return ErrorClass(False, "StoreUnavailable", delay)
+    status = getattr(exc, "status", None)  # kubernetes.client.ApiException and kopf's APIError
+    if isinstance(status, int):
+        if status == 429 or status >= 500:
+            # Too many requests / server trouble: back off, longer for 429.
+            return ErrorClass(False, f"ApiError{status}", delay * (2 if status == 429 else 1))
+        if status in (400, 403, 422):
+            return ErrorClass(True, f"ApiError{status}", 0)
+        return ErrorClass(False, f"ApiError{status}", delay)
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return ErrorClass(False, "ConnectionError", delay)
+    # Unknown: a bug or something unforeseen; retrying with backoff is the safe default.
+    return ErrorClass(False, type(exc).__name__, delay)
