@@ -245,3 +245,53 @@ def test_crds_are_valid_customresourcedefinitions() -> None:
     for name in ("trainingjobs", "modeldeployments"):
         crd = yaml.safe_load((ROOT / "crds" / f"{name}.rayrelay.dev.yaml").read_text())
         kubernetes_validate.validate(crd, "1.35.0", strict=True)
+
+
+DANGLING = """\
+apiVersion: rayrelay.dev/v1alpha1
+kind: TrainingJob
+metadata:
+  name: sst2
+spec:
+  model:
+    source: bert-base-uncased
+  data:
+    train: s3://bucket/train.jsonl
+    validation: s3://bucket/validation.jsonl
+---
+apiVersion: rayrelay.dev/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: sentiment
+spec:
+  model:
+    trainingJobRef:
+      name: sst-2
+"""
+DANGLING_LINE = "ModelDeployment/sentiment: spec.model.trainingJobRef.name: TrainingJob 'sst-2' is not defined in this file"
+
+
+@pytest.mark.skipif(not RAYRELAY.exists(), reason="the rayrelay console script is not installed")
+def test_validate_and_run_refuse_a_dangling_reference_alike(tmp_path: Path) -> None:
+    path = tmp_path / "dangling.yaml"
+    path.write_text(DANGLING)
+    validate = subprocess.run(
+        [str(RAYRELAY), "validate", "-f", str(path)], capture_output=True, text=True, timeout=120
+    )
+    # `run` refuses while reading FILE, before it starts any Ray.
+    run = subprocess.run(
+        [str(RAYRELAY), "run", "-f", str(path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert validate.returncode == 1 and run.returncode == 1, (validate.stdout, run.stdout, run.stderr)
+    assert validate.stdout.splitlines() == [DANGLING_LINE]
+    assert run.stdout.splitlines() == [DANGLING_LINE]
+    assert "Ray" not in run.stdout + run.stderr
+
+
+def test_a_deployment_file_alone_may_name_a_cluster_trainingjob(capsys: pytest.CaptureFixture[str]) -> None:
+    # kubectl apply -f trainingjob.yaml, then -f modeldeployment.yaml: the job exists by then.
+    assert main(["validate", "-f", str(ROOT / "examples" / "modeldeployment.yaml")]) == 0

@@ -63,9 +63,11 @@ class LocalRun:
         self._current: Tracked | None = None
         self.ctx = ctx or ReconcileContext(settings=settings, backends={"ray": backend})
         self.ctx.get_trainingjob = objects.get_trainingjob
+        self._forward = self.ctx.emit  # a caller's own receiver (tests) still gets every event
         self.ctx.emit = self._event
 
     def _event(self, event: Event) -> None:
+        self._forward(event)
         t = self._current
         if t is not None and event.reason == "Submitted":
             t.submitted = True
