@@ -20,15 +20,17 @@ pre-fused graph (``onnx_fused_ms``) is not faster than the plain one
 (``onnx_plain_ms``) and the plain export is served; the fused one is used only
 when it is measurably faster.
 
-Parity: max |logit difference| of ONNX fp32 vs PyTorch over the validation set
-must stay within ``export.parityTolerance`` (else ``ParityError``); the accuracy
-of every variant is measured on the same rows.
+:func:`export_all` runs the steps in order: :func:`save_reference` (``hf/``),
+:func:`export_onnx`, :func:`time_plain`, :func:`choose_fp32` (optimise, keep the
+fused graph only when faster), :func:`quantise` (int8), then parity over the
+validation set (:func:`variant_logits`). Timing and parity figures are computed
+by ``export_checks.py``: max |logit difference| of ONNX fp32 vs PyTorch must
+stay within ``export.parityTolerance`` (else ``ParityError``); the accuracy of
+every variant is measured on the same rows.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ from typing import Any
 
 from rayrelay_core.api import ExportSpec, Quantize
 from rayrelay_workloads.data import Example
+from rayrelay_workloads.export_checks import ParityError, check_parity, fused_is_faster, parity, time_ms
+
+__all__ = ["ExportResult", "ParityError", "export_all"]
 
 FUSED_OPS = (
     "Attention",
@@ -49,12 +54,8 @@ FUSED_OPS = (
     "LayerNormalization",
     "SkipSimplifiedLayerNormalization",
 )
-# Prefer a pre-fused graph only when it beats the plain one by more than noise.
-FUSED_MIN_GAIN = 0.03
-
-
-class ParityError(RuntimeError):
-    """ONNX fp32 disagrees with PyTorch beyond the tolerance."""
+BENCH_BATCH = 8  # texts per timed call
+PARITY_BATCH = 64  # texts per call while comparing variants
 
 
 @dataclass
@@ -198,16 +199,115 @@ def onnx_logits(sess: Any, enc: dict[str, Any]) -> Any:
     return sess.run(["logits"], feed)[0]
 
 
-def time_ms(fn: Any, repeats: int) -> float:
-    """Median wall time of ``fn`` in ms after two warm-up calls."""
-    fn()
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(samples), 3)
+# ------------------------------------------------------------------ the steps of export_all
+
+
+@dataclass
+class Reference:
+    """The trained PyTorch model everything is exported from and compared with."""
+
+    model: Any
+    tokenizer: Any
+    max_len: int
+    input_names: list[str] = field(default_factory=list)  # the ONNX graph's, once exported
+
+    def encode(self, texts: list[str], padding: str | bool = True) -> dict[str, Any]:
+        enc = self.tokenizer(
+            texts, padding=padding, truncation=True, max_length=self.max_len, return_tensors="np"
+        )
+        return {k: v for k, v in enc.items() if k in self.input_names}
+
+    def logits(self, enc: dict[str, Any]) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return self.model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+
+
+def save_reference(checkpoint_dir: str | Path, tokenizer_source: str, out: Path, max_len: int) -> Reference:
+    """Load the checkpoint and the tokenizer; save both to ``hf/`` (the published PyTorch model)."""
+    from rayrelay_workloads.modeling import load_tokenizer
+
+    model = load_checkpoint_model(checkpoint_dir)
+    tokenizer = load_tokenizer(tokenizer_source)
+    tokenizer.model_max_length = max_len
+    model.save_pretrained(out / "hf")
+    tokenizer.save_pretrained(out / "hf")
+    return Reference(model, tokenizer, max_len)
+
+
+def time_plain(
+    ref: Reference, plain: Path, bench: dict[str, Any], threads: int, repeats: int
+) -> dict[str, float]:
+    """PyTorch and the plain export, with onnxruntime's full and basic session optimisation."""
+    ort_optimized = plain.with_name("plain.ort-optimized.onnx")
+    full = session(plain, threads, save_optimized=ort_optimized)
+    basic = session(plain, threads, basic_only=True)
+    metrics = {
+        "pytorch_ms": time_ms(lambda: ref.logits(bench), repeats),
+        "onnx_plain_ms": time_ms(lambda: onnx_logits(full, bench), repeats),
+        "onnx_plain_basic_ms": time_ms(lambda: onnx_logits(basic, bench), repeats),
+    }
+    # What onnxruntime fuses by itself at load time (why a pre-fused graph gains little).
+    for op, n in op_counts(ort_optimized).items():
+        metrics[f"ort_session_fused_ops_{op}"] = n
+    ort_optimized.unlink(missing_ok=True)
+    return metrics
+
+
+def choose_fp32(
+    ref: Reference,
+    plain: Path,
+    spec: ExportSpec,
+    bench: dict[str, Any],
+    threads: int,
+    repeats: int,
+    plain_ms: float,
+) -> tuple[Path, bool, dict[str, float]]:
+    """The graph to serve as fp32 (fused only when measurably faster), whether fused, metrics."""
+    metrics: dict[str, float] = {}
+    served, fused_used = plain, False
+    if spec.optimize:
+        fused = plain.with_name("model.fused.onnx")
+        counts = optimize_onnx(plain, fused, ref.model.config)
+        for op, n in counts.items():
+            metrics[f"optimizer_fused_ops_{op}"] = n
+        if not any(op in counts for op in ("Attention", "MultiHeadAttention")):
+            metrics["optimizer_attention_fused"] = 0
+        fused_sess = session(fused, threads)
+        metrics["onnx_fused_ms"] = time_ms(lambda: onnx_logits(fused_sess, bench), repeats)
+        fused_used = fused_is_faster(metrics["onnx_fused_ms"], plain_ms)
+        served = fused if fused_used else plain
+    metrics["onnx_fused_served"] = float(fused_used)
+    fp32_path = plain.with_name("model.onnx")
+    served.replace(fp32_path)
+    for leftover in (plain, plain.with_name("model.fused.onnx")):
+        leftover.unlink(missing_ok=True)
+    return fp32_path, fused_used, metrics
+
+
+def quantise(
+    fp32_path: Path, fused: bool, bench: dict[str, Any], threads: int, repeats: int, pytorch_ms: float
+) -> tuple[Any, dict[str, float]]:
+    """int8 dynamic quantisation of the served fp32 graph; its session and timings."""
+    int8_path = fp32_path.with_name("model.int8.onnx")
+    quantize_int8(fp32_path, int8_path, fused)
+    int8_sess = session(int8_path, threads)
+    int8_ms = time_ms(lambda: onnx_logits(int8_sess, bench), repeats)
+    return int8_sess, {"onnx_int8_ms": int8_ms, "int8_speedup_vs_pytorch": round(pytorch_ms / int8_ms, 3)}
+
+
+def variant_logits(ref: Reference, sessions: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """Logits of PyTorch and of each ONNX session over ``texts``, batch by batch."""
+    import numpy as np
+
+    outs: dict[str, list[Any]] = {"pytorch": [], **{name: [] for name in sessions}}
+    for i in range(0, len(texts), PARITY_BATCH):
+        enc = ref.encode(texts[i : i + PARITY_BATCH])
+        outs["pytorch"].append(ref.logits(enc))
+        for name, sess in sessions.items():
+            outs[name].append(onnx_logits(sess, enc))
+    return {k: np.concatenate(v) for k, v in outs.items()}
 
 
 def export_all(
@@ -222,118 +322,49 @@ def export_all(
     bench_repeats: int = 10,
     on_stage: Callable[[str], object] | None = None,
 ) -> ExportResult:
-    """Everything between the checkpoint and the files to publish."""
+    """Everything between the checkpoint and the files to publish: export, time, optimise, quantise, compare."""
     import numpy as np
     import torch
 
-    from rayrelay_workloads.modeling import load_tokenizer
-
     out = Path(out_dir)
     torch.set_num_threads(threads)
-    model = load_checkpoint_model(checkpoint_dir)
-    tokenizer = load_tokenizer(tokenizer_source)
-    tokenizer.model_max_length = max_len
-    model.save_pretrained(out / "hf")
-    tokenizer.save_pretrained(out / "hf")
-
-    onnx_dir = out / "onnx"
-    plain = onnx_dir / "model.plain.onnx"
-    names = export_onnx(model, tokenizer, plain, spec.opset, max_len)
-    metrics: dict[str, float] = {}
-
+    ref = save_reference(checkpoint_dir, tokenizer_source, out, max_len)
+    plain = out / "onnx" / "model.plain.onnx"
+    ref.input_names = export_onnx(ref.model, ref.tokenizer, plain, spec.opset, max_len)
     # One fixed batch for every timing: 8 validation texts padded to max_len.
-    bench_enc = tokenizer(
-        [ex.text for ex in (validation * 8)[:8]],
-        padding="max_length",
-        truncation=True,
-        max_length=max_len,
-        return_tensors="np",
-    )
-    bench_t = {k: torch.from_numpy(v) for k, v in bench_enc.items() if k in names}
-
-    def torch_run() -> None:
-        with torch.no_grad():
-            model(**bench_t)
-
-    metrics["pytorch_ms"] = time_ms(torch_run, bench_repeats)
-    plain_all = session(plain, threads, save_optimized=onnx_dir / "plain.ort-optimized.onnx")
-    plain_basic = session(plain, threads, basic_only=True)
-    metrics["onnx_plain_ms"] = time_ms(lambda: onnx_logits(plain_all, bench_enc), bench_repeats)
-    metrics["onnx_plain_basic_ms"] = time_ms(lambda: onnx_logits(plain_basic, bench_enc), bench_repeats)
-    for op, n in op_counts(onnx_dir / "plain.ort-optimized.onnx").items():
-        metrics[f"ort_session_fused_ops_{op}"] = n
-    (onnx_dir / "plain.ort-optimized.onnx").unlink(missing_ok=True)
-
-    served, fused_used = plain, False
+    bench = ref.encode([ex.text for ex in (validation * BENCH_BATCH)[:BENCH_BATCH]], padding="max_length")
+    metrics = time_plain(ref, plain, bench, threads, bench_repeats)
     if on_stage:
         on_stage("Optimizing")
-    if spec.optimize:
-        fused = onnx_dir / "model.fused.onnx"
-        counts = optimize_onnx(plain, fused, model.config)
-        for op, n in counts.items():
-            metrics[f"optimizer_fused_ops_{op}"] = n
-        if not any(op in counts for op in ("Attention", "MultiHeadAttention")):
-            metrics["optimizer_attention_fused"] = 0
-        fused_sess = session(fused, threads)
-        metrics["onnx_fused_ms"] = time_ms(lambda: onnx_logits(fused_sess, bench_enc), bench_repeats)
-        fused_used = metrics["onnx_fused_ms"] < metrics["onnx_plain_ms"] * (1 - FUSED_MIN_GAIN)
-        if fused_used:
-            served = fused
-    metrics["onnx_fused_served"] = float(fused_used)
-    fp32_path = onnx_dir / "model.onnx"
-    served.replace(fp32_path)
-    for leftover in (plain, onnx_dir / "model.fused.onnx"):
-        leftover.unlink(missing_ok=True)
-    fp32_sess = session(fp32_path, threads)
-    metrics["onnx_fp32_ms"] = time_ms(lambda: onnx_logits(fp32_sess, bench_enc), bench_repeats)
-
-    int8_sess = None
-    int8_path = onnx_dir / "model.int8.onnx"
+    fp32_path, fused_used, chosen = choose_fp32(
+        ref, plain, spec, bench, threads, bench_repeats, metrics["onnx_plain_ms"]
+    )
+    sessions = {"fp32": session(fp32_path, threads)}
+    metrics |= chosen | {"onnx_fp32_ms": time_ms(lambda: onnx_logits(sessions["fp32"], bench), bench_repeats)}
     if spec.quantize == Quantize.INT8:
-        quantize_int8(fp32_path, int8_path, fused_used)
-        int8_sess = session(int8_path, threads)
-        metrics["onnx_int8_ms"] = time_ms(lambda: onnx_logits(int8_sess, bench_enc), bench_repeats)
-        metrics["int8_speedup_vs_pytorch"] = round(metrics["pytorch_ms"] / metrics["onnx_int8_ms"], 3)
-    metrics["bench_batch"] = 8
-    metrics["bench_seq_len"] = max_len
-    metrics["bench_threads"] = threads
-
-    # Parity and accuracy over the whole validation set, batch by batch.
-    label_ids = {name: i for i, name in enumerate(labels)}
-    target = np.array([label_ids[ex.label] for ex in validation])
-    outs: dict[str, list[Any]] = {"pytorch": [], "fp32": [], "int8": []}
-    for i in range(0, len(validation), 64):
-        rows = validation[i : i + 64]
-        enc = tokenizer(
-            [r.text for r in rows], padding=True, truncation=True, max_length=max_len, return_tensors="np"
+        sessions["int8"], int8_metrics = quantise(
+            fp32_path, fused_used, bench, threads, bench_repeats, metrics["pytorch_ms"]
         )
-        enc = {k: v for k, v in enc.items() if k in names}
-        with torch.no_grad():
-            outs["pytorch"].append(model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy())
-        outs["fp32"].append(onnx_logits(fp32_sess, enc))
-        if int8_sess is not None:
-            outs["int8"].append(onnx_logits(int8_sess, enc))
-    logits = {k: np.concatenate(v) for k, v in outs.items() if v}
-    accuracy = {k: round(float((v.argmax(-1) == target).mean()), 6) for k, v in logits.items()}
-    max_fp32 = float(np.abs(logits["fp32"] - logits["pytorch"]).max())
-    max_int8 = float(np.abs(logits["int8"] - logits["pytorch"]).max()) if "int8" in logits else None
-    result = ExportResult(
+        metrics |= int8_metrics
+    metrics |= {"bench_batch": BENCH_BATCH, "bench_seq_len": max_len, "bench_threads": threads}
+
+    label_ids = {name: i for i, name in enumerate(labels)}
+    figures = parity(
+        variant_logits(ref, sessions, [ex.text for ex in validation]),
+        np.array([label_ids[ex.label] for ex in validation]),
+    )
+    check_parity(figures, spec.parity_tolerance)
+    return ExportResult(
         out_dir=out,
         labels=labels,
-        input_names=names,
+        input_names=ref.input_names,
         fp32_file="onnx/model.onnx",
-        int8_file="onnx/model.int8.onnx" if int8_sess is not None else None,
+        int8_file="onnx/model.int8.onnx" if "int8" in sessions else None,
         fused_used=fused_used,
-        accuracy=accuracy,
-        max_diff_fp32=max_fp32,
-        max_diff_int8=max_int8,
-        samples=len(validation),
-        lower_case=getattr(tokenizer, "do_lower_case", None),
+        accuracy=figures.accuracy,
+        max_diff_fp32=figures.max_diff_fp32,
+        max_diff_int8=figures.max_diff_int8,
+        samples=figures.samples,
+        lower_case=getattr(ref.tokenizer, "do_lower_case", None),
         metrics=metrics,
     )
-    if max_fp32 > spec.parity_tolerance:
-        raise ParityError(
-            f"ONNX fp32 logits differ from PyTorch by up to {max_fp32:.3g} on the validation set "
-            f"(export.parityTolerance is {spec.parity_tolerance:g})"
-        )
-    return result

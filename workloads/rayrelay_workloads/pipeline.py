@@ -18,7 +18,8 @@ from pathlib import Path
 from rayrelay_core.runs import FailureDoc, JobDocument, Manifest, RunLayout
 from rayrelay_core.store import StoreError, open_store
 from rayrelay_workloads.data import DataError, load_data
-from rayrelay_workloads.export import ParityError, export_all
+from rayrelay_workloads.export import export_all
+from rayrelay_workloads.export_checks import ParityError
 from rayrelay_workloads.modeling import ModelSourceError, resolve_source
 from rayrelay_workloads.progress import ProgressWriter
 from rayrelay_workloads.publish import publish

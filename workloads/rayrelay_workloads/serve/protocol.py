@@ -167,30 +167,58 @@ def _decode_bytes_tensor(raw: bytes, where: str) -> list[Any]:
 
 
 def parse_v2_infer(body: bytes, limits: RequestLimits, header_length: str | None = None) -> V2Request:
-    """A v2 infer request body -> the texts to classify and the response options."""
-    check_body_size(body, limits)
-    binary = b""
-    if header_length is not None:
-        try:
-            json_size = int(header_length)
-        except ValueError:
-            raise ProtocolError(
-                400, f"Inference-Header-Content-Length is not a number: {header_length!r}"
-            ) from None
-        if not 0 < json_size <= len(body):
-            raise ProtocolError(
-                400, f"Inference-Header-Content-Length {json_size} does not fit a {len(body)}-byte body"
-            )
-        body, binary = body[:json_size], body[json_size:]
-    doc = _load_json(body)
+    """A v2 infer request body -> the texts to classify and the response options.
 
+    Checked in a fixed order (size, JSON, request fields, the tensor, its data,
+    the outputs), so a request with several faults always gets the same answer.
+    """
+    check_body_size(body, limits)
+    body, binary = _split_binary(body, header_length)
+    doc = _load_json(body)
+    request_id, parameters = _request_fields(doc)
+    tensor = _text_tensor(doc)
+    shape = _tensor_shape(tensor)
+    data = _tensor_data(tensor, binary)
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count != len(data):
+        raise ProtocolError(
+            422, f"input {INPUT_NAME!r} has shape {shape} ({count} elements) but {len(data)} data elements"
+        )
+    texts = _check_texts(data, f"input {INPUT_NAME!r}", limits)
+    return V2Request(texts=texts, id=request_id, outputs=_requested_outputs(doc), parameters=parameters)
+
+
+def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary tensor data) of a body using Triton's binary extension."""
+    if header_length is None:
+        return body, b""
+    try:
+        json_size = int(header_length)
+    except ValueError:
+        raise ProtocolError(
+            400, f"Inference-Header-Content-Length is not a number: {header_length!r}"
+        ) from None
+    if not 0 < json_size <= len(body):
+        raise ProtocolError(
+            400, f"Inference-Header-Content-Length {json_size} does not fit a {len(body)}-byte body"
+        )
+    return body[:json_size], body[json_size:]
+
+
+def _request_fields(doc: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(400, f"'id' must be a string, not {_json_type(request_id)}")
     parameters = doc.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ProtocolError(400, f"'parameters' must be an object, not {_json_type(parameters)}")
+    return request_id, parameters
 
+
+def _text_tensor(doc: dict[str, Any]) -> dict[str, Any]:
+    """The one input tensor: named ``text``, datatype BYTES."""
     if "inputs" not in doc:
         raise ProtocolError(400, f"'inputs' is missing; send one BYTES tensor named {INPUT_NAME!r}")
     inputs = doc["inputs"]
@@ -213,6 +241,10 @@ def parse_v2_infer(body: bytes, limits: RequestLimits, header_length: str | None
         raise ProtocolError(
             422, f"input {INPUT_NAME!r} has datatype {datatype!r}; it must be 'BYTES' (texts)"
         )
+    return tensor
+
+
+def _tensor_shape(tensor: dict[str, Any]) -> list[int]:
     shape = tensor.get("shape")
     if (
         not isinstance(shape, list)
@@ -223,7 +255,11 @@ def parse_v2_infer(body: bytes, limits: RequestLimits, header_length: str | None
             400,
             f"input {INPUT_NAME!r} needs 'shape', a non-empty array of non-negative integers; got {shape!r}",
         )
+    return shape
 
+
+def _tensor_data(tensor: dict[str, Any], binary: bytes) -> list[Any]:
+    """The tensor's elements, flat: from the binary data when it says so, else from JSON ``data``."""
     tensor_params = tensor.get("parameters") or {}
     if not isinstance(tensor_params, dict):
         raise ProtocolError(400, f"inputs[0].parameters must be an object, not {_json_type(tensor_params)}")
@@ -233,38 +269,30 @@ def parse_v2_infer(body: bytes, limits: RequestLimits, header_length: str | None
             raise ProtocolError(
                 400, f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes of binary data"
             )
-        data: Any = _decode_bytes_tensor(binary[:binary_size], f"input {INPUT_NAME!r}")
-    else:
-        if "data" not in tensor:
-            raise ProtocolError(400, f"input {INPUT_NAME!r} has no 'data'")
-        data = tensor["data"]
-        if not isinstance(data, list):
-            raise ProtocolError(400, f"input {INPUT_NAME!r}: 'data' must be an array, not {_json_type(data)}")
-        data = _flatten(data)
+        return _decode_bytes_tensor(binary[:binary_size], f"input {INPUT_NAME!r}")
+    if "data" not in tensor:
+        raise ProtocolError(400, f"input {INPUT_NAME!r} has no 'data'")
+    data = tensor["data"]
+    if not isinstance(data, list):
+        raise ProtocolError(400, f"input {INPUT_NAME!r}: 'data' must be an array, not {_json_type(data)}")
+    return _flatten(data)
 
-    count = 1
-    for dim in shape:
-        count *= dim
-    if count != len(data):
+
+def _requested_outputs(doc: dict[str, Any]) -> list[str] | None:
+    if "outputs" not in doc:
+        return None
+    requested = doc["outputs"]
+    if not isinstance(requested, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+    ):
+        raise ProtocolError(400, "'outputs' must be an array of objects with a 'name'")
+    outputs = [o["name"] for o in requested]
+    unknown = [o for o in outputs if o not in OUTPUT_NAMES]
+    if unknown:
         raise ProtocolError(
-            422, f"input {INPUT_NAME!r} has shape {shape} ({count} elements) but {len(data)} data elements"
+            422, f"unknown output {unknown[0]!r}; this model has outputs {', '.join(OUTPUT_NAMES)}"
         )
-    texts = _check_texts(data, f"input {INPUT_NAME!r}", limits)
-
-    outputs = None
-    if "outputs" in doc:
-        requested = doc["outputs"]
-        if not isinstance(requested, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
-        ):
-            raise ProtocolError(400, "'outputs' must be an array of objects with a 'name'")
-        outputs = [o["name"] for o in requested]
-        unknown = [o for o in outputs if o not in OUTPUT_NAMES]
-        if unknown:
-            raise ProtocolError(
-                422, f"unknown output {unknown[0]!r}; this model has outputs {', '.join(OUTPUT_NAMES)}"
-            )
-    return V2Request(texts=texts, id=request_id, outputs=outputs or None, parameters=parameters)
+    return outputs or None
 
 
 def parse_v1_predict(body: bytes, limits: RequestLimits) -> list[str]:

@@ -1,0 +1,117 @@
+"""Unit tests of export's measurements (rayrelay_workloads.export_checks): timing, fused choice, parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rayrelay_workloads.export_checks import (
+    ParityError,
+    ParityFigures,
+    check_parity,
+    fused_is_faster,
+    parity,
+    time_ms,
+)
+
+
+class FakeClock:
+    """Each call of the timed function takes the next of ``durations`` seconds."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self) -> None:
+        self.calls += 1
+        if self.calls > 2:  # the two warm-up calls are not timed
+            self.now += self.durations.pop(0)
+
+
+def test_time_ms_is_the_median_after_two_warmups() -> None:
+    clock = FakeClock([0.010, 0.500, 0.012, 0.011, 0.013])
+    assert time_ms(clock.run, repeats=5, clock=clock) == 12.0  # one slow outlier does not count
+    assert clock.calls == 7 and clock.durations == []
+
+
+def test_fused_graph_is_served_only_when_measurably_faster() -> None:
+    assert fused_is_faster(90.0, 100.0)
+    assert not fused_is_faster(98.0, 100.0)  # within the 3 % noise margin
+    assert not fused_is_faster(110.0, 100.0)
+    assert fused_is_faster(98.0, 100.0, min_gain=0.01)
+
+
+def test_parity_figures() -> None:
+    pytorch = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.2, 0.1]])
+    fp32 = pytorch + np.array([[0.001, 0.0], [0.0, -0.002], [0.0, 0.0], [0.0, 0.0]])
+    int8 = pytorch + np.array([[0.0, 0.0], [0.0, 0.0], [-0.3, 0.3], [0.05, 0.0]])  # row 2 flips
+    target = np.array([0, 1, 0, 1])
+    figures = parity({"pytorch": pytorch, "fp32": fp32, "int8": int8}, target)
+    assert figures.accuracy == {"pytorch": 0.75, "fp32": 0.75, "int8": 0.5}
+    assert figures.max_diff_fp32 == pytest.approx(0.002)
+    assert figures.max_diff_int8 == pytest.approx(0.3)
+    assert figures.samples == 4
+    without_int8 = parity({"pytorch": pytorch, "fp32": fp32}, target)
+    assert without_int8.max_diff_int8 is None and set(without_int8.accuracy) == {"pytorch", "fp32"}
+
+
+def test_parity_refuses_logits_of_other_rows() -> None:
+    with pytest.raises(ValueError, match=r"fp32 logits have shape \(3, 2\), PyTorch's \(4, 2\)"):
+        parity({"pytorch": np.zeros((4, 2)), "fp32": np.zeros((3, 2))}, np.zeros(4))
+
+
+def test_check_parity_against_the_tolerance() -> None:
+    check_parity(ParityFigures({}, 0.01, None, 4), tolerance=0.01)  # at the limit: accepted
+    with pytest.raises(ParityError) as err:
+        check_parity(ParityFigures({}, 0.0123, 0.5, 4), tolerance=0.01)
+    assert str(err.value) == (
+        "ONNX fp32 logits differ from PyTorch by up to 0.0123 on the validation set "
+        "(export.parityTolerance is 0.01)"
+    )
+
+
+# ------------------------------------------------------------------ the whole export, no Ray
+
+
+def test_export_all_on_a_tiny_checkpoint(tiny_model: str, tmp_path: Path) -> None:
+    """Export, optimise, quantise, time and compare a tiny BERT: the files and figures publish needs."""
+    from rayrelay_core.api import ExportSpec
+    from rayrelay_workloads.data import Example
+    from rayrelay_workloads.export import export_all
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model").symlink_to(tiny_model, target_is_directory=True)  # a checkpoint's layout
+    validation = [Example(f"text number {i} " * (i % 4 + 1), "ab"[i % 2], i + 1) for i in range(20)]
+    stages: list[str] = []
+    result = export_all(
+        checkpoint,
+        tiny_model,
+        tmp_path / "out",
+        ExportSpec.model_validate({"optimize": True, "quantize": "int8"}),
+        max_len=32,
+        validation=validation,
+        labels=["a", "b"],
+        threads=1,
+        bench_repeats=1,
+        on_stage=stages.append,
+    )
+    out = tmp_path / "out"
+    assert stages == ["Optimizing"]
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.int8.onnx", "model.onnx"]
+    assert (out / "hf" / "config.json").is_file() and (out / "hf" / "tokenizer_config.json").is_file()
+    assert result.fp32_file == "onnx/model.onnx" and result.int8_file == "onnx/model.int8.onnx"
+    assert set(result.accuracy) == {"pytorch", "fp32", "int8"} and result.samples == 20
+    assert result.max_diff_fp32 < 1e-3 and result.max_diff_int8 is not None
+    assert result.accuracy["fp32"] == result.accuracy["pytorch"]
+    assert result.input_names[:2] == ["input_ids", "attention_mask"]
+    for key in ("pytorch_ms", "onnx_plain_ms", "onnx_fused_ms", "onnx_fp32_ms", "onnx_int8_ms"):
+        assert result.metrics[key] > 0, key
+    assert result.metrics["onnx_fused_served"] == float(result.fused_used)
+    assert result.metrics["bench_batch"] == 8 and result.metrics["bench_seq_len"] == 32

@@ -1,0 +1,73 @@
+"""The measurements ``export.py`` makes of exported models: timing, the fused-graph choice, parity.
+
+Pure (numpy and a clock that can be passed in; no torch, no onnxruntime), so
+the unit tests check the figures the manifest records:
+
+- :func:`time_ms`: the median wall time of a call, after warm-up calls;
+- :func:`fused_is_faster`: whether the optimizer's fused graph is served (only
+  when measurably faster than the plain export, never on noise);
+- :func:`parity`: the accuracy of every variant and the largest |logit
+  difference| of ONNX fp32 and int8 against PyTorch, on the same rows;
+- :func:`check_parity`: :class:`ParityError` when fp32 is beyond the tolerance.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+# Prefer a pre-fused graph only when it beats the plain one by more than noise.
+FUSED_MIN_GAIN = 0.03
+WARMUP_CALLS = 2
+
+
+class ParityError(RuntimeError):
+    """ONNX fp32 disagrees with PyTorch beyond the tolerance."""
+
+
+def time_ms(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls, after two warm-up calls."""
+    for _ in range(WARMUP_CALLS):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        samples.append((clock() - start) * 1000)
+    return round(statistics.median(samples), 3)
+
+
+def fused_is_faster(fused_ms: float, plain_ms: float, min_gain: float = FUSED_MIN_GAIN) -> bool:
+    return fused_ms < plain_ms * (1 - min_gain)
+
+
+@dataclass
+class ParityFigures:
+    accuracy: dict[str, float]  # per variant: pytorch, fp32, int8 (when quantised)
+    max_diff_fp32: float
+    max_diff_int8: float | None
+    samples: int
+
+
+def parity(logits: Mapping[str, np.ndarray], target: np.ndarray) -> ParityFigures:
+    """Accuracy of each variant's logits and their distance to PyTorch's (``logits["pytorch"]``)."""
+    reference = logits["pytorch"]
+    for name, values in logits.items():
+        if values.shape != reference.shape:
+            raise ValueError(f"{name} logits have shape {values.shape}, PyTorch's {reference.shape}")
+    accuracy = {k: round(float((v.argmax(-1) == target).mean()), 6) for k, v in logits.items()}
+    max_fp32 = float(np.abs(logits["fp32"] - reference).max())
+    max_int8 = float(np.abs(logits["int8"] - reference).max()) if "int8" in logits else None
+    return ParityFigures(accuracy, max_fp32, max_int8, len(target))
+
+
+def check_parity(figures: ParityFigures, tolerance: float) -> None:
+    if figures.max_diff_fp32 > tolerance:
+        raise ParityError(
+            f"ONNX fp32 logits differ from PyTorch by up to {figures.max_diff_fp32:.3g} on the validation "
+            f"set (export.parityTolerance is {tolerance:g})"
+        )
