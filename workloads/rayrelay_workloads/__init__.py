@@ -2,8 +2,10 @@
 
 Training pipeline, in the order it runs (``pipeline.run_pipeline``, entrypoint
 ``python -m rayrelay_workloads.train_job``): ``data`` (read and validate the
-sets) -> ``train`` (Ray Train fine-tuning with S3 checkpoints and resume,
-``progress`` documents) -> ``export`` (ONNX, optimisation, int8, parity) ->
+sets) -> ``train`` (the Ray Train driver; the per-worker loop in
+``train_worker``, its Ray-free steps -- data position, checkpoints, step,
+evaluation -- in ``train_state``; ``progress`` documents) -> ``export`` (ONNX,
+optimisation, int8; timing and parity figures in ``export_checks``) ->
 ``quality`` (the gate) -> ``publish`` (upload, manifest last). ``modeling``
 resolves and loads the base model. Heavy dependencies (torch, transformers,
 onnxruntime, ray) are imported inside functions so that importing a module is cheap.
