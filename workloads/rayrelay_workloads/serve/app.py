@@ -36,7 +36,10 @@ class ModelAppArgs(BaseModel):
     spec: ModelDeploymentSpec
     digest: str | None = Field(
         default=None,
-        description="sha256 of the manifest as the operator resolved it (reconcile adds it, so a new model changes the args).",
+        description=(
+            "sha256 of the manifest as the operator resolved it ('sha256:<hex>'); the replica refuses "
+            "a manifest with another digest, and a new model changes the args."
+        ),
     )
     cache_dir: str | None = Field(
         default=None, description="Local artifact cache; default $RAYRELAY_CACHE_DIR or ~/.cache/rayrelay."
