@@ -163,7 +163,13 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
             memo["ctx"] = default_context(ours)
         metrics.serve(memo.get("metrics_port", ours.metrics_port))
 
-    # ------------------------------------------------------------------ TrainingJob
+    _register_trainingjob(registry, interval, idle)
+    _register_modeldeployment(registry, interval, idle)
+    return registry
+
+
+def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle: float) -> None:
+    """TrainingJob: create/update/resume and the timer run the pass; delete removes the children."""
 
     @kopf.on.create(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
     @kopf.on.update(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, field="spec", registry=registry)
@@ -188,7 +194,9 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     def trainingjob_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         _delete("TrainingJob", body, memo, retry)
 
-    # -------------------------------------------------------------- ModelDeployment
+
+def _register_modeldeployment(registry: kopf.OperatorRegistry, interval: float, idle: float) -> None:
+    """ModelDeployment: the same three handlers as a TrainingJob's (its timer always runs)."""
 
     @kopf.on.create(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
     @kopf.on.update(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, field="spec", registry=registry)
@@ -203,8 +211,6 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.on.delete(GROUP, VERSION, MD_PLURAL, id=MD_DELETE, registry=registry)
     def deployment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         _delete("ModelDeployment", body, memo, retry)
-
-    return registry
 
 
 def _delete(kind: str, body: kopf.Body, memo: Any, retry: int) -> None:

@@ -2,9 +2,9 @@
 
 The operator runs for real (``kopf.operator`` as a task in the test's event
 loop, standalone, namespace-scoped) with the handlers of
-``rayrelay_operator.handlers``, over HTTP to the emulator (NOTES.md: every
-resource registered with its status subresource, scanning disabled, a login
-handler for the emulator's URL). The test plays KubeRay: it writes RayJob and
+``rayrelay_operator.handlers``, over HTTP to the emulator (every resource
+registered with its status subresource, scanning disabled, a login handler for
+the emulator's URL: ``kopf_harness``). The test plays KubeRay: it writes RayJob and
 RayService status and the workload's progress/manifest documents into S3, and
 asserts what the operator created and the status it reports.
 """
