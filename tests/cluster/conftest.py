@@ -5,7 +5,8 @@
 assets every test here skips with one line saying how to get them; with
 assets that do not start, the tests fail (a broken control plane is never a
 silent skip). ``namespace`` gives each test a fresh namespace; ``crds_installed``
-applies ``crds/`` with the real kubectl, once per session.
+applies ``crds/`` with the real kubectl, once per session. Every test here
+carries the ``cluster`` marker (``pytest -m cluster``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ def assets_dir() -> Path | None:
         return Path(value)
     fallback = REPO / ".venv" / "envtest" / "bin"
     return fallback if (fallback / "kube-apiserver").exists() else None
+
+
+CLUSTER_DIR = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: needs the real control plane of tests/cluster (envtest)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/cluster/ is marked ``cluster`` (``-m cluster`` / ``-m 'not cluster'``)."""
+    for item in items:
+        if CLUSTER_DIR in item.path.parents:
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,11 @@ and checked for the restricted Pod Security Standard, resources on every
 container and RBAC without wildcards (tests/k8s_checks.py). Values files named
 bad-*.yaml must be rejected with the schema's message.
 
-The chart declares the optional kuberay-operator dependency. Helm refuses to
-lint or render a chart whose declared dependency is absent from charts/, even
-when its condition is false, and fetching it needs the network. So the tests
-work on a copy of the chart with a stub kuberay-operator chart (same name, a
-1.4 version) in charts/; with `kuberay.enabled: false` nothing of it renders.
-When `helm dependency build` has fetched the real one, the copy uses that.
+The tests render the repository's chart itself, as users do, offline: the
+chart has no dependencies (KubeRay is installed with its own chart; a declared
+dependency would make helm refuse to lint, render or install the chart until
+`helm dependency build` had fetched it over the network).
+tests/cluster/test_chart_install.py installs it on a real API server.
 """
 
 from __future__ import annotations
@@ -58,15 +57,9 @@ pytestmark = pytest.mark.skipif(HELM is None, reason="helm not installed (make v
 
 
 @pytest.fixture(scope="module")
-def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = tmp_path_factory.mktemp("chart") / "rayrelay"
-    shutil.copytree(CHART, copy)
-    deps = copy / "charts"
-    if not any(deps.glob("kuberay-operator*")):
-        stub = deps / "kuberay-operator"
-        stub.mkdir(parents=True)
-        (stub / "Chart.yaml").write_text("apiVersion: v2\nname: kuberay-operator\nversion: 1.4.2\n")
-    return copy
+def chart() -> Path:
+    """The chart in the repository, unchanged: it needs nothing fetched."""
+    return CHART
 
 
 def helm(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -111,17 +104,21 @@ def env(objs: list[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------ chart metadata
 
 
-def test_chart_metadata_and_optional_kuberay_dependency() -> None:
+def test_chart_metadata_and_no_dependencies() -> None:
+    """No subchart: helm installs the chart from a fresh clone without network."""
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert meta["apiVersion"] == "v2"
     assert meta["appVersion"] == "0.1.0"
-    (dep,) = meta["dependencies"]
-    assert dep["name"] == "kuberay-operator"
-    assert dep["repository"] == "https://ray-project.github.io/kuberay-helm/"
-    assert dep["version"].startswith("1.4")
-    assert dep["condition"] == "kuberay.enabled"
+    assert "dependencies" not in meta
+    assert not (CHART / "charts").exists() and not (CHART / "Chart.lock").exists()
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["kuberay"]["enabled"] is False
+    assert not {"kuberay", "kuberay-operator"} & set(values)
+
+
+def test_notes_tell_how_to_install_kuberay(chart: Path) -> None:
+    proc = helm("install", "rr", chart, "--dry-run=client", "--namespace", NAMESPACE)
+    assert proc.returncode == 0, proc.stderr
+    assert "helm install kuberay-operator kuberay/kuberay-operator" in proc.stdout
 
 
 def test_every_value_is_commented() -> None:
@@ -253,6 +250,7 @@ NAMESPACED_RULES = {
     ("ray.io", "rayjobs"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
+    ("batch", "jobs"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
 }
 CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}

@@ -70,6 +70,10 @@ app.kubernetes.io/part-of: rayrelay
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Read-only: KubeRay's submitter Job of a RayJob, whose failure the RayJob alone does not show.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
