@@ -365,6 +365,7 @@ class _ApiError(Exception):
         (_ApiError(429), False, "ApiError429"),
         (_ApiError(503), False, "ApiError503"),
         (_ApiError(422), True, "ApiError422"),
+        (_ApiError(403), False, "MissingPermission"),
         (ConnectionRefusedError(), False, "ConnectionError"),
     ],
 )

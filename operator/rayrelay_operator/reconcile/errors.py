@@ -91,7 +91,10 @@ def classify(
         if status == 429 or status >= 500:
             # Too many requests / server trouble: back off, longer for 429.
             return ErrorClass(False, f"ApiError{status}", delay * (2 if status == 429 else 1))
-        if status in (400, 403, 422):
+        if status == 403:
+            # RBAC, not the spec: an operator that may not read something is told, and retries.
+            return ErrorClass(False, "MissingPermission", delay)
+        if status in (400, 422):
             return ErrorClass(True, f"ApiError{status}", 0)
         return ErrorClass(False, f"ApiError{status}", delay)
     if isinstance(exc, ConnectionError | TimeoutError | OSError):
