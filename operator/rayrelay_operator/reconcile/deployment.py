@@ -269,7 +269,9 @@ def _running(p: DeploymentPass) -> None:
     p.fill_serving()
     p.s.model = ServedModel(manifest_uri=d.manifest_uri, digest=d.digest, variant=d.variant)
     p.cond(COND_PROGRESSING, False, "RolledOut", f"serving {d.digest}")
-    p.cond(COND_READY, True, "Serving", f"model loaded and warmed up: {d.digest} ({d.variant})")
+    p.cond(
+        COND_READY, True, "Serving", f"digest verified, model loaded and warmed up: {d.digest} ({d.variant})"
+    )
     p.done(DeploymentPhase.READY, "Ready", f"serving {d.digest}")
 
 
