@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,8 +111,10 @@ def helm(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def release_ns(control_plane: ControlPlane) -> Iterator[str]:
+    """The release's namespace, enforcing the restricted Pod Security Standard."""
     name = f"rr-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", name)
+    control_plane.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -147,6 +150,19 @@ def can_i(plane: ControlPlane, sa: str, verb: str, resource: str, namespace: str
     return answer == "yes"
 
 
+def wait_for_pods(plane: ControlPlane, namespace: str, release: str, count: int) -> list[dict[str, Any]]:
+    """The release's pods once ``count`` exist (kube-controller-manager creates them)."""
+    deadline = time.monotonic() + 60
+    while True:
+        pods = plane.get("pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")["items"]
+        if len(pods) >= count:
+            return list(pods)
+        if time.monotonic() > deadline:
+            events = plane.kubectl("get", "events", "-n", namespace, check=False).stdout
+            raise AssertionError(f"{len(pods)} of {count} pods after 60 s; events:\n{events}")
+        time.sleep(0.5)
+
+
 def service_account(objs: list[dict[str, Any]], namespace: str) -> str:
     (sa,) = [o for o in objs if o["kind"] == "ServiceAccount"]
     return f"system:serviceaccount:{namespace}:{sa['metadata']['name']}"
@@ -176,6 +192,28 @@ def test_install_upgrade_uninstall_cluster_wide(
         "kopfpeerings.kopf.dev",
     ):
         assert control_plane.get("crd", crd) is not None, crd
+    # The operator's pod passes the restricted Pod Security admission: kube-controller-manager
+    # creates it from the Deployment (it stays Pending: there is no kubelet here).
+    pods = wait_for_pods(control_plane, release_ns, release, 1)
+    assert pods[0]["spec"]["serviceAccountName"] == service_account(objs, release_ns).rsplit(":", 1)[1]
+    privileged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]},
+    }
+    refused = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        release_ns,
+        "-f",
+        "-",
+        input=yaml.safe_dump(privileged),
+        check=False,
+    )
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+
     # The chart's CRD files themselves are accepted (also when they exist already).
     crds = helm("show", "crds", str(CHART)).stdout
     control_plane.kubectl(
