@@ -25,7 +25,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MANIFESTS="$ROOT/tests/e2e/manifests"
 CLUSTER_NAME="${CLUSTER_NAME:-rayrelay-e2e}"
-KUBERAY_VERSION="${KUBERAY_VERSION:-1.4.2}"
+KUBERAY_VERSION="${KUBERAY_VERSION:-1.5.0}"
 KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-}"
 TRAIN_TIMEOUT="${TRAIN_TIMEOUT:-45m}"
 SERVE_TIMEOUT="${SERVE_TIMEOUT:-20m}"
@@ -170,9 +170,7 @@ kubectl -n "$NS" wait job/minio-setup --for=condition=Complete --timeout=5m
 kubectl -n "$NS" logs job/minio-setup >&2
 
 log "installing rayrelay (charts/rayrelay)"
-# The chart declares the optional kuberay-operator dependency; Helm wants it in
-# charts/ even when disabled, so fetch it (it stays disabled: KubeRay is above).
-helm dependency build charts/rayrelay
+# The chart has no dependencies: it installs from the checkout (KubeRay is above).
 helm install rayrelay charts/rayrelay --namespace "$SYSTEM_NS" \
   -f "$MANIFESTS/rayrelay-values.yaml" --wait --timeout 5m
 kubectl -n "$SYSTEM_NS" rollout status deployment/rayrelay --timeout=3m
