@@ -127,7 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     p.add_argument("--standalone", action="store_true", help="no peering with other operator instances")
     p.add_argument("--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    p.add_argument("--peering", metavar="NAME", help="peering object name")
+    p.add_argument(
+        "--peering", metavar="NAME", help="peering object name (default: rayrelay; not with --standalone)"
+    )
+    p.add_argument(
+        "--peering-lifetime",
+        type=int,
+        metavar="SECONDS",
+        help="validity of a replica's keep-alive: a standby takes over at most this long after the"
+        " leader dies (default: RAYRELAY_PEERING_LIFETIME_SECONDS or 10)",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="peering priority; the highest live one reconciles (default: derived from POD_NAME, below 2**30)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="verbose logging")
     p.set_defaults(func=_operator)
     return parser

@@ -139,9 +139,44 @@ def _tj_needs_timer(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any
     return spec.get("ttlSecondsAfterFinished") is not None and not cleaned
 
 
+LOGIN = "login-via-client"
+
+
+def _add_fallback_login(registry: kopf.OperatorRegistry) -> None:
+    """Log in the way kopf's default registry does: in-cluster ServiceAccount, else KUBECONFIG.
+
+    A bare ``kopf.OperatorRegistry`` has no login handler (kopf adds them only
+    to its own default registry), and the operator stops with ``LoginError:
+    Ran out of valid credentials``. ``kopf.login_via_client`` loads the
+    Kubernetes client's configuration -- the pod's ServiceAccount token (re-read
+    on re-login, so rotated tokens work), else KUBECONFIG / ~/.kube/config --
+    which is also what ``default_context`` gives the kuberay backend. It is
+    registered as a *fallback*, exactly like kopf's own (kopf has no public
+    decorator for that): an explicit ``@kopf.on.login`` on the same registry,
+    such as the emulator tests', replaces it rather than competing with it.
+    """
+    from kopf._core.intents import causes
+    from kopf._core.intents.handlers import ActivityHandler
+
+    registry._activities.append(
+        ActivityHandler(
+            id=kopf.HandlerId(LOGIN),
+            fn=kopf.login_via_client,
+            activity=causes.Activity.AUTHENTICATION,
+            errors=kopf.ErrorsMode.IGNORED,
+            param=None,
+            timeout=None,
+            retries=None,
+            backoff=None,
+            _fallback=True,
+        )
+    )
+
+
 def build_registry(settings: Settings) -> kopf.OperatorRegistry:
-    """All of rayrelay's handlers in a fresh registry."""
+    """All of rayrelay's handlers in a fresh registry, with a login that works in a pod and outside."""
     registry = kopf.OperatorRegistry()
+    _add_fallback_login(registry)
     interval = settings.timer_interval_seconds
     idle = settings.timer_idle_seconds
 
