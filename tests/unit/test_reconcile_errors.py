@@ -97,7 +97,7 @@ class FakeCustomObjects:
         raise exc
 
     def create_namespaced_custom_object(
-        self, group: str, version: str, ns: str, plural: str, body: Any
+        self, group: str, version: str, ns: str, plural: str, body: Any, **_: Any
     ) -> None:
         self.created.append(plural)
         self._refuse()

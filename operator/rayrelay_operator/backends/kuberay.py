@@ -43,6 +43,9 @@ from rayrelay_operator.work import (
 log = logging.getLogger(__name__)
 # KubeRay's API group (rayrelay's own is rayrelay_core.api.GROUP).
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+# Writes refuse unknown fields instead of having the server prune them silently (its default
+# for API clients): a builder field KubeRay's schema lacks fails loudly, never vanishes.
+STRICT = "Strict"
 T = TypeVar("T")
 
 _IMAGE_PULL = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
@@ -229,7 +232,7 @@ class KubeRayBackend:
             _call(
                 f"create RayJob {ns}/{work.child_name}",
                 lambda: self.custom.create_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, ns, "rayjobs", body
+                    RAY_GROUP, RAY_VERSION, ns, "rayjobs", body, field_validation=STRICT
                 ),
             )
             log.info("created RayJob %s/%s", ns, work.child_name)
@@ -336,7 +339,7 @@ class KubeRayBackend:
             _call(
                 f"create RayService {ns}/{name}",
                 lambda: self.custom.create_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, ns, "rayservices", body
+                    RAY_GROUP, RAY_VERSION, ns, "rayservices", body, field_validation=STRICT
                 ),
             )
             log.info("created RayService %s/%s", ns, name)
@@ -355,7 +358,7 @@ class KubeRayBackend:
         _call(
             f"patch RayService {ns}/{name}",
             lambda: self.custom.patch_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, "rayservices", name, patch
+                RAY_GROUP, RAY_VERSION, ns, "rayservices", name, patch, field_validation=STRICT
             ),
         )
         log.info("updated RayService %s/%s", ns, name)
