@@ -16,6 +16,7 @@ stopped with SIGTERM (then SIGKILL) and its data removed in ``stop()``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -218,7 +220,9 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         out = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self._procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        self._procs[name] = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
 
     def _terminate(self, name: str) -> None:
         proc = self._procs.pop(name, None)
@@ -265,6 +269,17 @@ class ControlPlane:
         }
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, even by SIGKILL (Linux).
+
+    ``stop()`` ends every process on a normal exit; this covers a killed pytest, so
+    that no etcd or kube-apiserver outlives the session (SIGKILL: on SIGTERM a
+    kube-apiserver whose etcd died with it keeps waiting for it).
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _as_list(manifest: Any) -> list[Any]:
