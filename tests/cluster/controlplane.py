@@ -276,7 +276,9 @@ def _die_with_parent() -> None:
 
     ``stop()`` ends every process on a normal exit; this covers a killed pytest, so
     that no etcd or kube-apiserver outlives the session (SIGKILL: on SIGTERM a
-    kube-apiserver whose etcd died with it keeps waiting for it).
+    kube-apiserver whose etcd died with it keeps waiting for it). Linux sends it when
+    the *thread* that started the process ends: start processes from the test's
+    main thread (fixtures and tests run there), not from a worker thread.
     """
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
