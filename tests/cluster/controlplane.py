@@ -156,6 +156,11 @@ class ControlPlane:
         self._terminate("kuberay-operator")
 
     @property
+    def has_controller_manager(self) -> bool:
+        """Whether kube-controller-manager runs (Deployments get Pods, namespaces get deleted)."""
+        return self._with_controller_manager
+
+    @property
     def has_kuberay(self) -> bool:
         return (self.assets / "kuberay-operator").exists()
 
