@@ -44,6 +44,16 @@ BIN = Path(sys.executable).parent
 # operator/Dockerfile's ENV, less its PATH (the venv's bin stands in for /opt/rayrelay/bin).
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp"}
 S3_SECRET = "rayrelay-s3"
+# In a pod the kubelet mounts the ServiceAccount's token and CA at fixed paths under
+# /var/run/secrets/kubernetes.io/serviceaccount; this runs the same CLI entry point with
+# the client's in-cluster loader pointed at a folder holding them (argv: token, ca, args).
+IN_POD = (
+    "import sys\n"
+    "from kubernetes.config import incluster_config as c\n"
+    "c.SERVICE_TOKEN_FILENAME, c.SERVICE_CERT_FILENAME = sys.argv[1], sys.argv[2]\n"
+    "from rayrelay_operator.cli import main\n"
+    "sys.exit(main(sys.argv[3:]))\n"
+)
 # Quicker observation than the defaults (10 s / 5 s), set the way a user would: the chart's extraEnv.
 FAST_TIMERS = {
     "extraEnv": [
@@ -178,6 +188,8 @@ class OperatorProcess:
     release: ChartRelease
     pod_name: str
     kubeconfig: Path
+    # A folder with the pod's ServiceAccount mount (token, ca.crt): log in as in a pod, no KUBECONFIG.
+    pod_mount: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     health_url: str = ""
     log_path: Path = field(default_factory=Path)
@@ -191,6 +203,9 @@ class OperatorProcess:
                 self.health_url = f"http://127.0.0.1:{port}/healthz"
                 arg = f"--liveness={self.health_url}"
             args.append(arg)
+        if self.pod_mount is not None:
+            mount = [str(self.pod_mount / "token"), str(self.pod_mount / "ca.crt")]
+            return [str(BIN / "python"), "-c", IN_POD, *mount, *args]
         return [str(BIN / "rayrelay"), *args]
 
     def environment(self) -> dict[str, str]:
@@ -198,12 +213,17 @@ class OperatorProcess:
         env.update(self.release.env(self.pod_name))
         if "RAYRELAY_METRICS_PORT" in env:
             env["RAYRELAY_METRICS_PORT"] = str(free_port())
-        env["KUBECONFIG"] = str(self.kubeconfig)
+        if self.pod_mount is not None:
+            # What the kubelet sets in every container: the API server's service address.
+            url = self.release.plane.url.removeprefix("https://")
+            env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"] = url.rsplit(":", 1)
+        else:
+            env["KUBECONFIG"] = str(self.kubeconfig)
         return env
 
     def start(self) -> OperatorProcess:
         argv = self.argv()
-        assert argv[1] == "operator", argv
+        assert "operator" in argv[1:] and argv[0].startswith(str(BIN)), argv
         self.log_path = self.release.plane.dir / f"operator-{self.pod_name}.log"
         out = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
@@ -252,11 +272,23 @@ class OperatorProcess:
             self.proc.wait(timeout=30)
 
 
-def start_operator(release: ChartRelease, pod_suffix: str | None = None) -> OperatorProcess:
-    """One replica: a pod name like the ReplicaSet's, the chart ServiceAccount's token."""
+def start_operator(
+    release: ChartRelease, pod_suffix: str | None = None, *, in_pod: bool = False
+) -> OperatorProcess:
+    """One replica: a pod name like the ReplicaSet's, the chart ServiceAccount's token.
+
+    The token comes in a kubeconfig (KUBECONFIG), or with ``in_pod`` where a pod has it: a
+    ServiceAccount mount with the token and the API server's CA, and no KUBECONFIG at all.
+    """
     pod = f"{release.name}-rayrelay-{pod_suffix or uuid.uuid4().hex[:5]}"
     kubeconfig = release.plane.service_account_kubeconfig(release.namespace, release.service_account)
-    return OperatorProcess(release, pod, kubeconfig).start()
+    mount = None
+    if in_pod:
+        mount = release.plane.dir / f"serviceaccount-{pod}"
+        mount.mkdir()
+        (mount / "token").write_text(yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"])
+        (mount / "ca.crt").write_bytes((release.plane.dir / "certs" / "apiserver.crt").read_bytes())
+    return OperatorProcess(release, pod, kubeconfig, pod_mount=mount).start()
 
 
 @dataclass
@@ -265,8 +297,10 @@ class Operators:
 
     started: list[OperatorProcess] = field(default_factory=list)
 
-    def start(self, release: ChartRelease, pod_suffix: str | None = None) -> OperatorProcess:
-        op = start_operator(release, pod_suffix)
+    def start(
+        self, release: ChartRelease, pod_suffix: str | None = None, *, in_pod: bool = False
+    ) -> OperatorProcess:
+        op = start_operator(release, pod_suffix, in_pod=in_pod)
         self.started.append(op)
         return op
 

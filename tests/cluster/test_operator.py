@@ -45,7 +45,7 @@ from tests.cluster.chart_operator import (
     trainingjob,
     wait_for,
 )
-from tests.cluster.controlplane import ControlPlane
+from tests.cluster.controlplane import ControlPlane, free_port
 
 GPU = "nvidia.com/gpu"
 
@@ -163,11 +163,16 @@ def gpu_of(container: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def start_chart_operator(
-    plane: ControlPlane, operators: Operators, release_ns: str, values: dict[str, Any]
+    plane: ControlPlane,
+    operators: Operators,
+    release_ns: str,
+    values: dict[str, Any],
+    *,
+    in_pod: bool = False,
 ) -> tuple[ChartRelease, Any]:
     create_s3_secret(plane, release_ns)
-    release = install_chart(plane, release_ns, {**values, **FAST_TIMERS})
-    op = operators.start(release)
+    release = install_chart(plane, release_ns, {**FAST_TIMERS, **values})
+    op = operators.start(release, in_pod=in_pod)
     op.wait_ready()
     return release, op
 
@@ -352,3 +357,74 @@ def test_chart_operator_watch_namespaces(
         assert rayjob_of(plane, other, "unwatched") is None
     finally:
         plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_chart_operator_logs_in_with_the_pods_service_account(
+    crds_installed: ControlPlane,
+    kuberay_crds: ControlPlane,
+    namespace: str,
+    release_namespace: str,
+    s3_server: str,
+    s3_bucket: str,
+    operators: Operators,
+) -> None:
+    """In a pod there is no KUBECONFIG: the ServiceAccount's mounted token and CA, and the
+    KUBERNETES_SERVICE_* address, are all it has -- and TLS is verified against that CA."""
+    plane = crds_installed
+    _release, op = start_chart_operator(
+        plane, operators, release_namespace, s3_values(s3_server, f"{s3_bucket}/runs"), in_pod=True
+    )
+    plane.apply(trainingjob("in-pod", gpus=0, workers=1), "-n", namespace)
+    wait_for("the RayJob of in-pod", lambda: rayjobs_of(plane, namespace, "in-pod"), 90)
+    assert "KUBECONFIG" not in op.environment()
+    assert "InsecureRequestWarning" not in op.log  # the CA was used, not skipped
+
+
+def test_store_unavailable_is_reported_then_the_job_is_submitted(
+    crds_installed: ControlPlane,
+    kuberay_crds: ControlPlane,
+    namespace: str,
+    release_namespace: str,
+    operators: Operators,
+) -> None:
+    """Issue 19 item 5: an artifact store that does not answer shows in the status and the
+    events (reason StoreUnavailable, with the URI); once it answers, the job is submitted."""
+    from moto.server import ThreadedMotoServer
+
+    plane = crds_installed
+    port = free_port()
+    endpoint, bucket = f"http://127.0.0.1:{port}", "rr-late-store"
+    retry_fast = {"name": "RAYRELAY_RETRY_BASE_DELAY_SECONDS", "value": "2"}
+    values = {
+        **s3_values(endpoint, f"s3://{bucket}/runs"),
+        "extraEnv": [*FAST_TIMERS["extraEnv"], retry_fast],
+    }
+    start_chart_operator(plane, operators, release_namespace, values)
+    name = "late-store"
+    plane.apply(trainingjob(name, gpus=0, workers=1), "-n", namespace)
+    # What a user runs to see it (kubectl wait on the condition's reason).
+    reason = '{.status.conditions[?(@.type=="Reconciled")].reason}'
+    plane.kubectl(
+        "wait", f"--for=jsonpath={reason}=StoreUnavailable", f"tj/{name}", "-n", namespace, "--timeout=120s"
+    )
+    reconciled = condition(status_of(plane, "trainingjob", namespace, name), "Reconciled")
+    assert reconciled["status"] == "False" and f"s3://{bucket}/runs" in reconciled["message"], reconciled
+    assert rayjobs_of(plane, namespace, name) == []
+    described = plane.kubectl("describe", "tj", name, "-n", namespace).stdout
+    assert "StoreUnavailable" in described.split("Events:", 1)[1], described
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        wait_for("the RayJob once the store answers", lambda: rayjobs_of(plane, namespace, name), 120)
+
+        def recovered() -> bool:
+            cond = condition(status_of(plane, "trainingjob", namespace, name), "Reconciled")
+            return cond.get("reason") != "StoreUnavailable"
+
+        wait_for("the StoreUnavailable condition to clear", recovered, 60)
+    finally:
+        server.stop()
