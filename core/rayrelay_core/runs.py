@@ -268,10 +268,20 @@ def read_doc(store: Store, uri: str, model: type[Doc]) -> Any:
 
 
 def serve_app_args(
-    name: str, namespace: str, manifest_uri: str, spec: ModelDeploymentSpec, endpoint_url: str | None
+    name: str,
+    namespace: str,
+    manifest_uri: str,
+    spec: ModelDeploymentSpec,
+    endpoint_url: str | None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
-    """The arguments of the Serve application builder (JSON-serialisable)."""
-    return {
+    """The arguments of the Serve application builder (JSON-serialisable).
+
+    ``digest`` (``sha256:<hex>`` of the manifest, as ``read_manifest`` gives it) is the
+    artifact set the caller resolved: the replica refuses to load a manifest with
+    another sha256 (``rayrelay_workloads.serve.artifacts.check_digest``).
+    """
+    args: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "manifestUri": manifest_uri,
@@ -279,3 +289,6 @@ def serve_app_args(
         "endpointUrl": endpoint_url,
         "spec": spec.wire(),
     }
+    if digest:
+        args["digest"] = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+    return args

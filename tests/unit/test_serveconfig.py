@@ -93,3 +93,14 @@ def test_entries_pass_serves_own_schema() -> None:
     model = next(app for app in config.applications if app.name == "sentiment")
     assert model.route_prefix is None
     assert model.deployments[0].user_config == {"maxBatchSize": 16, "batchWaitTimeoutMs": 5}
+
+
+def test_the_resolved_digest_travels_to_the_replica() -> None:
+    spec = ModelDeploymentSpec.model_validate({"model": {"manifestUri": "s3://bucket/m/manifest.json"}})
+    assert "digest" not in serve_app_args("m", "default", "s3://bucket/m/manifest.json", spec, None)
+    hexdigest = "ab" * 32
+    for given in (hexdigest, f"sha256:{hexdigest}"):
+        wire = serve_app_args("m", "default", "s3://bucket/m/manifest.json", spec, None, digest=given)
+        assert wire["digest"] == f"sha256:{hexdigest}"
+        (_, model) = serveconfig.application_configs(wire)
+        assert model["args"]["digest"] == f"sha256:{hexdigest}"
