@@ -41,7 +41,7 @@ from rayrelay_core.api import ModelDeploymentStatus, TrainingJobStatus
 from rayrelay_core.conditions import find_condition
 from rayrelay_operator.reconcile.context import Event, Plan, ReconcileContext, apply_actions, emit
 from rayrelay_operator.reconcile.deployment import delete_modeldeployment, plan_modeldeployment
-from rayrelay_operator.reconcile.errors import ErrorClass, backoff_delay, classify, retries_since
+from rayrelay_operator.reconcile.errors import ErrorClass, classify, retries_since
 from rayrelay_operator.reconcile.status import (
     COND_RECONCILED,
     Status,
@@ -127,23 +127,19 @@ def _failed_pass(
     now = ctx.now()
     _ns, _name, gen = meta_of(obj)
     stored = previous if previous is not None else planned
-    err = classify(exc, settings=ctx.settings)
+    stored_problem = find_condition(stored.conditions, COND_RECONCILED)
+    ongoing = stored_problem is not None and stored_problem.status == "False"
+    since = parse_time(stored_problem.last_transition_time) if ongoing and stored_problem else None
+    # Retries counted from when the problem began: the schedule needs no counter, survives restarts.
+    err = classify(exc, retries_since(since, now, ctx.settings), ctx.settings, ctx.jitter())
     message = str(exc) or type(exc).__name__
     if err.permanent:
         status = failed_status(planned, err.reason, message, now, gen)
         emit(ctx, Event("Warning", err.reason, message[:1000]))
         return PassResult(status, status_patch(obj.get("status"), status), f"{err.reason}: {message}", err)
     # Temporary: what the resource was doing is still what it does; say what stops the pass.
-    before = find_condition(stored.conditions, COND_RECONCILED)
-    ongoing = before is not None and before.status == "False"
-    since = parse_time(before.last_transition_time) if ongoing and before else None
-    delay = backoff_delay(retries_since(since, now, ctx.settings), ctx.settings, ctx.jitter())
-    if err.reason.startswith("ApiError429"):
-        delay = min(ctx.settings.retry_max_delay_seconds, 2 * delay)
-    status = problem_status(stored, err.reason, f"{message}; retrying in {delay:.0f}s", now, gen)
-    if not ongoing or (before is not None and before.reason != err.reason):
+    status = problem_status(stored, err.reason, f"{message}; retrying in {err.delay:.0f}s", now, gen)
+    if not ongoing or (stored_problem is not None and stored_problem.reason != err.reason):
         emit(ctx, Event("Warning", err.reason, message[:1000]))
-    error = ErrorClass(False, err.reason, delay)
-    return PassResult(
-        status, status_patch(obj.get("status"), status), f"{err.reason}: {message}", error, delay
-    )
+    patch = status_patch(obj.get("status"), status)
+    return PassResult(status, patch, f"{err.reason}: {message}", err, err.delay)

@@ -90,7 +90,8 @@ def classify(
     if isinstance(status, int):
         if status == 429 or status >= 500:
             # Too many requests / server trouble: back off, longer for 429.
-            return ErrorClass(False, f"ApiError{status}", delay * (2 if status == 429 else 1))
+            cap = (settings or Settings()).retry_max_delay_seconds
+            return ErrorClass(False, f"ApiError{status}", min(cap, delay * (2 if status == 429 else 1)))
         if status == 403:
             # RBAC, not the spec: an operator that may not read something is told, and retries.
             return ErrorClass(False, "MissingPermission", delay)
