@@ -30,6 +30,7 @@ import requests
 from rayrelay_core.api import ModelDeploymentSpec
 from rayrelay_core.runs import (
     Manifest,
+    read_manifest,
     serve_app_args,
 )
 from rayrelay_core.serveconfig import application_configs
@@ -38,6 +39,7 @@ from rayrelay_workloads.serve.artifacts import ArtifactError, prepare
 
 MODEL = "rr-serve-test"
 CORRUPT = "rr-serve-corrupt"
+OTHER_DIGEST = "rr-serve-digest"
 TEXTS = ["my invoice is wrong", "the app crashes on start", "how do I reset my password", "thanks!", "x"]
 LIMITS = {"maxTextsPerRequest": 8, "maxTextChars": 200, "maxBodyBytes": 4096}
 
@@ -123,11 +125,19 @@ def _put(dashboard: str, serve_port: int, update: Any) -> None:
     assert resp.status_code == 200, resp.text
 
 
-def deploy(dashboard: str, serve_port: int, name: str, manifest_uri: str, cache: Path, **spec: Any) -> None:
+def deploy(
+    dashboard: str,
+    serve_port: int,
+    name: str,
+    manifest_uri: str,
+    cache: Path,
+    digest: str | None = None,
+    **spec: Any,
+) -> None:
     from rayrelay_operator.backends.ray import merge_applications
 
     md = ModelDeploymentSpec.model_validate({"model": {"manifestUri": manifest_uri}, **spec})
-    args = serve_app_args(name, "default", manifest_uri, md, None)
+    args = serve_app_args(name, "default", manifest_uri, md, None, digest=digest)
     args["cacheDir"] = str(cache)
     entries = application_configs(args)
     _put(dashboard, serve_port, lambda current: merge_applications(current, entries))
@@ -165,6 +175,7 @@ def endpoint(ray_cluster: Any, run: tuple[str, list[str]], tmp_path_factory: pyt
         MODEL,
         run[0],
         tmp_path_factory.mktemp("serve-cache"),
+        digest=read_manifest(open_store(run[0]), run[0])[1],  # as the operator resolves it
         model={"manifestUri": run[0], "variant": "fp32"},
         autoscaling={"minReplicas": 1, "maxReplicas": 1},
         batching={"maxBatchSize": 16, "batchWaitTimeoutMs": 20},
@@ -395,3 +406,26 @@ def test_altered_artifact_never_becomes_ready(
     finally:
         undeploy(dashboard, port, CORRUPT)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_manifest_other_than_the_resolved_one_never_becomes_ready(
+    endpoint: str, ray_cluster: Any, run: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    """The replica compares the manifest's sha256 with the digest it was given (the operator's)."""
+    dashboard, port = ray_cluster.dashboard_url, ray_cluster.serve_port
+    resolved = "sha256:" + "0" * 64  # what the operator read before the manifest changed
+    deploy(dashboard, port, OTHER_DIGEST, run[0], tmp_path / "cache", digest=resolved)
+    try:
+
+        def refused() -> dict[str, Any]:
+            status = app_status(dashboard, OTHER_DIGEST)
+            assert status.get("status") != "RUNNING", status
+            return status if "manifest digest mismatch" in json.dumps(status) else {}
+
+        status = wait_for(refused, 240, "the replica to refuse the manifest")
+        assert resolved in json.dumps(status)
+        ready = requests.get(f"{endpoint}/v2/models/{OTHER_DIGEST}/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+    finally:
+        undeploy(dashboard, port, OTHER_DIGEST)
