@@ -194,3 +194,53 @@ def test_train_step_learns_and_evaluate_counts() -> None:
     assert accuracy == 1.0 and loss < first and model.training  # back in training mode
     wrong = [Example(r.text, "b" if r.label == "a" else "a", r.row) for r in ROWS]
     assert evaluate(model, encode, wrong, LABELS)[0] == 0.0
+
+
+# ------------------------------------------------------------------ checkpoints from an untrusted store
+
+
+class _SideEffect:
+    """Unpickling this object creates a file: what an attacker's payload would do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_state_file_holding_code_is_refused_and_never_runs(tmp_path: Path) -> None:
+    """Issue 12, finding 7: the state file is unpickled with weights_only (no code execution)."""
+    import torch
+
+    model = tiny_model(seed=0)
+    opt = build_optimization(model, HP, 10, "cpu", "fp32")
+    save_state(tmp_path, model, opt, Position(1, 0, 1), {})
+    marker = tmp_path / "payload-ran"
+    state = torch.load(tmp_path / "training_state.pt", weights_only=True)
+    state["scheduler"]["evil"] = _SideEffect(marker)  # someone with write access to the checkpoint path
+    torch.save(state, tmp_path / "training_state.pt")
+
+    other = tiny_model(seed=1)
+    with pytest.raises(TrainingError, match="refusing to load it"):
+        load_state(tmp_path, other, build_optimization(other, HP, 10, "cpu", "fp32"))
+    assert not marker.exists(), "the pickled payload ran while the checkpoint was loaded"
+
+
+def test_a_grad_scaler_state_round_trips_with_weights_only(tmp_path: Path) -> None:
+    """The scaler's state (fp16 runs) is plain numbers: weights_only loads it."""
+    import torch
+
+    from rayrelay_workloads.train_state import Optimization
+
+    model = tiny_model(seed=0)
+    base = build_optimization(model, HP, 10, "cpu", "fp32")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    opt = Optimization(base.optimizer, base.scheduler, scaler=scaler)
+    save_state(tmp_path, model, opt, Position(2, 0, 2), {})
+
+    other = tiny_model(seed=1)
+    other_base = build_optimization(other, HP, 10, "cpu", "fp32")
+    other_opt = Optimization(other_base.optimizer, other_base.scheduler, scaler=torch.amp.GradScaler("cpu"))
+    assert load_state(tmp_path, other, other_opt) == Position(2, 0, 2)
+    assert other_opt.scaler.state_dict() == scaler.state_dict()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,17 @@ def load_state(folder: Path, model: Any, opt: Optimization) -> Position:
             f"checkpoint {folder} does not fit the model: missing {real_missing[:5]}, "
             f"unexpected {list(unexpected)[:5]}"
         )
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    # weights_only: the state file comes from the store, and a full unpickler runs
+    # whatever code a writer of the checkpoint path put in it. The optimizer,
+    # scheduler and scaler state dicts are tensors, numbers, strings and containers,
+    # which the restricted unpickler accepts; anything else is refused.
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TrainingError(
+            f"checkpoint {folder}: {STATE_FILE} holds more than tensors and plain values; "
+            "refusing to load it (only weights_only state is accepted)"
+        ) from exc
     opt.optimizer.load_state_dict(state["optimizer"])
     opt.scheduler.load_state_dict(state["scheduler"])
     if opt.scaler is not None and state.get("scaler"):
