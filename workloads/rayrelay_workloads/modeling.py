@@ -20,6 +20,8 @@ from rayrelay_core.store import StoreError, is_s3, local_path, open_store
 
 # A hub id: "name" or "org/name", no path separators beyond that one.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# An importable (dotted) package name: pkg:// never takes a path or a relative import.
+_PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class ModelSourceError(ValueError):
@@ -29,24 +31,18 @@ class ModelSourceError(ValueError):
 def resolve_source(source: str, endpoint_url: str | None = None, cache_dir: str | None = None) -> str:
     """A local folder for the source, or the hub id unchanged (transformers fetches it)."""
     if source.startswith("pkg://"):
-        rest = source[len("pkg://") :]
-        package, _, folder = rest.partition("/")
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelSourceError(f"model.source {source!r}: Python package {package!r} is not installed")
-        path = Path(next(iter(spec.submodule_search_locations))) / folder
-        return _check_folder(path, source)
+        return _check_folder(_package_folder(source), source)
     if is_s3(source):
         dest = Path(cache_dir or tempfile.mkdtemp(prefix="rr-model-"))
         store = open_store(source, endpoint_url)
         prefix = source.rstrip("/")
         try:
             keys = list(store.list(prefix))
-            for uri in keys:
-                store.download(uri, dest / uri[len(prefix) + 1 :])
+            # Every key is checked before anything is written: a key with ".." or an
+            # empty segment ("prefix//etc/x") would otherwise land outside ``dest``.
+            targets = [(uri, _download_target(dest, uri, prefix, source)) for uri in keys]
+            for uri, target in targets:
+                store.download(uri, target)
         except StoreError as exc:
             raise ModelSourceError(f"model.source {source!r}: {exc}") from exc
         if not keys:
@@ -57,6 +53,42 @@ def resolve_source(source: str, endpoint_url: str | None = None, cache_dir: str 
     if _HUB_ID.match(source):
         return source
     raise ModelSourceError(f"model.source {source!r}: neither a hub id, a folder, s3:// nor pkg://")
+
+
+def _package_folder(source: str) -> Path:
+    """The folder a ``pkg://<package>/<folder>`` source names, never outside that package."""
+    package, _, folder = source[len("pkg://") :].partition("/")
+    spec = None
+    if _PACKAGE.match(package):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(f"model.source {source!r}: Python package {package!r} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    path = (root / folder).resolve()  # ".." and symlinks resolved before the check
+    if not path.is_relative_to(root):
+        raise ModelSourceError(
+            f"model.source {source!r}: the folder {folder!r} leaves the package {package!r}; "
+            "pkg:// names a folder inside the package only"
+        )
+    return path
+
+
+def _download_target(dest: Path, uri: str, prefix: str, source: str) -> Path:
+    """Where the object ``uri`` (under ``prefix``) goes inside ``dest``; refuses keys that leave it."""
+    rel = uri[len(prefix) + 1 :]
+    parts = rel.split("/")
+    if not rel or any(part in ("", ".", "..") for part in parts) or "\\" in rel:
+        raise ModelSourceError(
+            f"model.source {source!r}: refusing the object {uri!r}: its key has an empty, '.' or '..' "
+            "segment and would be written outside the download folder"
+        )
+    target = (dest / rel).resolve()
+    if not target.is_relative_to(dest.resolve()):
+        raise ModelSourceError(f"model.source {source!r}: refusing the object {uri!r}: it leaves {dest}")
+    return target
 
 
 def _check_folder(path: Path, source: str) -> str:
