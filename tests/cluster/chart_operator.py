@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.cluster.controlplane import REPO, ControlPlane, free_port
+from tests.cluster.controlplane import REPO, ControlPlane, _die_with_parent, free_port
 
 CHART = REPO / "charts" / "rayrelay"
 BIN = Path(sys.executable).parent
@@ -226,8 +226,14 @@ class OperatorProcess:
         assert "operator" in argv[1:] and argv[0].startswith(str(BIN)), argv
         self.log_path = self.release.plane.dir / f"operator-{self.pod_name}.log"
         out = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        # Killed with the test process too (a killed pytest leaves no operator behind).
         self.proc = subprocess.Popen(
-            argv, env=self.environment(), stdout=out, stderr=subprocess.STDOUT, cwd=self.release.plane.dir
+            argv,
+            env=self.environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.release.plane.dir,
+            preexec_fn=_die_with_parent,
         )
         out.close()
         return self
