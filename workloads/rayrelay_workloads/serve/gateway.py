@@ -265,7 +265,7 @@ class Gateway:
                 response = _unavailable(_describe(transient), getattr(transient, "retry_after_s", None))
             else:  # a server fault, never a client's: say so, keep serving
                 log.exception("gateway: %s %s failed", request.method, path)
-                response = _error(500, f"internal error: {type(exc).__name__}: {exc}")
+                response = _error(500, protocol.INTERNAL_ERROR)
         if path != "/metrics":
             self.metrics.observe(
                 model_label, protocol_name, response.status_code, time.perf_counter() - start

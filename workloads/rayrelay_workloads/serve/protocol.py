@@ -95,9 +95,29 @@ def _load_json(data: bytes) -> dict[str, Any]:
         raise ProtocolError(
             400, f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:  # arrays/objects nested thousands deep: a client fault, not a 500
+        raise ProtocolError(400, _TOO_DEEP) from None
     if not isinstance(doc, dict):
         raise ProtocolError(400, f"request body must be a JSON object, not {_json_type(doc)}")
     return doc
+
+
+# OIP tensor data may be nested row-major arrays, one level per dimension; no real
+# tensor comes near this. Deeper data is refused before anything recurses over it.
+MAX_DATA_NESTING = 32
+_TOO_DEEP = "request body is nested too deeply"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A client's value for an error message: short, and never recursing into nested data."""
+    scalar = value is None or isinstance(value, (bool, int, float, str))
+    short_row = (
+        isinstance(value, list) and len(value) <= 16 and all(isinstance(v, (int, float)) for v in value)
+    )
+    if not (scalar or short_row):
+        return _json_type(value)
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -135,12 +155,28 @@ def _check_texts(texts: list[Any], where: str, limits: RequestLimits) -> list[st
     return out
 
 
+_END = object()  # _flatten: an exhausted iterator
+
+
 def _flatten(data: list[Any]) -> list[Any]:
-    """OIP allows tensor data as a flat or a nested (row-major) JSON array."""
+    """OIP allows tensor data as a flat or a nested (row-major) JSON array.
+
+    Iterative, with a depth cap: nesting a client chose never becomes recursion here.
+    """
+    if not any(isinstance(item, list) for item in data):  # the usual flat array: no walk
+        return data
     out: list[Any] = []
-    for item in data:
-        if isinstance(item, list):
-            out.extend(_flatten(item))
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            if len(stack) >= MAX_DATA_NESTING:
+                raise ProtocolError(
+                    400, f"input {INPUT_NAME!r}: 'data' is nested over {MAX_DATA_NESTING} levels deep"
+                )
+            stack.append(iter(item))
         else:
             out.append(item)
     return out
@@ -184,7 +220,8 @@ def parse_v2_infer(body: bytes, limits: RequestLimits, header_length: str | None
         count *= dim
     if count != len(data):
         raise ProtocolError(
-            422, f"input {INPUT_NAME!r} has shape {shape} ({count} elements) but {len(data)} data elements"
+            422,
+            f"input {INPUT_NAME!r} has shape {_show(shape)} ({count} elements) but {len(data)} data elements",
         )
     texts = _check_texts(data, f"input {INPUT_NAME!r}", limits)
     return V2Request(texts=texts, id=request_id, outputs=_requested_outputs(doc), parameters=parameters)
@@ -234,12 +271,12 @@ def _text_tensor(doc: dict[str, Any]) -> dict[str, Any]:
     name = tensor.get("name")
     if name != INPUT_NAME:
         raise ProtocolError(
-            422, f"unknown input {name!r}; this model takes one BYTES input named {INPUT_NAME!r}"
+            422, f"unknown input {_show(name)}; this model takes one BYTES input named {INPUT_NAME!r}"
         )
     datatype = tensor.get("datatype")
     if datatype != "BYTES":
         raise ProtocolError(
-            422, f"input {INPUT_NAME!r} has datatype {datatype!r}; it must be 'BYTES' (texts)"
+            422, f"input {INPUT_NAME!r} has datatype {_show(datatype)}; it must be 'BYTES' (texts)"
         )
     return tensor
 
@@ -253,7 +290,7 @@ def _tensor_shape(tensor: dict[str, Any]) -> list[int]:
     ):
         raise ProtocolError(
             400,
-            f"input {INPUT_NAME!r} needs 'shape', a non-empty array of non-negative integers; got {shape!r}",
+            f"input {INPUT_NAME!r} needs 'shape', a non-empty array of non-negative integers; got {_show(shape)}",
         )
     return shape
 
@@ -267,7 +304,8 @@ def _tensor_data(tensor: dict[str, Any], binary: bytes) -> list[Any]:
     if binary_size is not None:
         if not isinstance(binary_size, int) or binary_size < 0 or binary_size > len(binary):
             raise ProtocolError(
-                400, f"binary_data_size {binary_size!r} does not match the {len(binary)} bytes of binary data"
+                400,
+                f"binary_data_size {_show(binary_size)} does not match the {len(binary)} bytes of binary data",
             )
         return _decode_bytes_tensor(binary[:binary_size], f"input {INPUT_NAME!r}")
     if "data" not in tensor:
@@ -290,7 +328,7 @@ def _requested_outputs(doc: dict[str, Any]) -> list[str] | None:
     unknown = [o for o in outputs if o not in OUTPUT_NAMES]
     if unknown:
         raise ProtocolError(
-            422, f"unknown output {unknown[0]!r}; this model has outputs {', '.join(OUTPUT_NAMES)}"
+            422, f"unknown output {_show(unknown[0])}; this model has outputs {', '.join(OUTPUT_NAMES)}"
         )
     return outputs or None
 
@@ -372,6 +410,11 @@ def model_metadata(model: str, version: str, num_labels: int) -> dict[str, Any]:
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, num_labels]},
         ],
     }
+
+
+# What a client reads on a server fault: the exception's text stays in the server log
+# (it may hold paths, URIs or internal state; see docs/security.md, finding 10).
+INTERNAL_ERROR = "internal error; the server log has the details"
 
 
 def error_body(message: str) -> dict[str, str]:
