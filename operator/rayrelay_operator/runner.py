@@ -113,6 +113,12 @@ def operator_command(args: argparse.Namespace) -> int:
     # standby resumes at most one lifetime after the leader's last keep-alive.
     kopf_settings.peering.lifetime = peering_lifetime(args, settings.peering_lifetime_seconds)
     kopf_settings.peering.stealth = True  # keep-alives every few seconds would flood debug logs
+    if not options["clusterwide"]:
+        # The namespaces are named exactly, so there is nothing to discover: without this,
+        # kopf lists namespaces, which the chart's namespaced RBAC does not grant, and
+        # retries the 403 for about a minute before it falls back to the names it was given.
+        # The cost: a CRD changed after start is noticed at the next restart.
+        kopf_settings.scanning.disabled = True
     logging.getLogger(__name__).info(
         "starting the rayrelay operator: %s, peering lifetime %d s", options, kopf_settings.peering.lifetime
     )

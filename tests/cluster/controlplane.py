@@ -210,12 +210,20 @@ class ControlPlane:
         self.wait_crds_established(["rayjobs.ray.io", "rayservices.ray.io", "rayclusters.ray.io"])
 
     def wait_crds_established(self, names: Sequence[str], timeout: float = 60.0) -> None:
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            f"--timeout={int(timeout)}s",
-            *[f"crd/{n}" for n in names],
-        )
+        """Poll until every named CRD is Established.
+
+        Not ``kubectl wait``: on a CRD created a moment ago, whose status has no
+        conditions yet, it fails at once (".status.conditions accessor error").
+        """
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            pending = [n for n in pending if not _established(self.get(f"crd/{n}"))]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRDs not Established after {timeout} s: {pending}")
+            time.sleep(0.3)
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"
@@ -291,3 +299,8 @@ def _die_with_parent() -> None:
 
 def _as_list(manifest: Any) -> list[Any]:
     return list(manifest) if isinstance(manifest, (list, tuple)) else [manifest]
+
+
+def _established(crd: Any) -> bool:
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
