@@ -28,13 +28,21 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from rayrelay_core.api import ModelDeploymentSpec, TrainingJobSpec
-from rayrelay_core.store import NotFound, Store, join, sha256_bytes
+from rayrelay_core.store import NotFound, Store, TooLarge, bounded, join, sha256_bytes
 
 MANIFEST_VERSION = 1
+
+# Caps on what is read from a run folder (docs/security.md, finding 3): whoever can
+# write the run folder (or answer for its S3 endpoint) must not be able to make the
+# operator or a replica hold an endless document. progress.json and failure.json are
+# a few hundred bytes. A manifest lists every published file (~150 bytes each; a run
+# has tens), so 8 MiB leaves room for a model split into thousands of shards.
+DOC_MAX_BYTES = 1 << 20
+MANIFEST_MAX_BYTES = 8 << 20
 
 # Spec fields that do not change what a run produces: changing them must not
 # start a new run (nor invalidate a finished one).
@@ -241,23 +249,39 @@ class ManifestError(ValueError):
 def parse_manifest(data: bytes, uri: str = "manifest.json") -> Manifest:
     try:
         return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        # Where and what, never the input: the document's text is not ours to echo.
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        first = errors[0] if errors else {"loc": (), "msg": str(exc.title)}
+        where = ".".join(str(part) for part in first["loc"]) or "(document)"
+        raise ManifestError(
+            bounded(
+                f"{uri}: not a valid rayrelay manifest: {len(errors)} problem(s), first at {where}: "
+                f"{first['msg']}"
+            )
+        ) from None
     except ValueError as exc:
-        raise ManifestError(f"{uri}: not a valid rayrelay manifest: {exc}") from exc
+        raise ManifestError(bounded(f"{uri}: not a valid rayrelay manifest: {type(exc).__name__}")) from None
 
 
-def read_manifest(store: Store, uri: str) -> tuple[Manifest, str]:
-    """The manifest at ``uri`` and its sha256 (the artifact set's digest)."""
+def read_manifest(store: Store, uri: str, max_bytes: int = MANIFEST_MAX_BYTES) -> tuple[Manifest, str]:
+    """The manifest at ``uri`` and its sha256 (the artifact set's digest); at most ``max_bytes``."""
     try:
-        data = store.read_bytes(uri)
+        data = store.read_bytes(uri, max_bytes=max_bytes)
     except NotFound as exc:
         raise ManifestError(f"{uri}: no manifest (the run is missing or incomplete)") from exc
+    except TooLarge as exc:
+        raise ManifestError(str(exc)) from None
     return parse_manifest(data, uri), sha256_bytes(data)
 
 
-def read_doc(store: Store, uri: str, model: type[Doc]) -> Any:
-    """A progress/failure document, or None when it is not there (yet)."""
+def read_doc(store: Store, uri: str, model: type[Doc], max_bytes: int = DOC_MAX_BYTES) -> Any:
+    """A progress/failure document, or None when it is not there (yet).
+
+    Larger than ``max_bytes``: ``TooLarge`` (a ``StoreError``), read no further.
+    """
     try:
-        data = store.read_bytes(uri)
+        data = store.read_bytes(uri, max_bytes=max_bytes)
     except NotFound:
         return None
     try:

@@ -10,12 +10,19 @@ boto3 with an optional endpoint (MinIO, moto, any S3-compatible store) and
 adaptive retries with backoff on throttling and 5xx. Credentials come from the
 environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a mounted Secret
 exposes them the same way), never from a spec.
+
+The store a resource names may be hostile (docs/security.md, finding 3), so
+``read_bytes(uri, max_bytes=N)`` never holds more than N + 1 bytes of an object
+(``TooLarge`` beyond that, whatever Content-Length said), and a ``StoreError``'s
+message is bounded and carries the S3 error *code* only: never the text of a
+response body.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +39,35 @@ class StoreError(RuntimeError):
 
 class NotFound(StoreError):
     """The object does not exist."""
+
+
+class TooLarge(StoreError):
+    """The object is larger than the reader's cap; it was not read (past the cap)."""
+
+
+# A StoreError's message ends up in a resource's status: keep it short.
+MAX_ERROR_CHARS = 300
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line, control characters dropped, cut to ``limit`` characters."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _too_large(uri: str, max_bytes: int) -> TooLarge:
+    return TooLarge(bounded(f"{uri}: larger than {max_bytes} bytes; refusing to read it"))
+
+
+def read_capped(stream: Any, uri: str, max_bytes: int | None) -> bytes:
+    """Everything ``stream`` holds, or TooLarge once it passes ``max_bytes`` (None: no cap)."""
+    if max_bytes is None:
+        return bytes(stream.read())
+    data = bytes(stream.read(max_bytes + 1))
+    if len(data) > max_bytes:
+        raise _too_large(uri, max_bytes)
+    return data
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -75,7 +111,7 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 class Store(Protocol):
-    def read_bytes(self, uri: str) -> bytes: ...
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes: ...
     def write_bytes(self, uri: str, data: bytes) -> None: ...
     def upload(self, path: str | os.PathLike[str], uri: str) -> None: ...
     def download(self, uri: str, path: str | os.PathLike[str]) -> None: ...
@@ -87,14 +123,15 @@ class Store(Protocol):
 class LocalStore:
     """A folder on this machine (the embedded default of `rayrelay run`)."""
 
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
         path = local_path(uri)
         try:
-            return path.read_bytes()
+            with path.open("rb") as fh:  # a FIFO or /dev/zero too: the read itself is capped
+                return read_capped(fh, uri, max_bytes)
         except FileNotFoundError as exc:
             raise NotFound(f"{uri}: no such file") from exc
         except OSError as exc:
-            raise StoreError(f"{uri}: {exc.strerror or exc}") from exc
+            raise StoreError(bounded(f"{uri}: {exc.strerror or exc}")) from exc
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         path = local_path(uri)
@@ -171,19 +208,30 @@ class S3Store:
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound(f"{uri}: no such object") from exc
+                raise NotFound(bounded(f"{uri}: no such object")) from exc
             if code == "NoSuchBucket":
-                raise NotFound(f"{uri}: bucket does not exist") from exc
-            raise StoreError(f"{uri}: {code}: {exc.response.get('Error', {}).get('Message', exc)}") from exc
+                raise NotFound(bounded(f"{uri}: bucket does not exist")) from exc
+            # The code and the HTTP status only: the error's Message (and anything else
+            # botocore parsed out of the response body) is the endpoint's text, not ours.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            shown = code if _ERROR_CODE.match(code) else "an error"
+            raise StoreError(bounded(f"{uri}: the S3 store answered {shown} (HTTP {status})")) from exc
         except BotoCoreError as exc:
-            raise StoreError(f"{uri}: cannot reach the S3 store: {exc}") from exc
+            raise StoreError(bounded(f"{uri}: cannot reach the S3 store: {type(exc).__name__}")) from exc
 
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
         bucket, key = split_s3(uri)
         resp = self._call(uri, self._client.get_object, Bucket=bucket, Key=key)
-        return bytes(resp["Body"].read())
+        body = resp["Body"]
+        try:
+            length = resp.get("ContentLength")
+            if max_bytes is not None and isinstance(length, int) and length > max_bytes:
+                raise _too_large(uri, max_bytes)  # refused before a byte of the body is read
+            return self._call(uri, lambda: read_capped(body, uri, max_bytes))
+        finally:
+            body.close()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)

@@ -190,10 +190,10 @@ class FlakyStore(LocalStore):
     def __init__(self) -> None:
         self.down = True
 
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
         if self.down:
             raise StoreError(f"{uri}: cannot reach the S3 store: Unable to locate credentials")
-        return super().read_bytes(uri)
+        return super().read_bytes(uri, max_bytes)
 
 
 def test_store_unavailable_is_in_the_status_with_growing_backoff(tmp_path: Path) -> None:
