@@ -2,7 +2,13 @@
 
 A TrainingJob's work is a *run* stored at
 ``{artifacts.uri}/{namespace}/{trainingjob}/{run-id}/`` (``RunLayout``: ``checkpoints/``,
-``hf/``, ``onnx/``, ``progress.json``, ``failure.json``, ``manifest.json``). The run id
+``published/<publish-id>/{hf,onnx}/``, ``progress.json``, ``failure.json``,
+``manifest.json``). Each attempt that publishes writes its files under a prefix of
+its own (``publish_id_for``: the attempt number and a random token) that nobody
+writes again, then replaces ``manifest.json``, whose file paths (relative to the
+run folder) point into that prefix: an artifact set, once listed by a manifest,
+never changes, so a replica that read a manifest fetches exactly its files even
+while a later (or overlapping) attempt publishes. The run id
 is derived from the spec hash, so the same spec always maps to the same folder: a
 retried attempt resumes from that folder's latest checkpoint (with
 ``checkpointing.resume``, the default, every attempt uses the same Ray Train run
@@ -100,6 +106,10 @@ class RunLayout:
     def manifest(self) -> str:
         return join(self.base, "manifest.json")
 
+    def publication(self, publish_id: str) -> str:
+        """The immutable folder of one publication (``publish_rel`` below the run folder)."""
+        return join(self.base, publish_rel(publish_id))
+
     @property
     def progress(self) -> str:
         return join(self.base, "progress.json")
@@ -107,6 +117,17 @@ class RunLayout:
     @property
     def failure(self) -> str:
         return join(self.base, "failure.json")
+
+
+def publish_id_for(attempt: int, token: str) -> str:
+    """The id of one attempt's publication; ``token`` (random, from the caller) keeps two
+    publications of the same attempt number (a restarted driver) apart."""
+    return f"attempt-{attempt}-{token}"
+
+
+def publish_rel(publish_id: str) -> str:
+    """Where a publication's files live, relative to the run folder."""
+    return f"published/{publish_id}"
 
 
 class JobDocument(Doc):

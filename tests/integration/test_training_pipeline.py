@@ -70,7 +70,11 @@ def test_full_pipeline_into_s3(ray_session, s3_server, s3_bucket, tiny_model, ti
     published, digest = read_manifest(store, layout.manifest)
     assert published.run_id == manifest.run_id and len(digest) == 64
     paths = {f.path for f in published.files}
-    assert {"onnx/model.onnx", "onnx/model.int8.onnx", "hf/config.json", "hf/model.safetensors"} <= paths
+    # Each publication has a folder of its own (issue 12, finding 9): published/attempt-<n>-<token>/.
+    root = published.tokenizer.path.removesuffix("/hf")
+    assert root.startswith(f"published/attempt-{job.attempt}-"), root
+    assert {f"{root}/{p}" for p in ("onnx/model.onnx", "onnx/model.int8.onnx", "hf/config.json")} <= paths
+    assert f"{root}/hf/model.safetensors" in paths
     for entry in published.files:
         data = store.read_bytes(join(layout.base, entry.path))
         assert (sha256_bytes(data), len(data)) == (entry.sha256, entry.size), entry.path

@@ -5,10 +5,18 @@
 locally before upload, so the manifest's sha256 and sizes describe exactly the
 bytes sent; serving verifies them before it loads anything. The manifest is
 written only after every upload succeeded (a run without it is incomplete).
+
+Each publication uploads into a folder of its own,
+``{run}/published/attempt-<n>-<random>/`` (``rayrelay_core.runs.publish_id_for``),
+and only then replaces the run's ``manifest.json`` (one atomic write), whose
+paths point into that folder. Nothing is ever uploaded over a file a manifest
+lists, so an overlapping attempt cannot change the artifact set a replica is
+fetching (issue 12, finding 9; docs/security.md).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -22,6 +30,8 @@ from rayrelay_core.runs import (
     RunLayout,
     TokenizerInfo,
     VariantInfo,
+    publish_id_for,
+    publish_rel,
     spec_hash,
 )
 from rayrelay_core.store import join, open_store, sha256_file
@@ -38,22 +48,32 @@ def package_version() -> str:
 
 
 def build_manifest(
-    job: JobDocument, result: ExportResult, data: LoadedData, decision: Int8Decision, files: list[FileEntry]
+    job: JobDocument,
+    result: ExportResult,
+    data: LoadedData,
+    decision: Int8Decision,
+    files: list[FileEntry],
+    root: str = "",
 ) -> Manifest:
+    """The manifest of ``files``; ``root`` is the publication's folder (relative to the run)."""
+
+    def rel(path: str) -> str:
+        return join(root, path) if root else path
+
     sizes = {f.path: f.size for f in files}
+    fp32_file = rel(result.fp32_file)
     variants = {
         "pytorch": VariantInfo(file=None, accuracy=result.accuracy.get("pytorch"), accepted=True),
-        "fp32": VariantInfo(
-            file=result.fp32_file, accuracy=result.accuracy.get("fp32"), size=sizes.get(result.fp32_file)
-        ),
+        "fp32": VariantInfo(file=fp32_file, accuracy=result.accuracy.get("fp32"), size=sizes.get(fp32_file)),
     }
     if result.int8_file:
+        int8_file = rel(result.int8_file)
         variants["int8"] = VariantInfo(
-            file=result.int8_file,
+            file=int8_file,
             accuracy=result.accuracy.get("int8"),
             accepted=decision.accepted,
             reason=decision.reason,
-            size=sizes.get(result.int8_file),
+            size=sizes.get(int8_file),
         )
     spec = job.spec
     metrics = dict(result.metrics)
@@ -74,7 +94,7 @@ def build_manifest(
         ),
         labels=result.labels,
         tokenizer=TokenizerInfo(
-            path="hf",
+            path=rel("hf"),
             max_seq_length=spec.hyperparameters.max_seq_length,
             model_input_names=result.input_names,
             lower_case=result.lower_case,
@@ -97,19 +117,28 @@ def build_manifest(
 
 
 def publish(
-    job: JobDocument, result: ExportResult, data: LoadedData, decision: Int8Decision
+    job: JobDocument,
+    result: ExportResult,
+    data: LoadedData,
+    decision: Int8Decision,
+    token: str | None = None,
 ) -> tuple[Manifest, str]:
-    """Upload the artifact files, then the manifest; returns it and its URI."""
+    """Upload the artifact files into a new publication folder, then the manifest.
+
+    Returns the manifest and its URI (the run's ``manifest.json``). ``token`` names
+    the publication (random when not given; tests pass their own).
+    """
     layout = RunLayout(job.run_uri)
     store = open_store(layout.base, job.endpoint_url)
+    root = publish_rel(publish_id_for(job.attempt, token or uuid.uuid4().hex[:12]))
     files: list[FileEntry] = []
     for folder in ("hf", "onnx"):
         for path in sorted((result.out_dir / folder).rglob("*")):
             if not path.is_file():
                 continue
-            rel = path.relative_to(result.out_dir).as_posix()
+            rel = join(root, path.relative_to(result.out_dir).as_posix())
             files.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
             store.upload(path, join(layout.base, rel))
-    manifest = build_manifest(job, result, data, decision, files)
+    manifest = build_manifest(job, result, data, decision, files, root)
     store.write_bytes(layout.manifest, manifest.to_json().encode())
     return manifest, layout.manifest
