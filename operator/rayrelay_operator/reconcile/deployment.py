@@ -76,8 +76,8 @@ def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings)
     """The Serve application of a deployment for one model (pure)."""
     ns = md.metadata.namespace or "default"
     endpoint = md.spec.artifacts.endpoint_url or settings.s3_endpoint_url
-    args = serve_app_args(md.metadata.name, ns, desired.manifest_uri, md.spec, endpoint)
-    args["digest"] = desired.digest
+    # The digest is what the replica verifies before it loads anything.
+    args = serve_app_args(md.metadata.name, ns, desired.manifest_uri, md.spec, endpoint, desired.digest)
     return ServingWork(
         app_name=md.metadata.name,
         child_name=naming.serving_child_name(md.metadata.name),
