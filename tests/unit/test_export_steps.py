@@ -115,3 +115,19 @@ def test_export_all_on_a_tiny_checkpoint(tiny_model: str, tmp_path: Path) -> Non
         assert result.metrics[key] > 0, key
     assert result.metrics["onnx_fused_served"] == float(result.fused_used)
     assert result.metrics["bench_batch"] == 8 and result.metrics["bench_seq_len"] == 32
+
+
+def test_attention_is_fused_on_what_transformers_exports(tiny_model: str, tmp_path: Path) -> None:
+    """prepare_for_fusion lets onnxruntime's optimizer fuse Attention (eager export: Mul scale, -1 heads)."""
+    from transformers import AutoTokenizer
+
+    from rayrelay_workloads.export import export_onnx, load_checkpoint_model, optimize_onnx
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model").symlink_to(tiny_model, target_is_directory=True)
+    model = load_checkpoint_model(checkpoint)
+    plain = tmp_path / "plain.onnx"
+    export_onnx(model, AutoTokenizer.from_pretrained(tiny_model), plain, 17, 32)
+    counts = optimize_onnx(plain, tmp_path / "fused.onnx", model.config)
+    assert counts.get("Attention") == model.config.num_hidden_layers, counts
