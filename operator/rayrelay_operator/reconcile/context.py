@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from rayrelay_core.store import Store, open_store
+from rayrelay_core.store import Store, is_s3, open_store
 from rayrelay_operator.backends.base import WorkBackend
 from rayrelay_operator.settings import Settings
 from rayrelay_operator.work import ServingWork, TrainingWork
@@ -112,6 +113,29 @@ class ReconcileContext:
     get_trainingjob: Callable[[str, str], dict[str, Any] | None] | None = None
     emit: Callable[[Event], None] = lambda event: None
     jitter: Callable[[], float] = random.random
+
+
+def cached_store_for(
+    open_: Callable[[str, str | None], Store] = open_store,
+) -> Callable[[str, str | None], Store]:
+    """A ``store_for`` that opens one store per kind (S3 or local) and endpoint, then reuses it.
+
+    ``open_store`` makes a new boto3 client on every call: a third of the operator's CPU
+    in a burst of TrainingJobs (py-spy, ``bench/control_plane.py``), and making clients is
+    not thread-safe in boto3, while using one is. Which bucket and key a read touches is
+    in each call's URI, so one store serves every resource with that endpoint.
+    """
+    lock = threading.Lock()
+    opened: dict[tuple[bool, str | None], Store] = {}
+
+    def store_for(uri: str, endpoint_url: str | None) -> Store:
+        key = (is_s3(uri), endpoint_url)
+        with lock:
+            if key not in opened:
+                opened[key] = open_(uri, endpoint_url)
+            return opened[key]
+
+    return store_for
 
 
 def emit(ctx: ReconcileContext, event: Event) -> None:
