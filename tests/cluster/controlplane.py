@@ -60,8 +60,12 @@ def kuberay_crds_dir(assets: Path) -> Path | None:
 class ControlPlane:
     """etcd + kube-apiserver (+ kube-controller-manager) on loopback; see the module docstring."""
 
-    def __init__(self, assets: Path, *, controller_manager: bool = True) -> None:
+    def __init__(
+        self, assets: Path, *, controller_manager: bool = True, apiserver_args: Sequence[str] = ()
+    ) -> None:
         self.assets = assets
+        # Extra kube-apiserver flags (bench/control_plane.py adds an audit log).
+        self.apiserver_args = list(apiserver_args)
         self.dir = Path(tempfile.mkdtemp(prefix="rayrelay-envtest-"))
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -112,6 +116,7 @@ class ControlPlane:
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
+                *self.apiserver_args,
             ],
         )
         self._write_kubeconfig(self.kubeconfig, ADMIN_TOKEN, user="admin")

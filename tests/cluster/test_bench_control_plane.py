@@ -1,0 +1,51 @@
+"""Smoke test of the control-plane benchmark: ``python -m bench.control_plane --quick`` for real.
+
+50 TrainingJobs through a real kube-apiserver (its own, with an audit log), the
+shipped operator as the chart runs it, and moto's S3 -- the very code that
+writes ``bench/results/control_plane.json`` -- into a temporary results folder.
+It checks what must hold at any load: every TrainingJob got exactly one RayJob
+and one ``submit`` (the operator's creates, counted in the audit log), every
+one was reconciled, the requests were counted, and the operator stayed under
+the memory goal. Latencies are reported by the benchmark, not asserted: this
+machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import NO_ASSETS, assets_dir
+from tests.cluster.controlplane import REPO
+
+
+def test_quick_control_plane_benchmark(tmp_path: Path) -> None:
+    assets = assets_dir()
+    if assets is None:
+        pytest.skip(NO_ASSETS)
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(tmp_path), "KUBEBUILDER_ASSETS": str(assets)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.control_plane", "--quick", "--timeout", "240"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((tmp_path / "control_plane.json").read_text())
+    (res,) = doc["results"]
+    assert res["resources"] == 50
+    assert res["rayjobs_seen"] == 50 and res["reconciled"] == 50, res
+    assert res["submit_calls"] == 50 and res["submit_calls_by_code"] == {"201": 50}, res
+    assert res["rayjobs_per_tj_max"] == 1
+    assert res["create_to_rayjob_p50_s"] > 0 and res["all_reconciled_s"] is not None
+    # Counted from the audit log: at least the RayJob create and the status patch of each.
+    assert res["api_requests_by_kind"].get("create rayjobs") == 50, res["api_requests_by_kind"]
+    assert 2 <= res["api_requests_per_tj"] < 20, res["api_requests_by_kind"]
+    assert res["operator_peak_rss_mib"] <= 250, res
