@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +159,12 @@ def watch_main(kubeconfig: str, namespace: str, n: int, out: Path, ready: Path, 
     )
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ------------------------------------------------------------------ audit log
 
 
@@ -258,6 +265,9 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
             time.sleep(0.1)
         time.sleep(2.0)  # the operator's first passes over nothing are done
         rss_idle = rss_mib(pid)
+        # CPU seconds per process: a figure that holds on a shared machine better than latencies do.
+        pids = {"operator": pid, **{k: v.pid for k, v in plane._procs.items()}}
+        cpu_before = {k: cpu_s(v) for k, v in pids.items()}
         if profile is not None:  # where the operator's time goes (py-spy, sampling its threads)
             spy = subprocess.Popen(
                 [
@@ -305,6 +315,7 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         rayjob_at, reconciled_at = seen["rayjob_at"], seen["reconciled_at"]
         all_reconciled = max(reconciled_at.values()) if len(reconciled_at) >= n else None
         end = all_reconciled or time.time()
+        cpu_used = {k: cpu_s(v) - cpu_before[k] for k, v in pids.items()}
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             spy.wait(60)
@@ -346,6 +357,7 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
             "submit_calls_by_code": {str(k): v for k, v in sorted(all_submits.items())},
             "submit_calls_after_all_reconciled": sub_after,
             "rayjobs_per_tj_max": max(seen["rayjobs_per_tj"].values(), default=0),
+            "cpu_ms_per_tj_until_reconciled": {k: 1000 * v / n for k, v in cpu_used.items()},
             "operator_rss_idle_mib": rss_idle,
             "operator_peak_rss_mib": peak,
             "operator_rss_end_mib": rss_end,
@@ -367,6 +379,7 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
                 log(f"operator exited {op.proc.returncode}: {op.log[-3000:]}")
         moto.stop()
         plane.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
