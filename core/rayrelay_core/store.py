@@ -177,9 +177,15 @@ class LocalStore:
 
 @dataclass
 class S3Settings:
+    """How an S3Store connects. The defaults suit workloads (long uploads, patient retries);
+    a control plane that must not stall on a black-hole endpoint passes short timeouts
+    and few attempts (docs/security.md, finding 3)."""
+
     endpoint_url: str | None = None
     region: str | None = None
     max_attempts: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
 
 
 class S3Store:
@@ -192,8 +198,8 @@ class S3Store:
         self.settings = settings or S3Settings()
         config = Config(
             retries={"max_attempts": self.settings.max_attempts, "mode": "adaptive"},
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
         )
         self._client: Any = boto3.client(
             "s3",

@@ -151,3 +151,13 @@ def test_error_text_is_bounded_and_never_the_endpoints(hostile: str) -> None:
         read_manifest(store, "s3://bucket/run/html.json")
     assert SECRET not in str(bad.value) and len(str(bad.value)) <= MAX_ERROR_CHARS
     assert "not a valid rayrelay manifest" in str(bad.value)
+
+
+def test_timeouts_and_attempts_are_settings() -> None:
+    """The operator side builds its store with short timeouts and few attempts (issue 12, finding 3)."""
+    store = S3Store(
+        S3Settings(endpoint_url="http://127.0.0.1:9", max_attempts=2, connect_timeout=1.5, read_timeout=4)
+    )
+    config = store._client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (1.5, 4)
+    assert config.retries["total_max_attempts"] == 3  # botocore's max_attempts counts retries
