@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.chart_operator import Operators, namespace_fixture, operators_fixture
 from tests.cluster.controlplane import REPO, ControlPlane
 
 NO_ASSETS = (
@@ -80,3 +81,15 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("create", "namespace", name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def operators() -> Iterator[Operators]:
+    """Operator subprocesses started by a test, stopped when it ends."""
+    yield from operators_fixture()
+
+
+@pytest.fixture
+def release_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A namespace for the chart's release (the operator's own), apart from the jobs'."""
+    yield from namespace_fixture(control_plane)

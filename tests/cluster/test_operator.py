@@ -23,11 +23,8 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from rayrelay_core.runs import ProgressDoc, RunLayout, run_id_for
 from rayrelay_core.store import S3Settings, S3Store
@@ -38,8 +35,6 @@ from tests.cluster.chart_operator import (
     assert_kept,
     create_s3_secret,
     install_chart,
-    namespace_fixture,
-    operators_fixture,
     rayjobs_of,
     s3_values,
     trainingjob,
@@ -48,16 +43,6 @@ from tests.cluster.chart_operator import (
 from tests.cluster.controlplane import ControlPlane, free_port
 
 GPU = "nvidia.com/gpu"
-
-
-@pytest.fixture
-def operators() -> Iterator[Operators]:
-    yield from operators_fixture()
-
-
-@pytest.fixture
-def release_namespace(control_plane: ControlPlane) -> Iterator[str]:
-    yield from namespace_fixture(control_plane)
 
 
 # ------------------------------------------------------------------ helpers

@@ -13,7 +13,6 @@ it, and checks that no RayJob was made twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,8 +23,6 @@ from tests.cluster.chart_operator import (
     Operators,
     create_s3_secret,
     install_chart,
-    namespace_fixture,
-    operators_fixture,
     rayjobs_of,
     s3_values,
     trainingjob,
@@ -36,16 +33,6 @@ from tests.cluster.controlplane import ControlPlane
 TAKEOVER_LIMIT_S = 15.0
 PAUSED = "Pausing operations in favour of"
 RESUMED = "Resuming operations after the pause"
-
-
-@pytest.fixture
-def operators() -> Iterator[Operators]:
-    yield from operators_fixture()
-
-
-@pytest.fixture
-def release_namespace(control_plane: ControlPlane) -> Iterator[str]:
-    yield from namespace_fixture(control_plane)
 
 
 def pause_state(op: OperatorProcess) -> str:
