@@ -328,6 +328,19 @@ def control_plane_section(c: dict[str, Any]) -> list[str]:
     big = max(c["results"], key=lambda r: r["resources"])
     kinds = ", ".join(f"{k} {v / big['resources']:.2f}" for k, v in big["api_requests_by_kind"].items())
     out += [f"Requests per TrainingJob at {big['resources']}, by verb and resource: {kinds}.", ""]
+    for r in c["results"]:
+        op_ms = (r.get("cpu_ms_per_tj_until_reconciled") or {}).get("operator")
+        if op_ms is None or r.get("p99_goal_s") is None:
+            continue
+        n = r["resources"]
+        out += [
+            f"At {n:,}: the operator's own CPU is {op_ms:.0f} ms per TrainingJob, so {n * op_ms / 1000:.0f} s "
+            f"for the burst on the one core its interpreter can use: a floor under *all reconciled* even on an "
+            f"idle machine. A p99 of {r['p99_goal_s']:.0f} s would need ≤ {1000 * r['p99_goal_s'] / n:.1f} ms "
+            f"per TrainingJob; peak RSS {r['operator_peak_rss_mib']:.0f} MiB is "
+            f"{'within' if r.get('rss_goal_met') else 'over'} the 250 MiB goal.",
+            "",
+        ]
     if c.get("notes"):
         out += [*c["notes"], ""]
     return out
