@@ -70,8 +70,66 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
         settings=settings,
         backends=backends,
         get_trainingjob=trainingjob_getter(api_client),
-        store_for=cached_store_for(),  # one S3 client for every pass, not one per pass
+        # One S3 client per endpoint for every pass, with the operator's short timeouts.
+        store_for=cached_store_for(operator_store_opener(settings)),
+        enforce_policy=True,
+        secret_labels=secret_labels_getter(api_client),
     )
+
+
+def operator_store_opener(settings: Settings) -> Callable[[str, str | None], Any]:
+    """``open_store`` for the operator: few attempts, short timeouts (issue 12, finding 3)."""
+    from rayrelay_core.store import LocalStore, S3Settings, S3Store, is_s3
+
+    def open_(uri: str, endpoint_url: str | None) -> Any:
+        if not is_s3(uri):
+            return LocalStore()
+        return S3Store(
+            S3Settings(
+                endpoint_url=endpoint_url or settings.s3_endpoint_url,
+                max_attempts=settings.store_max_attempts,
+                connect_timeout=settings.store_connect_timeout_seconds,
+                read_timeout=settings.store_read_timeout_seconds,
+            )
+        )
+
+    return open_
+
+
+# Asks the API server for a Secret's metadata only: the operator never holds Secret data.
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+def secret_labels_getter(api_client: Any) -> Callable[[str, str], dict[str, str] | None]:
+    """``secret_labels(namespace, name)``: a Secret's labels (None when it does not exist).
+
+    RBAC cannot grant metadata without ``get`` on secrets, so the chart grants ``get`` (no
+    ``list``/``watch``) and the request asks for PartialObjectMetadata: the data never
+    leaves the API server.
+    """
+    import json as _json
+
+    from kubernetes.client.exceptions import ApiException
+
+    def get(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            response = api_client.call_api(
+                "/api/v1/namespaces/{namespace}/secrets/{name}",
+                "GET",
+                path_params={"namespace": namespace, "name": name},
+                header_params={"Accept": _METADATA_ONLY},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        doc = _json.loads(response.data)
+        return dict((doc.get("metadata") or {}).get("labels") or {})
+
+    return get
 
 
 def trainingjob_getter(api_client: Any) -> Callable[[str, str], dict[str, Any] | None]:

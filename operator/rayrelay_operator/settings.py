@@ -64,6 +64,24 @@ class Settings:
     # kopf renews it 5-10 s before expiry (at least every second). kopf's own
     # default is 60. `rayrelay operator --peering-lifetime` overrides it.
     peering_lifetime_seconds: int = 10
+    # --- What tenants may ask for (docs/security.md; rayrelay_operator.policy). ---
+    # Images a resource's spec.image may name, comma-separated: exact, or a prefix when the
+    # entry ends in '/', ':', '@' or '*'. Empty: workload_image only.
+    allowed_images: str | None = None
+    # S3 endpoints a resource's spec.artifacts.endpointUrl may name besides s3_endpoint_url
+    # (comma-separated, exact); any other is refused before anything contacts it.
+    allowed_s3_endpoints: str | None = None
+    # Namespaces whose resources may use the ray backend (comma-separated): the Ray cluster
+    # at ray_address is shared by everyone on it, so it is for one trusted team.
+    ray_backend_namespaces: str | None = None
+    # ServiceAccount of the Ray pods the kuberay backend creates (the chart creates one per
+    # watched namespace); unset: the namespace's default. Its token is never mounted.
+    workload_service_account: str | None = None
+    # The operator's own artifact-store client: few attempts and short timeouts, so that a
+    # slow or black-hole endpoint cannot hold the handler threads (finding 3).
+    store_max_attempts: int = 2
+    store_connect_timeout_seconds: float = 3.0
+    store_read_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,5 +119,10 @@ class Settings:
             raise ValueError(f"RAYRELAY_METRICS_PORT out of range: {self.metrics_port}")
         if self.timer_interval_seconds <= 0 or self.stuck_initializing_seconds <= 0:
             raise ValueError("timer and stuck-initializing intervals must be positive")
+        if (
+            self.store_max_attempts < 1
+            or min(self.store_connect_timeout_seconds, self.store_read_timeout_seconds) <= 0
+        ):
+            raise ValueError("RAYRELAY_STORE_MAX_ATTEMPTS must be >= 1 and the store timeouts > 0")
         if self.retry_base_delay_seconds <= 0 or not 0 <= self.retry_jitter < 1:
             raise ValueError("RAYRELAY_RETRY_BASE_DELAY_SECONDS must be > 0, RAYRELAY_RETRY_JITTER in [0, 1)")

@@ -54,6 +54,9 @@ OPERATOR_CALLS: list[tuple[str, str, str]] = [
     ("get", "jobs.batch", "observe_training: KubeRay's submitter Job"),
     # kopf.event / kopf.info in handlers.py
     ("create", "events", "kopf.event"),
+    # handlers.secret_labels_getter: the opt-in label of the one Secret a resource names
+    # (a metadata-only request; issue 12, finding 1)
+    ("get", "secrets", "policy: credentials Secret opt-in label"),
 ]
 # Calls of kopf itself outside any namespace.
 CLUSTER_CALLS: list[tuple[str, str]] = [
@@ -67,8 +70,8 @@ CLUSTER_WIDE_ONLY: list[tuple[str, str]] = [
 ]
 # Least privilege: what the operator never needs.
 DENIED: list[tuple[str, str]] = [
-    ("get", "secrets"),
     ("list", "secrets"),
+    ("watch", "secrets"),
     ("create", "rayclusters.ray.io"),
     ("delete", "pods"),
     ("create", "pods"),

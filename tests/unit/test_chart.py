@@ -252,6 +252,8 @@ NAMESPACED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("batch", "jobs"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
+    # get only: the metadata of the one Secret a resource names (its opt-in label).
+    ("", "secrets"): {"get"},
 }
 CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 
@@ -306,7 +308,8 @@ def test_namespaced_mode(chart: Path) -> None:
     assert "--all-namespaces" not in args
     e = env(objs)
     assert e["RAYRELAY_ARTIFACTS_URI"] == "s3://ml-artifacts/rayrelay"
-    assert e["RAYRELAY_ARTIFACTS_SECRET"] == "rayrelay-s3"
+    # The operator's own credentials are never a default for workload pods (issue 12, finding 1).
+    assert "RAYRELAY_ARTIFACTS_SECRET" not in e
     assert e["AWS_DEFAULT_REGION"] == "eu-west-1"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert e[key] == {"secretKeyRef": {"name": "rayrelay-s3", "key": key}}
@@ -425,3 +428,40 @@ def test_sync_chart_crds_without_sources_fails(tmp_path: Path) -> None:
     (tmp_path / "crds").mkdir()
     proc = _sync(tmp_path, "--check")
     assert proc.returncode == 1 and "no CRDs" in proc.stderr
+
+
+def test_workload_service_account_and_tenant_policy(chart: Path) -> None:
+    """Issue 12, findings 1-3: a token-less ServiceAccount per namespace, the policy knobs."""
+    objs = render(chart, "namespaced")
+    workload = [sa for sa in by_kind(objs, "ServiceAccount") if sa["metadata"]["name"] == "rayrelay-workload"]
+    assert sorted(sa["metadata"]["namespace"] for sa in workload) == ["team-a", "team-b"]
+    assert all(sa["automountServiceAccountToken"] is False for sa in workload)
+    # No RBAC is bound to it.
+    for binding in by_kind(objs, "RoleBinding") + by_kind(objs, "ClusterRoleBinding"):
+        assert all(sub["name"] != "rayrelay-workload" for sub in binding["subjects"])
+    e = env(objs)
+    assert e["RAYRELAY_WORKLOAD_SERVICE_ACCOUNT"] == "rayrelay-workload"
+    assert e["RAYRELAY_STORE_MAX_ATTEMPTS"] == "2"
+    assert e["RAYRELAY_STORE_CONNECT_TIMEOUT_SECONDS"] == "3"
+    assert e["RAYRELAY_STORE_READ_TIMEOUT_SECONDS"] == "10"
+    # Empty lists: the operator's defaults (the workload image only; no other endpoint; no ray).
+    for key in (
+        "RAYRELAY_ALLOWED_IMAGES",
+        "RAYRELAY_ALLOWED_S3_ENDPOINTS",
+        "RAYRELAY_RAY_BACKEND_NAMESPACES",
+    ):
+        assert key not in e
+    objs = render(
+        chart,
+        "namespaced",
+        "--set",
+        "allowedImages={reg.example/team/,reg.example/rr:1}",
+        "--set",
+        "artifacts.allowedEndpoints={http://minio.a:9000}",
+        "--set",
+        "rayBackendNamespaces={team-a}",
+    )
+    e = env(objs)
+    assert e["RAYRELAY_ALLOWED_IMAGES"] == "reg.example/team/,reg.example/rr:1"
+    assert e["RAYRELAY_ALLOWED_S3_ENDPOINTS"] == "http://minio.a:9000"
+    assert e["RAYRELAY_RAY_BACKEND_NAMESPACES"] == "team-a"

@@ -77,4 +77,10 @@ app.kubernetes.io/part-of: rayrelay
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+# get only (no list/watch): the operator reads the metadata of the one Secret a resource
+# names, to check its rayrelay.dev/credentials opt-in label (it asks for
+# PartialObjectMetadata; RBAC cannot grant metadata alone).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 {{- end }}

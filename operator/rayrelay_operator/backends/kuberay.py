@@ -223,6 +223,7 @@ class KubeRayBackend:
             image=spec.image or self.settings.workload_image,
             endpoint_url=work.job.endpoint_url,
             credentials_secret=spec.artifacts.credentials_secret or self.settings.artifacts_secret,
+            service_account=self.settings.workload_service_account,
         )
 
     def submit_training(self, work: TrainingWork) -> None:
@@ -330,6 +331,7 @@ class KubeRayBackend:
             image=work.spec.image or self.settings.workload_image,
             endpoint_url=work.spec.artifacts.endpoint_url or self.settings.s3_endpoint_url,
             credentials_secret=work.spec.artifacts.credentials_secret or self.settings.artifacts_secret,
+            service_account=self.settings.workload_service_account,
         )
 
     def deploy_serving(self, work: ServingWork) -> None:

@@ -122,6 +122,7 @@ def _pod(
     labels: dict[str, str],
     ports: list[dict[str, Any]] | None = None,
     gpu: bool = False,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": container,
@@ -135,10 +136,14 @@ def _pod(
     if ports:
         c["ports"] = ports
     spec: dict[str, Any] = {
+        # Ray pods never talk to the Kubernetes API: no token in them (issue 12, finding 1).
+        "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         "containers": [c],
         "volumes": _volumes(),
     }
+    if service_account:
+        spec["serviceAccountName"] = service_account
     if gpu:
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return {"metadata": {"labels": dict(labels)}, "spec": spec}
@@ -151,11 +156,21 @@ _HEAD_PORTS = [
 ]
 
 
-def _head_group(image: str, env: list[dict[str, Any]], labels: dict[str, str], serve: bool) -> dict[str, Any]:
+def _head_group(
+    image: str, env: list[dict[str, Any]], labels: dict[str, str], serve: bool, service_account: str | None
+) -> dict[str, Any]:
     ports = list(_HEAD_PORTS) + ([{"name": "serve", "containerPort": 8000}] if serve else [])
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-        "template": _pod("ray-head", image, _resources(HEAD_CPU, HEAD_MEMORY), env, labels, ports),
+        "template": _pod(
+            "ray-head",
+            image,
+            _resources(HEAD_CPU, HEAD_MEMORY),
+            env,
+            labels,
+            ports,
+            service_account=service_account,
+        ),
     }
 
 
@@ -165,6 +180,7 @@ def build_rayjob(
     image: str,
     endpoint_url: str | None,
     credentials_secret: str | None,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     """The RayJob of one attempt: its own RayCluster, shut down when the job ends."""
     spec = work.job.spec
@@ -188,6 +204,7 @@ def build_rayjob(
             env,
             work.labels,
             gpu=gpus > 0,
+            service_account=service_account,
         ),
     }
     runtime_env = {"env_vars": {"RAYRELAY_S3_ENDPOINT_URL": endpoint_url} if endpoint_url else {}}
@@ -201,11 +218,16 @@ def build_rayjob(
         "backoffLimit": 0,
         "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
         "submitterPodTemplate": _pod(
-            "ray-job-submitter", image, _resources(SUBMITTER_CPU, SUBMITTER_MEMORY), env, work.labels
+            "ray-job-submitter",
+            image,
+            _resources(SUBMITTER_CPU, SUBMITTER_MEMORY),
+            env,
+            work.labels,
+            service_account=service_account,
         ),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
-            "headGroupSpec": _head_group(image, env, work.labels, serve=False),
+            "headGroupSpec": _head_group(image, env, work.labels, False, service_account),
             "workerGroupSpecs": [worker],
         },
     }
@@ -233,6 +255,7 @@ def build_rayservice(
     image: str,
     endpoint_url: str | None,
     credentials_secret: str | None,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     """The RayService of a deployment: one worker pod per Serve replica, autoscaled."""
     spec = work.spec
@@ -259,6 +282,7 @@ def build_rayservice(
             work.labels,
             ports=[{"name": "serve", "containerPort": 8000}],
             gpu=gpus > 0,
+            service_account=service_account,
         ),
     }
     meta = _meta(work.child_name, work.namespace, work.labels, work.owner)
@@ -280,7 +304,7 @@ def build_rayservice(
                     "env": [{"name": "HOME", "value": "/tmp"}],
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 },
-                "headGroupSpec": _head_group(image, env, work.labels, serve=True),
+                "headGroupSpec": _head_group(image, env, work.labels, True, service_account),
                 "workerGroupSpecs": [worker],
             },
         },

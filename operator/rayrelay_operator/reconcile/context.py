@@ -113,6 +113,11 @@ class ReconcileContext:
     get_trainingjob: Callable[[str, str], dict[str, Any] | None] | None = None
     emit: Callable[[Event], None] = lambda event: None
     jitter: Callable[[], float] = random.random
+    # Tenant policy (``rayrelay_operator.policy``): on in the operator, off in ``rayrelay run``
+    # (its user owns the machine). ``secret_labels(namespace, name)`` gives a Secret's labels,
+    # or None when it does not exist.
+    enforce_policy: bool = False
+    secret_labels: Callable[[str, str], Mapping[str, str] | None] | None = None
 
 
 def cached_store_for(

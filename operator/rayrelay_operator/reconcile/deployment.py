@@ -34,7 +34,7 @@ from rayrelay_core.api import (
 from rayrelay_core.conditions import find_condition, set_condition
 from rayrelay_core.runs import ManifestError, read_manifest, serve_app_args
 from rayrelay_core.store import StoreError
-from rayrelay_operator import naming
+from rayrelay_operator import naming, policy
 from rayrelay_operator.reconcile.context import Action, Deploy, Event, Plan, ReconcileContext, Undeploy
 from rayrelay_operator.reconcile.errors import StoreUnavailable
 from rayrelay_operator.reconcile.status import (
@@ -342,11 +342,16 @@ def plan_modeldeployment(obj: Mapping[str, Any], ctx: ReconcileContext) -> Plan:
     if md is not None and backend_name(md.spec.backend, ctx.settings) not in ctx.backends:
         name = backend_name(md.spec.backend, ctx.settings)
         problem = f"backend {name!r} is not configured in this operator (have: {', '.join(ctx.backends)})"
+    reason = "InvalidSpec"
+    if problem is None and md is not None and ctx.enforce_policy:
+        md.metadata.namespace = ns
+        name = backend_name(md.spec.backend, ctx.settings)
+        refusal = policy.check_modeldeployment(md, name, ctx.settings, ctx.secret_labels)
+        if refusal is not None:
+            reason, problem = refusal.reason, refusal.message
     if problem is not None:
-        events = (
-            [Event("Warning", "InvalidSpec", problem)] if previous.phase != DeploymentPhase.FAILED else []
-        )
-        return Plan(invalid_spec_status(previous, problem, ctx.now(), gen), list(events), None)
+        events = [Event("Warning", reason, problem)] if previous.phase != DeploymentPhase.FAILED else []
+        return Plan(invalid_spec_status(previous, problem, ctx.now(), gen, reason), list(events), None)
     assert md is not None
     if _rejected_already(previous, gen):
         return Plan(previous, [], None)

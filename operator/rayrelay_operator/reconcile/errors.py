@@ -24,7 +24,18 @@ from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable,
 from rayrelay_operator.settings import Settings
 
 # Reasons that end a resource for good until its spec changes.
-PERMANENT_REASONS = frozenset({"InvalidSpec", "ModelNotFound", "BackendRejected"})
+# Policy refusals (rayrelay_operator.policy.REASONS) are permanent too: the spec asks for
+# something a tenant may not have.
+POLICY_REASONS = frozenset(
+    {
+        "ImageNotAllowed",
+        "CredentialsNotAllowed",
+        "EndpointNotAllowed",
+        "StorageNotAllowed",
+        "BackendNotAllowed",
+    }
+)
+PERMANENT_REASONS = frozenset({"InvalidSpec", "ModelNotFound", "BackendRejected"}) | POLICY_REASONS
 
 
 class StoreUnavailable(StoreError):

@@ -141,9 +141,11 @@ def failed_status(previous: StatusT, reason: str, message: str, now: datetime, g
     return status
 
 
-def invalid_spec_status(previous: StatusT, message: str, now: datetime, generation: int) -> StatusT:
-    """Failed with InvalidSpec; set before the driver raises a permanent error."""
-    return failed_status(previous, "InvalidSpec", message, now, generation)
+def invalid_spec_status(
+    previous: StatusT, message: str, now: datetime, generation: int, reason: str = "InvalidSpec"
+) -> StatusT:
+    """Failed with InvalidSpec (or a policy refusal's reason); set before the driver raises."""
+    return failed_status(previous, reason, message, now, generation)
 
 
 def problem_status(previous: StatusT, reason: str, message: str, now: datetime, generation: int) -> StatusT:

@@ -52,7 +52,7 @@ from rayrelay_core.runs import (
     run_id_for,
 )
 from rayrelay_core.store import NotFound, Store, StoreError, join
-from rayrelay_operator import naming
+from rayrelay_operator import naming, policy
 from rayrelay_operator.backends.base import WorkBackend
 from rayrelay_operator.reconcile.context import (
     Action,
@@ -543,14 +543,26 @@ def _metrics_of(manifest: Manifest) -> dict[str, float]:
 # ------------------------------------------------------------------------ pass
 
 
-def _spec_problem(tj: TrainingJob | None, problem: str | None, ctx: ReconcileContext) -> str | None:
+def _spec_problem(
+    tj: TrainingJob | None, problem: str | None, ctx: ReconcileContext, ns: str
+) -> tuple[str, str] | None:
+    """(reason, message) of why the spec cannot run here, or None."""
     if tj is None:
-        return problem
+        return ("InvalidSpec", problem) if problem is not None else None
     name = backend_name(tj.spec.backend, ctx.settings)
     if name not in ctx.backends:
-        return f"backend {name!r} is not configured in this operator (have: {', '.join(ctx.backends)})"
+        have = ", ".join(ctx.backends)
+        return "InvalidSpec", f"backend {name!r} is not configured in this operator (have: {have})"
     if not artifacts_uri_for(tj, ctx.settings):
-        return "spec.artifacts.uri: no artifact store (set it, or RAYRELAY_ARTIFACTS_URI in the operator)"
+        return (
+            "InvalidSpec",
+            "spec.artifacts.uri: no artifact store (set it, or RAYRELAY_ARTIFACTS_URI in the operator)",
+        )
+    if ctx.enforce_policy:
+        tj.metadata.namespace = ns
+        refusal = policy.check_trainingjob(tj, name, ctx.settings, ctx.secret_labels)
+        if refusal is not None:
+            return refusal.reason, refusal.message
     return None
 
 
@@ -560,12 +572,13 @@ def plan_trainingjob(obj: Mapping[str, Any], ctx: ReconcileContext) -> Plan:
     previous = previous_status(obj, TrainingJobStatus)
     now = ctx.now()
     tj, problem = parse_typed(obj, "TrainingJob")
-    problem = _spec_problem(tj, problem, ctx)
-    if problem is not None:
+    refused = _spec_problem(tj, problem, ctx, ns)
+    if refused is not None:
+        reason, message = refused
         actions: list[Action] = []
         if find_condition(previous.conditions, COND_FAILED) is None or previous.phase != TrainingPhase.FAILED:
-            actions.append(Event("Warning", "InvalidSpec", problem))
-        return Plan(invalid_spec_status(previous, problem, now, gen), actions, None)
+            actions.append(Event("Warning", reason, message))
+        return Plan(invalid_spec_status(previous, message, now, gen, reason), actions, None)
     assert tj is not None
     tj = tj.model_copy(update={"status": previous})
     tj.metadata.namespace = ns

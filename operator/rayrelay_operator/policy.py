@@ -1,0 +1,229 @@
+"""What a tenant may ask of the operator: images, credentials, stores, endpoints, backends.
+
+A tenant may create TrainingJobs and ModelDeployments in their namespace and
+nothing more (docs/security.md, issue 12). The operator therefore refuses,
+before it reads, writes or creates anything, a resource that names:
+
+- an image outside ``Settings.allowed_images`` (``ImageNotAllowed``, finding 1);
+- a credentials Secret that is not in the resource's namespace with the label
+  ``rayrelay.dev/credentials: "true"`` (``CredentialsNotAllowed``, finding 1);
+- an S3 endpoint outside ``Settings.allowed_s3_endpoints`` (``EndpointNotAllowed``,
+  finding 3): the operator would contact it with its own credentials;
+- a local path or ``file://`` URI, or another namespace's folder of the
+  operator's store (``StorageNotAllowed``, finding 4);
+- the ray backend outside ``Settings.ray_backend_namespaces``
+  (``BackendNotAllowed``, finding 2).
+
+The checks are pure apart from ``secret_labels(namespace, name)``, which the
+driver passes in (the kopf handlers read the Secret's metadata only). The
+local runner (``rayrelay run``) applies no policy: its user owns the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rayrelay_core.api import GROUP, Backend, ModelDeployment, TrainingJob
+from rayrelay_core.store import is_s3
+from rayrelay_operator.settings import Settings
+
+LABEL_CREDENTIALS = f"{GROUP}/credentials"
+# Longest value of a tenant's quoted in a refusal (a condition message must stay short).
+QUOTE_MAX = 120
+
+IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+CREDENTIALS_NOT_ALLOWED = "CredentialsNotAllowed"
+ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
+STORAGE_NOT_ALLOWED = "StorageNotAllowed"
+BACKEND_NOT_ALLOWED = "BackendNotAllowed"
+REASONS = frozenset(
+    {
+        IMAGE_NOT_ALLOWED,
+        CREDENTIALS_NOT_ALLOWED,
+        ENDPOINT_NOT_ALLOWED,
+        STORAGE_NOT_ALLOWED,
+        BACKEND_NOT_ALLOWED,
+    }
+)
+
+SecretLabels = Callable[[str, str], Mapping[str, str] | None]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the operator will not run a resource (a permanent condition's reason and message)."""
+
+    reason: str
+    message: str
+
+
+def _quote(value: str) -> str:
+    return repr(value if len(value) <= QUOTE_MAX else value[:QUOTE_MAX] + "...")
+
+
+def split_list(raw: str | None) -> list[str]:
+    """A comma-separated setting as a list (blanks dropped)."""
+    return [item.strip() for item in (raw or "").split(",") if item.strip()]
+
+
+def image_allowed(image: str, settings: Settings) -> bool:
+    """Exact match, or a prefix entry (ending in ``/`` or ``:``, or ``*``-terminated)."""
+    allowed = split_list(settings.allowed_images) or [settings.workload_image]
+    for entry in allowed:
+        if entry.endswith("*"):
+            if image.startswith(entry[:-1]):
+                return True
+        elif entry.endswith(("/", ":", "@")):
+            if image.startswith(entry):
+                return True
+        elif image == entry:
+            return True
+    return False
+
+
+def _endpoint_key(url: str) -> str:
+    return url.strip().rstrip("/").lower()
+
+
+def endpoint_allowed(url: str, settings: Settings) -> bool:
+    """The operator's own endpoint, or one listed in ``allowed_s3_endpoints`` (exact)."""
+    allowed = {_endpoint_key(u) for u in split_list(settings.allowed_s3_endpoints)}
+    if settings.s3_endpoint_url:
+        allowed.add(_endpoint_key(settings.s3_endpoint_url))
+    return _endpoint_key(url) in allowed
+
+
+def is_local(uri: str) -> bool:
+    """A ``file://`` URI or a plain path (what the operator's host would read)."""
+    if uri.startswith("file:") or uri.startswith(("/", "./", "../", "~", ".")):
+        return True
+    return "://" not in uri and "/" in uri and uri.split("/", 1)[0] in ("", ".", "..")
+
+
+def _store_prefix(settings: Settings) -> str | None:
+    base = settings.artifacts_uri
+    return base.rstrip("/") if base and is_s3(base) else None
+
+
+def storage_refusal(field: str, uri: str, namespace: str, settings: Settings) -> Refusal | None:
+    """A URI a resource reads or writes: not local, and in the operator's store only its namespace's."""
+    if not uri:
+        return None
+    if is_local(uri):
+        return Refusal(
+            STORAGE_NOT_ALLOWED,
+            f"{field}: local paths and file:// are not allowed in the operator (got {_quote(uri)}); use s3://",
+        )
+    store = _store_prefix(settings)
+    if store and is_s3(uri) and (uri.rstrip("/") + "/").startswith(store + "/"):
+        mine = f"{store}/{namespace}/"
+        if not (uri.rstrip("/") + "/").startswith(mine):
+            return Refusal(
+                STORAGE_NOT_ALLOWED,
+                f"{field}: {_quote(uri)} is inside the operator's store but outside this namespace's "
+                f"folder {mine}",
+            )
+    return None
+
+
+def _artifacts_refusals(artifacts: Any, namespace: str, settings: Settings) -> Iterable[Refusal | None]:
+    uri = artifacts.uri
+    if uri:
+        store = _store_prefix(settings)
+        if store and uri.rstrip("/") != store and uri.startswith(store + "/"):
+            # Runs go to {uri}/{namespace}/...: a sub-folder of the store would land in another
+            # namespace's folder.
+            yield Refusal(
+                STORAGE_NOT_ALLOWED,
+                f"spec.artifacts.uri: {_quote(uri)} is inside the operator's store {store}; "
+                "omit it or name the store itself",
+            )
+        else:
+            yield storage_refusal("spec.artifacts.uri", uri, namespace, settings)
+    endpoint = artifacts.endpoint_url
+    if endpoint and not endpoint_allowed(endpoint, settings):
+        yield Refusal(
+            ENDPOINT_NOT_ALLOWED,
+            f"spec.artifacts.endpointUrl: {_quote(endpoint)} is not an S3 endpoint this operator may "
+            "contact (RAYRELAY_ALLOWED_S3_ENDPOINTS)",
+        )
+
+
+def _secret_refusal(
+    artifacts: Any, namespace: str, settings: Settings, secret_labels: SecretLabels | None
+) -> Refusal | None:
+    """Only a Secret of the resource's namespace that opts in (the kubelet would hand any other)."""
+    secret = artifacts.credentials_secret or settings.artifacts_secret
+    if secret:
+        labels = secret_labels(namespace, secret) if secret_labels is not None else None
+        if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
+            return Refusal(
+                CREDENTIALS_NOT_ALLOWED,
+                f"spec.artifacts.credentialsSecret: Secret {_quote(secret)} in namespace {namespace} "
+                f'is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
+            )
+    return None
+
+
+def _image_refusal(image: str | None, settings: Settings) -> Refusal | None:
+    if image and not image_allowed(image, settings):
+        return Refusal(
+            IMAGE_NOT_ALLOWED,
+            f"spec.image: {_quote(image)} is not in this operator's allowed images (RAYRELAY_ALLOWED_IMAGES)",
+        )
+    return None
+
+
+def _backend_refusal(backend: str, namespace: str, settings: Settings) -> Refusal | None:
+    if backend == Backend.RAY.value and namespace not in split_list(settings.ray_backend_namespaces):
+        return Refusal(
+            BACKEND_NOT_ALLOWED,
+            f"the ray backend is not enabled for namespace {namespace} (RAYRELAY_RAY_BACKEND_NAMESPACES)",
+        )
+    return None
+
+
+def _first(refusals: Iterable[Refusal | None]) -> Refusal | None:
+    return next((r for r in refusals if r is not None), None)
+
+
+def check_trainingjob(
+    tj: TrainingJob, backend: str, settings: Settings, secret_labels: SecretLabels | None
+) -> Refusal | None:
+    """The first thing a TrainingJob asks that a tenant may not, or None."""
+    ns = tj.metadata.namespace or "default"
+    spec = tj.spec
+    source = spec.model.source
+
+    def checks() -> Iterable[Refusal | None]:
+        yield _backend_refusal(backend, ns, settings)
+        yield _image_refusal(spec.image, settings)
+        yield from _artifacts_refusals(spec.artifacts, ns, settings)
+        yield storage_refusal("spec.data.train", spec.data.train, ns, settings)
+        yield storage_refusal("spec.data.validation", spec.data.validation, ns, settings)
+        if is_local(source) or is_s3(source):
+            yield storage_refusal("spec.model.source", source, ns, settings)
+        # Last: the only check that reads anything (the Secret's labels).
+        yield _secret_refusal(spec.artifacts, ns, settings, secret_labels)
+
+    return _first(checks())
+
+
+def check_modeldeployment(
+    md: ModelDeployment, backend: str, settings: Settings, secret_labels: SecretLabels | None
+) -> Refusal | None:
+    """The first thing a ModelDeployment asks that a tenant may not, or None."""
+    ns = md.metadata.namespace or "default"
+    spec = md.spec
+
+    def checks() -> Iterable[Refusal | None]:
+        yield _backend_refusal(backend, ns, settings)
+        yield _image_refusal(spec.image, settings)
+        if spec.model.manifest_uri:
+            yield storage_refusal("spec.model.manifestUri", spec.model.manifest_uri, ns, settings)
+        yield from _artifacts_refusals(spec.artifacts, ns, settings)
+        yield _secret_refusal(spec.artifacts, ns, settings, secret_labels)
+
+    return _first(checks())

@@ -1,0 +1,209 @@
+"""Issue 12 on the operator side: what a tenant may ask of the operator (``policy``).
+
+Each test drives one reconcile pass (``run_pass``) with the operator's policy on,
+as ``handlers.default_context`` builds it, and checks that the resource is
+refused with a permanent condition naming why, and that the backend was asked
+for nothing (no child) and no store was opened (nothing contacted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from reconcile_fakes import Clock, FakeBackend, tj_dict
+
+from rayrelay_core.api import ModelDeployment, TrainingJob
+from rayrelay_operator import policy
+from rayrelay_operator.builders.kuberay import build_rayjob, build_rayservice
+from rayrelay_operator.reconcile import ReconcileContext, run_pass
+from rayrelay_operator.reconcile.deployment import DesiredModel, serving_work
+from rayrelay_operator.reconcile.driver import MODELDEPLOYMENT, TRAININGJOB
+from rayrelay_operator.reconcile.errors import PERMANENT_REASONS
+from rayrelay_operator.reconcile.training import training_work
+from rayrelay_operator.settings import Settings
+
+STORE = "s3://rr-art/runs"
+WORKLOADS = "registry.example/rayrelay-workloads:1.0"
+SETTINGS = Settings(
+    artifacts_uri=STORE,
+    s3_endpoint_url="http://minio.rayrelay:9000",
+    workload_image=WORKLOADS,
+    workload_service_account="rayrelay-workload",
+)
+SECRETS: dict[tuple[str, str], dict[str, str]] = {
+    ("ml", "opted-in"): {"rayrelay.dev/credentials": "true"},
+    ("ml", "not-opted-in"): {},
+    ("other", "opted-in"): {"rayrelay.dev/credentials": "true"},
+}
+
+
+class Recorder:
+    """Records every store opened and every Secret looked up."""
+
+    def __init__(self) -> None:
+        self.stores: list[tuple[str, str | None]] = []
+        self.secrets: list[tuple[str, str]] = []
+
+    def store_for(self, uri: str, endpoint: str | None) -> Any:
+        self.stores.append((uri, endpoint))
+        raise AssertionError(f"the store {uri} at {endpoint} must not be contacted")
+
+    def secret_labels(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        self.secrets.append((namespace, name))
+        return SECRETS.get((namespace, name))
+
+
+def ctx_for(
+    settings: Settings = SETTINGS, enforce: bool = True
+) -> tuple[ReconcileContext, FakeBackend, Recorder]:
+    backend, rec = FakeBackend(), Recorder()
+    ctx = ReconcileContext(
+        settings=settings,
+        backends={"kuberay": backend, "ray": FakeBackend(name="ray")},
+        now=Clock(),
+        store_for=rec.store_for,
+        enforce_policy=enforce,
+        secret_labels=rec.secret_labels,
+    )
+    return ctx, backend, rec
+
+
+def md_dict(name: str = "sentiment", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": {"manifestUri": f"{STORE}/ml/sst2/run-x/manifest.json"}}
+    body.update(spec)
+    return {
+        "apiVersion": "rayrelay.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "ml", "uid": "uid-2", "generation": 1},
+        "spec": body,
+    }
+
+
+def refused(kind: str, obj: dict[str, Any], reason: str, *, settings: Settings = SETTINGS) -> str:
+    """Run one pass; assert a permanent refusal with ``reason``, nothing created or contacted."""
+    ctx, backend, rec = ctx_for(settings)
+    result = run_pass(kind, obj, ctx)
+    assert result.permanent, result
+    assert result.problem is not None and result.problem.startswith(f"{reason}:"), result.problem
+    conds = {c.type: c for c in result.status.conditions}
+    cond = conds["Failed"] if kind == TRAININGJOB else conds["Ready"]
+    assert cond.reason == reason and cond.status == ("True" if kind == TRAININGJOB else "False")
+    assert result.status.phase == "Failed"
+    assert backend.calls == [] and backend.submitted == [] and backend.deployed == []
+    assert rec.stores == []
+    return cond.message
+
+
+def test_policy_reasons_are_permanent() -> None:
+    assert policy.REASONS <= PERMANENT_REASONS
+
+
+# ------------------------------------------------------------------ finding 1: images
+
+
+def test_image_allowlist_default_is_the_workloads_image() -> None:
+    assert policy.image_allowed(WORKLOADS, SETTINGS)
+    assert not policy.image_allowed("evil.example/miner:latest", SETTINGS)
+    assert not policy.image_allowed(WORKLOADS + "-evil", SETTINGS)
+
+
+def test_image_allowlist_prefix_and_exact() -> None:
+    s = Settings(allowed_images="registry.example/team/, docker.io/rayproject/ray:2.58.0, ghcr.io/x/*")
+    assert policy.image_allowed("registry.example/team/rr:2", s)
+    assert policy.image_allowed("docker.io/rayproject/ray:2.58.0", s)
+    assert not policy.image_allowed("docker.io/rayproject/ray:2.58.0-evil", s)
+    assert policy.image_allowed("ghcr.io/x/anything", s)
+    assert not policy.image_allowed("registry.example/teamevil/rr:2", s)
+    assert not policy.image_allowed("ghcr.io/y/z", s)
+
+
+@pytest.mark.parametrize("kind", [TRAININGJOB, MODELDEPLOYMENT])
+def test_a_resource_naming_another_image_is_refused(kind: str) -> None:
+    obj = (
+        tj_dict(image="evil.example/miner:latest") if kind == TRAININGJOB else md_dict(image="evil.example/x")
+    )
+    message = refused(kind, obj, "ImageNotAllowed")
+    assert "spec.image" in message and "RAYRELAY_ALLOWED_IMAGES" in message
+
+
+def test_the_allowed_image_runs() -> None:
+    ctx, backend, _rec = ctx_for(Settings(**{**SETTINGS.__dict__, "artifacts_uri": None}))
+    obj = tj_dict(image=WORKLOADS, artifacts={"uri": "s3://tenant-bkt/runs"})
+    ctx.store_for = lambda uri, endpoint: __import__("rayrelay_core.store").store.LocalStore()
+    result = run_pass(TRAININGJOB, obj, ctx)
+    assert not result.permanent, result.problem
+    assert backend.verbs() == ["submit"]
+
+
+# ------------------------------------------------------------------ finding 1: Secrets
+
+
+@pytest.mark.parametrize("secret", ["not-opted-in", "absent"])
+@pytest.mark.parametrize("kind", [TRAININGJOB, MODELDEPLOYMENT])
+def test_credentials_only_from_an_opted_in_secret_of_the_namespace(kind: str, secret: str) -> None:
+    artifacts = {"credentialsSecret": secret}
+    obj = tj_dict(artifacts=artifacts) if kind == TRAININGJOB else md_dict(artifacts=artifacts)
+    message = refused(kind, obj, "CredentialsNotAllowed")
+    assert secret in message and 'rayrelay.dev/credentials: "true"' in message
+
+
+def test_the_operator_default_secret_must_opt_in_too() -> None:
+    settings = Settings(**{**SETTINGS.__dict__, "artifacts_secret": "shared-creds"})
+    refused(TRAININGJOB, tj_dict(), "CredentialsNotAllowed", settings=settings)
+
+
+def test_the_secret_is_looked_up_in_the_resources_own_namespace() -> None:
+    ctx, _backend, rec = ctx_for()
+    tj = TrainingJob.model_validate(tj_dict(artifacts={"credentialsSecret": "opted-in"}))
+    assert policy.check_trainingjob(tj, "kuberay", SETTINGS, rec.secret_labels) is None
+    assert rec.secrets == [("ml", "opted-in")]
+
+
+def test_without_policy_nothing_is_refused() -> None:
+    """``rayrelay run``: the user owns the machine (file://, any image)."""
+    ctx, backend, _rec = ctx_for(enforce=False)
+    ctx.store_for = lambda uri, endpoint: __import__("rayrelay_core.store").store.LocalStore()
+    obj = tj_dict(image="anything:1", data={"train": "/etc/passwd", "validation": "file:///etc/shadow"})
+    result = run_pass(TRAININGJOB, obj, ctx)
+    assert not result.permanent, result.problem
+
+
+# ------------------------------------------------------------------ finding 1: the pods
+
+
+def _pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = obj["spec"]
+    cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    if "submitterPodTemplate" in spec:
+        pods.append(spec["submitterPodTemplate"])
+    return pods
+
+
+def test_ray_pods_get_no_token_and_the_dedicated_service_account() -> None:
+    tj = TrainingJob.model_validate(tj_dict())
+    work = training_work(tj, SETTINGS, 1, 1)
+    rayjob = build_rayjob(
+        work, image=WORKLOADS, endpoint_url=None, credentials_secret="opted-in", service_account="rr-wl"
+    )
+    md = ModelDeployment.model_validate(md_dict())
+    swork = serving_work(md, DesiredModel(f"{STORE}/ml/m.json", "sha256:a", "int8"), SETTINGS)
+    rayservice = build_rayservice(
+        swork, image=WORKLOADS, endpoint_url=None, credentials_secret=None, service_account="rr-wl"
+    )
+    for pod in _pods(rayjob) + _pods(rayservice):
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["serviceAccountName"] == "rr-wl"
+    # Without a dedicated account: the namespace's default, still without its token.
+    bare = build_rayjob(work, image=WORKLOADS, endpoint_url=None, credentials_secret=None)
+    for pod in _pods(bare):
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in pod["spec"]
+
+
+def test_workload_service_account_setting() -> None:
+    s = Settings.from_env({"RAYRELAY_WORKLOAD_SERVICE_ACCOUNT": "rr-wl", "RAYRELAY_ALLOWED_IMAGES": "a/,b"})
+    assert s.workload_service_account == "rr-wl"
+    assert policy.split_list(s.allowed_images) == ["a/", "b"]
