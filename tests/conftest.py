@@ -100,6 +100,19 @@ class RayCluster:
     temp_dir: str
 
 
+def _term_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, even by SIGKILL (Linux).
+
+    The teardown below stops the head on a normal exit; this covers a killed pytest,
+    whose Ray head (and its workers, which ``ray start --block`` stops on SIGTERM)
+    would otherwise run on and load the machine for every later test run.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
     gcs_port, dash_port, serve_port = free_port(), free_port(), free_port()
@@ -123,7 +136,14 @@ def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_term_with_parent,
+    )
     dashboard = f"http://127.0.0.1:{dash_port}"
 
     def up() -> bool:
