@@ -7,8 +7,13 @@ A ModelDeployment becomes two Serve applications on a Ray cluster:
   application by name. Serve gives each application exactly one route prefix,
   so one shared gateway is how several models share one HTTP port.
 - one application named after the ModelDeployment (``metadata.name``), holding
-  the ``ModelServer`` deployment, with **no** route prefix (``route_prefix:
-  null``): it is reached only through the gateway's handle calls.
+  the ``ModelServer`` deployment, whose route prefix is its own OIP infer path,
+  ``/v2/models/{name}/infer`` (:func:`model_route_prefix`): Serve's proxy
+  matches the longest prefix, so inference requests go proxy -> model replica
+  in one hop, and every other path (health, metadata, readiness, KServe v1,
+  metrics) falls through to the gateway at ``/``, which reaches the model by
+  handle. (Configs written before this had ``route_prefix: null``; the gateway
+  still serves infer for such an application.)
 
 The operator's builders (KubeRay ``RayService.spec.serveConfigV2``) and the
 ``ray`` backend (``PUT /api/serve/applications/``) both take their entries from
@@ -121,6 +126,11 @@ def gateway_application(args: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def model_route_prefix(name: str) -> str:
+    """The model application's own route: the OIP v2 infer path of ``name`` (the hot path)."""
+    return f"/v2/models/{name}/infer"
+
+
 def model_application(app_args: dict[str, Any]) -> dict[str, Any]:
     """The model application's entry, from ``rayrelay_core.runs.serve_app_args``."""
     for key in ("name", "manifestUri", "spec"):
@@ -132,7 +142,7 @@ def model_application(app_args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{GATEWAY_APP_NAME!r} is reserved for the gateway; rename the ModelDeployment")
     return {
         "name": name,
-        "route_prefix": None,
+        "route_prefix": model_route_prefix(name),
         "import_path": MODEL_IMPORT_PATH,
         "args": dict(app_args),
         "deployments": [{"name": MODEL_DEPLOYMENT, **model_deployment_options(spec)}],

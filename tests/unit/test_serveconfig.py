@@ -33,7 +33,7 @@ def test_gateway_and_model_entries() -> None:
     )
     assert gateway["name"] == "rayrelay-gateway" and gateway["route_prefix"] == "/"
     assert gateway["import_path"] == "rayrelay_workloads.serve.app:gateway_app"
-    assert model["name"] == "sentiment" and model["route_prefix"] is None
+    assert model["name"] == "sentiment" and model["route_prefix"] == "/v2/models/sentiment/infer"
     assert model["import_path"] == "rayrelay_workloads.serve.app:model_app"
     assert model["args"]["manifestUri"].endswith("manifest.json")
     (dep,) = model["deployments"]
@@ -91,7 +91,7 @@ def test_entries_pass_serves_own_schema() -> None:
         }
     )
     model = next(app for app in config.applications if app.name == "sentiment")
-    assert model.route_prefix is None
+    assert model.route_prefix == "/v2/models/sentiment/infer"
     assert model.deployments[0].user_config == {"maxBatchSize": 16, "batchWaitTimeoutMs": 5}
 
 

@@ -2,9 +2,14 @@
 
 Serve gives each application one route prefix, and several ModelDeployments
 share one cluster and port, so one application, ``rayrelay-gateway`` at ``/``,
-owns the whole endpoint (KServe v2 and v1 routes, health, metrics) and forwards
-to the model application named in the path (``serve.get_app_handle(name)``; the model
-applications have no route of their own, see ``rayrelay_core.serveconfig``).
+owns the endpoint (KServe v2 and v1 routes, health, metrics) and forwards to
+the model application named in the path (``serve.get_app_handle(name)``).
+The one exception is the hot path: a model application's route prefix is its
+own ``/v2/models/{name}/infer`` (``rayrelay_core.serveconfig``), so Serve's
+proxy sends those requests to the model replica directly (``ModelServer.__call__``,
+the same parsing and answers as here, from ``ingress.py``) and they never pass
+through the gateway. The gateway still answers that path for a model
+application deployed without a route (an older config).
 
 The gateway is where client input is judged: it reads each model's limits
 from the model (``ModelServer.info``), refuses oversized bodies before reading
@@ -37,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import threading
 import time
@@ -45,13 +49,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from rayrelay_core.api import RequestLimits
 from rayrelay_core.serveconfig import GATEWAY_APP_NAME, GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT
-from rayrelay_workloads.serve import protocol
+from rayrelay_workloads.serve import ingress, protocol
 from rayrelay_workloads.serve.metrics import GatewayMetrics, merge_expositions
 from rayrelay_workloads.serve.protocol import ProtocolError
 
@@ -61,11 +64,8 @@ _V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?P<rest
 _V1_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?P<verb>:predict)?/?$")
 
 STATUS_TTL_S = 1.0
-INFER_TIMEOUT_S = 60.0
-RETRY_AFTER_S = 1
-
-# Serve errors that mean "the model cannot take this request right now", not a fault.
-_TRANSIENT = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+INFER_TIMEOUT_S = ingress.INFER_TIMEOUT_S
+RETRY_AFTER_S = ingress.RETRY_AFTER_S
 
 
 class Unavailable(Exception):
@@ -99,37 +99,11 @@ class ModelState:
         return f"model {self.name!r} is not ready ({self.status}{detail})"
 
 
-def _json(status: int, body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return _json(status, protocol.error_body(message))
-
-
-def _unavailable(message: str, retry_after_s: float | None = None) -> JSONResponse:
-    response = _error(503, message)
-    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))
-    return response
-
-
-def _transient(exc: BaseException) -> BaseException | None:
-    """The Serve overload/unavailability error in ``exc`` (or its causes), if any."""
-    seen: BaseException | None = exc
-    for _ in range(4):  # a RayTaskError may wrap it; do not loop on a cycle
-        if seen is None:
-            return None
-        if isinstance(seen, _TRANSIENT):
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BackPressureError):
-        return f"the model is overloaded (its request queue is full); retry later: {exc}"
-    message = getattr(exc, "message", None) or str(exc)
-    return f"the model is temporarily unavailable; retry later: {message}"
+_json = ingress.json_response
+_error = ingress.error_response
+_unavailable = ingress.unavailable_response
+_transient = ingress.transient
+_describe = ingress.describe
 
 
 @serve.deployment(name=GATEWAY_DEPLOYMENT)
@@ -305,10 +279,7 @@ class Gateway:
             return _json(200, {"name": name, "ready": state.ready}), name
         raise ProtocolError(404, f"no such endpoint: {method} {path}")
 
-    @staticmethod
-    def _require(method: str, wanted: str) -> None:
-        if method != wanted:
-            raise ProtocolError(405, f"method {method} not allowed here; use {wanted}")
+    _require = staticmethod(ingress.require)
 
     async def _server_ready(self) -> Response:
         states = await self._states(fresh=True)
@@ -326,16 +297,7 @@ class Gateway:
         return _json(503, {"name": state.name, "ready": False, "error": state.reason()})
 
     async def _read_body(self, request: Request, limits: RequestLimits) -> bytes:
-        protocol.check_content_length(request.headers.get("content-length"), limits)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                # Stop reading: a client must not make the gateway buffer an unbounded body.
-                raise ProtocolError(413, f"request body is over {limits.max_body_bytes} bytes (the limit)")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await ingress.read_body(request, limits)
 
     async def _predict(self, state: ModelState, texts: list[str]) -> list[protocol.Prediction]:
         handle = await self._handle(state)

@@ -32,8 +32,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    """Per-request HTTP series; the gateway's own, or a model replica's for the routes it serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
             "rayrelay_requests",
             "HTTP requests served by the gateway.",
@@ -99,6 +101,9 @@ class ReplicaMetrics:
             labels,
             registry=self.registry,
         ).labels(model, replica)
+        # The requests this replica answers over HTTP itself (its route, /v2/models/{name}/infer):
+        # the same series as the gateway's, merged into one by ``merge_expositions``.
+        self.http = GatewayMetrics(self.registry)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()
@@ -118,16 +123,28 @@ def merge_expositions(texts: Iterable[str]) -> str:
     """Merge Prometheus text expositions, one HELP/TYPE block per family.
 
     Concatenating them would repeat a family's HELP and TYPE lines (every model
-    application defines the same families), which strict parsers reject.
+    application defines the same families), which strict parsers reject. A
+    series present in several texts (the same name and labels: the gateway and
+    a model replica both count requests to one model, v1 at the gateway and v2
+    infer at the replica's own route) is summed, which is right for the
+    counters and histograms here; a duplicate series would be refused too.
     """
-    families: dict[str, tuple[str, str, list[Sample]]] = {}
+    families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
-            entry = families.setdefault(family.name, (family.documentation, family.type, []))
-            entry[2].extend(family.samples)
+            entry = families.setdefault(family.name, (family.documentation, family.type, {}))
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = entry[2].get(key)
+                if seen is None:
+                    entry[2][key] = sample
+                elif sample.name.endswith("_created"):  # a start time: the earliest, not a sum
+                    entry[2][key] = seen._replace(value=min(seen.value, sample.value))
+                else:
+                    entry[2][key] = seen._replace(value=seen.value + sample.value)
     lines: list[str] = []
     for name, (doc, kind, samples) in families.items():
         lines.append(f"# HELP {name} {doc}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.extend(_sample_line(s) for s in samples)
+        lines.extend(_sample_line(s) for s in samples.values())
     return "\n".join(lines) + "\n"

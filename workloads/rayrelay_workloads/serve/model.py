@@ -9,11 +9,17 @@ becomes healthy and Serve reports the application as DEPLOY_FAILED with that
 message. That is what a ModelDeployment's ``Ready`` means: model loaded,
 checksum verified, a warm-up inference passed.
 
-The deployment has no HTTP route: the gateway (``gateway.py``) validates
-requests (``protocol.py``) and calls :meth:`ModelServer.predict` with a list of
-strings. Each text becomes one item of ``@serve.batch``, so texts of
-concurrent requests (and the several texts of one request) share model calls
-of up to ``maxBatchSize``; tokenisation pads to the longest text of the batch.
+HTTP: the model application's route prefix is ``/v2/models/{name}/infer``
+(``rayrelay_core.serveconfig``), so Serve's proxy hands an OIP infer request
+straight to :meth:`ModelServer.__call__` (one hop: proxy -> replica), which
+validates it with ``protocol.py`` exactly as the gateway does and answers with
+the same bodies (``ingress.py``). Every other route (health, metadata,
+readiness, KServe v1, metrics) goes to the shared gateway (``gateway.py``),
+which calls :meth:`ModelServer.predict` with a list of strings. Each text becomes one item of the replica's ``batching.Batcher``
+(continuous batching: a batch forms while the previous one computes, and an
+idle replica starts a lone text at once), so texts of concurrent requests (and
+the several texts of one request) share model calls of up to ``maxBatchSize``;
+tokenisation is one call for the whole batch and pads to its longest text.
 Batching settings arrive through ``user_config`` and change in place in
 :meth:`reconfigure`. Metrics: ``metrics.ReplicaMetrics``; :meth:`stats` returns
 the batch-size counts so tests assert batching from records, not timing.
@@ -26,20 +32,29 @@ import collections
 import logging
 import math
 import os
+import re
 import time
 from typing import Any
 
 import numpy as np
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
 
 from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLimits
+from rayrelay_workloads.serve import ingress, protocol
 from rayrelay_workloads.serve.artifacts import prepare
+from rayrelay_workloads.serve.batching import Batcher
 from rayrelay_workloads.serve.metrics import ReplicaMetrics
-from rayrelay_workloads.serve.protocol import Prediction
+from rayrelay_workloads.serve.protocol import Prediction, ProtocolError
 
 log = logging.getLogger("ray.serve")
 
 WARMUP_TEXT = "rayrelay warm-up inference"
+SPIN = os.environ.get("RAYRELAY_ORT_SPIN", "0")  # "1" lets onnxruntime's idle threads spin
+
+# The one route a model application serves itself (see the module docstring).
+_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)/infer/?$")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -71,6 +86,23 @@ def choose_providers(requested: list[str], gpus: float, available: list[str]) ->
     return chosen, note
 
 
+def session_threads(runtime_intra: int, runtime_inter: int, cpus: float) -> tuple[int, int]:
+    """onnxruntime's (intra-op, inter-op) threads for a replica given ``cpus`` CPUs.
+
+    The rule (``runtime.*Threads`` = 0, the default): intra-op threads = the
+    replica's whole CPUs (at least 1), inter-op = 1. onnxruntime's own default
+    is one thread per physical core of the *node*, which oversubscribes as soon
+    as several replicas, Serve's proxy or anything else share it; a BERT graph
+    is a chain of operators, so inter-op parallelism has nothing to run.
+    Replicas x threads is then bounded by the CPUs given, and the way to use
+    more cores is more replicas (autoscaling) or more ``resources.cpus``.
+    An explicit ``runtime.intraOpThreads`` / ``interOpThreads`` wins.
+    """
+    intra = runtime_intra or max(1, int(cpus))
+    inter = runtime_inter or 1
+    return intra, inter
+
+
 @serve.deployment(name="ModelServer")
 class ModelServer:
     def __init__(self, args: dict[str, Any]) -> None:
@@ -87,7 +119,14 @@ class ModelServer:
         self.batch_counts: collections.Counter[int] = collections.Counter()
         self.max_batch_size = self.spec.batching.max_batch_size
         self.batch_wait_timeout_s = self.spec.batching.batch_wait_timeout_ms / 1000
-        self._apply_batching()
+        self._parsing = 0  # HTTP requests inside the replica whose texts are not queued yet
+        self.batcher: Batcher[str, Prediction] = Batcher(
+            self._predict_batch,
+            self.max_batch_size,
+            self.batch_wait_timeout_s,
+            on_batch=self._on_batch,
+            expecting=lambda: self._parsing,
+        )
         self._warm_up()
         self.ready = True
         log.info(
@@ -98,6 +137,10 @@ class ModelServer:
             self.providers,
             self.labels,
         )
+
+    @property
+    def version(self) -> str:
+        return self.artifacts.digest[:12]
 
     def _load_artifacts(self, args: dict[str, Any]) -> None:
         """Fetch and verify the artifact set (manifest digest, then every file), load the tokenizer."""
@@ -123,8 +166,15 @@ class ModelServer:
 
         runtime = self.spec.runtime
         options = ort.SessionOptions()
-        options.intra_op_num_threads = runtime.intra_op_threads
-        options.inter_op_num_threads = runtime.inter_op_threads
+        intra, inter = session_threads(
+            runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
+        )
+        options.intra_op_num_threads = intra
+        options.inter_op_num_threads = inter
+        # Idle pool threads sleep instead of spinning: a replica shares its cores with the
+        # request path (Serve's proxy, the replica's own event loop), which spinning starves.
+        options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+        self.threads = (intra, inter)
         providers, note = choose_providers(
             [str(p) for p in runtime.execution_providers],
             self.spec.resources.gpus,
@@ -150,10 +200,7 @@ class ModelServer:
     # ------------------------------------------------------------------ config
 
     def _apply_batching(self) -> None:
-        # serve.batch fixes its settings at class definition; these setters apply the spec's.
-        batched: Any = self._batched
-        batched.set_max_batch_size(self.max_batch_size)
-        batched.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+        self.batcher.configure(self.max_batch_size, self.batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batching settings change in place (Serve calls this on user_config updates)."""
@@ -186,32 +233,74 @@ class ModelServer:
         logits = self.session.run([self.output_name], feeds)[0]
         return softmax(np.asarray(logits, dtype=np.float32))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batched(self, items: list[tuple[str, float]]) -> list[Prediction]:
-        start = time.perf_counter()
-        for _, arrival in items:
+    def _on_batch(self, arrivals: list[float], start: float) -> None:
+        for arrival in arrivals:
             self.metrics.queue_wait.observe(max(0.0, start - arrival))
-        size = len(items)
+        size = len(arrivals)
         self.batch_counts[size] += 1
         self.metrics.batch_size.observe(size)
-        texts = [text for text, _ in items]
+
+    def _predict_batch(self, texts: list[str]) -> list[Prediction]:
+        """One model call for a batch (runs in a worker thread: see ``batching.Batcher``)."""
+        start = time.perf_counter()
         try:
-            # In a thread, so the event loop keeps accepting requests for the next batch.
-            probs = await asyncio.to_thread(self._run, texts)
+            probs = self._run(texts)
         except Exception:
             self.metrics.failures.inc()
             raise
         finally:
             self.metrics.inference.observe(time.perf_counter() - start)
-        return [Prediction(int(row.argmax()), [float(x) for x in row]) for row in probs]
+        ids = probs.argmax(axis=1).tolist()
+        return [Prediction(i, row) for i, row in zip(ids, probs.tolist(), strict=True)]
 
     async def predict(self, texts: list[str]) -> list[Prediction]:
-        """Classify texts (already validated by the gateway; re-checked cheaply here)."""
+        """Classify texts (already validated by the caller; re-checked cheaply here)."""
         limits: RequestLimits = self.spec.limits
         if not texts or len(texts) > limits.max_texts_per_request:
             raise ValueError(f"between 1 and {limits.max_texts_per_request} texts per call")
-        arrival = time.perf_counter()
-        return list(await asyncio.gather(*(self._batched((str(t), arrival)) for t in texts)))
+        if len(texts) == 1:
+            return [await self.batcher.submit(str(texts[0]))]
+        return list(await asyncio.gather(*(self.batcher.submit(str(t)) for t in texts)))
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def __call__(self, request: Request) -> Response:
+        """``POST /v2/models/{name}/infer``, routed here by Serve's proxy (the one-hop path)."""
+        start = time.perf_counter()
+        try:
+            response = await self._v2_infer(request)
+        except ProtocolError as exc:
+            response = ingress.error_response(exc.status, exc.message)
+        except Exception as exc:
+            transient = ingress.transient(exc)
+            if transient is not None:
+                log.warning("%s: infer: 503: %s", self.name, transient)
+                response = ingress.unavailable_response(ingress.describe(transient))
+            else:  # a server fault, never a client's: say so, keep serving
+                log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
+                response = ingress.error_response(500, protocol.INTERNAL_ERROR)
+        self.metrics.http.observe(self.name, "v2", response.status_code, time.perf_counter() - start)
+        return response
+
+    async def _v2_infer(self, request: Request) -> Response:
+        path = ingress.full_path(request)
+        match = _INFER.match(path)
+        if match is None or match.group("name") != self.name:
+            raise ProtocolError(404, f"no such endpoint: {request.method} {path}")
+        ingress.require(request.method, "POST")
+        limits = self.spec.limits
+        self._parsing += 1  # texts on their way to the batcher: a batch may wait for them
+        try:
+            body = await ingress.read_body(request, limits)
+            header_length = request.headers.get("inference-header-content-length")
+            req = protocol.parse_v2_infer(body, limits, header_length)
+        finally:
+            self._parsing -= 1
+        self.metrics.http.texts.labels(self.name, "v2").observe(len(req.texts))
+        predictions = await self.predict(req.texts)
+        return ingress.json_response(
+            200, protocol.v2_response(self.name, self.version, req, predictions, self.labels)
+        )
 
     # ------------------------------------------------------------------ introspection
 
@@ -219,7 +308,7 @@ class ModelServer:
         """What the gateway needs to validate requests and describe the model."""
         return {
             "name": self.name,
-            "version": self.artifacts.digest[:12],
+            "version": self.version,
             "digest": self.artifacts.digest,
             "variant": self.artifacts.variant,
             "labels": self.labels,

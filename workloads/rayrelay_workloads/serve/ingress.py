@@ -1,0 +1,93 @@
+"""HTTP pieces shared by the two ingresses: the gateway and a model replica's own route.
+
+A request reaches a model in one of two ways (``rayrelay_core.serveconfig``):
+``POST /v2/models/{name}/infer`` goes from Serve's proxy straight to the model
+application, whose route prefix is exactly that path (one hop, the hot path);
+everything else (health, metadata, readiness, KServe v1, ``/metrics``, and any
+model named in a path whose application has no route) goes to the shared
+gateway (``gateway.py``), which calls the model through a handle. Both answer
+with the same bodies, statuses and error mapping, so they take them from here:
+the JSON and error responses, the bounded body read, and the classification of
+Serve's transient errors (503 with ``Retry-After``) against real faults (500).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from rayrelay_core.api import RequestLimits
+from rayrelay_workloads.serve import protocol
+from rayrelay_workloads.serve.protocol import ProtocolError
+
+INFER_TIMEOUT_S = 60.0
+RETRY_AFTER_S = 1
+
+# Serve errors that mean "the model cannot take this request right now", not a fault.
+TRANSIENT = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+
+
+def json_response(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return json_response(status, protocol.error_body(message))
+
+
+def unavailable_response(message: str, retry_after_s: float | None = None) -> JSONResponse:
+    response = error_response(503, message)
+    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))
+    return response
+
+
+def transient(exc: BaseException) -> BaseException | None:
+    """The Serve overload/unavailability error in ``exc`` (or its causes), if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # a RayTaskError may wrap it; do not loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, TRANSIENT):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, BackPressureError):
+        return f"the model is overloaded (its request queue is full); retry later: {exc}"
+    message = getattr(exc, "message", None) or str(exc)
+    return f"the model is temporarily unavailable; retry later: {message}"
+
+
+def require(method: str, wanted: str) -> None:
+    if method != wanted:
+        raise ProtocolError(405, f"method {method} not allowed here; use {wanted}")
+
+
+async def read_body(request: Request, limits: RequestLimits) -> bytes:
+    """The body, refused (413) as soon as it is known to pass ``limits.maxBodyBytes``."""
+    protocol.check_content_length(request.headers.get("content-length"), limits)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limits.max_body_bytes:
+            # Stop reading: a client must not make the server buffer an unbounded body.
+            raise ProtocolError(413, f"request body is over {limits.max_body_bytes} bytes (the limit)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def full_path(request: Request) -> str:
+    """The request's path as the client sent it, whichever way Serve split off the route prefix."""
+    scope = request.scope
+    path = str(scope.get("path") or "/")
+    root = str(scope.get("root_path") or "")
+    if root and not path.startswith(root):
+        path = root.rstrip("/") + path
+    return path
