@@ -3,8 +3,9 @@
 The applications go through the same path the ``ray`` backend uses: the entries
 of ``rayrelay_core.serveconfig.application_configs`` merged into Serve's
 current config and PUT to ``/api/serve/applications/`` (so this also confirms
-that a model application with ``route_prefix: null`` deploys and is reached
-only through the gateway). The artifact set is the training pipeline's
+that a model application whose route prefix is its own ``/v2/models/{name}/infer``
+answers v2 inference directly while every other route, v1 included, still
+reaches it through the gateway). The artifact set is the training pipeline's
 ``tiny_run`` fixture (``tests/pipeline_fixtures.py``).
 
 Tests here: both protocols agree with direct onnxruntime output, a stock OIP v2
