@@ -54,9 +54,22 @@ def dns_name(*parts: str | int, max_len: int = DNS_LABEL_MAX) -> str:
     return f"{head}-{digest}"
 
 
+def owner_hash(namespace: str, name: str) -> str:
+    """8 hex characters of sha256("{namespace}/{name}").
+
+    Joining with ``-`` alone is ambiguous (namespace ``team`` + ``a-job`` and ``team-a`` +
+    ``job`` give the same text); ``/`` cannot occur in either part, so this cannot.
+    """
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:8]
+
+
 def training_submission_id(namespace: str, name: str, generation: int, attempt: int) -> str:
-    """The Ray submission id of one attempt of one generation (unique cluster-wide)."""
-    return dns_name("rayrelay", namespace, name, f"g{generation}", f"a{attempt}")
+    """The Ray submission id of one attempt of one generation (unique cluster-wide).
+
+    ``rayrelay-{namespace}-{name}-{owner_hash}-g{generation}-a{attempt}``: the readable
+    parts for people, the hash so that two resources never share an id (issue 12, finding 6).
+    """
+    return dns_name("rayrelay", namespace, name, owner_hash(namespace, name), f"g{generation}", f"a{attempt}")
 
 
 def training_child_name(name: str, generation: int, attempt: int) -> str:

@@ -62,7 +62,7 @@ def serving_state(serve_app_status: str) -> ServingState:
 class TrainingWork:
     """A submission of one attempt of one generation of a TrainingJob."""
 
-    submission_id: str  # deterministic: rayrelay-{ns}-{name}-g{generation}-a{attempt}
+    submission_id: str  # deterministic: rayrelay-{ns}-{name}-{hash}-g{generation}-a{attempt}
     child_name: str  # RayJob name (kuberay), same as submission_id where it fits
     job: JobDocument
     owner: dict[str, Any]  # ownerReference of the TrainingJob (kuberay)

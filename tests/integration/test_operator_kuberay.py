@@ -169,7 +169,7 @@ async def test_trainingjob_and_deployment_through_every_phase(cluster: Cluster) 
     await c.create("trainingjobs", tj)
 
     rj = await rayjob(c, "sst2-g1-a1")
-    assert rj["spec"]["jobId"] == "rayrelay-ml-sst2-g1-a1"
+    assert rj["spec"]["jobId"] == "rayrelay-ml-sst2-74f1c81c-g1-a1"
     assert rj["spec"]["entrypoint"].startswith("python -m rayrelay_workloads.train_job --job-json '")
     assert rj["metadata"]["labels"]["rayrelay.dev/trainingjob"] == "sst2"
     assert rj["metadata"]["ownerReferences"][0]["uid"] == "uid-sst2"
@@ -181,7 +181,7 @@ async def test_trainingjob_and_deployment_through_every_phase(cluster: Cluster) 
         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}},
     } in env
     status = await c.wait_phase("trainingjobs", "sst2", "Pending")
-    assert status["attempt"] == 1 and status["rayJob"]["jobId"] == "rayrelay-ml-sst2-g1-a1"
+    assert status["attempt"] == 1 and status["rayJob"]["jobId"] == "rayrelay-ml-sst2-74f1c81c-g1-a1"
 
     # KubeRay: the cluster starts, its head pod cannot pull the image.
     await c.patch_status(

@@ -74,7 +74,7 @@ def test_store_down_then_up(moto_server: dict[str, Any]) -> None:
     moto_server["server"] = start(moto_server["port"])  # the same endpoint answers again
     result = run_pass("TrainingJob", obj, ctx)
     assert result.error is None, result.problem
-    assert backend.calls == [("submit", "rayrelay-ml-sst2-g1-a1")]
+    assert backend.calls == [("submit", "rayrelay-ml-sst2-74f1c81c-g1-a1")]
     status = result.status
     assert status.phase == "Pending" and status.attempt == 1 and status.ray_job is not None
     cond = find_condition(status.conditions, "Reconciled")

@@ -99,7 +99,7 @@ def test_rayjob_cpu_fields() -> None:
         }
     ]
     spec = obj["spec"]
-    assert spec["jobId"] == "rayrelay-ml-sst2-g2-a3"
+    assert spec["jobId"] == "rayrelay-ml-sst2-74f1c81c-g2-a3"
     assert spec["submissionMode"] == "K8sJobMode"
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["activeDeadlineSeconds"] == 3600

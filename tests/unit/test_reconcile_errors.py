@@ -218,7 +218,7 @@ def test_store_unavailable_is_in_the_status_with_growing_backoff(tmp_path: Path)
     # The store answers again: the job is submitted, and the status says it recovered.
     store.down = False
     r = res.run()
-    assert r.error is None and backend.calls == [("submit", "rayrelay-ml-sst2-g1-a1")]
+    assert r.error is None and backend.calls == [("submit", "rayrelay-ml-sst2-74f1c81c-g1-a1")]
     assert cond_of(r, "Reconciled").status == "True" and cond_of(r, "Running").reason == "WaitingForResources"
     assert r.status.attempt == 1 and [e.reason for e in events] == ["StoreUnavailable", "Submitted"]
 

@@ -82,7 +82,7 @@ def test_happy_path_through_every_phase(tmp_path: Path) -> None:
     d = Driver(tmp_path)
     s = d.step()
     assert s.phase == "Pending" and s.attempt == 1 and s.observed_generation == 1
-    assert d.backend.calls == [("submit", "rayrelay-ml-sst2-g1-a1")]
+    assert d.backend.calls == [("submit", "rayrelay-ml-sst2-74f1c81c-g1-a1")]
     assert s.ray_job is not None and s.ray_job.name == "sst2-g1-a1"
     assert cond(s, "Running") == ("False", "WaitingForResources")
     assert s.start_time == "2026-01-01T12:00:00Z"
@@ -169,7 +169,7 @@ def test_retry_resumes_same_run_and_gives_up_after_backoff_limit(tmp_path: Path)
     d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
     s = d.step()
     assert s.attempt == 2 and s.phase == "Pending"
-    assert d.backend.calls[-2:] == [("stop", "rayrelay-ml-sst2-g1-a1"), ("submit", "rayrelay-ml-sst2-g1-a2")]
+    assert d.backend.calls[-2:] == [("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"), ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a2")]
     # Same run folder: the second attempt resumes from the first one's checkpoints.
     assert d.backend.submitted[1].job.run_uri == d.backend.submitted[0].job.run_uri
     assert d.backend.submitted[1].job.attempt == 2
@@ -215,7 +215,7 @@ def test_driver_died_while_job_says_running_is_a_failed_attempt(tmp_path: Path) 
     d.observe(WorkState.RUNNING, "DriverDied", "jobStatus RUNNING but the submitter Job failed")
     s = d.step()
     assert s.attempt == 2 and cond(s, "Running") == ("False", "DriverDied")
-    assert ("stop", "rayrelay-ml-sst2-g1-a1") in d.backend.calls
+    assert ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1") in d.backend.calls
 
 
 def test_stuck_initializing_after_threshold(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_deadline_exceeded_stops_the_work(tmp_path: Path) -> None:
     d.clock.advance(1)
     s = d.step()
     assert s.phase == "Failed" and cond(s, "Failed") == ("True", "DeadlineExceeded")
-    assert d.backend.calls[-1] == ("stop", "rayrelay-ml-sst2-g1-a1")
+    assert d.backend.calls[-1] == ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1")
 
 
 def test_suspend_and_resume_from_checkpoint(tmp_path: Path) -> None:
@@ -253,7 +253,7 @@ def test_suspend_and_resume_from_checkpoint(tmp_path: Path) -> None:
     d.change_spec(suspend=True)
     s = d.step()
     assert s.phase == "Suspended" and cond(s, "Suspended") == ("True", "Suspended")
-    assert d.backend.calls[-1] == ("stop", "rayrelay-ml-sst2-g1-a1")
+    assert d.backend.calls[-1] == ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1")
     calls = list(d.backend.calls)
     d.step()
     assert d.backend.calls == calls  # stays suspended, nothing more
@@ -262,7 +262,7 @@ def test_suspend_and_resume_from_checkpoint(tmp_path: Path) -> None:
     s = d.step()
     # New generation, same attempt (a suspension is not a failure), same run folder.
     assert s.phase == "Pending" and s.attempt == 1 and cond(s, "Suspended") == ("False", "Resumed")
-    assert d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-g3-a1")
+    assert d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-74f1c81c-g3-a1")
     assert d.backend.submitted[-1].job.run_uri == d.backend.submitted[0].job.run_uri
     assert s.start_time == "2026-01-01T12:00:30Z"  # the deadline counts from resumption
 
@@ -286,7 +286,7 @@ def test_result_spec_change_starts_a_new_run(tmp_path: Path) -> None:
     d.change_spec(hyperparameters={"epochs": 5})
     s = d.step()
     assert s.run_id != old_run and s.attempt == 1
-    assert d.backend.calls[-2:] == [("stop", "rayrelay-ml-sst2-g1-a1"), ("submit", "rayrelay-ml-sst2-g2-a1")]
+    assert d.backend.calls[-2:] == [("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"), ("submit", "rayrelay-ml-sst2-74f1c81c-g2-a1")]
     assert "NewRun" in d.reasons()
 
 
@@ -313,7 +313,7 @@ def test_restart_recomputes_same_names(tmp_path: Path) -> None:
     d = Driver(tmp_path)
     run_pass("TrainingJob", d.obj, d.ctx)
     run_pass("TrainingJob", d.obj, d.ctx)
-    assert d.backend.calls == [("submit", "rayrelay-ml-sst2-g1-a1")] * 2
+    assert d.backend.calls == [("submit", "rayrelay-ml-sst2-74f1c81c-g1-a1")] * 2
 
 
 def test_absent_work_is_resubmitted_under_the_same_names(tmp_path: Path) -> None:
@@ -321,7 +321,7 @@ def test_absent_work_is_resubmitted_under_the_same_names(tmp_path: Path) -> None
     d.step()
     d.backend.training.clear()
     s = d.step()
-    assert d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-g1-a1") and s.attempt == 1
+    assert d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a1") and s.attempt == 1
 
 
 def test_finished_run_found_in_store_is_reused(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from rayrelay_operator import naming
 from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
 from rayrelay_operator.work import (
     ServingObservation,
@@ -288,9 +289,36 @@ def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def job_owner_problem(meta: dict[str, Any], namespace: str, name: str) -> str:
+    """Why a Ray job's metadata says it is not this TrainingJob's ("" when it is; pure)."""
+    owner = (meta.get(META_NAMESPACE), meta.get(META_NAME))
+    if owner == (namespace, name):
+        return ""
+    if owner == (None, None):
+        return "was not submitted by rayrelay"
+    return f"belongs to {str(owner[0])[:63]}/{str(owner[1])[:253]}"
+
+
+def app_owner_problem(config: dict[str, Any] | None, namespace: str) -> str:
+    """Why a Serve application is not this namespace's ModelDeployment's ("" when it is; pure).
+
+    The application (and URL) name is the ModelDeployment's name, so two namespaces'
+    deployments of one name would share it: the namespace in the app's args tells whose it is.
+    """
+    if config is None:
+        return ""
+    args = app_args_of(config) or {}
+    if not str(config.get("import_path", "")).startswith(RAYRELAY_IMPORT_PREFIX):
+        return "is not a rayrelay application"
+    if args.get("namespace") != namespace:
+        return f"belongs to namespace {str(args.get('namespace'))[:63]}"
+    return ""
+
+
 def _jobs_of(jobs: list[dict[str, Any]], namespace: str, name: str) -> list[str]:
-    """Submission ids of a TrainingJob's Ray jobs: by metadata, else by id shape."""
-    id_shape = re.compile(rf"^rayrelay-{re.escape(namespace)}-{re.escape(name)}-g\d+-a\d+$")
+    """Submission ids of a TrainingJob's Ray jobs: by metadata, else by id shape (with its hash)."""
+    prefix = re.escape(f"rayrelay-{namespace}-{name}-{naming.owner_hash(namespace, name)}")
+    id_shape = re.compile(rf"^{prefix}-g\d+-a\d+$")
     out = []
     for job in jobs:
         sid = job.get("submission_id")
@@ -405,13 +433,22 @@ class RayBackend:
                 raise
             if "already exists" in str(exc):
                 # Ray refuses a second job with this id: the attempt was submitted
-                # before (a repeated reconcile or a restarted operator). Nothing to do.
+                # before (a repeated reconcile or a restarted operator), unless the job
+                # is someone else's, which is refused, never adopted (finding 6).
+                self._check_job_owner(work)
                 log.debug("job %s already submitted", work.submission_id)
                 return
             if _server_error(exc):
                 # e.g. "No available agent to submit job": the head is still starting.
                 raise BackendUnavailable(f"Ray at {self.dashboard_url}: submit job: {exc}") from exc
             raise BackendRejected(f"Ray refused job {work.submission_id}: {exc}") from exc
+
+    def _check_job_owner(self, work: TrainingWork) -> None:
+        """``BackendRejected`` unless the job with our id carries this TrainingJob's metadata."""
+        info = self._job_info(work.submission_id) or {}
+        problem = job_owner_problem(info.get("metadata") or {}, work.job.namespace, work.job.name)
+        if problem:
+            raise BackendRejected(f"Ray job {work.submission_id} exists and {problem}: refusing to adopt it")
 
     def _job_info(self, submission_id: str) -> dict[str, Any] | None:
         client = self._jobs()
@@ -520,10 +557,20 @@ class RayBackend:
         with _SERVE_LOCK:
             instance = self.serve_instance()
             current = current_applications(instance)
+            self._check_app_owner(current, work)
             merged = merge_applications(current, wanted)
             if _same(merged, current):
                 return  # nothing changed: a PUT would only make Serve re-check everything
             self._rest("PUT", deploy_body(instance, merged, self.serve_host, self.serve_port))
+
+    def _check_app_owner(self, current: list[dict[str, Any]], work: ServingWork) -> None:
+        mine = next((app for app in current if app.get("name") == work.app_name), None)
+        problem = app_owner_problem(mine, work.namespace)
+        if problem:
+            raise BackendRejected(
+                f"Serve application {work.app_name!r} on this Ray cluster {problem}: refusing to replace "
+                "it (the model name must be unique per Ray cluster)"
+            )
 
     def observe_serving(self, work: ServingWork) -> ServingObservation:
         instance = self.serve_instance()
@@ -535,6 +582,9 @@ class RayBackend:
             if work.app_name not in (instance.get("applications") or {}):
                 return
             current = current_applications(instance)
+            mine = next((app for app in current if app.get("name") == work.app_name), None)
+            if app_owner_problem(mine, work.namespace):
+                return  # another namespace's application: never ours to remove
             remaining = remove_application(current, work.app_name)
             self._rest("PUT", deploy_body(instance, remaining, self.serve_host, self.serve_port))
 
