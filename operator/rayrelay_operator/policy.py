@@ -132,7 +132,9 @@ def _artifacts_refusals(artifacts: Any, namespace: str, settings: Settings) -> I
     uri = artifacts.uri
     if uri:
         store = _store_prefix(settings)
-        if store and uri.rstrip("/") != store and uri.startswith(store + "/"):
+        if store and uri.rstrip("/") == store:
+            pass  # the operator's store itself: runs go to its folder for this namespace
+        elif store and uri.startswith(store + "/"):
             # Runs go to {uri}/{namespace}/...: a sub-folder of the store would land in another
             # namespace's folder.
             yield Refusal(
@@ -186,13 +188,17 @@ def _backend_refusal(backend: str, namespace: str, settings: Settings) -> Refusa
 
 
 def _first(refusals: Iterable[Refusal | None]) -> Refusal | None:
-    return next((r for r in refusals if r is not None), None)
+    """One refusal saying everything that is wrong: the first one's reason, every message."""
+    found = [r for r in refusals if r is not None]
+    if not found:
+        return None
+    return Refusal(found[0].reason, "; ".join(r.message for r in found))
 
 
 def check_trainingjob(
     tj: TrainingJob, backend: str, settings: Settings, secret_labels: SecretLabels | None
 ) -> Refusal | None:
-    """The first thing a TrainingJob asks that a tenant may not, or None."""
+    """What a TrainingJob asks that a tenant may not (the first reason, every message), or None."""
     ns = tj.metadata.namespace or "default"
     spec = tj.spec
     source = spec.model.source
@@ -214,7 +220,7 @@ def check_trainingjob(
 def check_modeldeployment(
     md: ModelDeployment, backend: str, settings: Settings, secret_labels: SecretLabels | None
 ) -> Refusal | None:
-    """The first thing a ModelDeployment asks that a tenant may not, or None."""
+    """What a ModelDeployment asks that a tenant may not (the first reason, every message), or None."""
     ns = md.metadata.namespace or "default"
     spec = md.spec
 

@@ -207,3 +207,104 @@ def test_workload_service_account_setting() -> None:
     s = Settings.from_env({"RAYRELAY_WORKLOAD_SERVICE_ACCOUNT": "rr-wl", "RAYRELAY_ALLOWED_IMAGES": "a/,b"})
     assert s.workload_service_account == "rr-wl"
     assert policy.split_list(s.allowed_images) == ["a/", "b"]
+
+
+# ------------------------------------------------------------------ finding 3 (operator side)
+
+
+def test_the_operators_store_has_short_timeouts_and_few_attempts() -> None:
+    from rayrelay_operator.handlers import default_context
+
+    ctx = default_context(SETTINGS, api_client=object())
+    assert ctx.enforce_policy and ctx.secret_labels is not None
+    s3 = ctx.store_for("s3://rr-art/runs/ml/x", "http://minio.rayrelay:9000")
+    cfg = s3.settings  # type: ignore[attr-defined]
+    assert (cfg.max_attempts, cfg.connect_timeout, cfg.read_timeout) == (2, 3.0, 10.0)
+    assert cfg.endpoint_url == "http://minio.rayrelay:9000"
+    custom = Settings(store_max_attempts=1, store_connect_timeout_seconds=0.5, store_read_timeout_seconds=2)
+    cfg = default_context(custom, api_client=object()).store_for("s3://b/p", None).settings  # type: ignore[attr-defined]
+    assert (cfg.max_attempts, cfg.connect_timeout, cfg.read_timeout) == (1, 0.5, 2.0)
+
+
+@pytest.mark.parametrize("kind", [TRAININGJOB, MODELDEPLOYMENT])
+def test_an_endpoint_outside_the_allowlist_is_refused(kind: str) -> None:
+    artifacts = {"endpointUrl": "http://169.254.169.254/latest"}
+    obj = tj_dict(artifacts=artifacts) if kind == TRAININGJOB else md_dict(artifacts=artifacts)
+    message = refused(kind, obj, "EndpointNotAllowed")
+    assert "RAYRELAY_ALLOWED_S3_ENDPOINTS" in message
+
+
+def test_endpoint_allowlist() -> None:
+    s = Settings(
+        s3_endpoint_url="http://minio:9000", allowed_s3_endpoints="https://s3.eu.example , http://b:1"
+    )
+    assert policy.endpoint_allowed("http://minio:9000/", s)
+    assert policy.endpoint_allowed("https://S3.eu.example", s)
+    assert policy.endpoint_allowed("http://b:1", s)
+    assert not policy.endpoint_allowed("http://b:2", s)
+    assert not policy.endpoint_allowed("http://10.0.0.1:9000", Settings())
+
+
+def test_condition_messages_are_bounded() -> None:
+    from rayrelay_operator.backends.base import BackendRejected
+
+    ctx, backend, _rec = ctx_for(enforce=False)
+    ctx.store_for = lambda uri, endpoint: __import__("rayrelay_core.store").store.LocalStore()
+    backend.refuse["submit"] = BackendRejected("the endpoint says: " + "A" * 20_000)
+    result = run_pass(TRAININGJOB, tj_dict(), ctx)
+    assert result.permanent
+    assert all(len(c.message) <= 1000 for c in result.status.conditions)
+    assert result.problem is not None and len(result.problem) < 1100
+    # A refusal quoting a tenant's long value stays short too.
+    long_image = "evil.example/" + "x" * 400
+    message = refused(TRAININGJOB, tj_dict(image=long_image), "ImageNotAllowed")
+    assert len(message) < 300
+
+
+# ------------------------------------------------------------------ finding 4 (operator side)
+
+
+@pytest.mark.parametrize(
+    ("field", "spec"),
+    [
+        ("spec.data.train", {"data": {"train": "file:///etc/passwd", "validation": "s3://d-bkt/v.jsonl"}}),
+        (
+            "spec.data.validation",
+            {"data": {"train": "s3://d-bkt/t.jsonl", "validation": "/var/run/secrets/x"}},
+        ),
+        ("spec.model.source", {"model": {"source": "./local-model", "numLabels": 2}}),
+        ("spec.model.source", {"model": {"source": "file:///root/model", "numLabels": 2}}),
+        ("spec.artifacts.uri", {"artifacts": {"uri": "/tmp/store"}}),
+        (
+            "spec.data.train",
+            {"data": {"train": f"{STORE}/other/t.jsonl", "validation": "s3://d-bkt/v.jsonl"}},
+        ),
+        ("spec.model.source", {"model": {"source": f"{STORE}/other/sst2/run-x/hf", "numLabels": 2}}),
+        ("spec.artifacts.uri", {"artifacts": {"uri": f"{STORE}/other"}}),
+    ],
+)
+def test_local_paths_and_other_namespaces_storage_are_refused_for_trainingjobs(
+    field: str, spec: dict[str, Any]
+) -> None:
+    message = refused(TRAININGJOB, tj_dict(**spec), "StorageNotAllowed")
+    assert message.startswith(field), message
+
+
+@pytest.mark.parametrize(
+    "uri", ["file:///srv/run/manifest.json", "/srv/manifest.json", f"{STORE}/other/sst2/run-x/manifest.json"]
+)
+def test_a_manifest_outside_the_namespaces_folder_is_refused(uri: str) -> None:
+    message = refused(MODELDEPLOYMENT, md_dict(model={"manifestUri": uri}), "StorageNotAllowed")
+    assert message.startswith("spec.model.manifestUri")
+
+
+def test_own_folder_hub_ids_and_foreign_buckets_are_allowed() -> None:
+    ns = "ml"
+    for uri in (f"{STORE}/ml/sst2/run-x/manifest.json", "s3://tenant-bucket/x.jsonl", f"{STORE}/ml"):
+        assert policy.storage_refusal("f", uri, ns, SETTINGS) is None, uri
+    # A namespace whose name extends another's does not get its folder.
+    assert policy.storage_refusal("f", f"{STORE}/ml-other/x", ns, SETTINGS) is not None
+    tj = TrainingJob.model_validate(tj_dict(model={"source": "org/bert-tiny", "numLabels": 2}))
+    assert policy.check_trainingjob(tj, "kuberay", SETTINGS, None) is None
+    tj = TrainingJob.model_validate(tj_dict(artifacts={"uri": STORE}))
+    assert policy.check_trainingjob(tj, "kuberay", SETTINGS, None) is None

@@ -45,6 +45,8 @@ from rayrelay_operator.reconcile.errors import ErrorClass, classify, retries_sin
 from rayrelay_operator.reconcile.status import (
     COND_RECONCILED,
     Status,
+    bound_messages,
+    bounded,
     failed_status,
     meta_of,
     parse_time,
@@ -105,7 +107,7 @@ def run_pass(kind: str, obj: Mapping[str, Any], ctx: ReconcileContext) -> PassRe
     except Exception as exc:
         return _failed_pass(obj, plan.status, exc, ctx, previous)
     _ns, _name, gen = meta_of(obj)
-    status = reconciled_status(plan.status, ctx.now(), gen)
+    status = bound_messages(reconciled_status(plan.status, ctx.now(), gen))
     problem = permanent_failure(status)
     error = ErrorClass(True, problem.split(":", 1)[0], 0) if problem else None
     return PassResult(status, status_patch(obj.get("status"), status), problem, error)
@@ -132,13 +134,15 @@ def _failed_pass(
     since = parse_time(stored_problem.last_transition_time) if ongoing and stored_problem else None
     # Retries counted from when the problem began: the schedule needs no counter, survives restarts.
     err = classify(exc, retries_since(since, now, ctx.settings), ctx.settings, ctx.jitter())
-    message = str(exc) or type(exc).__name__
+    message = bounded(str(exc) or type(exc).__name__)
     if err.permanent:
-        status = failed_status(planned, err.reason, message, now, gen)
+        status = bound_messages(failed_status(planned, err.reason, message, now, gen))
         emit(ctx, Event("Warning", err.reason, message[:1000]))
         return PassResult(status, status_patch(obj.get("status"), status), f"{err.reason}: {message}", err)
     # Temporary: what the resource was doing is still what it does; say what stops the pass.
-    status = problem_status(stored, err.reason, f"{message}; retrying in {err.delay:.0f}s", now, gen)
+    status = bound_messages(
+        problem_status(stored, err.reason, f"{message}; retrying in {err.delay:.0f}s", now, gen)
+    )
     if not ongoing or (stored_problem is not None and stored_problem.reason != err.reason):
         emit(ctx, Event("Warning", err.reason, message[:1000]))
     patch = status_patch(obj.get("status"), status)

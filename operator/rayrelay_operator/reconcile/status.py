@@ -39,6 +39,23 @@ COND_RECONCILED = "Reconciled"
 Status = TrainingJobStatus | ModelDeploymentStatus
 StatusT = TypeVar("StatusT", TrainingJobStatus, ModelDeploymentStatus)
 
+# Longest condition message written: messages quote errors of stores, backends and
+# the API server, whose text a tenant may choose (issue 12, finding 3).
+MESSAGE_MAX_CHARS = 1000
+
+
+def bounded(message: str, limit: int = MESSAGE_MAX_CHARS) -> str:
+    """``message`` cut to ``limit`` characters (with a marker when cut)."""
+    return message if len(message) <= limit else message[: limit - 15] + "... (truncated)"
+
+
+def bound_messages(status: StatusT) -> StatusT:
+    """The status with every condition message at most ``MESSAGE_MAX_CHARS`` long."""
+    for cond in status.conditions:
+        if len(cond.message or "") > MESSAGE_MAX_CHARS:
+            cond.message = bounded(cond.message)
+    return status
+
 
 def parse_time(value: str | None) -> datetime | None:
     if not value:
