@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from typing import Any
 
 from bench.common import (
     DATA,
+    RESULTS,
     ROOT,
     THREADS,
     apply_env,
@@ -42,11 +44,16 @@ from bench.common import (
     log,
     median,
     ratio,
+    rnd,
     wait_until,
     write_result,
 )
 
 apply_env()
+# On a loaded 2-core machine the Ray head's dashboard modules can take longer than Ray's 30 s to
+# start, and then the head exits; give them longer (the Ray head inherits this environment).
+os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
+os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
 
 CONCURRENCY = (1, 8, 32)
 
@@ -89,11 +96,83 @@ def start_naive(hf_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"{base}/predict"
 
 
+def instruction_set() -> list[str]:
+    """The CPU's vector instruction sets that int8 and fp32 kernels depend on (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in wanted if f in flags]
+    return []
+
+
+def record_lever(label: str, table: list[dict[str, Any]]) -> None:
+    """One row of the lever table (docs/performance.md): this run's ratios, replacing an older row."""
+    path = RESULTS / "endpoint_levers.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    by_c = {r["concurrency"]: r for r in table}
+    row = {
+        "lever": label,
+        "throughput_ratio": {str(c): r["throughput_ratio"] for c, r in by_c.items()},
+        "p99_ratio": {str(c): r["p99_ratio"] for c, r in by_c.items()},
+        "p50_delta_ms_c1": by_c[1]["p50_delta_ms"] if 1 in by_c else None,
+        "gateway_path_throughput_ratio": {
+            str(c): r["gateway_path_throughput_ratio"]
+            for c, r in by_c.items()
+            if "gateway_path_throughput_ratio" in r
+        },
+        "rayrelay_rps": {str(c): r["rayrelay"]["throughput_rps"] for c, r in by_c.items()},
+        "naive_rps": {str(c): r["naive"]["throughput_rps"] for c, r in by_c.items()},
+        "loadgen_cpu_s_per_level": {
+            str(c): [r["rayrelay"]["loadgen_cpu_s"], r["naive"]["loadgen_cpu_s"]] for c, r in by_c.items()
+        },
+        "errors": sum(r["rayrelay"]["errors"] + r["naive"]["errors"] for r in table),
+        "instruction_set": instruction_set(),
+        "load_average_at_end": list(os.getloadavg()),
+        "command": " ".join(["python", "-m", "bench.endpoint", *sys.argv[1:]]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    rows = [r for r in rows if r["lever"] != label] + [row]
+    path.write_text(json.dumps(rnd(rows), indent=2) + "\n")
+
+
+def configure(obj: dict[str, Any], args: argparse.Namespace) -> None:
+    """Apply the command line's replica settings to the ModelDeployment (None = the product's default)."""
+    spec = obj["spec"]
+    spec["batching"] = {"maxBatchSize": args.max_batch, "batchWaitTimeoutMs": args.wait_ms}
+    spec["autoscaling"] = {"minReplicas": args.replicas, "maxReplicas": args.replicas}
+    spec["resources"] = {"cpus": args.cpus}
+    runtime: dict[str, Any] = {}
+    if args.threads is not None:
+        runtime["intraOpThreads"] = args.threads
+    if args.inter_threads is not None:
+        runtime["interOpThreads"] = args.inter_threads
+    spec["runtime"] = runtime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--wait-ms", type=float, default=5)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--cpus", type=float, default=2, help="resources.cpus of each replica")
+    parser.add_argument("--threads", type=int, help="runtime.intraOpThreads (default: the product's rule)")
+    parser.add_argument("--inter-threads", type=int, help="runtime.interOpThreads")
+    parser.add_argument(
+        "--gateway-path",
+        action="store_true",
+        help="also measure the two-hop path (proxy -> gateway -> model) of the same deployment",
+    )
+    parser.add_argument("--name", default="endpoint", help="result file name (bench/results/NAME.json)")
+    parser.add_argument(
+        "--lever",
+        help="record this run's ratios under this label in bench/results/endpoint_levers.json",
+    )
     args = parser.parse_args()
     requests, duration_s, reps = (60, 6.0, 1) if args.quick else (400, 15.0, 3)
+    reps = args.reps or reps
 
     from bench.model import ensure_run
     from bench.serving import deploy, md_object, start_cluster, undeploy
@@ -104,12 +183,20 @@ def main() -> None:
     obj: dict[str, Any] | None = None
     try:
         log("endpoint: starting a local Ray head and deploying the ModelDeployment (int8)")
-        cluster = start_cluster()
+        cluster = start_cluster(start_timeout=600)  # a loaded machine starts Ray slowly
         obj = md_object("bench-endpoint", f"file://{run / 'manifest.json'}", "int8")
+        configure(obj, args)
         rollout = deploy(cluster, obj)
         rr_url = f"{cluster.url}/v2/models/bench-endpoint/infer"
         log(f"endpoint: Ready after {rollout.seconds:.1f}s at {rr_url}")
         contenders = {"rayrelay": (rr_url, "v2"), "naive": (naive_url, "naive")}
+        if args.gateway_path:
+            # The versioned OIP path is not the model's own route: Serve sends it to the gateway,
+            # which calls the model by handle (the two-hop path every request took before).
+            contenders["rayrelay-gateway"] = (
+                f"{cluster.url}/v2/models/bench-endpoint/versions/1/infer",
+                "v2",
+            )
         for name, (url, proto) in contenders.items():
             warm = loadgen(url, proto, 8, 40 if args.quick else 100, 30.0)
             if warm["errors"]:
@@ -124,7 +211,8 @@ def main() -> None:
                     runs[name][conc].append(res)
                     log(
                         f"endpoint: rep {rep + 1}/{reps} c{conc} {name}: {res['throughput_rps']:.1f} req/s, "
-                        f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms, errors {res['errors']}"
+                        f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.0f} ms, errors {res['errors']}, "
+                        f"loadgen {res['loadgen_cpu_s']:.2f} CPU s / {res['elapsed_s']:.1f} s"
                     )
         status = dict(obj["status"])
     finally:
@@ -149,12 +237,24 @@ def main() -> None:
                 "p99_ms": median(r["p99_ms"] for r in items),
                 "errors": sum(r["errors"] for r in items),
                 "requests_ok": sum(r["requests_ok"] for r in items),
+                "loadgen_cpu_s": median(r["loadgen_cpu_s"] for r in items),
+                "loadgen_elapsed_s": median(r["elapsed_s"] for r in items),
             }
         row["throughput_ratio"] = ratio(row["rayrelay"]["throughput_rps"], row["naive"]["throughput_rps"])
         row["p99_ratio"] = ratio(row["rayrelay"]["p99_ms"], row["naive"]["p99_ms"])
+        row["p50_delta_ms"] = row["rayrelay"]["p50_ms"] - row["naive"]["p50_ms"]
+        if "rayrelay-gateway" in row:
+            row["gateway_path_throughput_ratio"] = ratio(
+                row["rayrelay-gateway"]["throughput_rps"], row["naive"]["throughput_rps"]
+            )
         table.append(row)
+    spec = obj["spec"]
+    if args.lever:
+        record_lever(args.lever, table)
+    levers_file = RESULTS / "endpoint_levers.json"
+    levers = json.loads(levers_file.read_text()) if levers_file.is_file() else []
     write_result(
-        "endpoint",
+        args.name,
         {
             "settings": {
                 "concurrency": list(CONCURRENCY),
@@ -162,13 +262,17 @@ def main() -> None:
                 "time_bound_s": duration_s,
                 "repetitions": reps,
                 "texts": "examples/data/validation.jsonl, one text per request, in order",
+                "instruction_set": instruction_set(),
+                "command": " ".join(["python", "-m", "bench.endpoint", *sys.argv[1:]]),
                 "rayrelay": {
                     "variant": "int8",
-                    "replicas": 1,
-                    "max_batch_size": 32,
-                    "batch_wait_timeout_ms": 5,
-                    "intra_op_threads": THREADS,
-                    "protocol": "KServe v2 (OIP) JSON, via Serve proxy + rayrelay gateway",
+                    "replicas": args.replicas,
+                    "cpus_per_replica": args.cpus,
+                    "max_batch_size": args.max_batch,
+                    "batch_wait_timeout_ms": args.wait_ms,
+                    "intra_op_threads": args.threads if args.threads is not None else "default rule",
+                    "runtime": spec.get("runtime", {}),
+                    "protocol": "KServe v2 (OIP) JSON, Serve proxy -> model replica (its own route)",
                     "ready_after_s": rollout.seconds,
                 },
                 "naive": {
@@ -176,10 +280,13 @@ def main() -> None:
                     "runtime": "PyTorch eager fp32",
                     "threads": THREADS,
                 },
+                "loadgen": "bench/loadgen.py: asyncio streams, pre-encoded HTTP/1.1 requests, keep-alive",
                 "quick": args.quick,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             "table": table,
+            # Each lever's own run (``--lever``), for the lever table of docs/performance.md.
+            "levers": levers,
             "runs": {n: {str(c): v for c, v in d.items()} for n, d in runs.items()},
             "deployment_status": status,
         },

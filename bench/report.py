@@ -187,6 +187,7 @@ def kernel_section(k: dict[str, Any]) -> list[str]:
 def endpoint_section(e: dict[str, Any]) -> list[str]:
     s = e["settings"]
     rr, nv = s["rayrelay"], s["naive"]
+    isa = ", ".join(s.get("instruction_set") or []) or "unknown"
     out = [
         "## 2. Endpoint",
         "",
@@ -196,7 +197,9 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         f"request. Load: `bench/loadgen.py` in its own process, closed loop, one text per request, "
         f"{s['requests_per_level']} requests or {s['time_bound_s']:.0f} s per level, {s['repetitions']} "
         "interleaved repetitions after a warm-up; medians over repetitions. Server, load generator and "
-        "Ray share the same 2 cores.",
+        f"Ray share the same 2 cores. CPU instruction set: **{isa}**. "
+        f"Command: `{s.get('command', 'python -m bench.endpoint')}`; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in e.get('load_average_at_end', []))}.",
         "",
     ]
     rows = []
@@ -213,6 +216,8 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
                 _f(a["p99_ms"]),
                 _f(b["p99_ms"]),
                 f"{a['errors']} / {b['errors']}",
+                f"{_f(a.get('loadgen_cpu_s'), 2)} / {_f(b.get('loadgen_cpu_s'), 2)}",
+                _x(r.get("gateway_path_throughput_ratio")),
             ]
         )
     out += _table(
@@ -226,9 +231,66 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
             "rayrelay p99 ms",
             "naive p99 ms",
             "errors (rr / naive)",
+            "load generator CPU s per level (rr / naive)",
+            "two-hop path (via gateway) ratio",
         ],
         rows,
     )
+    out += [
+        "How the endpoint is built for speed (issue #13):",
+        "",
+        "- **One hop.** A model application's route prefix is its own OIP infer path, "
+        "`/v2/models/{name}/infer` (`rayrelay_core.serveconfig.model_route_prefix`): Serve's proxy matches "
+        "the longest prefix, so an inference request goes proxy → model replica "
+        "(`ModelServer.__call__`, the same parsing and answers as the gateway, from "
+        "`serve/ingress.py`), and everything else (health, metadata, readiness, KServe v1, `/metrics`) "
+        "falls through to the shared gateway at `/`. The versioned path "
+        "`/v2/models/{name}/versions/{v}/infer` still goes through the gateway: the *two-hop path* column "
+        "measures the old route on the same deployment.",
+        "- **Continuous batching** (`serve/batching.py`) instead of `@serve.batch`: one model call at a "
+        "time, the next batch formed from what arrived while it ran, so an idle replica starts a lone "
+        "request at once (no `batchWaitTimeoutMs` wait at concurrency 1) and the wait is spent only on "
+        "requests already inside the replica; the whole batch is tokenised in one call.",
+        "- **Threads from the cores given** (`serve/model.py:session_threads`): with "
+        "`runtime.intraOpThreads: 0` (the default) a replica runs `max(1, floor(resources.cpus))` "
+        "intra-op threads and 1 inter-op thread, and onnxruntime's idle threads do not spin (they would "
+        "starve the proxy and the replica's event loop on the same cores). More cores are used by more "
+        "replicas or more `resources.cpus`, never by oversubscribing a node.",
+        "- **Kernel**: the export now fuses Attention (`export.prepare_for_fusion`; see section 1), and no "
+        "graph is saved above `ORT_ENABLE_EXTENDED`.",
+        "- **Not tried**: Ray Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`) needs the `haproxy` "
+        "binary, which this machine lacks (`which haproxy` finds nothing) and which was not installed; "
+        "`orjson` is not installed, so responses are encoded with the standard library.",
+        "",
+    ]
+    levers = e.get("levers") or []
+    if levers:
+        out += [
+            "**Levers** (issue #13), each measured side by side with the naive server in its own run "
+            "(`--lever`), in the order tried; throughput ratio rayrelay / naive at concurrency 1 / 8 / 32, "
+            "and rayrelay's p50 minus naive's at concurrency 1:",
+            "",
+        ]
+        lever_rows = []
+        for lv in levers:
+            t = lv["throughput_ratio"]
+            lever_rows.append(
+                [
+                    lv["lever"],
+                    _x(t.get("1")),
+                    _x(t.get("8")),
+                    _x(t.get("32")),
+                    _f(lv.get("p50_delta_ms_c1")),
+                    str(lv.get("errors", "")),
+                    ", ".join(lv.get("instruction_set") or []),
+                    ", ".join(f"{x:.1f}" for x in lv.get("load_average_at_end", [])[:1]),
+                    f"`{lv.get('command', '')}`",
+                ]
+            )
+        out += _table(
+            ["lever", "c1", "c8", "c32", "p50 Δ ms c1", "errors", "ISA", "load avg", "command"],
+            lever_rows,
+        )
     return out
 
 

@@ -63,13 +63,13 @@ class Cluster:
         self.ray.stop()
 
 
-def start_cluster(num_cpus: int = 4, s3_endpoint: str | None = None) -> Cluster:
+def start_cluster(num_cpus: int = 4, s3_endpoint: str | None = None, start_timeout: float = 120.0) -> Cluster:
     from rayrelay_operator.backends.ray import RayBackend
     from rayrelay_operator.localray import LocalRay
     from rayrelay_operator.settings import Settings
 
     ray = LocalRay(num_cpus=num_cpus)
-    dashboard = ray.start()
+    dashboard = ray.start(timeout=start_timeout)
     port = free_port()
     backend = RayBackend(dashboard, serve_host="127.0.0.1", serve_port=port, python=os.sys.executable)
     settings = Settings(default_backend="ray", ray_address=dashboard, s3_endpoint_url=s3_endpoint)  # type: ignore[arg-type]
