@@ -65,7 +65,14 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
     if settings.ray_address:
         from rayrelay_operator.backends.ray import RayBackend
 
-        backends["ray"] = RayBackend(settings.ray_address, serve_port=settings.serve_port)
+        # environ={}: the operator's own environment (its AWS keys) never goes into a job's
+        # runtime_env; a job gets its resource's opted-in Secret (issue 12, finding 2).
+        backends["ray"] = RayBackend(
+            settings.ray_address,
+            serve_port=settings.serve_port,
+            environ={},
+            credentials=secret_credentials_getter(api_client),
+        )
     return ReconcileContext(
         settings=settings,
         backends=backends,
@@ -96,7 +103,37 @@ def operator_store_opener(settings: Settings) -> Callable[[str, str | None], Any
     return open_
 
 
-# Asks the API server for a Secret's metadata only: the operator never holds Secret data.
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def secret_credentials_getter(api_client: Any) -> Callable[[str, str], dict[str, str]]:
+    """``credentials(namespace, name)``: the AWS_* keys of an opted-in Secret (ray backend only).
+
+    The kuberay backend never reads Secret data (pods get ``secretKeyRef``); the ray backend
+    has no such thing, so it reads the keys of the one Secret a resource names, and only
+    when that Secret carries the opt-in label (checked again here).
+    """
+    import base64
+
+    from kubernetes import client
+
+    from rayrelay_operator.backends.base import BackendRejected
+    from rayrelay_operator.policy import LABEL_CREDENTIALS
+
+    core = client.CoreV1Api(api_client)
+
+    def get(namespace: str, name: str) -> dict[str, str]:
+        secret = core.read_namespaced_secret(name, namespace)
+        labels = (secret.metadata.labels or {}) if secret.metadata else {}
+        if str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
+            raise BackendRejected(f"Secret {namespace}/{name} does not opt in ({LABEL_CREDENTIALS})")
+        data = secret.data or {}
+        return {k: base64.b64decode(data[k]).decode() for k in CREDENTIAL_KEYS if data.get(k)}
+
+    return get
+
+
+# Asks the API server for a Secret's metadata only: the policy check never fetches Secret data.
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 

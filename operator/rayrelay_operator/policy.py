@@ -107,14 +107,35 @@ def _store_prefix(settings: Settings) -> str | None:
     return base.rstrip("/") if base and is_s3(base) else None
 
 
-def storage_refusal(field: str, uri: str, namespace: str, settings: Settings) -> Refusal | None:
-    """A URI a resource reads or writes: not local, and in the operator's store only its namespace's."""
+def in_image(uri: str) -> bool:
+    """A relative path without ``..`` or ``~``: a file shipped in the (allowed) workload image.
+
+    Only the workloads read data and model sources, inside the Ray pods; such a path names
+    what the admin put in the image (``examples/data/...``), never the operator's files.
+    """
+    if "://" in uri or uri.startswith(("/", "~", "\\")) or uri.startswith("file:"):
+        return False
+    parts = uri.replace("\\", "/").split("/")
+    return ".." not in parts and "" not in parts[:-1]
+
+
+def storage_refusal(
+    field: str, uri: str, namespace: str, settings: Settings, image_paths: bool = False
+) -> Refusal | None:
+    """A URI a resource reads or writes: not local, and in the operator's store only its namespace's.
+
+    ``image_paths``: a relative path inside the workload image is allowed (data and model
+    sources, which only the Ray pods read); never for what the operator reads itself.
+    """
     if not uri:
         return None
-    if is_local(uri):
+    if image_paths and in_image(uri):
+        return None
+    if is_local(uri) or "://" not in uri:
         return Refusal(
             STORAGE_NOT_ALLOWED,
-            f"{field}: local paths and file:// are not allowed in the operator (got {_quote(uri)}); use s3://",
+            f"{field}: local paths and file:// are not allowed in the operator (got {_quote(uri)}); "
+            "use s3:// (or, for data and models, a relative path inside the workload image)",
         )
     store = _store_prefix(settings)
     if store and is_s3(uri) and (uri.rstrip("/") + "/").startswith(store + "/"):
@@ -207,10 +228,10 @@ def check_trainingjob(
         yield _backend_refusal(backend, ns, settings)
         yield _image_refusal(spec.image, settings)
         yield from _artifacts_refusals(spec.artifacts, ns, settings)
-        yield storage_refusal("spec.data.train", spec.data.train, ns, settings)
-        yield storage_refusal("spec.data.validation", spec.data.validation, ns, settings)
+        yield storage_refusal("spec.data.train", spec.data.train, ns, settings, image_paths=True)
+        yield storage_refusal("spec.data.validation", spec.data.validation, ns, settings, image_paths=True)
         if is_local(source) or is_s3(source):
-            yield storage_refusal("spec.model.source", source, ns, settings)
+            yield storage_refusal("spec.model.source", source, ns, settings, image_paths=True)
         # Last: the only check that reads anything (the Secret's labels).
         yield _secret_refusal(spec.artifacts, ns, settings, secret_labels)
 

@@ -463,5 +463,7 @@ def test_workload_service_account_and_tenant_policy(chart: Path) -> None:
     )
     e = env(objs)
     assert e["RAYRELAY_ALLOWED_IMAGES"] == "reg.example/team/,reg.example/rr:1"
+    # Cluster-wide with nothing listed: no account is created, so none is named.
+    assert "RAYRELAY_WORKLOAD_SERVICE_ACCOUNT" not in env(render(chart, "default"))
     assert e["RAYRELAY_ALLOWED_S3_ENDPOINTS"] == "http://minio.a:9000"
     assert e["RAYRELAY_RAY_BACKEND_NAMESPACES"] == "team-a"

