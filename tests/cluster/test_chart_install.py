@@ -167,7 +167,8 @@ def wait_for_pods(plane: ControlPlane, namespace: str, release: str, count: int)
 
 
 def service_account(objs: list[dict[str, Any]], namespace: str) -> str:
-    (sa,) = [o for o in objs if o["kind"] == "ServiceAccount"]
+    # The operator's (the Ray pods' token-less rayrelay-workload accounts live elsewhere).
+    (sa,) = [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"].get("namespace") == namespace]
     return f"system:serviceaccount:{namespace}:{sa['metadata']['name']}"
 
 
@@ -287,6 +288,15 @@ def test_install_namespaced(
         assert_all_on_server(control_plane, objs, release_ns)
         roles = sorted(o["metadata"]["namespace"] for o in objs if o["kind"] == "Role")
         assert roles == watched
+        # Issue 12: the API server accepted a NetworkPolicy guarding the Ray control ports and a
+        # token-less workload ServiceAccount in each watched namespace (and nothing elsewhere).
+        for ns in watched:
+            (pol,) = control_plane.get("networkpolicies", "-n", ns)["items"]
+            ports = sorted(p["port"] for rule in pol["spec"]["ingress"] for p in rule.get("ports", []))
+            assert ports == [6379, 8000, 8265, 10001], pol["spec"]
+            wsa = control_plane.get("serviceaccount", "rayrelay-workload", "-n", ns)
+            assert wsa["automountServiceAccountToken"] is False
+        assert control_plane.get("networkpolicies", "-n", other)["items"] == []
 
         sa = service_account(objs, release_ns)
         for ns in watched:

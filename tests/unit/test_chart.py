@@ -467,3 +467,48 @@ def test_workload_service_account_and_tenant_policy(chart: Path) -> None:
     assert "RAYRELAY_WORKLOAD_SERVICE_ACCOUNT" not in env(render(chart, "default"))
     assert e["RAYRELAY_ALLOWED_S3_ENDPOINTS"] == "http://minio.a:9000"
     assert e["RAYRELAY_RAY_BACKEND_NAMESPACES"] == "team-a"
+
+
+def test_network_policies_guard_the_ray_control_ports(chart: Path) -> None:
+    """Issue 12, finding 5: only the operator and KubeRay reach 8265/6379/10001; 8000 stays open."""
+    objs = render(chart, "namespaced")
+    policies = by_kind(objs, "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    for pol in policies:
+        spec = pol["spec"]
+        # The pods of our RayJobs / RayServices: the builders' label, KubeRay's node-type label.
+        assert spec["podSelector"] == {
+            "matchLabels": {"app.kubernetes.io/managed-by": "rayrelay"},
+            "matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}],
+        }
+        assert spec["policyTypes"] == ["Ingress"]
+        same_ns, control, serve = spec["ingress"]
+        assert same_ns == {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "rayrelay"}}}]
+        }
+        assert sorted(p["port"] for p in control["ports"]) == [6379, 8265, 10001]
+        operator_peer, kuberay_peer = control["from"]
+        assert operator_peer["namespaceSelector"] == {
+            "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}
+        }
+        assert (
+            operator_peer["podSelector"]["matchLabels"] == deployment(objs)["spec"]["selector"]["matchLabels"]
+        )
+        assert kuberay_peer["namespaceSelector"] == {
+            "matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}
+        }
+        assert kuberay_peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
+        assert serve == {"ports": [{"port": 8000, "protocol": "TCP"}]}
+    assert not by_kind(render(chart, "namespaced", "--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+    # Cluster-wide: only the namespaces listed.
+    assert not by_kind(render(chart, "default"), "NetworkPolicy")
+    listed = by_kind(render(chart, "default", "--set", "networkPolicy.namespaces={ml}"), "NetworkPolicy")
+    assert [p["metadata"]["namespace"] for p in listed] == ["ml"]
+
+
+def test_network_policy_selects_the_pods_the_builders_write() -> None:
+    """The label the policy selects on is on every pod template of a RayJob and a RayService."""
+    from rayrelay_operator.naming import modeldeployment_labels, trainingjob_labels
+
+    for labels in (trainingjob_labels("x", 1, 1), modeldeployment_labels("x")):
+        assert labels["app.kubernetes.io/managed-by"] == "rayrelay"

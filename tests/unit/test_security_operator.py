@@ -196,6 +196,8 @@ def test_ray_pods_get_no_token_and_the_dedicated_service_account() -> None:
     for pod in _pods(rayjob) + _pods(rayservice):
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert pod["spec"]["serviceAccountName"] == "rr-wl"
+        # What the chart's NetworkPolicy selects on (with KubeRay's ray.io/node-type).
+        assert pod["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rayrelay"
     # Without a dedicated account: the namespace's default, still without its token.
     bare = build_rayjob(work, image=WORKLOADS, endpoint_url=None, credentials_secret=None)
     for pod in _pods(bare):
