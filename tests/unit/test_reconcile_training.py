@@ -169,7 +169,10 @@ def test_retry_resumes_same_run_and_gives_up_after_backoff_limit(tmp_path: Path)
     d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
     s = d.step()
     assert s.attempt == 2 and s.phase == "Pending"
-    assert d.backend.calls[-2:] == [("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"), ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a2")]
+    assert d.backend.calls[-2:] == [
+        ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"),
+        ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a2"),
+    ]
     # Same run folder: the second attempt resumes from the first one's checkpoints.
     assert d.backend.submitted[1].job.run_uri == d.backend.submitted[0].job.run_uri
     assert d.backend.submitted[1].job.attempt == 2
@@ -286,7 +289,10 @@ def test_result_spec_change_starts_a_new_run(tmp_path: Path) -> None:
     d.change_spec(hyperparameters={"epochs": 5})
     s = d.step()
     assert s.run_id != old_run and s.attempt == 1
-    assert d.backend.calls[-2:] == [("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"), ("submit", "rayrelay-ml-sst2-74f1c81c-g2-a1")]
+    assert d.backend.calls[-2:] == [
+        ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"),
+        ("submit", "rayrelay-ml-sst2-74f1c81c-g2-a1"),
+    ]
     assert "NewRun" in d.reasons()
 
 
