@@ -54,6 +54,10 @@ apply_env()
 # start, and then the head exits; give them longer (the Ray head inherits this environment).
 os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
 os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+# Ray starts its workers (Serve's proxy and replicas) 15 nice levels below the raylet; the naive
+# server runs at the benchmark's own priority. On a shared machine that hands rayrelay's CPU to
+# anything else running: both contenders get the same priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 CONCURRENCY = (1, 8, 32)
 
@@ -166,6 +170,7 @@ def main() -> None:
         help="also measure the two-hop path (proxy -> gateway -> model) of the same deployment",
     )
     parser.add_argument("--name", default="endpoint", help="result file name (bench/results/NAME.json)")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph for the page (repeatable)")
     parser.add_argument(
         "--lever",
         help="record this run's ratios under this label in bench/results/endpoint_levers.json",
@@ -284,6 +289,7 @@ def main() -> None:
                 "quick": args.quick,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
+            "notes": args.note,
             "table": table,
             # Each lever's own run (``--lever``), for the lever table of docs/performance.md.
             "levers": levers,

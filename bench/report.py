@@ -202,6 +202,8 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         f"{', '.join(f'{x:.1f}' for x in e.get('load_average_at_end', []))}.",
         "",
     ]
+    for note in e.get("notes") or []:
+        out += [note, ""]
     rows = []
     for r in e["table"]:
         a, b = r["rayrelay"], r["naive"]
@@ -274,12 +276,14 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         lever_rows = []
         for lv in levers:
             t = lv["throughput_ratio"]
+            g = lv.get("gateway_path_throughput_ratio") or {}
             lever_rows.append(
                 [
                     lv["lever"],
                     _x(t.get("1")),
                     _x(t.get("8")),
                     _x(t.get("32")),
+                    " / ".join(_x(g.get(c)) for c in ("1", "8", "32")) if g else "n/a",
                     _f(lv.get("p50_delta_ms_c1")),
                     str(lv.get("errors", "")),
                     ", ".join(lv.get("instruction_set") or []),
@@ -288,7 +292,18 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
                 ]
             )
         out += _table(
-            ["lever", "c1", "c8", "c32", "p50 Δ ms c1", "errors", "ISA", "load avg", "command"],
+            [
+                "lever",
+                "c1",
+                "c8",
+                "c32",
+                "two-hop path c1 / c8 / c32",
+                "p50 Δ ms c1",
+                "errors",
+                "ISA",
+                "load avg",
+                "command",
+            ],
             lever_rows,
         )
     return out
