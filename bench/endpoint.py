@@ -179,11 +179,11 @@ def main() -> None:
     requests, duration_s, reps = (60, 6.0, 1) if args.quick else (400, 15.0, 3)
     reps = args.reps or reps
 
-    from bench.model import ensure_run
+    from bench.model import ensure_run, hf_dir
     from bench.serving import deploy, md_object, start_cluster, undeploy
 
     run = ensure_run()
-    naive_proc, naive_url = start_naive(run / "hf")
+    naive_proc, naive_url = start_naive(hf_dir(run))
     cluster = None
     obj: dict[str, Any] | None = None
     try:

@@ -116,6 +116,7 @@ def build_variants(run: Path, work: Path) -> dict[str, Any]:
     """The three ONNX files, made with the product's export functions; returns op counts."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from bench.model import hf_dir
     from rayrelay_workloads.export import (
         export_onnx,
         load_checkpoint_model,
@@ -134,13 +135,13 @@ def build_variants(run: Path, work: Path) -> dict[str, Any]:
         log("kernel: exporting, optimizing and quantizing with rayrelay_workloads.export")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        # load_checkpoint_model reads <dir>/model; the run's hf/ is that folder.
+        # load_checkpoint_model reads <dir>/model; the run's save_pretrained folder is that.
         (work / "ckpt").mkdir()
-        (work / "ckpt" / "model").symlink_to(run / "hf", target_is_directory=True)
+        (work / "ckpt" / "model").symlink_to(hf_dir(run), target_is_directory=True)
         model = load_checkpoint_model(work / "ckpt")
-        tokenizer = AutoTokenizer.from_pretrained(str(run / "hf"))
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir(run)))
         export_onnx(model, tokenizer, plain, 17, 128)
-        optimize_onnx(plain, fused, AutoConfig.from_pretrained(str(run / "hf")))
+        optimize_onnx(plain, fused, AutoConfig.from_pretrained(str(hf_dir(run))))
         quantize_int8(plain, int8, fused=False)
         stamp.write_text(str(run))
     session(plain, THREADS, save_optimized=work / "plain.session-optimized.onnx")
@@ -164,7 +165,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bench.model import ensure_run, manifest_of
+    from bench.model import ensure_run, hf_dir, manifest_of
     from rayrelay_workloads.data import read_examples
     from rayrelay_workloads.export import onnx_logits, session
 
@@ -175,8 +176,8 @@ def main() -> None:
     work = CACHE / "kernel"
     ops = build_variants(run, work)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(run / "hf"))
-    model = AutoModelForSequenceClassification.from_pretrained(str(run / "hf")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir(run)))
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir(run))).eval()
     sessions = {
         "ort-fp32": session(work / "plain.onnx", THREADS),
         "ort-fp32-fused": session(work / "fused.onnx", THREADS),

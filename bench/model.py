@@ -96,6 +96,16 @@ def manifest_of(run: Path) -> dict[str, Any]:
     return dict(json.loads((run / "manifest.json").read_text()))
 
 
+def hf_dir(run: Path) -> Path:
+    """The run's save_pretrained folder (model + tokenizer), wherever its manifest puts it.
+
+    Each publication uploads into its own folder (``published/attempt-…/hf``); runs
+    cached before that kept it at ``hf/``, which is also the manifest field's default.
+    """
+    tokenizer = manifest_of(run).get("tokenizer") or {}
+    return run / str(tokenizer.get("path") or "hf")
+
+
 def _build() -> None:
     import ray
 
