@@ -120,6 +120,10 @@ def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
     log = open(Path(temp_dir) / "head.log", "w")  # noqa: SIM115 - closed at teardown
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "core"), str(REPO / "operator"), str(REPO / "workloads")])
+    # On a loaded 2-core machine the dashboard's modules take longer than Ray's 30 s / 60 s
+    # defaults to come up, and the head gives up; the fixture waits up to 300 s anyway.
+    env.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
+    env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
     cmd = [
         str(BIN / "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1",
