@@ -164,3 +164,49 @@ def test_deploy_action_carries_the_digest(tmp_path: Path) -> None:
     work = d.backend.deployed[0]
     assert work.app_args["digest"].startswith("sha256:") and work.child_name == "sentiment"
     assert Deploy(work).work.labels["rayrelay.dev/modeldeployment"] == "sentiment"
+
+
+def _digest_of(uri: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+
+
+def test_only_the_manifest_the_trainingjob_recorded_is_served(tmp_path: Path) -> None:
+    """Issue 12, finding 9: resolve_model pins the TrainingJob's recorded digest.
+
+    manifest.json is replaced in place by a later publication; until the TrainingJob's
+    status names the new one, nothing new is deployed and what serves keeps serving.
+    """
+    d = Driver(tmp_path)
+    uri = d.publish("run-1")
+    recorded = _digest_of(uri)
+    d.tjs["sst2"]["status"]["artifacts"]["digest"] = recorded
+    d.step()
+    d.serve("Running")
+    s = d.step()
+    assert s.phase == "Ready" and s.model is not None and s.model.digest == recorded
+    assert d.backend.deployed[0].app_args["digest"] == recorded
+
+    # Another publication rewrites manifest.json; the TrainingJob still records run-1's.
+    write_manifest(uri, sample_manifest("run-2", int8_accepted=False))
+    s = d.step()
+    assert cond(s, "ModelAvailable") == ("False", "ModelDigestMismatch")
+    assert s.phase == "Ready" and s.model is not None and s.model.digest == recorded
+    assert d.backend.verbs().count("deploy") == 1, "a manifest the TrainingJob did not record was deployed"
+
+    # The TrainingJob's status names the new manifest: it rolls out.
+    d.tjs["sst2"]["status"]["artifacts"]["digest"] = _digest_of(uri)
+    d.step()
+    assert d.backend.verbs().count("deploy") == 2
+    assert d.backend.deployed[-1].app_args["digest"] == _digest_of(uri)
+
+
+def test_a_swapped_manifest_is_never_deployed_first(tmp_path: Path) -> None:
+    d = Driver(tmp_path)
+    uri = d.publish("run-1")
+    d.tjs["sst2"]["status"]["artifacts"]["digest"] = "sha256:" + "0" * 64
+    s = d.step()
+    assert s.phase == "Pending" and cond(s, "ModelAvailable") == ("False", "ModelDigestMismatch")
+    assert "sha256:0000" in find_condition(s.conditions, "ModelAvailable").message  # type: ignore[union-attr]
+    assert d.backend.calls == [] and uri

@@ -117,13 +117,16 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
     ns = md.metadata.namespace or "default"
     ref = md.spec.model.training_job_ref
     manifest_uri = md.spec.model.manifest_uri
+    pinned: str | None = None  # the digest the TrainingJob recorded when it verified its run
     if ref is not None:
         tj = ctx.get_trainingjob(ns, ref.name) if ctx.get_trainingjob else None
         waiting = _waiting_for(ref.name, tj)
         if waiting is not None:
             return DeploymentObserved(waiting=waiting)
         assert tj is not None
-        manifest_uri = previous_status(tj, TrainingJobStatus).artifacts.manifest_uri  # type: ignore[union-attr]
+        artifacts = previous_status(tj, TrainingJobStatus).artifacts
+        assert artifacts is not None
+        manifest_uri, pinned = artifacts.manifest_uri, artifacts.digest
     assert manifest_uri is not None
     store = ctx.store_for(manifest_uri, md.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
     try:
@@ -134,6 +137,15 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
         return DeploymentObserved(waiting=("ModelNotFound", str(exc), True))
     except StoreError as exc:
         raise StoreUnavailable(manifest_uri, exc) from exc
+    if pinned and pinned != f"sha256:{digest}":
+        # manifest.json changed after the TrainingJob recorded it (another attempt publishing,
+        # or someone writing the store): serve nothing the TrainingJob did not verify. A model
+        # already serving keeps serving; this clears once the TrainingJob's status names it.
+        message = (
+            f"{manifest_uri} has digest sha256:{digest[:16]}..., but TrainingJob {ref.name if ref else ''} "
+            f"recorded {pinned[:23]}...: waiting until the TrainingJob's status names this manifest"
+        )
+        return DeploymentObserved(waiting=("ModelDigestMismatch", message, False))
     return DeploymentObserved(desired=DesiredModel(manifest_uri, f"sha256:{digest}", variant))
 
 
