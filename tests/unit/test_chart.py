@@ -512,3 +512,15 @@ def test_network_policy_selects_the_pods_the_builders_write() -> None:
 
     for labels in (trainingjob_labels("x", 1, 1), modeldeployment_labels("x")):
         assert labels["app.kubernetes.io/managed-by"] == "rayrelay"
+
+
+def test_images_can_be_pinned_by_digest(chart: Path) -> None:
+    """Issue 12: image.digest / workloadImage.digest pin the images; a malformed one is refused."""
+    op, wl = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    objs = render(chart, "default", "--set", f"image.digest={op}", "--set", f"workloadImage.digest={wl}")
+    assert container(objs)["image"] == f"rayrelay-operator@{op}"
+    assert env(objs)["RAYRELAY_WORKLOAD_IMAGE"] == f"rayrelay-workloads@{wl}"
+    tagged = render(chart, "default", "--set", "image.tag=1.2.3")
+    assert container(tagged)["image"] == "rayrelay-operator:1.2.3"
+    bad = helm("template", "rr", chart, "--set", "image.digest=latest")
+    assert bad.returncode != 0 and "digest" in bad.stderr

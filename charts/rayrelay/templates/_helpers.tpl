@@ -45,11 +45,19 @@ app.kubernetes.io/part-of: rayrelay
 {{- end }}
 
 {{- define "rayrelay.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "rayrelay.workloadImage" -}}
+{{- if .Values.workloadImage.digest }}
+{{- printf "%s@%s" .Values.workloadImage.repository .Values.workloadImage.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.workloadImage.repository (default .Chart.AppVersion .Values.workloadImage.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Rules every mode grants on namespaced resources (Role or ClusterRole). */}}
