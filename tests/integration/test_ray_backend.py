@@ -85,7 +85,8 @@ def test_submit_twice_is_one_job_and_it_succeeds(ray_cluster) -> None:
     assert jobs[0].metadata.get("rayrelay.dev/name") == w.job.name
     obs = wait_until(lambda: state_of(be, w, WorkState.SUCCEEDED), 60, what="the job to succeed")
     assert obs.started_at and obs.dashboard_url == ray_cluster.dashboard_url
-    be.delete_training(NS, w.job.name)
+    # Deleted once it has been over a few seconds, and confirmed gone by a later listing.
+    wait_until(lambda: _try(be.delete_training, NS, w.job.name), 60, interval=1, what="the deletion")
     assert be.observe_training(w).state == WorkState.ABSENT
 
 
@@ -96,7 +97,7 @@ def test_failed_job_says_why_with_its_last_log_lines(ray_cluster) -> None:
     obs = wait_until(lambda: state_of(be, w, WorkState.FAILED), 60, what="the job to fail")
     assert obs.reason == "DriverFailed"
     assert "bad data in row 7" in obs.message, obs.message
-    be.delete_training(NS, w.job.name)
+    wait_until(lambda: _try(be.delete_training, NS, w.job.name), 60, interval=1, what="the deletion")
 
 
 def test_stop_then_delete_every_attempt(ray_cluster) -> None:

@@ -33,6 +33,7 @@ import os
 import re
 import shlex
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -62,6 +63,8 @@ TRAIN_MODULE = "rayrelay_workloads.train_job"
 # Job metadata keys: they tie a Ray job to its TrainingJob, so that
 # delete_training finds every attempt without parsing submission ids (namespace
 # and name may both contain '-', which makes ids ambiguous to split).
+# Seconds after a job ended before it is deleted (Ray's job monitor polls about every second).
+DELETE_GRACE_S = 5.0
 META_NAMESPACE = "rayrelay.dev/namespace"
 META_NAME = "rayrelay.dev/name"
 META_GENERATION = "rayrelay.dev/generation"
@@ -504,6 +507,11 @@ class RayBackend:
 
         Ray deletes only finished jobs: a job still stopping raises
         ``BackendUnavailable`` so that the caller retries later (it never waits here).
+        Success means a listing found none of its jobs: a call that deleted some
+        raises too, and the next call checks that they stayed gone. Ray's job
+        monitor writes a job back as FAILED when it finds the info of a job whose
+        supervisor it still watches deleted, so a job is deleted only
+        ``DELETE_GRACE_S`` after it ended, and deleted again if it comes back.
         """
         client = self._jobs()
         jobs = self._call("list jobs", client.list_jobs)
@@ -513,13 +521,20 @@ class RayBackend:
             as_dicts.append({k: (v.value if hasattr(v, "value") else v) for k, v in data.items()})
         status = {j["submission_id"]: j.get("status") for j in as_dicts if j.get("submission_id")}
         pending: list[str] = []
+        deleted: list[str] = []
+        ended = {j["submission_id"]: j.get("end_time") for j in as_dicts if j.get("submission_id")}
+        now_ms = time.time() * 1000
         for sid in _jobs_of(as_dicts, namespace, name):
             if status.get(sid) in ("PENDING", "RUNNING"):
                 self._call("stop job", functools.partial(client.stop_job, sid))
                 pending.append(sid)
                 continue
+            if not ended.get(sid) or now_ms - float(ended[sid] or 0) < DELETE_GRACE_S * 1000:
+                pending.append(sid)  # its supervisor may still be watched: see the docstring
+                continue
             try:
                 self._call("delete job", functools.partial(client.delete_job, sid))
+                deleted.append(sid)
             except RuntimeError as exc:
                 if isinstance(exc, BackendUnavailable):
                     raise
@@ -531,6 +546,8 @@ class RayBackend:
                 raise BackendUnavailable(f"Ray at {self.dashboard_url}: delete job {sid}: {exc}") from exc
         if pending:
             raise BackendUnavailable(f"waiting for Ray job(s) to stop before deleting: {', '.join(pending)}")
+        if deleted:
+            raise BackendUnavailable(f"deleted Ray job(s) {', '.join(deleted)}; checking that they stay gone")
 
     # -------------------------------------------------------------- serving
 
