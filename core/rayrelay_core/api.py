@@ -125,6 +125,16 @@ class Variant(StrEnum):
     INT8 = "int8"
 
 
+class ExportTarget(StrEnum):
+    ONNX = "onnx"
+    ORT = "ort"
+
+
+class SseType(StrEnum):
+    SSE_S3 = "SSE-S3"
+    SSE_KMS = "SSE-KMS"
+
+
 class ExecutionProvider(StrEnum):
     CPU = "CPUExecutionProvider"
     CUDA = "CUDAExecutionProvider"
@@ -311,6 +321,14 @@ class FailurePolicy(ApiModel):
 class ExportSpec(ApiModel):
     """ONNX export, optimisation and quantisation of the trained model."""
 
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!has(self.targets) || 'onnx' in self.targets",
+            "export.targets must include onnx (the format that is served)",
+            ".targets",
+        ),
+    )
+
     opset: int = Field(default=17, ge=14, le=21, description="ONNX opset version.")
     optimize: bool = Field(
         default=True, description="Fuse the graph with onnxruntime's transformer optimizer."
@@ -324,6 +342,21 @@ class ExportSpec(ApiModel):
         le=1,
         description="Largest |logit difference| allowed between ONNX fp32 and PyTorch.",
     )
+    targets: list[ExportTarget] = Field(
+        default_factory=lambda: [ExportTarget.ONNX],
+        min_length=1,
+        max_length=4,
+        description=(
+            "Formats to publish: onnx (always; what is served) and ort (onnxruntime's mobile "
+            "format, .ort, with its reduced operator config), each accuracy-checked in onnxruntime."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _onnx_target(self) -> ExportSpec:
+        if ExportTarget.ONNX not in self.targets:
+            raise RuleError(("targets",), "export.targets must include onnx (the format that is served)")
+        return self
 
 
 class QualityGate(ApiModel):
@@ -344,6 +377,49 @@ class QualityGate(ApiModel):
             "model (fp32 is served instead). Only with export.quantize: int8."
         ),
     )
+
+
+class ArtifactEncryption(ApiModel):
+    """Client-side encryption of every published model file (AES-256-GCM, docs/security.md)."""
+
+    key_secret: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=NAME_PATTERN,
+        description=(
+            'Secret (same namespace, label rayrelay.dev/credentials: "true") whose key '
+            "RAYRELAY_ENCRYPTION_KEY holds a 256-bit key (64 hex digits or base64 of 32 bytes). "
+            "A per-run data key wrapped by it encrypts every file before upload; a ModelDeployment "
+            "of the run needs the same Secret."
+        ),
+    )
+
+
+class ServerSideEncryption(ApiModel):
+    """S3 server-side encryption of every object written (the store encrypts and decrypts)."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "!has(self.kmsKeyId) || self.type == 'SSE-KMS'",
+            "kmsKeyId is only for type SSE-KMS",
+            ".kmsKeyId",
+        ),
+    )
+
+    type: SseType = Field(description="SSE-S3 (AES256, S3-managed keys) or SSE-KMS (aws:kms).")
+    kms_key_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^\S+$",
+        description="KMS key id or ARN for SSE-KMS; the bucket's default KMS key when omitted.",
+    )
+
+    @model_validator(mode="after")
+    def _kms_key_only_with_kms(self) -> ServerSideEncryption:
+        if self.kms_key_id is not None and self.type != SseType.SSE_KMS:
+            raise RuleError(("kmsKeyId",), "kmsKeyId is only for type SSE-KMS")
+        return self
 
 
 class ArtifactsSpec(ApiModel):
@@ -371,6 +447,17 @@ class ArtifactsSpec(ApiModel):
             "Secret (same namespace) with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; "
             "credentials never go in the spec."
         ),
+    )
+    encryption: ArtifactEncryption | None = Field(
+        default=None,
+        description=(
+            "Encrypt every model file at rest (AES-256-GCM) with a key from a Secret; serving "
+            "decrypts in memory only."
+        ),
+    )
+    server_side_encryption: ServerSideEncryption | None = Field(
+        default=None,
+        description="Ask S3 to encrypt each object it stores (SSE-S3 or SSE-KMS); s3:// stores only.",
     )
 
 

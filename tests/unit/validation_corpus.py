@@ -106,6 +106,18 @@ VALID: list[tuple[str, dict[str, Any]]] = [
             },
         ),
     ),
+    (
+        "tj-encrypted-sse-kms-ort",
+        mutate(
+            TJ,
+            {
+                "spec.artifacts.encryption": {"keySecret": "model-key"},
+                "spec.artifacts.serverSideEncryption": {"type": "SSE-KMS", "kmsKeyId": "alias/models"},
+                "spec.export.targets": ["onnx", "ort"],
+            },
+        ),
+    ),
+    ("md-encrypted", mutate(MD, {"spec.artifacts.encryption": {"keySecret": "model-key"}})),
     ("md-scale-to-zero", mutate(MD, {"spec.autoscaling.minReplicas": 0, "spec.autoscaling.maxReplicas": 1})),
     ("md-min-equals-max", mutate(MD, {"spec.autoscaling.minReplicas": 3, "spec.autoscaling.maxReplicas": 3})),
     (
@@ -472,6 +484,54 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
     ),
     ("md-unknown-field", MD, {"spec.replicas": 3}, "spec.replicas", "unknown field", True),
     (
+        "export-targets-without-onnx",
+        TJ,
+        {"spec.export.targets": ["ort"]},
+        "spec.export.targets",
+        "must include onnx",
+        True,
+    ),
+    (
+        "export-target-unknown",
+        TJ,
+        {"spec.export.targets": ["onnx", "tflite"]},
+        "spec.export.targets[1]",
+        "must be one of: onnx, ort",
+        True,
+    ),
+    (
+        "encryption-key-secret-bad-name",
+        TJ,
+        {"spec.artifacts.encryption": {"keySecret": "My Key"}},
+        "spec.artifacts.encryption.keySecret",
+        "lowercase name",
+        True,
+    ),
+    (
+        "encryption-without-key-secret",
+        MD,
+        {"spec.artifacts.encryption": {}},
+        "spec.artifacts.encryption.keySecret",
+        "field required",
+        True,
+    ),
+    (
+        "sse-type-unknown",
+        TJ,
+        {"spec.artifacts.serverSideEncryption": {"type": "AES256"}},
+        "spec.artifacts.serverSideEncryption.type",
+        "must be one of: SSE-S3, SSE-KMS",
+        True,
+    ),
+    (
+        "sse-kms-key-with-s3",
+        TJ,
+        {"spec.artifacts.serverSideEncryption": {"type": "SSE-S3", "kmsKeyId": "alias/models"}},
+        "spec.artifacts.serverSideEncryption.kmsKeyId",
+        "only for type SSE-KMS",
+        True,
+    ),
+    (
         "wrong-api-version",
         TJ,
         {"apiVersion": "rayrelay.dev/v1"},
@@ -633,6 +693,103 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
         spec_with("ModelDeployment", autoscaling={"minReplicas": 5}),
         False,
     ),
+    # kmsKeyId only with SSE-KMS (the artifacts object is shared by both kinds)
+    (
+        "TrainingJob",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with("TrainingJob", artifacts={"serverSideEncryption": {"type": "SSE-S3"}}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with(
+            "TrainingJob", artifacts={"serverSideEncryption": {"type": "SSE-KMS", "kmsKeyId": "alias/models"}}
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with("TrainingJob", artifacts={"serverSideEncryption": {"type": "SSE-KMS"}}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with(
+            "TrainingJob", artifacts={"serverSideEncryption": {"type": "SSE-S3", "kmsKeyId": "alias/models"}}
+        ),
+        False,
+    ),
+    (
+        "ModelDeployment",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with("ModelDeployment", artifacts={"serverSideEncryption": {"type": "SSE-S3"}}),
+        True,
+    ),
+    (
+        "ModelDeployment",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with(
+            "ModelDeployment",
+            artifacts={"serverSideEncryption": {"type": "SSE-KMS", "kmsKeyId": "alias/models"}},
+        ),
+        True,
+    ),
+    (
+        "ModelDeployment",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with("ModelDeployment", artifacts={"serverSideEncryption": {"type": "SSE-KMS"}}),
+        True,
+    ),
+    (
+        "ModelDeployment",
+        "spec.artifacts.serverSideEncryption",
+        "only for type SSE-KMS",
+        spec_with(
+            "ModelDeployment",
+            artifacts={"serverSideEncryption": {"type": "SSE-S3", "kmsKeyId": "alias/models"}},
+        ),
+        False,
+    ),
+    # export.targets must include onnx
+    (
+        "TrainingJob",
+        "spec.export",
+        "must include onnx",
+        spec_with("TrainingJob", export={"targets": ["onnx"]}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.export",
+        "must include onnx",
+        spec_with("TrainingJob", export={"targets": ["onnx", "ort"]}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.export",
+        "must include onnx",
+        spec_with("TrainingJob", export={"targets": ["ort", "onnx"]}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.export",
+        "must include onnx",
+        spec_with("TrainingJob", export={"targets": ["ort"]}),
+        False,
+    ),
+    ("TrainingJob", "spec.export", "must include onnx", spec_with("TrainingJob", export={}), True),
 ]
 
 
