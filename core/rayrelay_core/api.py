@@ -577,7 +577,12 @@ class ModelRef(ApiModel):
 
 
 class Autoscaling(ApiModel):
-    """Ray Serve autoscaling of the replicas."""
+    """Ray Serve autoscaling of the replicas.
+
+    The defaults suit a small encoder model on CPU (a MiniLM/BERT-base replica
+    answers a short text in milliseconds and starts in a few seconds): react to
+    load within seconds, release a replica only after a couple of quiet minutes.
+    """
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -587,16 +592,62 @@ class Autoscaling(ApiModel):
         ),
     )
 
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas (0 scales to zero).")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Fewest replicas. 0 scales to zero: after scaleToZeroAfterSeconds without a request the "
+            "last replica is released, and the next request is held (not refused) while one starts."
+        ),
+    )
     max_replicas: int = Field(default=2, ge=1, le=1000, description="Most replicas.")
     target_ongoing_requests: float = Field(
-        default=4, gt=0, le=10_000, description="Requests in flight per replica that autoscaling aims for."
+        default=4,
+        gt=0,
+        le=10_000,
+        description=(
+            "Requests in flight per replica that autoscaling aims for (replicas = ongoing requests / "
+            "this). 4 keeps a batch of a few texts forming in each replica (dynamic batching) while "
+            "queueing stays short for a model that answers in milliseconds."
+        ),
     )
     upscale_delay_seconds: float = Field(
-        default=10, ge=0, le=3600, description="How long load must stay high before scaling up."
+        default=10,
+        ge=0,
+        le=3600,
+        description=(
+            "How long load must stay high before scaling up. A few seconds: a CPU replica of a small "
+            "model starts in seconds, so adding one late costs more than adding one for a short burst."
+        ),
     )
     downscale_delay_seconds: float = Field(
-        default=120, ge=0, le=36_000, description="How long load must stay low before scaling down."
+        default=120,
+        ge=0,
+        le=36_000,
+        description=(
+            "How long load must stay low before scaling down (to minReplicas when above 0). Minutes, "
+            "so that a bursty load does not pay a replica start on every burst."
+        ),
+    )
+    scale_to_zero_after_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description=(
+            "With minReplicas 0: seconds without any request before the last replica is released "
+            "(Serve's downscale_to_zero_delay_s). Unused when minReplicas is above 0."
+        ),
+    )
+    metrics_window_seconds: float = Field(
+        default=10,
+        ge=1,
+        le=600,
+        description=(
+            "Window over which ongoing requests are averaged for each decision (Serve's "
+            "look_back_period_s; Serve's own default is 30). 10 s follows a step in load within "
+            "seconds; longer windows smooth bursty traffic."
+        ),
     )
 
     @model_validator(mode="after")
@@ -755,6 +806,26 @@ class ServedModel(ApiModel):
     variant: str | None = Field(default=None, description="fp32 or int8.")
 
 
+class ScalingStatus(ApiModel):
+    """What autoscaling decided last, as the operator observed it."""
+
+    target_replicas: int | None = Field(
+        default=None, description="Replicas Serve's autoscaler wants now (running ones may lag behind)."
+    )
+    ongoing_requests: float | None = Field(
+        default=None,
+        description="Requests in flight or queued across the replicas when last observed (when known).",
+    )
+    last_decision: str | None = Field(
+        default=None,
+        description="The last change of targetReplicas: ScaledUp, ScaledDown, ScaledToZero or ScaledFromZero.",
+    )
+    last_reason: str | None = Field(default=None, description="Why, for people: the numbers it followed.")
+    last_from_replicas: int | None = Field(default=None, description="targetReplicas before that change.")
+    last_to_replicas: int | None = Field(default=None, description="targetReplicas after that change.")
+    last_scale_time: str | None = Field(default=None, description="When that change was observed (RFC 3339).")
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment, computed by the operator."""
 
@@ -762,8 +833,17 @@ class ModelDeploymentStatus(ApiModel):
 
     phase: DeploymentPhase = Field(default=DeploymentPhase.PENDING, description="Lifecycle phase.")
     url: str | None = Field(default=None, description="Base URL of the endpoint.")
-    replicas: int | None = Field(default=None, description="Replicas running.")
-    ready_replicas: int | None = Field(default=None, description="Replicas ready.")
+    replicas: int | None = Field(
+        default=None,
+        description="Replicas that exist (starting, running or stopping) as Serve reports them; 0 when scaled to zero.",
+    )
+    ready_replicas: int | None = Field(
+        default=None, description="Replicas running and healthy (taking requests)."
+    )
+    scaling: ScalingStatus | None = Field(
+        default=None,
+        description="Autoscaling: the target replicas and the last scaling decision with its reason.",
+    )
     model: ServedModel | None = Field(default=None, description="Model being served.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
     backend: Backend | None = Field(default=None, description="Backend in use.")
