@@ -88,25 +88,50 @@ def max_ongoing_requests(spec: ModelDeploymentSpec) -> int:
     return max(2 * math.ceil(target), spec.batching.max_batch_size, 2)
 
 
+def metrics_push_interval(window_s: float) -> float:
+    """Serve's ``metrics_interval_s`` for a metrics window: a quarter of it, within [0.5, 10] s."""
+    return round(min(10.0, max(0.5, window_s / 4)), 3)
+
+
+def autoscaling_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """Serve's ``autoscaling_config`` of the model deployment, from ``spec.autoscaling``.
+
+    Scale-to-zero (``minReplicas: 0``) still starts one replica first
+    (``initial_replicas``), so that Ready means a verified model passed its
+    warm-up; Serve then releases it after ``scaleToZeroAfterSeconds`` without
+    requests (``downscale_to_zero_delay_s``), and a request that finds no
+    replica is held by Serve's proxy (or the gateway's handle) while the
+    autoscaler starts one: Serve scales up from zero without the upscale delay.
+    """
+    scaling = spec.autoscaling
+    config: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "initial_replicas": max(scaling.min_replicas, 1),
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+        "upscale_delay_s": scaling.upscale_delay_seconds,
+        "downscale_delay_s": scaling.downscale_delay_seconds,
+        "look_back_period_s": scaling.metrics_window_seconds,
+        # How often replicas and handles push their request counts to Serve's controller.
+        # Serve marks the field deprecated (env vars are to replace it) but 2.58 still uses it,
+        # and its default (10 s) would make every decision up to 10 s late and warn for
+        # windows <= 10 s. A quarter of the window: several points per window, and cheap.
+        "metrics_interval_s": metrics_push_interval(scaling.metrics_window_seconds),
+    }
+    if scaling.min_replicas == 0:
+        config["downscale_to_zero_delay_s"] = scaling.scale_to_zero_after_seconds
+    return config
+
+
 def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
     """Serve deployment options of ``ModelServer`` (the same keys as the config schema)."""
-    scaling = spec.autoscaling
     actor: dict[str, Any] = {"num_cpus": spec.resources.cpus}
     if spec.resources.gpus:
         actor["num_gpus"] = spec.resources.gpus
     if spec.resources.memory:
         actor["memory"] = quantity_bytes(spec.resources.memory)
     return {
-        "autoscaling_config": {
-            "min_replicas": scaling.min_replicas,
-            "max_replicas": scaling.max_replicas,
-            # Scale-to-zero still loads one replica first, so that Ready means a
-            # verified model passed its warm-up.
-            "initial_replicas": max(scaling.min_replicas, 1),
-            "target_ongoing_requests": scaling.target_ongoing_requests,
-            "upscale_delay_s": scaling.upscale_delay_seconds,
-            "downscale_delay_s": scaling.downscale_delay_seconds,
-        },
+        "autoscaling_config": autoscaling_config(spec),
         "ray_actor_options": actor,
         "max_ongoing_requests": max_ongoing_requests(spec),
         "user_config": batching_user_config(spec),

@@ -45,6 +45,8 @@ def test_gateway_and_model_entries() -> None:
         "target_ongoing_requests": 3,
         "upscale_delay_s": 1,
         "downscale_delay_s": 120,
+        "look_back_period_s": 10,
+        "metrics_interval_s": 2.5,
     }
     assert dep["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1, "memory": 2 * 2**30}
     assert dep["user_config"] == {"maxBatchSize": 32, "batchWaitTimeoutMs": 7}
@@ -58,6 +60,7 @@ def test_defaults_scale_to_zero_and_ongoing_above_target() -> None:
     ]
     assert dep["autoscaling_config"]["min_replicas"] == 0
     assert dep["autoscaling_config"]["initial_replicas"] == 1
+    assert dep["autoscaling_config"]["downscale_to_zero_delay_s"] == 300
     assert dep["ray_actor_options"] == {"num_cpus": 1}
     assert dep["max_ongoing_requests"] == 80
 
@@ -104,3 +107,27 @@ def test_the_resolved_digest_travels_to_the_replica() -> None:
         assert wire["digest"] == f"sha256:{hexdigest}"
         (_, model) = serveconfig.application_configs(wire)
         assert model["args"]["digest"] == f"sha256:{hexdigest}"
+
+
+def test_scale_to_zero_and_window_reach_serve_and_serve_accepts_them() -> None:
+    """Every key is one Serve's own AutoscalingConfig accepts, with the values of the spec."""
+    from ray.serve.config import AutoscalingConfig
+
+    (dep,) = serveconfig.model_application(
+        args(
+            autoscaling={
+                "minReplicas": 0,
+                "maxReplicas": 3,
+                "scaleToZeroAfterSeconds": 4,
+                "metricsWindowSeconds": 2,
+            }
+        )
+    )["deployments"]
+    config = AutoscalingConfig(**dep["autoscaling_config"])
+    assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (0, 1, 3)
+    assert config.downscale_to_zero_delay_s == 4 and config.look_back_period_s == 2
+    assert config.metrics_interval_s == 0.5  # below the window, so Serve does not warn
+    (dep,) = serveconfig.model_application(
+        args(autoscaling={"minReplicas": 1, "scaleToZeroAfterSeconds": 4})
+    )["deployments"]
+    assert "downscale_to_zero_delay_s" not in dep["autoscaling_config"]  # no scale to zero above 0
