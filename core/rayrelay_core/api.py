@@ -95,6 +95,7 @@ class StrEnum(str, enum.Enum):
 
 class Task(StrEnum):
     SEQUENCE_CLASSIFICATION = "sequence-classification"
+    TEXT_GENERATION = "text-generation"
 
 
 class DataFormat(StrEnum):
@@ -182,7 +183,12 @@ class ModelSource(ApiModel):
     )
     task: Task = Field(
         default=Task.SEQUENCE_CLASSIFICATION,
-        description="The fine-tuning task. Only sequence-classification for now.",
+        description=(
+            "The fine-tuning task: sequence-classification (an encoder with a label head, served "
+            "by OIP infer) or text-generation (causal-LM fine-tuning of a GPT-style decoder, "
+            "exported with its KV cache, served by OIP generate/generate_stream and OpenAI "
+            "/v1/completions)."
+        ),
     )
     num_labels: int | None = Field(
         default=None,
@@ -190,13 +196,22 @@ class ModelSource(ApiModel):
         le=1000,
         description=(
             "Number of classes. When omitted it is derived from the training data's "
-            "label set; when given, the data must not hold more labels."
+            "label set; when given, the data must not hold more labels. "
+            "sequence-classification only."
         ),
     )
 
 
 class DataSpec(ApiModel):
-    """The labelled training and validation data."""
+    """The training and validation data."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "has(self.promptField) == has(self.completionField)",
+            "promptField and completionField go together",
+            ".promptField",
+        ),
+    )
 
     train: str = Field(
         pattern=STORE_URI_PATTERN,
@@ -216,8 +231,32 @@ class DataSpec(ApiModel):
         default="label",
         min_length=1,
         max_length=128,
-        description="Field holding the label (an integer id or a string class name).",
+        description=(
+            "Field holding the label (an integer id or a string class name); not read for text-generation."
+        ),
     )
+    prompt_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "text-generation only: field holding a prompt (with completionField). Rows with "
+            "textField are trained on in full; prompt/completion rows only on the completion. "
+            "Default 'prompt'."
+        ),
+    )
+    completion_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="text-generation only: field holding the completion of promptField. Default 'completion'.",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_completion_together(self) -> DataSpec:
+        if (self.prompt_field is None) != (self.completion_field is None):
+            raise RuleError(("promptField",), "promptField and completionField go together")
+        return self
 
 
 class Hyperparameters(ApiModel):
@@ -374,7 +413,26 @@ class QualityGate(ApiModel):
         le=1,
         description=(
             "Largest accuracy drop of int8 vs ONNX fp32; a larger drop rejects the int8 "
-            "model (fp32 is served instead). Only with export.quantize: int8."
+            "model (fp32 is served instead). Only with export.quantize: int8. "
+            "sequence-classification only."
+        ),
+    )
+    max_val_perplexity: float | None = Field(
+        default=None,
+        ge=1,
+        le=1e12,
+        description=(
+            "text-generation only: fail the job when the trained model's validation perplexity "
+            "(exp of the mean token loss) is higher."
+        ),
+    )
+    max_int8_perplexity_increase: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description=(
+            "text-generation only: largest relative rise of the int8 model's validation perplexity "
+            "over ONNX fp32 (0.05 = 5%); a larger rise rejects int8 (fp32 is served instead)."
         ),
     )
 
@@ -471,6 +529,30 @@ class TrainingJobSpec(ApiModel):
             "qualityGate.maxInt8AccuracyDrop needs export.quantize: int8",
             ".qualityGate.maxInt8AccuracyDrop",
         ),
+        CelRule(
+            "self.model.task != 'text-generation' || !has(self.model.numLabels)",
+            "model.numLabels is only for task sequence-classification",
+            ".model.numLabels",
+        ),
+        CelRule(
+            "self.model.task != 'text-generation' || !has(self.qualityGate) || "
+            "(!has(self.qualityGate.minEvalAccuracy) && !has(self.qualityGate.maxInt8AccuracyDrop))",
+            "qualityGate.minEvalAccuracy and maxInt8AccuracyDrop are for sequence-classification; "
+            "text-generation uses maxValPerplexity and maxInt8PerplexityIncrease",
+            ".qualityGate",
+        ),
+        CelRule(
+            "self.model.task == 'text-generation' || !has(self.qualityGate) || "
+            "(!has(self.qualityGate.maxValPerplexity) && !has(self.qualityGate.maxInt8PerplexityIncrease))",
+            "qualityGate.maxValPerplexity and maxInt8PerplexityIncrease are only for task text-generation",
+            ".qualityGate",
+        ),
+        CelRule(
+            "self.model.task == 'text-generation' || "
+            "(!has(self.data.promptField) && !has(self.data.completionField))",
+            "data.promptField and data.completionField are only for task text-generation",
+            ".data",
+        ),
     )
 
     model: ModelSource = Field(description="The base model and task.")
@@ -514,6 +596,32 @@ class TrainingJobSpec(ApiModel):
             raise RuleError(
                 ("qualityGate", "maxInt8AccuracyDrop"),
                 "qualityGate.maxInt8AccuracyDrop needs export.quantize: int8",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> TrainingJobSpec:
+        gate, generation = self.quality_gate, self.model.task == Task.TEXT_GENERATION
+        if generation and self.model.num_labels is not None:
+            raise RuleError(
+                ("model", "numLabels"), "model.numLabels is only for task sequence-classification"
+            )
+        if generation and (gate.min_eval_accuracy is not None or gate.max_int8_accuracy_drop is not None):
+            raise RuleError(
+                ("qualityGate",),
+                "qualityGate.minEvalAccuracy and maxInt8AccuracyDrop are for sequence-classification; "
+                "text-generation uses maxValPerplexity and maxInt8PerplexityIncrease",
+            )
+        if not generation and (
+            gate.max_val_perplexity is not None or gate.max_int8_perplexity_increase is not None
+        ):
+            raise RuleError(
+                ("qualityGate",),
+                "qualityGate.maxValPerplexity and maxInt8PerplexityIncrease are only for task text-generation",
+            )
+        if not generation and (self.data.prompt_field is not None or self.data.completion_field is not None):
+            raise RuleError(
+                ("data",), "data.promptField and data.completionField are only for task text-generation"
             )
         return self
 
@@ -703,6 +811,24 @@ class RequestLimits(ApiModel):
     )
 
 
+class GenerationLimits(ApiModel):
+    """Bounds of a text-generation request (a model trained with task text-generation)."""
+
+    max_prompt_tokens: int = Field(
+        default=512,
+        ge=1,
+        le=131_072,
+        description="Longest prompt, in tokens; a longer one gets 400 (the model's context also bounds it).",
+    )
+    max_new_tokens: int = Field(
+        default=128,
+        ge=1,
+        le=32_768,
+        description="Most tokens one request may ask for (max_tokens / max_new_tokens); more gets 400.",
+    )
+    max_stop_sequences: int = Field(default=4, ge=0, le=64, description="Most stop sequences in one request.")
+
+
 class ModelDeploymentSpec(ApiModel):
     """What to serve and how."""
 
@@ -714,6 +840,13 @@ class ModelDeploymentSpec(ApiModel):
     batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
     runtime: Runtime = Field(default_factory=Runtime, description="onnxruntime settings.")
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request bounds.")
+    generation: GenerationLimits | None = Field(
+        default=None,
+        description=(
+            "Limits of generation requests, for a model trained with task text-generation "
+            "(defaults apply when omitted); a classification model ignores them."
+        ),
+    )
     artifacts: ArtifactsSpec = Field(
         default_factory=ArtifactsSpec,
         description="How to reach the store of manifestUri (endpoint, credentials); uri is unused here.",
@@ -749,6 +882,9 @@ class Progress(ApiModel):
     total_steps: int | None = Field(default=None, description="Optimizer steps in the run.")
     percent: float | None = Field(default=None, description="step / totalSteps in percent.")
     loss: float | None = Field(default=None, description="Recent training loss.")
+    val_perplexity: float | None = Field(
+        default=None, description="Validation perplexity at the latest checkpoint (text-generation)."
+    )
     samples_per_second: float | None = Field(default=None, description="Training throughput.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds left in training.")
     last_update_time: str | None = Field(default=None, description="When the workers last reported.")

@@ -124,6 +124,20 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         "md-cuda-first",
         mutate(MD, {"spec.runtime.executionProviders": ["CUDAExecutionProvider", "CPUExecutionProvider"]}),
     ),
+    (
+        "tj-text-generation",
+        mutate(
+            TJ,
+            {
+                "spec.model.task": "text-generation",
+                "spec.qualityGate.maxValPerplexity": 500,
+                "spec.qualityGate.maxInt8PerplexityIncrease": 0.1,
+                "spec.data.promptField": "question",
+                "spec.data.completionField": "answer",
+            },
+        ),
+    ),
+    ("md-generation-limits", mutate(MD, {"spec.generation": {"maxPromptTokens": 256, "maxNewTokens": 64}})),
 ]
 
 
@@ -532,6 +546,62 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
         True,
     ),
     (
+        "task-unknown",
+        TJ,
+        {"spec.model.task": "summarization"},
+        "spec.model.task",
+        "must be one of: sequence-classification, text-generation",
+        True,
+    ),
+    (
+        "generation-with-num-labels",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.model.numLabels": 3},
+        "spec.model.numLabels",
+        "only for task sequence-classification",
+        True,
+    ),
+    (
+        "generation-with-accuracy-gate",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.qualityGate.minEvalAccuracy": 0.5},
+        "spec.qualityGate",
+        "text-generation uses maxValPerplexity",
+        True,
+    ),
+    (
+        "classification-with-perplexity-gate",
+        TJ,
+        {"spec.qualityGate.maxValPerplexity": 20},
+        "spec.qualityGate",
+        "only for task text-generation",
+        True,
+    ),
+    (
+        "classification-with-prompt-field",
+        TJ,
+        {"spec.data.promptField": "q", "spec.data.completionField": "a"},
+        "spec.data",
+        "only for task text-generation",
+        True,
+    ),
+    (
+        "prompt-without-completion",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.data.promptField": "q"},
+        "spec.data.promptField",
+        "go together",
+        True,
+    ),
+    (
+        "max-new-tokens-zero",
+        MD,
+        {"spec.generation": {"maxNewTokens": 0}},
+        "spec.generation.maxNewTokens",
+        "must be at least 1",
+        True,
+    ),
+    (
         "wrong-api-version",
         TJ,
         {"apiVersion": "rayrelay.dev/v1"},
@@ -790,6 +860,87 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
         False,
     ),
     ("TrainingJob", "spec.export", "must include onnx", spec_with("TrainingJob", export={}), True),
+    # task-specific fields
+    ("TrainingJob", "spec", "numLabels is only for", spec_with("TrainingJob"), True),
+    (
+        "TrainingJob",
+        "spec",
+        "numLabels is only for",
+        spec_with("TrainingJob", model={"source": "m", "numLabels": 3}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "numLabels is only for",
+        spec_with("TrainingJob", model={"source": "m", "task": "text-generation", "numLabels": 3}),
+        False,
+    ),
+    ("TrainingJob", "spec", "text-generation uses maxValPerplexity", spec_with("TrainingJob"), True),
+    (
+        "TrainingJob",
+        "spec",
+        "text-generation uses maxValPerplexity",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            qualityGate={"maxValPerplexity": 50},
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "text-generation uses maxValPerplexity",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            qualityGate={"maxInt8AccuracyDrop": 0.1},
+        ),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "maxInt8PerplexityIncrease are only for task text-generation",
+        spec_with("TrainingJob", qualityGate={"minEvalAccuracy": 0.5}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "maxInt8PerplexityIncrease are only for task text-generation",
+        spec_with("TrainingJob", qualityGate={"maxInt8PerplexityIncrease": 0.1}),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "completionField are only for task text-generation",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            data={"train": "t", "validation": "v", "promptField": "q", "completionField": "a"},
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "completionField are only for task text-generation",
+        spec_with(
+            "TrainingJob", data={"train": "t", "validation": "v", "promptField": "q", "completionField": "a"}
+        ),
+        False,
+    ),
+    ("TrainingJob", "spec.data", "go together", spec_with("TrainingJob"), True),
+    (
+        "TrainingJob",
+        "spec.data",
+        "go together",
+        spec_with("TrainingJob", data={"train": "t", "validation": "v", "promptField": "q"}),
+        False,
+    ),
 ]
 
 
