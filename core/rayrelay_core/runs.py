@@ -163,6 +163,7 @@ class ProgressDoc(Doc):
     step: int | None = None
     total_steps: int | None = None
     loss: float | None = None
+    val_perplexity: float | None = None  # text-generation: at the latest checkpoint
     samples_per_second: float | None = None
     eta_seconds: float | None = None
     update_time: str | None = None
@@ -239,6 +240,14 @@ class Manifest(Doc):
     files: list[FileEntry]
     variants: dict[str, VariantInfo] = Field(description="pytorch, fp32, fp32-optimized?, int8.")
     recommended_variant: str = Field(description="What variant auto serves: int8 when accepted, else fp32.")
+    task: str = Field(
+        default="sequence-classification",
+        description="The TrainingJob's model.task; text-generation sets are served by textgen.serving.",
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None,
+        description="text-generation: the decoder's inputs, EOS id, context length and parity figures.",
+    )
     parity: Parity
     labels: list[str]
     tokenizer: TokenizerInfo
@@ -319,6 +328,7 @@ def serve_app_args(
     spec: ModelDeploymentSpec,
     endpoint_url: str | None,
     digest: str | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """The arguments of the Serve application builder (JSON-serialisable).
 
@@ -334,6 +344,8 @@ def serve_app_args(
         "endpointUrl": endpoint_url,
         "spec": spec.wire(),
     }
+    if task and task != "sequence-classification":
+        args["task"] = task  # the manifest's task picks the replica class (serve/app.py)
     if digest:
         args["digest"] = digest if digest.startswith("sha256:") else f"sha256:{digest}"
     return args
