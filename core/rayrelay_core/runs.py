@@ -41,6 +41,9 @@ from rayrelay_core.api import ModelDeploymentSpec, TrainingJobSpec
 from rayrelay_core.store import NotFound, Store, TooLarge, bounded, join, sha256_bytes
 
 MANIFEST_VERSION = 1
+# The environment variable that carries the key of spec.artifacts.encryption.keySecret
+# (the Secret's key of the same name) into the Ray processes that publish or serve.
+ENCRYPTION_KEY_ENV = "RAYRELAY_ENCRYPTION_KEY"
 
 # Caps on what is read from a run folder (docs/security.md, finding 3): whoever can
 # write the run folder (or answer for its S3 endpoint) must not be able to make the
@@ -71,8 +74,15 @@ def spec_hash(spec: TrainingJobSpec) -> str:
     wire = spec.wire()
     for field in _NON_RESULT_FIELDS:
         wire.pop(field, None)
-    # Where artifacts are stored does not change what they are.
-    wire.pop("artifacts", None)
+    # Where artifacts are stored does not change what they are; whether they are
+    # encrypted does (a plain run must not be reused for an encrypted spec, nor the
+    # other way round), so encryption stays in the hash, where it is set.
+    encryption = (wire.pop("artifacts", None) or {}).get("encryption")
+    if encryption:
+        wire["artifactsEncryption"] = encryption
+    # export.targets at its default leaves the hash (and the run ids) as before it existed.
+    if wire.get("export", {}).get("targets") == ["onnx"]:
+        wire["export"].pop("targets")
     return hashlib.sha256(canonical_json(wire).encode()).hexdigest()
 
 
@@ -184,8 +194,20 @@ class FailureDoc(Doc):
 
 class FileEntry(Doc):
     path: str = Field(description="Path relative to the run folder.")
-    sha256: str
+    sha256: str = Field(description="Of the bytes stored (the ciphertext when encrypted): transfer checks.")
     size: int
+    plaintext_sha256: str | None = Field(
+        default=None, description="Encrypted sets: sha256 of the decrypted file (load checks)."
+    )
+    plaintext_size: int | None = None
+
+
+class EncryptionInfo(Doc):
+    """How the files of an encrypted artifact set were encrypted (never the key itself)."""
+
+    scheme: str = Field(description="rayrelay_workloads.envelope.SCHEME")
+    key_secret: str | None = Field(default=None, description="Name of the Secret the key came from.")
+    wrapped_data_key: str = Field(description="The run's data key, AES-GCM-wrapped by the Secret's key.")
 
 
 class VariantInfo(Doc):
@@ -238,7 +260,9 @@ class Manifest(Doc):
     run_id: str
     created_at: str
     files: list[FileEntry]
-    variants: dict[str, VariantInfo] = Field(description="pytorch, fp32, fp32-optimized?, int8.")
+    variants: dict[str, VariantInfo] = Field(
+        description="pytorch, fp32, int8, and with export.targets ort: fp32-ort, int8-ort (.ort files)."
+    )
     recommended_variant: str = Field(description="What variant auto serves: int8 when accepted, else fp32.")
     task: str = Field(
         default="sequence-classification",
@@ -253,6 +277,9 @@ class Manifest(Doc):
     tokenizer: TokenizerInfo
     lineage: Lineage
     metrics: dict[str, float] = Field(default_factory=dict)
+    encryption: EncryptionInfo | None = Field(
+        default=None, description="Set when every file is encrypted (serving needs the key)."
+    )
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:

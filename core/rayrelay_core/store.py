@@ -183,6 +183,8 @@ class S3Settings:
 
     endpoint_url: str | None = None
     region: str | None = None
+    # Server-side encryption asked of S3 on every write (``sse_args``); reads need nothing.
+    sse: dict[str, str] | None = None
     max_attempts: int = 8
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -241,11 +243,13 @@ class S3Store:
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)
-        self._call(uri, self._client.put_object, Bucket=bucket, Key=key, Body=data)
+        extra = dict(self.settings.sse or {})
+        self._call(uri, self._client.put_object, Bucket=bucket, Key=key, Body=data, **extra)
 
     def upload(self, path: str | os.PathLike[str], uri: str) -> None:
         bucket, key = split_s3(uri)
-        self._call(uri, self._client.upload_file, Filename=str(path), Bucket=bucket, Key=key)
+        extra = {"ExtraArgs": dict(self.settings.sse)} if self.settings.sse else {}
+        self._call(uri, self._client.upload_file, Filename=str(path), Bucket=bucket, Key=key, **extra)
 
     def download(self, uri: str, path: str | os.PathLike[str]) -> None:
         bucket, key = split_s3(uri)
@@ -282,11 +286,37 @@ class S3Store:
         return len(keys)
 
 
-def open_store(uri: str, endpoint_url: str | None = None) -> Store:
-    """The store for a URI; the S3 endpoint defaults to RAYRELAY_S3_ENDPOINT_URL."""
+SSE_S3 = "SSE-S3"
+SSE_KMS = "SSE-KMS"
+
+
+def sse_args(kind: str | None, kms_key_id: str | None = None) -> dict[str, str] | None:
+    """boto3's put/upload arguments for ``spec.artifacts.serverSideEncryption`` (None: none asked).
+
+    SSE-S3 is ``ServerSideEncryption: AES256``; SSE-KMS is ``aws:kms`` with the key id
+    when given (else the bucket's default KMS key). S3 encrypts and decrypts itself:
+    readers need no argument.
+    """
+    if not kind:
+        return None
+    if kind == SSE_S3:
+        return {"ServerSideEncryption": "AES256"}
+    if kind == SSE_KMS:
+        args = {"ServerSideEncryption": "aws:kms"}
+        if kms_key_id:
+            args["SSEKMSKeyId"] = kms_key_id
+        return args
+    raise StoreError(f"unknown server-side encryption {kind!r} (expected {SSE_S3} or {SSE_KMS})")
+
+
+def open_store(uri: str, endpoint_url: str | None = None, sse: dict[str, str] | None = None) -> Store:
+    """The store for a URI; the S3 endpoint defaults to RAYRELAY_S3_ENDPOINT_URL.
+
+    ``sse`` (``sse_args``) is applied to every S3 write; a local folder ignores it.
+    """
     if is_s3(uri):
         endpoint = endpoint_url or os.environ.get("RAYRELAY_S3_ENDPOINT_URL") or None
-        return S3Store(S3Settings(endpoint_url=endpoint))
+        return S3Store(S3Settings(endpoint_url=endpoint, sse=sse))
     return LocalStore()
 
 

@@ -72,6 +72,7 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
             serve_port=settings.serve_port,
             environ={},
             credentials=secret_credentials_getter(api_client),
+            encryption_key=secret_encryption_key_getter(api_client),
         )
     return ReconcileContext(
         settings=settings,
@@ -131,6 +132,40 @@ def secret_credentials_getter(api_client: Any) -> Callable[[str, str], dict[str,
         return {k: base64.b64decode(data[k]).decode() for k in CREDENTIAL_KEYS if data.get(k)}
 
     return get
+
+
+def secret_encryption_key_getter(api_client: Any) -> Callable[[str, str], str]:
+    """``encryption_key(namespace, name)``: ``RAYRELAY_ENCRYPTION_KEY`` of an opted-in Secret (ray backend).
+
+    The kuberay backend hands the key to pods by ``secretKeyRef`` and never reads it. The
+    value is returned, never logged; errors name the Secret and the key name only.
+    """
+    import base64
+
+    from kubernetes import client
+
+    from rayrelay_core.runs import ENCRYPTION_KEY_ENV
+    from rayrelay_operator.backends.base import BackendRejected, MissingPermission
+    from rayrelay_operator.policy import LABEL_CREDENTIALS
+
+    core = client.CoreV1Api(api_client)
+
+    def read(namespace: str, name: str) -> str:
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 403:
+                raise MissingPermission(f"the operator may not read Secret {namespace}/{name}") from None
+            raise BackendRejected(f"Secret {namespace}/{name} cannot be read (HTTP {exc.status})") from None
+        labels = (secret.metadata.labels or {}) if secret.metadata else {}
+        if str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
+            raise BackendRejected(f"Secret {namespace}/{name} does not opt in ({LABEL_CREDENTIALS})")
+        value = (secret.data or {}).get(ENCRYPTION_KEY_ENV)
+        if not value:
+            raise BackendRejected(f"Secret {namespace}/{name} has no key {ENCRYPTION_KEY_ENV}")
+        return base64.b64decode(value).decode("utf-8", errors="replace").strip()
+
+    return read
 
 
 # Asks the API server for a Secret's metadata only: the policy check never fetches Secret data.

@@ -5,8 +5,10 @@ nothing more (docs/security.md, issue 12). The operator therefore refuses,
 before it reads, writes or creates anything, a resource that names:
 
 - an image outside ``Settings.allowed_images`` (``ImageNotAllowed``, finding 1);
-- a credentials Secret that is not in the resource's namespace with the label
-  ``rayrelay.dev/credentials: "true"`` (``CredentialsNotAllowed``, finding 1);
+- a credentials Secret, or an encryption key Secret
+  (``spec.artifacts.encryption.keySecret``), that is not in the resource's
+  namespace with the label ``rayrelay.dev/credentials: "true"``
+  (``CredentialsNotAllowed``, finding 1);
 - an S3 endpoint outside ``Settings.allowed_s3_endpoints`` (``EndpointNotAllowed``,
   finding 3): the operator would contact it with its own credentials;
 - a local path or ``file://`` URI, or another namespace's folder of the
@@ -190,6 +192,21 @@ def _secret_refusal(
     return None
 
 
+def _key_secret_refusal(artifacts: Any, namespace: str, secret_labels: SecretLabels | None) -> Refusal | None:
+    """The encryption key's Secret: the same opt-in as a credentials Secret (its data reaches pods)."""
+    encryption = artifacts.encryption
+    if encryption is None:
+        return None
+    labels = secret_labels(namespace, encryption.key_secret) if secret_labels is not None else None
+    if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
+        return Refusal(
+            CREDENTIALS_NOT_ALLOWED,
+            f"spec.artifacts.encryption.keySecret: Secret {_quote(encryption.key_secret)} in namespace "
+            f'{namespace} is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
+        )
+    return None
+
+
 def _image_refusal(image: str | None, settings: Settings) -> Refusal | None:
     if image and not image_allowed(image, settings):
         return Refusal(
@@ -232,8 +249,9 @@ def check_trainingjob(
         yield storage_refusal("spec.data.validation", spec.data.validation, ns, settings, image_paths=True)
         if is_local(source) or is_s3(source):
             yield storage_refusal("spec.model.source", source, ns, settings, image_paths=True)
-        # Last: the only check that reads anything (the Secret's labels).
+        # Last: the only checks that read anything (the Secrets' labels).
         yield _secret_refusal(spec.artifacts, ns, settings, secret_labels)
+        yield _key_secret_refusal(spec.artifacts, ns, secret_labels)
 
     return _first(checks())
 
@@ -252,5 +270,6 @@ def check_modeldeployment(
             yield storage_refusal("spec.model.manifestUri", spec.model.manifest_uri, ns, settings)
         yield from _artifacts_refusals(spec.artifacts, ns, settings)
         yield _secret_refusal(spec.artifacts, ns, settings, secret_labels)
+        yield _key_secret_refusal(spec.artifacts, ns, secret_labels)
 
     return _first(checks())

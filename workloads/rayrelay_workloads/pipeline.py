@@ -18,6 +18,7 @@ from pathlib import Path
 from rayrelay_core.runs import FailureDoc, JobDocument, Manifest, RunLayout
 from rayrelay_core.store import StoreError, open_store
 from rayrelay_workloads.data import DataError, load_data
+from rayrelay_workloads.envelope import EnvelopeError, key_from_env
 from rayrelay_workloads.export import export_all
 from rayrelay_workloads.export_checks import ParityError
 from rayrelay_workloads.modeling import ModelSourceError, resolve_source
@@ -29,6 +30,7 @@ from rayrelay_workloads.train import METRIC, TrainingError, run_training
 # (exception type, condition reason, worth retrying) — first match wins.
 FAILURE_REASONS: list[tuple[type[BaseException], str, bool]] = [
     (DataError, "InvalidData", False),
+    (EnvelopeError, "EncryptionKeyInvalid", False),
     (ModelSourceError, "InvalidModel", False),
     (ParityError, "ParityFailed", False),
     (QualityGateError, "QualityGateFailed", False),
@@ -64,6 +66,10 @@ def run_pipeline(
 
     Ray must be reachable (``ray.init`` done, or Train starts a local instance).
     """
+    if str(job.spec.model.task) == "text-generation":  # a decoder's run (issue 16): textgen/pipeline.py
+        from rayrelay_workloads.textgen.pipeline import run_lm_pipeline
+
+        return run_lm_pipeline(job, scratch_dir, bench_repeats=min(bench_repeats, 5))
     say = log or (lambda msg: print(f"[rayrelay] {msg}", file=sys.stderr, flush=True))
     layout = RunLayout(job.run_uri)
     spec = job.spec
@@ -72,6 +78,8 @@ def run_pipeline(
     try:
         progress = ProgressWriter(layout.base, job.endpoint_url, attempt=job.attempt)
         progress.stage("Training", "reading data")
+        if spec.artifacts.encryption is not None:
+            key_from_env()  # a missing or malformed key fails now, not after training
         data = load_data(spec.data, spec.model.num_labels, job.endpoint_url)
         say(
             f"data: {len(data.train.examples)} train, {len(data.validation.examples)} validation, labels {data.labels}"

@@ -12,16 +12,29 @@ and only then replaces the run's ``manifest.json`` (one atomic write), whose
 paths point into that folder. Nothing is ever uploaded over a file a manifest
 lists, so an overlapping attempt cannot change the artifact set a replica is
 fetching (issue 12, finding 9; docs/security.md).
+
+With ``spec.artifacts.encryption`` every file is encrypted before it leaves the
+node (``envelope.py``: a fresh data key per publication, wrapped by the key the
+Secret provides as ``RAYRELAY_ENCRYPTION_KEY``); the manifest records the scheme,
+the wrapped data key, each file's ciphertext sha256 and size (what transfers are
+checked against) and its plaintext sha256 and size (what a decrypted file is
+checked against). The manifest itself stays readable: it holds no weights.
+With ``spec.artifacts.serverSideEncryption`` every upload and the manifest ask S3
+to encrypt them (``rayrelay_core.store.sse_args``).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 from rayrelay_core.runs import (
     DataLineage,
+    EncryptionInfo,
     FileEntry,
     JobDocument,
     Lineage,
@@ -34,7 +47,8 @@ from rayrelay_core.runs import (
     publish_rel,
     spec_hash,
 )
-from rayrelay_core.store import join, open_store, sha256_file
+from rayrelay_core.store import join, open_store, sha256_file, sse_args
+from rayrelay_workloads import envelope
 from rayrelay_workloads.data import LoadedData
 from rayrelay_workloads.export import ExportResult
 from rayrelay_workloads.quality import Int8Decision
@@ -116,29 +130,75 @@ def build_manifest(
     )
 
 
+def store_sse(job: JobDocument) -> dict[str, str] | None:
+    sse = job.spec.artifacts.server_side_encryption
+    return sse_args(str(sse.type), sse.kms_key_id) if sse is not None else None
+
+
 def publish(
     job: JobDocument,
     result: ExportResult,
     data: LoadedData,
     decision: Int8Decision,
     token: str | None = None,
+    environ: dict[str, str] | None = None,
 ) -> tuple[Manifest, str]:
     """Upload the artifact files into a new publication folder, then the manifest.
 
     Returns the manifest and its URI (the run's ``manifest.json``). ``token`` names
-    the publication (random when not given; tests pass their own).
+    the publication (random when not given; tests pass their own). ``environ``: where
+    the encryption key is read (default ``os.environ``).
     """
     layout = RunLayout(job.run_uri)
-    store = open_store(layout.base, job.endpoint_url)
+    store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
     root = publish_rel(publish_id_for(job.attempt, token or uuid.uuid4().hex[:12]))
+    encryption = job.spec.artifacts.encryption
+    data_key: bytes | None = None
+    info: EncryptionInfo | None = None
+    if encryption is not None:
+        kek = envelope.key_from_env(environ)
+        data_key = envelope.new_data_key()
+        info = EncryptionInfo(
+            scheme=envelope.SCHEME,
+            key_secret=encryption.key_secret,
+            wrapped_data_key=envelope.wrap_data_key(kek, data_key, job.run_id),
+        )
     files: list[FileEntry] = []
-    for folder in ("hf", "onnx"):
-        for path in sorted((result.out_dir / folder).rglob("*")):
-            if not path.is_file():
-                continue
-            rel = join(root, path.relative_to(result.out_dir).as_posix())
-            files.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
-            store.upload(path, join(layout.base, rel))
+    sealed_dir = Path(tempfile.mkdtemp(prefix="rr-sealed-")) if data_key else None
+    try:
+        for folder in ("hf", "onnx"):
+            for path in sorted((result.out_dir / folder).rglob("*")):
+                if not path.is_file():
+                    continue
+                rel = join(root, path.relative_to(result.out_dir).as_posix())
+                entry, sent = _prepare_file(path, rel, data_key, sealed_dir)
+                files.append(entry)
+                store.upload(sent, join(layout.base, rel))
+                if sent != path:
+                    sent.unlink()
+    finally:
+        if sealed_dir is not None:
+            shutil.rmtree(sealed_dir, ignore_errors=True)
     manifest = build_manifest(job, result, data, decision, files, root)
+    manifest.encryption = info
     store.write_bytes(layout.manifest, manifest.to_json().encode())
     return manifest, layout.manifest
+
+
+def _prepare_file(
+    path: Path, rel: str, data_key: bytes | None, sealed_dir: Path | None
+) -> tuple[FileEntry, Path]:
+    """The manifest entry of one file and the local file to upload (its ciphertext when encrypting)."""
+    plain_sha, plain_size = sha256_file(path), path.stat().st_size
+    if data_key is None or sealed_dir is None:
+        return FileEntry(path=rel, sha256=plain_sha, size=plain_size), path
+    sealed = sealed_dir / rel
+    envelope.encrypt_file(data_key, path, sealed, rel)
+    entry = FileEntry(
+        path=rel,
+        sha256=sha256_file(sealed),
+        size=sealed.stat().st_size,
+        plaintext_sha256=plain_sha,
+        plaintext_size=plain_size,
+    )
+    return entry, sealed

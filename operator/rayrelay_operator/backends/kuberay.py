@@ -224,6 +224,7 @@ class KubeRayBackend:
             endpoint_url=work.job.endpoint_url,
             credentials_secret=spec.artifacts.credentials_secret or self.settings.artifacts_secret,
             service_account=self.settings.workload_service_account,
+            encryption_secret=spec.artifacts.encryption.key_secret if spec.artifacts.encryption else None,
         )
 
     def submit_training(self, work: TrainingWork) -> None:
@@ -332,6 +333,9 @@ class KubeRayBackend:
             endpoint_url=work.spec.artifacts.endpoint_url or self.settings.s3_endpoint_url,
             credentials_secret=work.spec.artifacts.credentials_secret or self.settings.artifacts_secret,
             service_account=self.settings.workload_service_account,
+            encryption_secret=(
+                work.spec.artifacts.encryption.key_secret if work.spec.artifacts.encryption else None
+            ),
         )
 
     def deploy_serving(self, work: ServingWork) -> None:

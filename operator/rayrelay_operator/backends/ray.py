@@ -34,12 +34,13 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlparse
 
 import requests
 
+from rayrelay_core.runs import ENCRYPTION_KEY_ENV
 from rayrelay_operator import naming
 from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
 from rayrelay_operator.work import (
@@ -355,6 +356,7 @@ class RayBackend:
         environ: dict[str, str] | None = None,
         client_factory: Callable[[str], Any] | None = None,
         credentials: Callable[[str, str], dict[str, str]] | None = None,
+        encryption_key: Callable[[str, str], str] | None = None,
     ) -> None:
         """
         dashboard_url: http://host:8265 of the cluster's head.
@@ -368,6 +370,10 @@ class RayBackend:
             whose runtime_env Ray's job list shows to anyone who reaches the dashboard.
         credentials: ``credentials(namespace, secret)`` -> the AWS_* keys of a
             resource's opted-in credentials Secret (the operator; issue 12, finding 2).
+        encryption_key: ``encryption_key(namespace, secret)`` -> the key text of
+            ``spec.artifacts.encryption.keySecret`` (``RAYRELAY_ENCRYPTION_KEY``), given to the
+            training job and the model's Serve application through ``runtime_env`` only.
+            Without it an encrypted resource is refused (``BackendRejected``).
         """
         if "://" not in dashboard_url:
             dashboard_url = f"http://{dashboard_url}"
@@ -384,6 +390,7 @@ class RayBackend:
         self.python = python
         self._environ = environ
         self._credentials = credentials
+        self._encryption_key = encryption_key
         self._client_factory = client_factory
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -424,6 +431,7 @@ class RayBackend:
             # secret store: runtime_env is readable by whoever reaches the dashboard, which
             # is why this backend serves one trusted team only (docs/security.md).
             env_vars.update(self._credentials(work.job.namespace, secret))
+        env_vars.update(self._key_env(work.job.namespace, work.job.spec.artifacts.encryption))
         if work.job.endpoint_url:
             env_vars["RAYRELAY_S3_ENDPOINT_URL"] = work.job.endpoint_url
         metadata = {
@@ -433,6 +441,23 @@ class RayBackend:
             META_ATTEMPT: str(work.job.attempt),
         }
         client = self._jobs()
+        key = env_vars.get(ENCRYPTION_KEY_ENV, "")
+        try:
+            self._submit(work, client, job_json, env_vars, metadata)
+        except (BackendRejected, BackendUnavailable) as exc:
+            text = redact(str(exc), [key])  # Ray's error text may quote the runtime_env
+            if text != str(exc):
+                raise type(exc)(text) from None
+            raise
+
+    def _submit(
+        self,
+        work: TrainingWork,
+        client: Any,
+        job_json: str,
+        env_vars: dict[str, str],
+        metadata: dict[str, str],
+    ) -> None:
         try:
             self._call(
                 "submit job",
@@ -457,6 +482,16 @@ class RayBackend:
                 # e.g. "No available agent to submit job": the head is still starting.
                 raise BackendUnavailable(f"Ray at {self.dashboard_url}: submit job: {exc}") from exc
             raise BackendRejected(f"Ray refused job {work.submission_id}: {exc}") from exc
+
+    def _key_env(self, namespace: str, encryption: Any) -> dict[str, str]:
+        """``RAYRELAY_ENCRYPTION_KEY`` for a resource with ``spec.artifacts.encryption``, else nothing."""
+        if encryption is None:
+            return {}
+        if self._encryption_key is None:
+            raise BackendRejected(
+                "spec.artifacts.encryption: this backend was given no way to read encryption keys"
+            )
+        return {ENCRYPTION_KEY_ENV: self._encryption_key(namespace, encryption.key_secret)}
 
     def _check_job_owner(self, work: TrainingWork) -> None:
         """``BackendRejected`` unless the job with our id carries this TrainingJob's metadata."""
@@ -583,6 +618,23 @@ class RayBackend:
         from rayrelay_core.serveconfig import application_configs
 
         wanted = application_configs(work.app_args)
+        key_env = self._key_env(work.namespace, work.spec.artifacts.encryption)
+        if key_env:
+            # The model application's replicas only (the gateway never reads a model). Like a
+            # job's runtime_env, Serve's REST API shows it to whoever reaches the dashboard.
+            for app in wanted:
+                if app["name"] == work.app_name:
+                    app["runtime_env"] = {"env_vars": key_env}
+        try:
+            self._deploy(work, wanted)
+        except (BackendRejected, BackendUnavailable) as exc:
+            # Serve's error text may quote the config it refused: never pass the key on.
+            text = redact(str(exc), key_env.values())
+            if text != str(exc):
+                raise type(exc)(text) from None
+            raise
+
+    def _deploy(self, work: ServingWork, wanted: list[dict[str, Any]]) -> None:
         with _SERVE_LOCK:
             instance = self.serve_instance()
             current = current_applications(instance)
@@ -616,6 +668,14 @@ class RayBackend:
                 return  # another namespace's application: never ours to remove
             remaining = remove_application(current, work.app_name)
             self._rest("PUT", deploy_body(instance, remaining, self.serve_host, self.serve_port))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced (for error messages that may quote a config)."""
+    for value in secrets:
+        if value:
+            text = text.replace(value, "[redacted]")
+    return text
 
 
 def _same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:

@@ -10,7 +10,8 @@ worth knowing:
   (Ray's session folder, ``HOME``) and ``/dev/shm`` (Ray's object store), and
   with CPU and memory requests and limits.
 - S3 credentials come from a Secret via ``secretKeyRef`` on every container,
-  never from the spec or the entrypoint.
+  never from the spec or the entrypoint; so does the key of
+  ``spec.artifacts.encryption.keySecret`` (``RAYRELAY_ENCRYPTION_KEY``).
 - The RayJob carries ``jobId`` = our deterministic submission id and
   ``backoffLimit: 0``: retries are ours (``reconcile``), because ours resume
   from the run's latest checkpoint with a new attempt number.
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from rayrelay_core.runs import ENCRYPTION_KEY_ENV
 from rayrelay_core.serveconfig import application_configs
 from rayrelay_operator import naming
 from rayrelay_operator.work import ServingWork, TrainingWork
@@ -80,7 +82,9 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
-def _env(endpoint_url: str | None, credentials_secret: str | None) -> list[dict[str, Any]]:
+def _env(
+    endpoint_url: str | None, credentials_secret: str | None, encryption_secret: str | None = None
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},  # read-only root: caches go to the emptyDir
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
@@ -90,6 +94,10 @@ def _env(endpoint_url: str | None, credentials_secret: str | None) -> list[dict[
     if credentials_secret:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": credentials_secret, "key": key}}})
+    if encryption_secret:
+        # spec.artifacts.encryption: the key reaches the processes from the Secret, never the spec.
+        ref = {"name": encryption_secret, "key": ENCRYPTION_KEY_ENV}
+        env.append({"name": ENCRYPTION_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
     return env
 
 
@@ -181,11 +189,12 @@ def build_rayjob(
     endpoint_url: str | None,
     credentials_secret: str | None,
     service_account: str | None = None,
+    encryption_secret: str | None = None,
 ) -> dict[str, Any]:
     """The RayJob of one attempt: its own RayCluster, shut down when the job ends."""
     spec = work.job.spec
     res = spec.resources
-    env = _env(endpoint_url, credentials_secret)
+    env = _env(endpoint_url, credentials_secret, encryption_secret)
     memory = res.memory or DEFAULT_WORKER_MEMORY
     gpus = res.gpus_per_worker
     worker_params = {"num-cpus": _cpu(res.cpus_per_worker)}
@@ -256,10 +265,11 @@ def build_rayservice(
     endpoint_url: str | None,
     credentials_secret: str | None,
     service_account: str | None = None,
+    encryption_secret: str | None = None,
 ) -> dict[str, Any]:
     """The RayService of a deployment: one worker pod per Serve replica, autoscaled."""
     spec = work.spec
-    env = _env(endpoint_url, credentials_secret)
+    env = _env(endpoint_url, credentials_secret, encryption_secret)
     gpus = int(math.ceil(spec.resources.gpus))
     # Headroom for Serve's proxy and the replica's process beyond what the replica reserves.
     cpus = max(1.0, spec.resources.cpus + 0.5)

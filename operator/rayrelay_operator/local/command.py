@@ -24,7 +24,7 @@ from rayrelay_core.api import Backend
 from rayrelay_operator.backends.base import BackendUnavailable
 from rayrelay_operator.backends.ray import RayBackend
 from rayrelay_operator.local.display import Display
-from rayrelay_operator.local.inputs import as_uri, prepare, read_resources
+from rayrelay_operator.local.inputs import LocalSecrets, as_uri, prepare, read_resources
 from rayrelay_operator.local.loop import RUN_TIMEOUT_S, LocalRun, RunError
 from rayrelay_operator.local.objects import NAMESPACE, TJ, LocalObjects
 from rayrelay_operator.local.report import failures, print_endpoints, summary
@@ -76,12 +76,19 @@ def _ray(args: argparse.Namespace, console: Console) -> tuple[str, str, LocalRay
     return dashboard, sys.executable, local_ray
 
 
-def _backend_and_settings(dashboard: str, python: str, default_store: str) -> tuple[RayBackend, Settings]:
+def _backend_and_settings(
+    dashboard: str, python: str, default_store: str, secrets: LocalSecrets | None = None
+) -> tuple[RayBackend, Settings]:
     # Serve's HTTP port, when this run is the first to start Serve on the cluster:
     # RAYRELAY_SERVE_PORT, else 8000 unless taken, else a free one.
     port = int(os.environ.get("RAYRELAY_SERVE_PORT") or serve_port())
     backend = RayBackend(
-        dashboard, serve_host="127.0.0.1", serve_port=port, url_host="127.0.0.1", python=python
+        dashboard,
+        serve_host="127.0.0.1",
+        serve_port=port,
+        url_host="127.0.0.1",
+        python=python,
+        encryption_key=(secrets or LocalSecrets()).encryption_key,
     )
     settings = Settings(
         default_backend=Backend.RAY,
@@ -114,7 +121,8 @@ def _finish(run: LocalRun, console: Console, once: bool) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """`rayrelay run`: exit 0 on success, 1 on any failure (with the reason printed)."""
     console = Console(highlight=False, soft_wrap=True)
-    docs = read_resources(args.file, console)
+    secrets = LocalSecrets()
+    docs = read_resources(args.file, console, secrets)
     if docs is None:
         return 1
     base = Path.cwd()
@@ -132,7 +140,7 @@ def run_command(args: argparse.Namespace) -> int:
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         dashboard, python, local_ray = _ray(args, console)
-        backend, settings = _backend_and_settings(dashboard, python, default_store)
+        backend, settings = _backend_and_settings(dashboard, python, default_store, secrets)
         console.print(f"artifacts: {override or default_store}", markup=False)
         if args.ray_address:
             _forget_finished_jobs(backend, objects)

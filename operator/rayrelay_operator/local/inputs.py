@@ -1,22 +1,85 @@
-"""FILE in, resources out: read, validate (the same rules as `rayrelay validate`), prepare."""
+"""FILE in, resources out: read, validate (the same rules as `rayrelay validate`), prepare.
+
+FILE may also hold plain Kubernetes ``v1`` Secrets (``data`` in base64 or
+``stringData``), as ``kubectl apply -f`` would create them: `rayrelay run` keeps
+them in memory and hands ``RAYRELAY_ENCRYPTION_KEY`` of the Secret a resource's
+``spec.artifacts.encryption.keySecret`` names to its Ray job and Serve
+application (:class:`LocalSecrets`). Without such a Secret in FILE, the key comes
+from ``RAYRELAY_ENCRYPTION_KEY`` in `rayrelay run`'s environment. A Secret's
+values are never printed.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import os
 import sys
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from rayrelay_core.runs import ENCRYPTION_KEY_ENV
 from rayrelay_core.store import is_s3, normalize_uri
 from rayrelay_core.validation import ManifestParseError, cross_checks, load_documents, validate_document
+from rayrelay_operator.backends.base import BackendRejected
 from rayrelay_operator.local.objects import NAMESPACE, TJ
 
 
-def read_resources(path: str, console: Console) -> list[dict[str, Any]] | None:
-    """The documents of FILE, validated; None (after printing why) when invalid."""
+@dataclass
+class LocalSecrets:
+    """The v1 Secrets of FILE (name -> key -> value), standing in for the API server's."""
+
+    by_name: dict[str, dict[str, str]] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    def encryption_key(self, namespace: str, name: str) -> str:
+        """``RAYRELAY_ENCRYPTION_KEY`` of Secret ``name`` (RayBackend's ``encryption_key``)."""
+        secret = self.by_name.get(name)
+        if secret is not None:
+            value = secret.get(ENCRYPTION_KEY_ENV, "").strip()
+            if not value:
+                raise BackendRejected(f"Secret {name} in FILE has no key {ENCRYPTION_KEY_ENV}")
+            return value
+        value = self.environ.get(ENCRYPTION_KEY_ENV, "").strip()
+        if not value:
+            raise BackendRejected(
+                f"spec.artifacts.encryption.keySecret: no Secret {name} in FILE and no "
+                f"{ENCRYPTION_KEY_ENV} in the environment"
+            )
+        return value
+
+
+def is_secret(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("apiVersion") == "v1" and doc.get("kind") == "Secret"
+
+
+def secret_values(doc: dict[str, Any], index: int) -> tuple[str, dict[str, str] | None, str | None]:
+    """(name, values, problem) of a v1 Secret document; the problem never quotes a value."""
+    name = str((doc.get("metadata") or {}).get("name") or "")
+    if not name:
+        return name, None, f"document {index}: Secret: metadata.name: field required"
+    values: dict[str, str] = {}
+    for key, value in (doc.get("data") or {}).items():
+        try:
+            values[str(key)] = base64.b64decode(str(value), validate=True).decode()
+        except (binascii.Error, ValueError):
+            return name, None, f"Secret/{name}: data.{key}: not base64 (use stringData for plain text)"
+    values.update({str(k): str(v) for k, v in (doc.get("stringData") or {}).items()})
+    return name, values, None
+
+
+def read_resources(
+    path: str, console: Console, secrets: LocalSecrets | None = None
+) -> list[dict[str, Any]] | None:
+    """The documents of FILE, validated; None (after printing why) when invalid.
+
+    v1 Secrets are taken out of the list into ``secrets`` (when given)."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -27,11 +90,22 @@ def read_resources(path: str, console: Console) -> list[dict[str, Any]] | None:
     except ManifestParseError as exc:
         console.print(f"{path}: {exc}", markup=False)
         return None
-    if not docs:
+    problems: list[str] = []
+    kept: list[tuple[int, Any]] = []  # with their place in FILE, for the messages
+    for index, doc in enumerate(docs, start=1):
+        if not is_secret(doc):
+            kept.append((index, doc))
+            continue
+        name, values, problem = secret_values(doc, index)
+        if problem:
+            problems.append(problem)
+        elif secrets is not None and values is not None:
+            secrets.by_name[name] = values
+    docs = [doc for _, doc in kept]
+    if not docs and not problems:
         console.print(f"{path}: no resources found", markup=False)
         return None
-    problems: list[str] = []
-    for index, doc in enumerate(docs, start=1):
+    for index, doc in kept:
         problems += [str(issue) for issue in validate_document(doc, index=index)]
     if not problems:
         problems = [str(issue) for issue in cross_checks(docs, self_contained=True)]

@@ -52,6 +52,8 @@ from rayrelay_operator.work import ServingObservation, ServingState, ServingWork
 
 # ------------------------------------------------------------------------ observe
 
+ENCRYPTION_KEY_REQUIRED = "EncryptionKeyRequired"
+
 
 @dataclass
 class DesiredModel:
@@ -146,6 +148,13 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
             f"recorded {pinned[:23]}...: waiting until the TrainingJob's status names this manifest"
         )
         return DeploymentObserved(waiting=("ModelDigestMismatch", message, False))
+    if manifest.encryption is not None and md.spec.artifacts.encryption is None:
+        # A replica without the key could only fail: say why instead of deploying it.
+        message = (
+            f"{manifest_uri} is encrypted ({manifest.encryption.scheme}): set "
+            "spec.artifacts.encryption.keySecret to the Secret holding its key"
+        )
+        return DeploymentObserved(waiting=(ENCRYPTION_KEY_REQUIRED, message, True))
     return DeploymentObserved(desired=DesiredModel(manifest_uri, f"sha256:{digest}", variant))
 
 

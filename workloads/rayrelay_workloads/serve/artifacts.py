@@ -19,17 +19,28 @@ weights. Every one of those files is checked against the manifest's sha256 and
 size *before* it is used, including files already in the cache (a cached copy
 that no longer matches is fetched again; a store copy that does not match is
 refused with the file's name and both digests).
+
+An encrypted artifact set (``manifest.encryption``, ``rayrelay_workloads.envelope``)
+is cached as ciphertext only: its files are verified against their ciphertext
+digests as above, then the replica's key (``RAYRELAY_ENCRYPTION_KEY``) unwraps
+the data key and the model and tokenizer files are decrypted into memory, each
+checked against its plaintext digest (``PreparedArtifacts.model_bytes`` and
+``tokenizer_files``); no plaintext is written to disk. A missing or wrong key
+is an ``ArtifactError`` that says so without quoting any key.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from rayrelay_core.runs import FileEntry, Manifest, ManifestError, read_manifest
-from rayrelay_core.store import Store, StoreError, join, open_store, sha256_file
+from rayrelay_core.store import Store, StoreError, join, open_store, sha256_bytes, sha256_file
+from rayrelay_workloads import envelope
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,15 @@ class PreparedArtifacts:
     root: Path
     model_path: Path
     tokenizer_dir: Path
+    # Encrypted sets: the decrypted model and tokenizer files (paths relative to the
+    # tokenizer folder), in memory only; model_path and tokenizer_dir hold ciphertext.
+    model_bytes: bytes | None = None
+    tokenizer_files: dict[str, bytes] | None = None
+
+    @property
+    def model_source(self) -> str | bytes:
+        """What onnxruntime loads: the decrypted bytes, or the verified file's path."""
+        return self.model_bytes if self.model_bytes is not None else str(self.model_path)
 
 
 def cache_root(explicit: str | None = None) -> Path:
@@ -135,6 +155,34 @@ def _fetch_verified(store: Store, base_uri: str, root: Path, entry: FileEntry) -
     return dest
 
 
+def decrypt_verified(
+    manifest: Manifest, entries: list[FileEntry], paths: dict[str, Path], environ: Mapping[str, str] | None
+) -> dict[str, bytes]:
+    """The plaintext of each verified (ciphertext) file, checked against its plaintext digest."""
+    info = manifest.encryption
+    assert info is not None
+    if info.scheme != envelope.SCHEME:
+        raise ArtifactError(
+            f"the artifact set is encrypted with {info.scheme!r}; this replica reads {envelope.SCHEME}"
+        )
+    try:
+        data_key = envelope.unwrap_data_key(
+            envelope.key_from_env(environ), info.wrapped_data_key, manifest.run_id
+        )
+        out: dict[str, bytes] = {}
+        for entry in entries:
+            plain = envelope.decrypt_blob(data_key, paths[entry.path].read_bytes(), entry.path)
+            if entry.plaintext_sha256 is None or sha256_bytes(plain) != entry.plaintext_sha256:
+                raise ArtifactError(
+                    f"{entry.path}: the decrypted file does not match the manifest's plaintext sha256; "
+                    "refusing to load it"
+                )
+            out[entry.path] = plain
+        return out
+    except envelope.EnvelopeError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
 def prepare(
     manifest_uri: str,
     variant: str = "auto",
@@ -142,6 +190,7 @@ def prepare(
     endpoint_url: str | None = None,
     store: Store | None = None,
     expected_digest: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PreparedArtifacts:
     """Read the manifest, check its digest, resolve the variant, fetch and verify what serving needs."""
     if not manifest_uri.rstrip("/").endswith("manifest.json"):
@@ -160,7 +209,7 @@ def prepare(
     model_file = manifest.variants[chosen].file
     assert model_file is not None  # files_to_fetch checked it
     log.info("artifact set %s (%s): %d files verified in %s", digest[:12], chosen, len(paths), root)
-    return PreparedArtifacts(
+    prepared = PreparedArtifacts(
         manifest=manifest,
         digest=digest,
         manifest_uri=manifest_uri,
@@ -169,3 +218,46 @@ def prepare(
         model_path=paths[model_file],
         tokenizer_dir=root / _safe_relative(manifest.tokenizer.path),
     )
+    if manifest.encryption is not None:
+        plain = decrypt_verified(manifest, entries, paths, environ)
+        tok_prefix = manifest.tokenizer.path.strip("/") + "/"
+        prepared.model_bytes = plain.pop(model_file)
+        prepared.tokenizer_files = {
+            path[len(tok_prefix) :]: data for path, data in plain.items() if path.startswith(tok_prefix)
+        }
+        log.info("artifact set %s: decrypted in memory (%s)", digest[:12], manifest.encryption.scheme)
+    return prepared
+
+
+def load_tokenizer(prepared: PreparedArtifacts) -> Any:
+    """The artifact set's tokenizer: from its verified folder, or from memory when encrypted.
+
+    In memory, ``tokenizer.json`` (the fast tokenizer: normaliser, vocabulary, special
+    tokens) becomes a ``tokenizers.Tokenizer`` and the class ``tokenizer_config.json``
+    names (a transformers tokenizer class, nothing else) wraps it with that config, as
+    ``AutoTokenizer.from_pretrained`` would from the folder.
+    """
+    import transformers
+
+    if prepared.tokenizer_files is None:
+        return transformers.AutoTokenizer.from_pretrained(str(prepared.tokenizer_dir), local_files_only=True)
+    import json
+
+    from tokenizers import Tokenizer
+
+    files = prepared.tokenizer_files
+    if "tokenizer.json" not in files:
+        raise ArtifactError("the encrypted artifact set has no tokenizer.json (needed to load it in memory)")
+    config = json.loads(files.get("tokenizer_config.json", b"{}"))
+    name = str(config.get("tokenizer_class") or "")
+    cls = getattr(transformers, name, None) if name.endswith(("Tokenizer", "TokenizerFast")) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase)):
+        cls = transformers.PreTrainedTokenizerFast
+    kwargs = {k: v for k, v in config.items() if k not in _NOT_TOKENIZER_KWARGS}
+    return cls(tokenizer_object=Tokenizer.from_str(files["tokenizer.json"].decode()), **kwargs)
+
+
+# tokenizer_config.json keys that describe the files rather than the tokenizer.
+_NOT_TOKENIZER_KWARGS = frozenset(
+    {"added_tokens_decoder", "tokenizer_class", "auto_map", "backend", "is_local", "local_files_only"}
+)

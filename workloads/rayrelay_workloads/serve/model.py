@@ -43,7 +43,7 @@ from starlette.responses import Response
 
 from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLimits
 from rayrelay_workloads.serve import ingress, protocol
-from rayrelay_workloads.serve.artifacts import prepare
+from rayrelay_workloads.serve.artifacts import load_tokenizer, prepare
 from rayrelay_workloads.serve.batching import Batcher
 from rayrelay_workloads.serve.metrics import ReplicaMetrics
 from rayrelay_workloads.serve.protocol import Prediction, ProtocolError
@@ -143,9 +143,9 @@ class ModelServer:
         return self.artifacts.digest[:12]
 
     def _load_artifacts(self, args: dict[str, Any]) -> None:
-        """Fetch and verify the artifact set (manifest digest, then every file), load the tokenizer."""
-        from transformers import AutoTokenizer
+        """Fetch and verify the artifact set (manifest digest, then every file), load the tokenizer.
 
+        An encrypted set is decrypted in memory (``artifacts.prepare``), never to disk."""
         endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
         self.artifacts = prepare(
             args["manifestUri"],
@@ -157,9 +157,7 @@ class ModelServer:
         manifest = self.artifacts.manifest
         self.labels = list(manifest.labels)
         self.max_seq_length = manifest.tokenizer.max_seq_length
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            str(self.artifacts.tokenizer_dir), local_files_only=True
-        )
+        self.tokenizer = load_tokenizer(self.artifacts)
 
     def _create_session(self) -> None:
         import onnxruntime as ort
@@ -182,7 +180,7 @@ class ModelServer:
         )
         if note:
             log.warning("%s: %s", self.name, note)
-        self.session = ort.InferenceSession(str(self.artifacts.model_path), options, providers=providers)
+        self.session = ort.InferenceSession(self.artifacts.model_source, options, providers=providers)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
