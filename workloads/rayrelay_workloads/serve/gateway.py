@@ -18,7 +18,9 @@ them, parses and validates with ``protocol.py``, and only then calls
 never a 5xx, and never reach a replica with something it cannot take. 404 is
 kept for a name that is no model application (only after a fresh status read
 succeeded: a failed read is never a 404). 503 is for a model that exists but
-has no ready replica, and, with a ``Retry-After`` header, for transient
+has no ready replica (a model scaled to zero by ``minReplicas: 0`` is not
+such a model: its request is held, not refused, while Serve starts a
+replica, counted in ``rayrelay_held_requests``), and, with a ``Retry-After`` header, for transient
 server-side trouble (a model's queue full, i.e. Serve's ``BackPressureError``,
 a replica gone, or no model status read yet). Metrics:
 ``metrics.GatewayMetrics`` plus the replicas' series at ``GET /metrics``.
@@ -45,7 +47,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray import serve
@@ -55,7 +57,7 @@ from starlette.responses import Response
 from rayrelay_core.api import RequestLimits
 from rayrelay_core.serveconfig import GATEWAY_APP_NAME, GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT
 from rayrelay_workloads.serve import ingress, protocol
-from rayrelay_workloads.serve.metrics import GatewayMetrics, merge_expositions
+from rayrelay_workloads.serve.metrics import EndpointMetrics, merge_expositions
 from rayrelay_workloads.serve.protocol import ProtocolError
 
 log = logging.getLogger("ray.serve")
@@ -84,15 +86,27 @@ class ModelState:
     message: str
     deployed_at: float
     running_replicas: int
+    # The model deployment's own status (HEALTHY, UPSCALING, DOWNSCALING, ...) and its
+    # replicas by state (STARTING, RUNNING, STOPPING, ...), for /metrics.
+    deployment_status: str = ""
+    replica_states: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def scaled_to_zero(self) -> bool:
+        """Running with no replica (minReplicas 0, idle): a request starts one and is held."""
+        return self.running_replicas == 0 and (
+            self.status == "RUNNING" or self.deployment_status == "UPSCALING"
+        )
 
     @property
     def servable(self) -> bool:
-        # During a rolling update the app is DEPLOYING while old replicas still serve.
-        return self.running_replicas > 0
+        # During a rolling update the app is DEPLOYING while old replicas still serve; a
+        # deployment scaled to zero serves too: Serve holds the request while a replica starts.
+        return self.running_replicas > 0 or self.scaled_to_zero
 
     @property
     def ready(self) -> bool:
-        return self.status == "RUNNING" and self.running_replicas > 0
+        return self.status == "RUNNING" and (self.running_replicas > 0 or self.scaled_to_zero)
 
     def reason(self) -> str:
         detail = f": {self.message}" if self.message else ""
@@ -110,7 +124,7 @@ _describe = ingress.describe
 class Gateway:
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         self.args = dict(args or {})
-        self.metrics = GatewayMetrics()
+        self.metrics = EndpointMetrics()
         self._status_cache: tuple[float, dict[str, ModelState]] = (0.0, {})
         self._status_known = False  # a status read has succeeded at least once
         self._status_error: str | None = None  # why the latest status read failed
@@ -132,9 +146,17 @@ class Gateway:
             dep = app.deployments.get(MODEL_DEPLOYMENT)
             if name == GATEWAY_APP_NAME or dep is None:
                 continue  # not a rayrelay model application: never forward to it
-            running = sum(n for st, n in dep.replica_states.items() if getattr(st, "value", st) == "RUNNING")
+            replicas = {str(getattr(st, "value", st)): int(n) for st, n in dep.replica_states.items()}
             message = app.message or dep.message
-            states[name] = ModelState(name, str(app.status.value), message, app.last_deployed_time_s, running)
+            states[name] = ModelState(
+                name,
+                str(app.status.value),
+                message,
+                app.last_deployed_time_s,
+                replicas.get("RUNNING", 0),
+                str(getattr(dep.status, "value", dep.status)),
+                replicas,
+            )
         return states
 
     async def _states(self, fresh: bool = False) -> dict[str, ModelState]:
@@ -209,7 +231,9 @@ class Gateway:
         key = (state.name, state.deployed_at)
         if key not in self._infos:
             handle = await self._handle(state)
-            info = await asyncio.wait_for(handle.info.remote(), INFER_TIMEOUT_S)
+            # Scaled to zero, this call is held while Serve starts a replica (a cold start).
+            with self.metrics.held(state.name, state.scaled_to_zero):
+                info = await asyncio.wait_for(handle.info.remote(), INFER_TIMEOUT_S)
             self._infos = {k: v for k, v in self._infos.items() if k[0] != state.name}
             self._infos[key] = info
         return self._infos[key]
@@ -301,9 +325,10 @@ class Gateway:
 
     async def _predict(self, state: ModelState, texts: list[str]) -> list[protocol.Prediction]:
         handle = await self._handle(state)
-        result: list[protocol.Prediction] = await asyncio.wait_for(
-            handle.predict.remote(texts), INFER_TIMEOUT_S
-        )
+        with self.metrics.held(state.name, state.scaled_to_zero):
+            result: list[protocol.Prediction] = await asyncio.wait_for(
+                handle.predict.remote(texts), INFER_TIMEOUT_S
+            )
         return result
 
     async def _v2_infer(self, request: Request, state: ModelState) -> Response:
@@ -325,13 +350,17 @@ class Gateway:
         return _json(200, protocol.v1_response(predictions, info["labels"]))
 
     async def _metrics(self) -> Response:
+        """The gateway's series, replicas by state, ongoing requests per replica, and the replicas' own."""
         from prometheus_client import generate_latest
 
-        texts = [generate_latest(self.metrics.registry).decode()]
         try:
             states = await self._states()
         except Unavailable:  # logged; the gateway's own series still answer
             states = {}
+        self.metrics.set_replicas({s.name: s.replica_states for s in states.values()})
+        ongoing = await asyncio.to_thread(replica_ongoing_requests, sorted(states))
+        self.metrics.set_ongoing(ongoing)
+        texts = [generate_latest(self.metrics.registry).decode()]
         for state in states.values():
             if not state.servable:
                 continue
@@ -341,3 +370,47 @@ class Gateway:
             except Exception as exc:  # one model's metrics must not hide the others'
                 log.warning("gateway: no metrics from %s: %s", state.name, exc)
         return Response(merge_expositions(texts), media_type="text/plain; version=0.0.4")
+
+
+def replica_ongoing_requests(models: list[str], timeout_s: float = 2.0) -> dict[str, dict[str, int]]:
+    """Ongoing requests (in flight and queued) of every replica of ``models``: {model: {replica: n}}.
+
+    Asked of each replica actor (Serve names them ``SERVE_REPLICA::{app}#ModelServer#{id}`` in
+    the ``serve`` namespace) with ``get_num_ongoing_requests``, the count Serve's own router and
+    autoscaler use; it runs in the replica's control thread, so a busy model does not delay it.
+    A handle call would reach one replica only. Replicas that do not answer in time are left out.
+    """
+    import ray
+
+    wanted = set(models)
+    actors: list[tuple[str, str, Any]] = []
+    try:
+        named = ray.util.list_named_actors(all_namespaces=True)
+    except Exception as exc:  # the series are best effort; the scrape still answers
+        log.warning("gateway: cannot list replicas for /metrics: %s", exc)
+        return {}
+    for entry in named:
+        name, namespace = entry.get("name", ""), entry.get("namespace", "")
+        parts = name.removeprefix(_REPLICA_PREFIX).split("#")
+        if namespace != "serve" or not name.startswith(_REPLICA_PREFIX) or len(parts) != 3:
+            continue
+        app, deployment, replica = parts
+        if app in wanted and deployment == MODEL_DEPLOYMENT:
+            try:
+                actors.append((app, replica, ray.get_actor(name, namespace="serve")))
+            except ValueError:  # stopped meanwhile
+                continue
+    out: dict[str, dict[str, int]] = {m: {} for m in wanted}
+    refs = [actor.get_num_ongoing_requests.remote() for _, _, actor in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    done = set(ready)
+    for (app, replica, _), ref in zip(actors, refs, strict=True):
+        if ref in done:
+            try:
+                out[app][replica] = int(ray.get(ref))
+            except Exception:  # the replica died between the list and the call
+                continue
+    return out
+
+
+_REPLICA_PREFIX = "SERVE_REPLICA::"

@@ -10,6 +10,10 @@ which Ray's own libraries may also write to):
   the replica to the start of its batch) and inference latency, labelled with
   its replica id.
 
+The gateway's ``EndpointMetrics`` adds what autoscaling does: replicas by
+state, ongoing requests per replica (asked of every replica at each scrape),
+and requests held while a model scaled to zero starts a replica.
+
 ``GET /metrics`` on the gateway renders its own registry and merges in the
 text that every *running* model application returns from
 ``ModelServer.metrics_text``. A handle call reaches one replica, so with several
@@ -21,9 +25,11 @@ the source. Tests read batch sizes from ``ModelServer.stats`` or this endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -68,6 +74,84 @@ class GatewayMetrics:
         if code >= 400:
             self.errors.labels(model, protocol, str(code)).inc()
         self.latency.labels(model, protocol).observe(seconds)
+
+
+class EndpointMetrics(GatewayMetrics):
+    """The gateway's series: its requests (``GatewayMetrics``) plus what autoscaling does.
+
+    - ``rayrelay_replicas{model,state}``: replicas by Serve state (STARTING, RUNNING,
+      STOPPING, ...), read from Serve at each scrape; RUNNING is always present (0 when
+      scaled to zero);
+    - ``rayrelay_ongoing_requests{model,replica}``: requests in flight or queued in each
+      replica, the count Serve's autoscaler follows (``gateway.replica_ongoing_requests``);
+    - ``rayrelay_held_requests{model}``: requests the gateway holds while a model scaled to
+      zero starts a replica, and ``rayrelay_cold_start_requests`` /
+      ``rayrelay_cold_start_wait_seconds`` for those that were held. (Inference on a model's
+      own route is held by Serve's proxy instead, which the gateway does not see.)
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.replicas = Gauge(
+            "rayrelay_replicas",
+            "Replicas of a model by Serve state (STARTING, RUNNING, STOPPING, ...).",
+            ["model", "state"],
+            registry=self.registry,
+        )
+        self.ongoing = Gauge(
+            "rayrelay_ongoing_requests",
+            "Requests in flight or queued in a replica (what Serve's autoscaler follows).",
+            ["model", "replica"],
+            registry=self.registry,
+        )
+        self.held_now = Gauge(
+            "rayrelay_held_requests",
+            "Requests held by the gateway while a model scaled to zero starts a replica.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cold_starts = Counter(
+            "rayrelay_cold_start_requests",
+            "Requests that found their model scaled to zero and were held until a replica answered.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cold_wait = Histogram(
+            "rayrelay_cold_start_wait_seconds",
+            "Time a request held for a model scaled to zero waited for its answer.",
+            ["model"],
+            buckets=LATENCY_BUCKETS + (20.0, 30.0, 60.0),
+            registry=self.registry,
+        )
+
+    @contextlib.contextmanager
+    def held(self, model: str, scaled_to_zero: bool) -> Iterator[None]:
+        """Count a call made while ``model`` had no replica (a no-op otherwise)."""
+        if not scaled_to_zero:
+            yield
+            return
+        gauge = self.held_now.labels(model)
+        gauge.inc()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            gauge.dec()
+            self.cold_starts.labels(model).inc()
+            self.cold_wait.labels(model).observe(time.perf_counter() - start)
+
+    def set_replicas(self, by_model: Mapping[str, Mapping[str, int]]) -> None:
+        self.replicas.clear()
+        for model, states in by_model.items():
+            self.replicas.labels(model, "RUNNING").set(0)
+            for state, count in states.items():
+                self.replicas.labels(model, state).set(count)
+
+    def set_ongoing(self, by_model: Mapping[str, Mapping[str, int]]) -> None:
+        self.ongoing.clear()
+        for model, replicas in by_model.items():
+            for replica, count in replicas.items():
+                self.ongoing.labels(model, replica).set(count)
 
 
 class ReplicaMetrics:
