@@ -99,3 +99,5 @@ class ServingObservation:
     ready_replicas: int | None = None
     message: str = ""
     serving_args: dict[str, Any] | None = None  # the args of the version that serves now
+    target_replicas: int | None = None  # what the autoscaler wants now (None: not reported)
+    ongoing_requests: float | None = None  # in flight or queued across the replicas, when known

@@ -56,6 +56,9 @@ from rayrelay_operator.work import (
 log = logging.getLogger(__name__)
 
 GATEWAY_APP = "rayrelay-gateway"
+MODEL_DEPLOYMENT = "ModelServer"
+# The gateway's /metrics is read for the replicas' ongoing requests (status.scaling): best effort.
+METRICS_TIMEOUT_S = 3.0
 # Serve applications whose import path starts with this belong to rayrelay; the
 # shared gateway is removed only when none of them is left.
 RAYRELAY_IMPORT_PREFIX = "rayrelay_workloads"
@@ -233,6 +236,8 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
             state = ServingState.DEPLOYING
             messages.append(f"{GATEWAY_APP} is {gw_status.lower()}")
     message = "; ".join(m for m in messages if m)
+    model = (details.get("deployments") or {}).get(MODEL_DEPLOYMENT) or {}
+    target = model.get("target_num_replicas")
     return ServingObservation(
         state=state,
         url=url if state in (ServingState.RUNNING, ServingState.UNHEALTHY) else None,
@@ -242,7 +247,25 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
         serving_args=(
             app_args_of(details.get("deployed_app_config")) if state is ServingState.RUNNING else None
         ),
+        target_replicas=int(target) if isinstance(target, int | float) else None,
     )
+
+
+def ongoing_requests(metrics_text: str, model: str) -> float | None:
+    """Sum of ``rayrelay_ongoing_requests{model=...}`` in the gateway's /metrics (None: absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total: float | None = None
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            if family.name != "rayrelay_ongoing_requests":
+                continue
+            for sample in family.samples:
+                if sample.labels.get("model") == model:
+                    total = (total or 0.0) + float(sample.value)
+    except ValueError:  # not an exposition (an error page): unknown
+        return None
+    return total
 
 
 def training_observation(info: dict[str, Any], logs_tail: str, dashboard_url: str) -> TrainingObservation:
@@ -655,7 +678,18 @@ class RayBackend:
 
     def observe_serving(self, work: ServingWork) -> ServingObservation:
         instance = self.serve_instance()
-        return observe_app(instance, work.app_name, self.url(instance))
+        obs = observe_app(instance, work.app_name, self.url(instance))
+        if obs.state is ServingState.RUNNING and obs.url:
+            obs.ongoing_requests = self._ongoing(obs.url, work.app_name)
+        return obs
+
+    def _ongoing(self, url: str, app_name: str) -> float | None:
+        """The model's ongoing requests from the gateway's /metrics; None when it does not answer."""
+        try:
+            resp = requests.get(f"{url}/metrics", timeout=METRICS_TIMEOUT_S)
+        except requests.exceptions.RequestException:
+            return None
+        return ongoing_requests(resp.text, app_name) if resp.status_code == 200 else None
 
     def delete_serving(self, work: ServingWork) -> None:
         with _SERVE_LOCK:

@@ -23,15 +23,17 @@ from datetime import datetime
 from typing import Any
 
 from rayrelay_core.api import (
+    Autoscaling,
     Backend,
     DeploymentPhase,
     ModelDeployment,
     ModelDeploymentStatus,
+    ScalingStatus,
     ServedModel,
     TrainingJobStatus,
     TrainingPhase,
 )
-from rayrelay_core.conditions import find_condition, set_condition
+from rayrelay_core.conditions import find_condition, rfc3339, set_condition
 from rayrelay_core.runs import ManifestError, read_manifest, serve_app_args
 from rayrelay_core.store import StoreError
 from rayrelay_operator import naming, policy
@@ -203,6 +205,65 @@ class DeploymentPass:
         self.s.url = self.obs.url or self.s.url
         self.s.replicas = self.obs.replicas
         self.s.ready_replicas = self.obs.ready_replicas
+        self.s.scaling = scaling_status(self.s.scaling, self.obs, self.md.spec.autoscaling, self.now)
+
+
+# ------------------------------------------------------------------------ scaling
+
+SCALED_UP = "ScaledUp"
+SCALED_DOWN = "ScaledDown"
+SCALED_TO_ZERO = "ScaledToZero"
+SCALED_FROM_ZERO = "ScaledFromZero"
+
+
+def scaling_reason(before: int, after: int, ongoing: float | None, scaling: Autoscaling) -> tuple[str, str]:
+    """(decision, reason) of Serve's autoscaler moving the target from ``before`` to ``after``."""
+    target = f"{scaling.target_ongoing_requests:g}"
+    load = f"{ongoing:g} requests in flight or queued" if ongoing is not None else None
+    if before == 0:
+        return SCALED_FROM_ZERO, (
+            "a request arrived while scaled to zero; Serve held it and started a replica "
+            "(no upscale delay from zero)"
+        )
+    if after == 0:
+        return SCALED_TO_ZERO, (
+            f"no request for scaleToZeroAfterSeconds ({scaling.scale_to_zero_after_seconds:g}s); "
+            "the next request is held while a replica starts"
+        )
+    if after > before:
+        seen = f"{load} at {before} replica(s)" if load else f"load at {before} replica(s)"
+        return SCALED_UP, (
+            f"{seen} above targetOngoingRequests {target} per replica for upscaleDelaySeconds "
+            f"({scaling.upscale_delay_seconds:g}s, averaged over {scaling.metrics_window_seconds:g}s)"
+        )
+    seen = f"{load} at {before} replica(s)" if load else f"load at {before} replica(s)"
+    return SCALED_DOWN, (
+        f"{seen} below targetOngoingRequests {target} per replica for downscaleDelaySeconds "
+        f"({scaling.downscale_delay_seconds:g}s)"
+    )
+
+
+def scaling_status(
+    previous: ScalingStatus | None, obs: ServingObservation, scaling: Autoscaling, now: datetime
+) -> ScalingStatus | None:
+    """``status.scaling`` from the previous one and what the backend reports now (pure).
+
+    A decision is a change of the autoscaler's target between two passes; the first
+    target seen (the deployment's initial replicas) is no decision. The backend that
+    reports no target (KubeRay's RayService status) leaves scaling unset.
+    """
+    if obs.target_replicas is None:
+        return previous
+    out = previous.model_copy() if previous is not None else ScalingStatus()
+    before, after = out.target_replicas, obs.target_replicas
+    out.target_replicas = after
+    out.ongoing_requests = round(obs.ongoing_requests, 1) if obs.ongoing_requests is not None else None
+    if before is not None and before != after:
+        decision, reason = scaling_reason(before, after, obs.ongoing_requests, scaling)
+        out.last_decision, out.last_reason = decision, reason
+        out.last_from_replicas, out.last_to_replicas = before, after
+        out.last_scale_time = rfc3339(now)
+    return out
 
 
 def compute_deployment_status(
