@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,6 +43,7 @@ from typing import Any
 from rayrelay_core.runs import FileEntry, Manifest, ManifestError, read_manifest
 from rayrelay_core.store import Store, StoreError, join, open_store, sha256_bytes, sha256_file
 from rayrelay_workloads import envelope
+from rayrelay_workloads.serve.cache import NodeCache
 
 log = logging.getLogger(__name__)
 
@@ -119,32 +122,44 @@ def files_to_fetch(manifest: Manifest, variant: str) -> list[FileEntry]:
     return needed
 
 
-def _matches(path: Path, entry: FileEntry) -> tuple[bool, str]:
+def _matches(path: Path, entry: FileEntry, timings: dict[str, float] | None = None) -> tuple[bool, str]:
     if path.stat().st_size != entry.size:
         return False, f"size {path.stat().st_size} (manifest says {entry.size})"
+    start = time.perf_counter()
     actual = sha256_file(path)
+    if timings is not None:
+        timings["verify_s"] = timings.get("verify_s", 0.0) + time.perf_counter() - start
     return actual == entry.sha256, actual
 
 
-def _fetch_verified(store: Store, base_uri: str, root: Path, entry: FileEntry) -> Path:
+def _fetch_verified(
+    store: Store, base_uri: str, root: Path, entry: FileEntry, timings: dict[str, float] | None = None
+) -> Path:
+    """The verified local copy of ``entry``; ``timings`` (optional) accumulates ``download_s``,
+    ``verify_s``, ``downloaded_bytes`` and ``cached_files`` (the cold-start breakdown)."""
     rel = _safe_relative(entry.path)
     dest = root / rel
+    timings = timings if timings is not None else {}
     if dest.exists():
-        ok, _ = _matches(dest, entry)
+        ok, _ = _matches(dest, entry, timings)
         if ok:
+            timings["cached_files"] = timings.get("cached_files", 0) + 1
             return dest
         log.warning("cached %s no longer matches the manifest; fetching it again", dest)
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     # A unique temporary name, renamed into place only after it verified, so that
     # replicas on the same node never read each other's half-written files.
-    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
+    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
     uri = join(base_uri, entry.path)
+    start = time.perf_counter()
     try:
         store.download(uri, tmp)
     except StoreError as exc:
         raise ArtifactError(f"cannot fetch {entry.path}: {exc}") from exc
-    ok, actual = _matches(tmp, entry)
+    timings["download_s"] = timings.get("download_s", 0.0) + time.perf_counter() - start
+    timings["downloaded_bytes"] = timings.get("downloaded_bytes", 0) + entry.size
+    ok, actual = _matches(tmp, entry, timings)
     if not ok:
         tmp.unlink(missing_ok=True)
         raise ArtifactError(
@@ -191,8 +206,12 @@ def prepare(
     store: Store | None = None,
     expected_digest: str | None = None,
     environ: Mapping[str, str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> PreparedArtifacts:
-    """Read the manifest, check its digest, resolve the variant, fetch and verify what serving needs."""
+    """Read the manifest, check its digest, resolve the variant, fetch and verify what serving needs.
+
+    The files go to the node-local cache (``cache.NodeCache``: keyed by digest, bounded,
+    least recently used sets evicted first); ``timings`` receives the download/verify split."""
     if not manifest_uri.rstrip("/").endswith("manifest.json"):
         raise ArtifactError(f"{manifest_uri}: expected the URI of a manifest.json")
     store = store or open_store(manifest_uri, endpoint_url)
@@ -203,9 +222,13 @@ def prepare(
     except (ManifestError, StoreError) as exc:
         raise ArtifactError(str(exc)) from exc
     base_uri = manifest_uri.rstrip("/")[: -len("manifest.json")].rstrip("/")
-    root = cache_root(cache_dir) / digest
     entries = files_to_fetch(manifest, chosen)
-    paths = {entry.path: _fetch_verified(store, base_uri, root, entry) for entry in entries}
+    node_cache = NodeCache(cache_root(cache_dir))
+    with node_cache.use(digest) as root:
+        missing = sum(e.size for e in entries if not (root / _safe_relative(e.path)).exists())
+        if missing:
+            node_cache.make_room(missing, keep=digest)
+        paths = {entry.path: _fetch_verified(store, base_uri, root, entry, timings) for entry in entries}
     model_file = manifest.variants[chosen].file
     assert model_file is not None  # files_to_fetch checked it
     log.info("artifact set %s (%s): %d files verified in %s", digest[:12], chosen, len(paths), root)
