@@ -21,7 +21,10 @@ idle replica starts a lone text at once), so texts of concurrent requests (and
 the several texts of one request) share model calls of up to ``maxBatchSize``;
 tokenisation is one call for the whole batch and pads to its longest text.
 Batching settings arrive through ``user_config`` and change in place in
-:meth:`reconfigure`. Metrics: ``metrics.ReplicaMetrics``; :meth:`stats` returns
+:meth:`reconfigure`. The constructor times its steps (``cold_start_record``:
+download, digest check, tokenizer, session, warm-up; files found in the node
+cache, ``cache.py``, are not downloaded) and :meth:`info` returns them.
+Metrics: ``metrics.ReplicaMetrics``; :meth:`stats` returns
 the batch-size counts so tests assert batching from records, not timing.
 """
 
@@ -52,6 +55,9 @@ log = logging.getLogger("ray.serve")
 
 WARMUP_TEXT = "rayrelay warm-up inference"
 SPIN = os.environ.get("RAYRELAY_ORT_SPIN", "0")  # "1" lets onnxruntime's idle threads spin
+
+# When this module was imported in the replica process (the cold-start breakdown).
+MODULE_IMPORTED_AT = time.time()
 
 # The one route a model application serves itself (see the module docstring).
 _INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)/infer/?$")
@@ -106,10 +112,16 @@ def session_threads(runtime_intra: int, runtime_inter: int, cpus: float) -> tupl
 @serve.deployment(name="ModelServer")
 class ModelServer:
     def __init__(self, args: dict[str, Any]) -> None:
+        started_at = time.time()
+        t0 = time.perf_counter()
         self.name: str = args["name"]
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
+        # Where a replica's start goes (cold start): see ``cold_start`` and ``info()``.
+        self._timings: dict[str, float] = {}
         self._load_artifacts(args)
+        t_session = time.perf_counter()
         self._create_session()
+        self._timings["session_s"] = time.perf_counter() - t_session
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside a replica (unit use): one process, one label
@@ -127,8 +139,20 @@ class ModelServer:
             on_batch=self._on_batch,
             expecting=lambda: self._parsing,
         )
+        t_warm = time.perf_counter()
         self._warm_up()
+        self._timings["warmup_s"] = time.perf_counter() - t_warm
+        self.cold_start = cold_start_record(
+            started_at, MODULE_IMPORTED_AT, self._timings, time.perf_counter() - t0
+        )
         self.ready = True
+        log.info(
+            "%s cold start: %s",
+            self.name,
+            ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.cold_start.items()
+            ),
+        )
         log.info(
             "%s ready: %s variant %s, providers %s, labels %s",
             self.name,
@@ -147,17 +171,22 @@ class ModelServer:
 
         An encrypted set is decrypted in memory (``artifacts.prepare``), never to disk."""
         endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
+        t0 = time.perf_counter()
         self.artifacts = prepare(
             args["manifestUri"],
             variant=args.get("variant") or "auto",
             cache_dir=args.get("cacheDir"),
             endpoint_url=endpoint,
             expected_digest=args.get("digest"),
+            timings=self._timings,
         )
+        self._timings["prepare_s"] = time.perf_counter() - t0
         manifest = self.artifacts.manifest
         self.labels = list(manifest.labels)
         self.max_seq_length = manifest.tokenizer.max_seq_length
+        t_tok = time.perf_counter()
         self.tokenizer = load_tokenizer(self.artifacts)
+        self._timings["tokenizer_s"] = time.perf_counter() - t_tok
 
     def _create_session(self) -> None:
         import onnxruntime as ort
@@ -313,6 +342,7 @@ class ModelServer:
             "limits": self.spec.limits.wire(),
             "providers": self.providers,
             "ready": self.ready,
+            "coldStart": self.cold_start,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -325,6 +355,37 @@ class ModelServer:
 
     def metrics_text(self) -> str:
         return self.metrics.text()
+
+
+def cold_start_record(
+    started_at: float, module_imported_at: float, timings: dict[str, float], total_s: float
+) -> dict[str, Any]:
+    """A replica's start, step by step (seconds; wall-clock stamps in seconds since the epoch).
+
+    ``initStartedAt`` lets a caller that knows when a request arrived (a cold start from zero)
+    split the wait into Serve's part (deciding, starting the actor process, importing this
+    module: up to ``moduleImportedAt``/``initStartedAt``) and the replica's own steps:
+    manifest read and store client (``prepare`` minus download and verification), download,
+    digest check (sha256 of every file, cached ones too), tokenizer, onnxruntime session,
+    warm-up inference. ``downloadedBytes`` 0 means the node cache had every file.
+    """
+    prepare_s = timings.get("prepare_s", 0.0)
+    download_s = timings.get("download_s", 0.0)
+    verify_s = timings.get("verify_s", 0.0)
+    return {
+        "moduleImportedAt": round(module_imported_at, 3),
+        "initStartedAt": round(started_at, 3),
+        "manifestS": round(max(0.0, prepare_s - download_s - verify_s), 4),
+        "downloadS": round(download_s, 4),
+        "verifyS": round(verify_s, 4),
+        "tokenizerS": round(timings.get("tokenizer_s", 0.0), 4),
+        "sessionS": round(timings.get("session_s", 0.0), 4),
+        "warmupS": round(timings.get("warmup_s", 0.0), 4),
+        "initS": round(total_s, 4),
+        "downloadedBytes": int(timings.get("downloaded_bytes", 0)),
+        "cachedFiles": int(timings.get("cached_files", 0)),
+        "readyAt": round(started_at + total_s, 3),
+    }
 
 
 def mean_batch_size(batch_sizes: dict[str, int]) -> float:
