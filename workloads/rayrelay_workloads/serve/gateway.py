@@ -362,8 +362,8 @@ class Gateway:
         self.metrics.set_ongoing(ongoing)
         texts = [generate_latest(self.metrics.registry).decode()]
         for state in states.values():
-            if not state.servable:
-                continue
+            if state.running_replicas == 0:
+                continue  # nothing to report, and a call would wake a model scaled to zero
             try:
                 handle = await self._handle(state)
                 texts.append(await asyncio.wait_for(handle.metrics_text.remote(), 5.0))
