@@ -354,7 +354,9 @@ class Gateway:
         from prometheus_client import generate_latest
 
         try:
-            states = await self._states()
+            # Fresh: a stale state could show a replica that scaled to zero since, and calling
+            # it for its series would start one.
+            states = await self._states(fresh=True)
         except Unavailable:  # logged; the gateway's own series still answer
             states = {}
         self.metrics.set_replicas({s.name: s.replica_states for s in states.values()})
