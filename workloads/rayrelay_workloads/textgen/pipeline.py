@@ -1,0 +1,258 @@
+"""A text-generation run: read data -> fine-tune (Ray Train) -> export with KV cache -> gate -> publish.
+
+``rayrelay_workloads.pipeline.run_pipeline`` hands a job whose ``model.task`` is
+``text-generation`` to :func:`run_lm_pipeline`; stages, ``progress.json``,
+``failure.json`` and the failure reasons are the classification pipeline's
+(``pipeline.classify``), so the operator and ``rayrelay run`` see the same
+documents. The quality gate is a perplexity bound
+(``qualityGate.maxValPerplexity``, on the best checkpoint's validation
+perplexity) and, for int8, ``qualityGate.maxInt8PerplexityIncrease`` (its
+validation perplexity against ONNX fp32's on the same rows).
+
+The manifest (``Manifest.task: text-generation``) lists the files like any run's
+and carries a ``generation`` block: the decoder's input and output names, the
+EOS id, the context length, the logits and greedy-decoding parity of each
+variant, and the validation perplexities.
+
+Not yet for this task: ``spec.artifacts.encryption`` (refused before training,
+reason ``InvalidSpec``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rayrelay_core.api import QualityGate
+from rayrelay_core.runs import (
+    DataLineage,
+    FileEntry,
+    JobDocument,
+    Lineage,
+    Manifest,
+    Parity,
+    RunLayout,
+    TokenizerInfo,
+    VariantInfo,
+    publish_id_for,
+    publish_rel,
+    spec_hash,
+)
+from rayrelay_core.store import join, open_store, sha256_file
+from rayrelay_workloads.modeling import resolve_source
+from rayrelay_workloads.progress import ProgressWriter
+from rayrelay_workloads.quality import Int8Decision, QualityGateError
+from rayrelay_workloads.textgen.data import LoadedLmData, load_lm_data
+from rayrelay_workloads.textgen.export import LmExportResult, export_lm
+from rayrelay_workloads.textgen.lm import METRIC
+
+TASK = "text-generation"
+
+
+class UnsupportedSpec(ValueError):
+    """A spec field this task does not support yet."""
+
+
+def check_max_perplexity(gate: QualityGate, value: float) -> None:
+    limit = getattr(gate, "max_val_perplexity", None)
+    if limit is not None and not value <= limit:
+        raise QualityGateError(
+            f"validation perplexity {value:.3f} is above qualityGate.maxValPerplexity {limit:g}"
+            + (f" by {value - limit:.3f}" if math.isfinite(value) else "")
+        )
+
+
+def int8_perplexity_decision(gate: QualityGate, fp32: float, int8: float | None) -> Int8Decision:
+    """Accept int8 unless its perplexity rises more than maxInt8PerplexityIncrease over fp32."""
+    if int8 is None:
+        return Int8Decision(False, "no int8 model (export.quantize: none)", "fp32")
+    limit = getattr(gate, "max_int8_perplexity_increase", None)
+    rise = int8 / fp32 - 1 if fp32 > 0 else math.inf
+    if limit is not None and not rise <= limit + 1e-12:
+        return Int8Decision(
+            False,
+            f"int8 validation perplexity {int8:.3f} is {rise:.1%} above fp32 {fp32:.3f}, more than "
+            f"qualityGate.maxInt8PerplexityIncrease {limit:g}",
+            "fp32",
+        )
+    return Int8Decision(True, None, "int8")
+
+
+def build_lm_manifest(
+    job: JobDocument,
+    result: LmExportResult,
+    data: LoadedLmData,
+    decision: Int8Decision,
+    files: list[FileEntry],
+    root: str,
+    train_metrics: dict[str, float],
+) -> Manifest:
+    spec = job.spec
+    sizes = {f.path: f.size for f in files}
+    fp32_file = join(root, result.fp32_file)
+    variants = {
+        "pytorch": VariantInfo(file=None, accepted=True),
+        "fp32": VariantInfo(file=fp32_file, size=sizes.get(fp32_file)),
+    }
+    if result.int8_file:
+        int8_file = join(root, result.int8_file)
+        variants["int8"] = VariantInfo(
+            file=int8_file, accepted=decision.accepted, reason=decision.reason, size=sizes.get(int8_file)
+        )
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    for name, value in result.perplexity.items():
+        metrics[f"val_perplexity_{name}"] = round(value, 6) if math.isfinite(value) else 1e30
+    for name, value in result.greedy_match.items():
+        metrics[f"greedy_match_{name}"] = value
+    for key in ("val_loss", "val_token_accuracy", METRIC):
+        if isinstance(train_metrics.get(key), int | float):
+            metrics[f"train_best_{key}"] = float(train_metrics[key])
+    generation = {
+        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
+        "outputs": ["logits", "present.{i}.key|value"],
+        "eosTokenId": result.eos_token_id,
+        "contextLength": result.context_length,
+        "parityPrompts": result.prompts,
+        "greedyMatch": result.greedy_match,
+        "maxAbsLogitDiff": {"fp32": result.max_diff_fp32, "int8": result.max_diff_int8},
+        "valPerplexity": {k: (v if math.isfinite(v) else None) for k, v in result.perplexity.items()},
+    }
+    return Manifest(
+        run_id=job.run_id,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        files=files,
+        variants=variants,
+        recommended_variant=decision.recommended_variant,
+        task=TASK,
+        generation=generation,
+        parity=Parity(
+            max_abs_logit_diff_fp32=result.max_diff_fp32,
+            max_abs_logit_diff_int8=result.max_diff_int8,
+            tolerance=spec.export.parity_tolerance,
+            passed=result.max_diff_fp32 <= spec.export.parity_tolerance,
+            samples=result.prompts,
+        ),
+        labels=[],
+        tokenizer=TokenizerInfo(
+            path=join(root, "hf"),
+            max_seq_length=spec.hyperparameters.max_seq_length,
+            model_input_names=["input_ids", "attention_mask", "position_ids"],
+        ),
+        lineage=Lineage(
+            training_job_uid=job.uid,
+            namespace=job.namespace,
+            name=job.name,
+            generation=job.generation,
+            spec_hash=spec_hash(spec),
+            data=[
+                DataLineage(uri=data.train.uri, sha256=data.train.sha256),
+                DataLineage(uri=data.validation.uri, sha256=data.validation.sha256),
+            ],
+            base_model=spec.model.source,
+            package_version=_package_version(),
+        ),
+        metrics=metrics,
+    )
+
+
+def _package_version() -> str:
+    from rayrelay_workloads.publish import package_version
+
+    return package_version()
+
+
+def publish_lm(
+    job: JobDocument,
+    result: LmExportResult,
+    data: LoadedLmData,
+    decision: Int8Decision,
+    train_metrics: dict[str, float],
+    token: str | None = None,
+) -> tuple[Manifest, str]:
+    """Upload ``hf/`` and ``onnx/`` into a new publication folder, then write manifest.json last."""
+    layout = RunLayout(job.run_uri)
+    store = open_store(layout.base, job.endpoint_url)
+    root = publish_rel(publish_id_for(job.attempt, token or uuid.uuid4().hex[:12]))
+    files: list[FileEntry] = []
+    for folder in ("hf", "onnx"):
+        for path in sorted((result.out_dir / folder).rglob("*")):
+            if not path.is_file():
+                continue
+            rel = join(root, path.relative_to(result.out_dir).as_posix())
+            files.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
+            store.upload(path, join(layout.base, rel))
+    manifest = build_lm_manifest(job, result, data, decision, files, root, train_metrics)
+    store.write_bytes(layout.manifest, manifest.to_json().encode())
+    return manifest, layout.manifest
+
+
+def run_lm_stages(
+    job: JobDocument,
+    progress: ProgressWriter,
+    scratch: Path,
+    say: Callable[[str], None],
+    bench_repeats: int = 5,
+) -> Manifest:
+    """The stages inside the classification pipeline's error handling (``pipeline.run_pipeline``)."""
+    from rayrelay_workloads.textgen.train import run_lm_training
+
+    spec = job.spec
+    if getattr(spec.artifacts, "encryption", None) is not None:
+        raise UnsupportedSpec("spec.artifacts.encryption is not supported for task text-generation yet")
+    data = load_lm_data(spec.data, job.endpoint_url)
+    say(f"data: {len(data.train.examples)} train, {len(data.validation.examples)} validation texts")
+    tokenizer_source = resolve_source(spec.model.source, job.endpoint_url, str(scratch / "base-model"))
+    trained = run_lm_training(job, str(scratch))
+    best = float(trained.metrics.get(METRIC, math.inf))
+    say(f"training done: best {trained.checkpoint_uri} (validation perplexity {best:.3f})")
+    check_max_perplexity(spec.quality_gate, best)
+
+    progress.stage("Exporting", f"exporting {trained.checkpoint_uri} with its KV cache")
+    result = export_lm(
+        trained.checkpoint_dir,
+        tokenizer_source,
+        scratch / "out",
+        spec.export,
+        spec.hyperparameters.max_seq_length,
+        data.validation.examples,
+        threads=max(1, int(spec.resources.cpus_per_worker)),
+        bench_repeats=bench_repeats,
+    )
+    say(
+        f"export: logits parity fp32 {result.max_diff_fp32:.2e}, greedy match {result.greedy_match}, "
+        f"perplexity {result.perplexity}"
+    )
+    decision = int8_perplexity_decision(
+        spec.quality_gate, result.perplexity["fp32"], result.perplexity.get("int8")
+    )
+    progress.stage("Publishing")
+    manifest, uri = publish_lm(job, result, data, decision, trained.metrics)
+    progress.stage("Succeeded", f"manifest at {uri}")
+    say(f"published {uri} (recommended variant {manifest.recommended_variant})")
+    return manifest
+
+
+def run_lm_pipeline(job: JobDocument, scratch_dir: str | None = None, bench_repeats: int = 5) -> Manifest:
+    """Stand-alone entry (tests): the stages with the classification pipeline's failure records."""
+    from rayrelay_workloads.pipeline import PipelineError, _record_failure, classify
+
+    say = lambda msg: print(f"[rayrelay] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    layout = RunLayout(job.run_uri)
+    scratch = Path(scratch_dir or tempfile.mkdtemp(prefix="rr-lm-"))
+    progress: ProgressWriter | None = None
+    try:
+        progress = ProgressWriter(layout.base, job.endpoint_url, attempt=job.attempt)
+        progress.stage("Training", "reading data")
+        return run_lm_stages(job, progress, scratch, say, bench_repeats)
+    except Exception as exc:
+        reason, retryable = classify(exc)
+        if isinstance(exc, UnsupportedSpec):
+            reason, retryable = "InvalidSpec", False
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _record_failure(layout, job, progress, reason, message, retryable, say)
+        raise PipelineError(reason, message, retryable) from exc
