@@ -1,0 +1,434 @@
+"""Serving a text-generation artifact set: the replica, its decoding engine, the OpenAI route.
+
+A ModelDeployment whose manifest says ``task: text-generation`` gets the Serve
+application ``serve.app.model_app`` builds with :class:`TextGenServer` (args
+``task``, from ``rayrelay_core.runs.serve_app_args``), under the deployment name
+``ModelServer`` (what the gateway looks for), with the route prefix
+``/v2/models/{name}`` (``rayrelay_core.serveconfig``): Serve's proxy hands every
+``/v2/models/{name}/...`` request straight to the replica (one hop, which
+matters for streaming), and :meth:`TextGenServer.__call__` answers
+
+- ``GET /v2/models/{name}`` and ``/ready``: metadata and readiness;
+- ``POST .../generate``: OIP generate, the whole text at once;
+- ``POST .../generate_stream``: server-sent events, one per token, each sent
+  as soon as its token is chosen (before the next one is computed);
+- ``POST .../infer``: OIP infer with a BYTES ``text_input`` tensor of one
+  prompt, answered greedily with a BYTES ``text_output`` (what ``rayrelay run``'s
+  smoke request and stock OIP clients send).
+
+``POST /v1/completions`` (OpenAI) names the model in its body, so the shared
+gateway receives it and calls :func:`gateway_completions`, which forwards the
+body to the replica's :meth:`TextGenServer.complete` or
+:meth:`TextGenServer.complete_stream` by handle.
+
+One request decodes at a time per replica (an ``asyncio.Lock``; others wait
+in the replica's queue, bounded by Serve's ``max_ongoing_requests``); the
+decoding steps run on one worker thread so the event loop keeps streaming.
+Batching several requests' steps together is not done yet.
+
+Limits (``spec.generation``, defaults when omitted): ``maxPromptTokens``,
+``maxNewTokens``, ``maxStopSequences``; the prompt's characters are bounded by
+``spec.limits.maxTextChars`` and the body by ``maxBodyBytes``. Beyond any of
+them a request gets a 4xx naming the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from rayrelay_core.api import GenerationLimits, ModelDeploymentSpec, RequestLimits
+from rayrelay_workloads.serve import ingress
+from rayrelay_workloads.serve.protocol import ProtocolError
+from rayrelay_workloads.textgen import protocol as gp
+from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, TextStream, decode
+
+log = logging.getLogger("ray.serve")
+
+TASK = "text-generation"
+WARMUP_PROMPT = "rayrelay warm-up"
+INFER_MAX_TOKENS = 16
+_V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<rest>/ready|/infer|/generate|/generate_stream)?/?$")
+
+
+@dataclass
+class Piece:
+    """One step of a generation: the token, the text it adds (maybe ""), and why it ended."""
+
+    token: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+class StopMatcher:
+    """Holds back text that may be the start of a stop sequence; cuts at a complete one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """(text safe to send now, whether a stop sequence was reached)."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:k]):
+                    hold = max(hold, k)
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class TextGenEngine:
+    """Tokenise, check the limits, decode with the ONNX decoder, detokenise: no Serve, no HTTP."""
+
+    def __init__(
+        self,
+        session: Any,
+        tokenizer: Any,
+        eos_id: int | None,
+        context: int,
+        limits: GenerationLimits,
+        max_chars: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
+        self.decoder = OnnxDecoder(session, int(pad))
+        self.eos_id = eos_id
+        self.context = context
+        self.limits = limits
+        self.max_chars = max_chars
+
+    def prompt_ids(self, req: gp.GenerationRequest) -> list[int]:
+        ids: list[int] = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ProtocolError(400, "the prompt has no tokens")
+        gp.check_prompt_tokens(len(ids), self.limits, self.context, req.max_tokens)
+        return ids
+
+    def pieces(self, req: gp.GenerationRequest, ids: list[int]) -> Iterator[Piece]:
+        """Each token as it is chosen; the last piece carries ``finish_reason``."""
+        sampling = Sampling(req.max_tokens, req.temperature, req.top_p, req.seed)
+        text, stops = TextStream(self.tokenizer), StopMatcher(req.stop)
+        for produced, tokens in enumerate(decode(self.decoder, [ids], sampling, self.eos_id), start=1):
+            token = int(tokens[0])
+            if self.eos_id is not None and token == self.eos_id:
+                yield Piece(token, stops.flush(), "stop")
+                return
+            out, stopped = stops.feed(text.push(token))
+            if stopped:
+                yield Piece(token, out, "stop")
+                return
+            if produced >= req.max_tokens:
+                yield Piece(token, out + stops.flush(), "length")
+                return
+            yield Piece(token, out)
+
+
+def _next(iterator: Iterator[Piece]) -> Piece | None:
+    return next(iterator, None)
+
+
+@serve.deployment(name="ModelServer")
+class TextGenServer:
+    def __init__(self, args: dict[str, Any]) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        from rayrelay_workloads.serve.artifacts import prepare
+        from rayrelay_workloads.serve.model import session_threads
+
+        self.name: str = args["name"]
+        self.spec = ModelDeploymentSpec.model_validate(args["spec"])
+        endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
+        self.artifacts = prepare(
+            args["manifestUri"],
+            variant=args.get("variant") or "auto",
+            cache_dir=args.get("cacheDir"),
+            endpoint_url=endpoint,
+            expected_digest=args.get("digest"),
+        )
+        manifest = self.artifacts.manifest
+        if manifest.task != TASK:
+            raise RuntimeError(f"{args['manifestUri']} is a {manifest.task} artifact set, not {TASK}")
+        generation = manifest.generation or {}
+        tokenizer = AutoTokenizer.from_pretrained(str(self.artifacts.tokenizer_dir), local_files_only=True)
+        options = ort.SessionOptions()
+        runtime = self.spec.runtime
+        intra, inter = session_threads(
+            runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
+        )
+        options.intra_op_num_threads, options.inter_op_num_threads = intra, inter
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(
+            str(self.artifacts.model_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.limits = self.spec.generation or GenerationLimits()
+        self.engine = TextGenEngine(
+            session,
+            tokenizer,
+            generation.get("eosTokenId", tokenizer.eos_token_id),
+            int(generation.get("contextLength") or 1024),
+            self.limits,
+            self.spec.limits.max_text_chars,
+        )
+        # One decoding thread: the session's cache state belongs to one request at a time.
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="textgen")
+        self.lock = asyncio.Lock()
+        self.requests = 0
+        self.tokens = 0
+        warm = list(
+            self.engine.pieces(
+                gp.GenerationRequest(WARMUP_PROMPT, 2),
+                self.engine.prompt_ids(gp.GenerationRequest(WARMUP_PROMPT, 2)),
+            )
+        )
+        if not warm:
+            raise RuntimeError("warm-up generation produced nothing")
+        self.ready = True
+        log.info("%s ready: text-generation, %s variant %s", self.name, self.version, self.artifacts.variant)
+
+    @property
+    def version(self) -> str:
+        return self.artifacts.digest[:12]
+
+    def check_health(self) -> None:
+        if not getattr(self, "ready", False):
+            raise RuntimeError("model not loaded")
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batching settings do not apply (one request decodes at a time)."""
+
+    # ------------------------------------------------------------------ generation
+
+    async def _pieces(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[Piece]:
+        loop = asyncio.get_running_loop()
+        async with self.lock:
+            self.requests += 1
+            iterator = self.engine.pieces(req, ids)
+            while True:
+                piece = await loop.run_in_executor(self.pool, _next, iterator)
+                if piece is None:
+                    return
+                self.tokens += 1
+                yield piece
+
+    async def _collect(self, req: gp.GenerationRequest, ids: list[int]) -> tuple[str, list[int], str]:
+        text, tokens, finish = [], [], "length"
+        async for piece in self._pieces(req, ids):
+            text.append(piece.text)
+            if piece.token is not None:
+                tokens.append(piece.token)
+            finish = piece.finish_reason or finish
+        return "".join(text), tokens, finish
+
+    def _oip_event(self, piece: Piece) -> bytes:
+        event: dict[str, Any] = {
+            "model_name": self.name,
+            "model_version": self.version,
+            "text_output": piece.text,
+            "token_id": piece.token,
+        }
+        if piece.finish_reason:
+            event["finish_reason"] = piece.finish_reason
+        return gp.sse(event)
+
+    async def _oip_stream(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[bytes]:
+        async for piece in self._pieces(req, ids):
+            yield self._oip_event(piece)
+
+    # ------------------------------------------------------------------ HTTP (one hop)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except ProtocolError as exc:
+            return ingress.error_response(exc.status, exc.message)
+        except Exception:
+            log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
+            return ingress.error_response(500, "internal error; the server log has the details")
+
+    async def _route(self, request: Request) -> Response:
+        path = ingress.full_path(request)
+        match = _V2.match(path)
+        if match is None or match.group("name") != self.name:
+            raise ProtocolError(404, f"no such endpoint: {request.method} {path}")
+        rest = match.group("rest") or ""
+        if rest in ("", "/ready"):
+            ingress.require(request.method, "GET")
+            if rest == "/ready":
+                return ingress.json_response(200, {"name": self.name, "ready": True})
+            return ingress.json_response(200, self.metadata())
+        ingress.require(request.method, "POST")
+        body = await ingress.read_body(request, self.spec.limits)
+        if rest == "/infer":
+            return await self._infer(body)
+        req = gp.parse_oip_generate(body, self.limits, self.spec.limits.max_text_chars)
+        ids = self.engine.prompt_ids(req)
+        if rest == "/generate_stream":
+            return StreamingResponse(self._oip_stream(req, ids), media_type="text/event-stream")
+        text, tokens, finish = await self._collect(req, ids)
+        return ingress.json_response(
+            200,
+            {
+                "model_name": self.name,
+                "model_version": self.version,
+                "text_output": text,
+                "finish_reason": finish,
+                "tokens": tokens,
+            },
+        )
+
+    async def _infer(self, body: bytes) -> Response:
+        doc = gp.load_json(body)
+        inputs = doc.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise ProtocolError(400, "inputs must hold one BYTES tensor with the prompt")
+        data = inputs[0].get("data")
+        if inputs[0].get("datatype") != "BYTES" or not isinstance(data, list) or len(data) != 1:
+            raise ProtocolError(400, "inputs[0] must be a BYTES tensor of shape [1] (one prompt)")
+        prompt = gp._prompt(data[0], "inputs[0].data[0]", self.spec.limits.max_text_chars)
+        req = gp.GenerationRequest(prompt, min(INFER_MAX_TOKENS, self.limits.max_new_tokens))
+        text, _, _ = await self._collect(req, self.engine.prompt_ids(req))
+        return ingress.json_response(
+            200,
+            {
+                "model_name": self.name,
+                "model_version": self.version,
+                "id": doc.get("id") or str(uuid.uuid4()),
+                "outputs": [{"name": "text_output", "shape": [1], "datatype": "BYTES", "data": [text]}],
+            },
+        )
+
+    # ------------------------------------------------------------------ OpenAI, by handle from the gateway
+
+    def _completion_request(self, body: bytes) -> tuple[gp.GenerationRequest, list[int]]:
+        req = gp.parse_completions(body, self.limits, self.spec.limits.max_text_chars)
+        return req, self.engine.prompt_ids(req)
+
+    async def complete(self, body: bytes) -> dict[str, Any]:
+        """``{"status", "body"}``: a refusal is data, so its 4xx survives the handle call."""
+        try:
+            req, ids = self._completion_request(body)
+        except ProtocolError as exc:
+            return {"status": exc.status, "body": {"error": exc.message}}
+        text, tokens, finish = await self._collect(req, ids)
+        return {
+            "status": 200,
+            "body": {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": self.name,
+                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                "usage": {
+                    "prompt_tokens": len(ids),
+                    "completion_tokens": len(tokens),
+                    "total_tokens": len(ids) + len(tokens),
+                },
+            },
+        }
+
+    async def complete_stream(self, body: bytes) -> AsyncIterator[Any]:
+        """First ``{"status", "body"?}``, then the SSE chunks (bytes) and ``data: [DONE]``."""
+        try:
+            req, ids = self._completion_request(body)
+        except ProtocolError as exc:
+            yield {"status": exc.status, "body": {"error": exc.message}}
+            return
+        yield {"status": 200}
+        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        async for piece in self._pieces(req, ids):
+            chunk = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": self.name,
+                "choices": [
+                    {"text": piece.text, "index": 0, "logprobs": None, "finish_reason": piece.finish_reason}
+                ],
+            }
+            yield gp.sse(chunk)
+        yield gp.sse("[DONE]")
+
+    # ------------------------------------------------------------------ what the gateway asks
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime",
+            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1]}],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1]}],
+            "parameters": {"task": TASK, "extensions": ["generate", "generate_stream"]},
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "digest": self.artifacts.digest,
+            "variant": self.artifacts.variant,
+            "labels": [],
+            "limits": self.spec.limits.wire(),
+            "generation": self.limits.wire(),
+            "task": TASK,
+            "providers": ["CPUExecutionProvider"],
+            "ready": getattr(self, "ready", False),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests, "tokens": self.tokens, "pid": os.getpid()}
+
+    def metrics_text(self) -> str:
+        return ""
+
+    async def predict(self, texts: list[str]) -> list[Any]:
+        raise ProtocolError(400, f"{self.name} is a text-generation model: use generate or /v1/completions")
+
+
+async def gateway_completions(gateway: Any, request: Request) -> tuple[Response, str]:
+    """``POST /v1/completions`` in the shared gateway: find the model, forward by handle."""
+    ingress.require(request.method, "POST")
+    body = await ingress.read_body(request, RequestLimits())
+    name = gp.model_of_completion(body)
+    state = await gateway._state(name)
+    info = await gateway._info(state)
+    if info.get("task") != TASK:
+        raise ProtocolError(400, f"model {name!r} is not a text-generation model; /v1/completions needs one")
+    handle = await gateway._handle(state)
+    if gp.load_json(body).get("stream") is not True:
+        out = await asyncio.wait_for(handle.complete.remote(body), ingress.INFER_TIMEOUT_S)
+        return ingress.json_response(int(out["status"]), out["body"]), name
+    stream = handle.options(stream=True).complete_stream.remote(body)
+    head = await stream.__anext__()
+    if int(head["status"]) != 200:
+        return ingress.json_response(int(head["status"]), head["body"]), name
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in stream:
+            yield chunk
+
+    return StreamingResponse(chunks(), media_type="text/event-stream"), name
