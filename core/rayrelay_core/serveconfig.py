@@ -167,7 +167,11 @@ def model_application(app_args: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{GATEWAY_APP_NAME!r} is reserved for the gateway; rename the ModelDeployment")
     return {
         "name": name,
-        "route_prefix": model_route_prefix(name),
+        # A text-generation replica answers all of /v2/models/{name}/... itself (issue 16:
+        # generate, generate_stream streamed in one hop; rayrelay_workloads.textgen.serving).
+        "route_prefix": f"/v2/models/{name}"
+        if app_args.get("task") == "text-generation"
+        else model_route_prefix(name),
         "import_path": MODEL_IMPORT_PATH,
         "args": dict(app_args),
         "deployments": [{"name": MODEL_DEPLOYMENT, **model_deployment_options(spec)}],

@@ -64,6 +64,7 @@ class DesiredModel:
     manifest_uri: str
     digest: str  # "sha256:<hex>" of the manifest
     variant: str  # resolved: fp32 | int8
+    task: str | None = None  # the manifest's task (issue 16: text-generation gets its own replica)
 
 
 @dataclass
@@ -81,7 +82,9 @@ def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings)
     ns = md.metadata.namespace or "default"
     endpoint = md.spec.artifacts.endpoint_url or settings.s3_endpoint_url
     # The digest is what the replica verifies before it loads anything.
-    args = serve_app_args(md.metadata.name, ns, desired.manifest_uri, md.spec, endpoint, desired.digest)
+    args = serve_app_args(
+        md.metadata.name, ns, desired.manifest_uri, md.spec, endpoint, desired.digest, task=desired.task
+    )
     return ServingWork(
         app_name=md.metadata.name,
         child_name=naming.serving_child_name(md.metadata.name),
@@ -157,7 +160,7 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
             "spec.artifacts.encryption.keySecret to the Secret holding its key"
         )
         return DeploymentObserved(waiting=(ENCRYPTION_KEY_REQUIRED, message, True))
-    return DeploymentObserved(desired=DesiredModel(manifest_uri, f"sha256:{digest}", variant))
+    return DeploymentObserved(desired=DesiredModel(manifest_uri, f"sha256:{digest}", variant, manifest.task))
 
 
 # ------------------------------------------------------------------------ compute

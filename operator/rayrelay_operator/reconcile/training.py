@@ -496,6 +496,7 @@ def _fill_progress(p: TrainingPass, progress: ProgressDoc | None) -> None:
         total_steps=progress.total_steps,
         percent=percent,
         loss=progress.loss,
+        val_perplexity=progress.val_perplexity,
         samples_per_second=progress.samples_per_second,
         eta_seconds=progress.eta_seconds,
         last_update_time=progress.update_time,

@@ -44,6 +44,7 @@ class ModelAppArgs(BaseModel):
     cache_dir: str | None = Field(
         default=None, description="Local artifact cache; default $RAYRELAY_CACHE_DIR or ~/.cache/rayrelay."
     )
+    task: str | None = Field(default=None, description="The manifest's task when not classification.")
 
 
 class GatewayArgs(BaseModel):
@@ -55,6 +56,10 @@ class GatewayArgs(BaseModel):
 def model_app(args: ModelAppArgs) -> Application:
     options = model_deployment_options(args.spec)
     wire = args.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if args.task == "text-generation":  # issue 16: the decoder's replica (textgen/serving.py)
+        from rayrelay_workloads.textgen.serving import TextGenServer
+
+        return cast(Deployment, TextGenServer).options(**options).bind(wire)
     return cast(Deployment, ModelServer).options(**options).bind(wire)
 
 

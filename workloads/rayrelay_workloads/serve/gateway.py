@@ -301,6 +301,10 @@ class Gateway:
                 return await self._v1_predict(request, state), name
             self._require(method, "GET")
             return _json(200, {"name": name, "ready": state.ready}), name
+        if path == "/v1/completions":  # OpenAI completions of a text-generation model (issue 16)
+            from rayrelay_workloads.textgen.serving import gateway_completions
+
+            return await gateway_completions(self, request)
         raise ProtocolError(404, f"no such endpoint: {method} {path}")
 
     _require = staticmethod(ingress.require)
