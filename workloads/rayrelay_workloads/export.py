@@ -8,7 +8,12 @@ uploads:
 - ``onnx/model.onnx``: the fp32 model that is served. The transformer
   optimizer's fused graph when it is measurably faster here, else the plain
   export (never a speedup that was not measured);
-- ``onnx/model.int8.onnx``: dynamic int8 quantisation.
+- ``onnx/model.int8.onnx``: dynamic int8 quantisation;
+- with ``export.targets`` ``ort``: ``ort/model.ort`` and ``ort/model.int8.ort``,
+  onnxruntime's mobile (ORT) format of the two, and ``ort/required_operators.config``,
+  the operator list a reduced onnxruntime build takes (:func:`convert_to_ort`).
+  They are loaded back in onnxruntime and accuracy-checked on the validation set
+  with the other variants (``fp32-ort``, ``int8-ort`` in the manifest).
 
 Fusion: what transformers 5 exports (eager attention) defeats onnxruntime's
 BERT attention fusion in two small ways (the scores scaled by a ``Mul`` where
@@ -35,13 +40,14 @@ every variant is measured on the same rows.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayrelay_core.api import ExportSpec, Quantize
+from rayrelay_core.api import ExportSpec, ExportTarget, Quantize
 from rayrelay_workloads.data import Example
 from rayrelay_workloads.export_checks import ParityError, check_parity, fused_is_faster, parity, time_ms
 
@@ -76,6 +82,8 @@ class ExportResult:
     samples: int
     lower_case: bool | None
     metrics: dict[str, float] = field(default_factory=dict)
+    # Variants in other formats (export.targets): name -> file relative to out_dir.
+    extra_files: dict[str, str] = field(default_factory=dict)
 
 
 def load_checkpoint_model(checkpoint_dir: str | Path) -> Any:
@@ -392,6 +400,64 @@ def quantise(
     return int8_sess, {"onnx_int8_ms": int8_ms, "int8_speedup_vs_pytorch": round(pytorch_ms / int8_ms, 3)}
 
 
+ORT_VARIANTS = {"fp32": "fp32-ort", "int8": "int8-ort"}
+ORT_CONFIG = "required_operators.config"
+
+
+def convert_to_ort(onnx_files: dict[str, Path], out: Path) -> dict[str, Path]:
+    """onnxruntime's mobile format (``.ort``) of each ONNX file, and the reduced-build operator config.
+
+    onnxruntime's own converter (``onnxruntime.tools.convert_onnx_models_to_ort``) with the
+    fixed optimisation style, for the ``arm`` target platform: the layout-specific (NCHWc)
+    optimisations of x86 are left out, so the file runs on a phone's CPU as well as here.
+    Writes ``out/<stem>.ort`` per file and ``out/required_operators.config`` for all of them
+    (what a minimal onnxruntime build must include). Returns variant -> ``.ort`` path.
+    """
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory(prefix="rr-ort-") as staging:
+        for path in onnx_files.values():
+            os.link(path, Path(staging) / path.name)
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its progress
+            convert_onnx_models_to_ort(
+                Path(staging),
+                output_dir=out,
+                optimization_styles=[OptimizationStyle.Fixed],
+                target_platform="arm",
+            )
+    config = out / ORT_CONFIG
+    # Its header names the converted files by absolute path: keep their names only.
+    lines = [
+        f"# - {Path(line[4:]).name}" if line.startswith("# - ") else line
+        for line in config.read_text().splitlines()
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    return {variant: out / (path.stem + ".ort") for variant, path in onnx_files.items()}
+
+
+def ort_variants(
+    sessions: dict[str, Any], fp32_path: Path, threads: int, bench: dict[str, Any], repeats: int
+) -> tuple[dict[str, str], dict[str, float]]:
+    """``.ort`` files of the ONNX variants in ``sessions`` (added to it), their timings."""
+    onnx_files = {"fp32": fp32_path}
+    if "int8" in sessions:
+        onnx_files["int8"] = fp32_path.with_name("model.int8.onnx")
+    out = fp32_path.parent.parent / "ort"
+    files: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    for variant, path in convert_to_ort(onnx_files, out).items():
+        name = ORT_VARIANTS[variant]
+        sessions[name] = session(path, threads)
+        files[name] = f"ort/{path.name}"
+        metrics[f"ort_{variant}_ms"] = time_ms(functools.partial(onnx_logits, sessions[name], bench), repeats)
+    return files, metrics
+
+
 def variant_logits(ref: Reference, sessions: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     """Logits of PyTorch and of each ONNX session over ``texts``, batch by batch."""
     import numpy as np
@@ -441,6 +507,10 @@ def export_all(
             fp32_path, fused_used, bench, threads, bench_repeats, metrics["pytorch_ms"]
         )
         metrics |= int8_metrics
+    extra_files: dict[str, str] = {}
+    if ExportTarget.ORT in spec.targets:
+        extra_files, ort_metrics = ort_variants(sessions, fp32_path, threads, bench, bench_repeats)
+        metrics |= ort_metrics
     metrics |= {"bench_batch": BENCH_BATCH, "bench_seq_len": max_len, "bench_threads": threads}
 
     label_ids = {name: i for i, name in enumerate(labels)}
@@ -449,6 +519,8 @@ def export_all(
         np.array([label_ids[ex.label] for ex in validation]),
     )
     check_parity(figures, spec.parity_tolerance)
+    for name in extra_files:
+        metrics[f"max_abs_logit_diff_{name}"] = figures.max_diff.get(name, 0.0)
     return ExportResult(
         out_dir=out,
         labels=labels,
@@ -462,4 +534,5 @@ def export_all(
         samples=figures.samples,
         lower_case=getattr(ref.tokenizer, "do_lower_case", None),
         metrics=metrics,
+        extra_files=extra_files,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class ParityFigures:
     max_diff_fp32: float
     max_diff_int8: float | None
     samples: int
+    # Every variant's largest |logit difference| to PyTorch (fp32, int8, fp32-ort, ...).
+    max_diff: dict[str, float] = field(default_factory=dict)
 
 
 def parity(logits: Mapping[str, np.ndarray], target: np.ndarray) -> ParityFigures:
@@ -62,7 +64,8 @@ def parity(logits: Mapping[str, np.ndarray], target: np.ndarray) -> ParityFigure
     accuracy = {k: round(float((v.argmax(-1) == target).mean()), 6) for k, v in logits.items()}
     max_fp32 = float(np.abs(logits["fp32"] - reference).max())
     max_int8 = float(np.abs(logits["int8"] - reference).max()) if "int8" in logits else None
-    return ParityFigures(accuracy, max_fp32, max_int8, len(target))
+    max_diff = {k: float(np.abs(v - reference).max()) for k, v in logits.items() if k != "pytorch"}
+    return ParityFigures(accuracy, max_fp32, max_int8, len(target), max_diff)
 
 
 def check_parity(figures: ParityFigures, tolerance: float) -> None:

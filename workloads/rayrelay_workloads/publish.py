@@ -89,6 +89,17 @@ def build_manifest(
             reason=decision.reason,
             size=sizes.get(int8_file),
         )
+    for name, extra in result.extra_files.items():  # other formats (export.targets), e.g. fp32-ort
+        path = rel(extra)
+        # A format of int8 is as good as int8 itself: the same gate decides.
+        int8_based = name.startswith("int8")
+        variants[name] = VariantInfo(
+            file=path,
+            accuracy=result.accuracy.get(name),
+            accepted=decision.accepted if int8_based else True,
+            reason=decision.reason if int8_based else None,
+            size=sizes.get(path),
+        )
     spec = job.spec
     metrics = dict(result.metrics)
     for variant, acc in result.accuracy.items():
@@ -166,7 +177,7 @@ def publish(
     files: list[FileEntry] = []
     sealed_dir = Path(tempfile.mkdtemp(prefix="rr-sealed-")) if data_key else None
     try:
-        for folder in ("hf", "onnx"):
+        for folder in ("hf", "onnx", "ort"):
             for path in sorted((result.out_dir / folder).rglob("*")):
                 if not path.is_file():
                     continue
