@@ -12,7 +12,11 @@ with the product's own functions (``rayrelay_workloads.export``):
   ``model_type="bert"``) on that graph; the fused op types found in it are
   reported, next to those the session optimizer produces from the plain graph;
 - ``ort-int8``: ``quantize_int8`` (dynamic int8, ``quantize_dynamic``) of the
-  plain graph, as the pipeline publishes it.
+  plain graph, as the pipeline publishes it;
+- ``ortfmt-fp32`` / ``ortfmt-int8``: ``convert_to_ort`` (``export.targets: ort``,
+  onnxruntime's mobile format for the arm target, fixed optimisations baked in) of
+  ``ort-fp32`` and ``ort-int8``, loaded from the ``.ort`` files; file sizes of all
+  variants are in ``op_counts.files_mib``.
 
 Every contender runs with 2 intra-op threads (``torch.set_num_threads`` /
 ``intra_op_num_threads``). For each batch x sequence shape (inputs: validation
@@ -43,7 +47,7 @@ from bench.common import CACHE, DATA, THREADS, apply_env, log, median, percentil
 apply_env()
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
-CONTENDERS = ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8")
+CONTENDERS = ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
 
 
 def model_flops(config: Any, batch: int, seq: int, num_labels: int) -> float:
@@ -118,6 +122,7 @@ def build_variants(run: Path, work: Path) -> dict[str, Any]:
 
     from bench.model import hf_dir
     from rayrelay_workloads.export import (
+        convert_to_ort,
         export_onnx,
         load_checkpoint_model,
         op_counts,
@@ -128,8 +133,10 @@ def build_variants(run: Path, work: Path) -> dict[str, Any]:
 
     work.mkdir(parents=True, exist_ok=True)
     plain, fused, int8 = work / "plain.onnx", work / "fused.onnx", work / "int8.onnx"
+    ort_fp32, ort_int8 = work / "ort" / "plain.ort", work / "ort" / "int8.ort"
     stamp = work / "source.txt"
-    if stamp.is_file() and stamp.read_text() == str(run) and all(p.is_file() for p in (plain, fused, int8)):
+    built = (plain, fused, int8, ort_fp32, ort_int8)
+    if stamp.is_file() and stamp.read_text() == str(run) and all(p.is_file() for p in built):
         log("kernel: reusing the cached ONNX variants")
     else:
         log("kernel: exporting, optimizing and quantizing with rayrelay_workloads.export")
@@ -143,6 +150,7 @@ def build_variants(run: Path, work: Path) -> dict[str, Any]:
         export_onnx(model, tokenizer, plain, 17, 128)
         optimize_onnx(plain, fused, AutoConfig.from_pretrained(str(hf_dir(run))))
         quantize_int8(plain, int8, fused=False)
+        convert_to_ort({"fp32": plain, "int8": int8}, work / "ort")
         stamp.write_text(str(run))
     session(plain, THREADS, save_optimized=work / "plain.session-optimized.onnx")
     session(fused, THREADS, save_optimized=work / "fused.session-optimized.onnx")
@@ -151,7 +159,7 @@ def build_variants(run: Path, work: Path) -> dict[str, Any]:
         "plain_graph": op_counts(plain),
         "plain_after_session_optimizer": op_counts(work / "plain.session-optimized.onnx"),
         "fused_after_session_optimizer": op_counts(work / "fused.session-optimized.onnx"),
-        "files_mib": {p.stem: round(p.stat().st_size / 2**20, 1) for p in (plain, fused, int8)},
+        "files_mib": {p.name: round(p.stat().st_size / 2**20, 1) for p in built},
     }
 
 
@@ -182,6 +190,8 @@ def main() -> None:
         "ort-fp32": session(work / "plain.onnx", THREADS),
         "ort-fp32-fused": session(work / "fused.onnx", THREADS),
         "ort-int8": session(work / "int8.onnx", THREADS),
+        "ortfmt-fp32": session(work / "ort" / "plain.ort", THREADS),
+        "ortfmt-int8": session(work / "ort" / "int8.ort", THREADS),
     }
     input_names = [i.name for i in sessions["ort-fp32"].get_inputs()]
 

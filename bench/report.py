@@ -151,7 +151,8 @@ def kernel_section(k: dict[str, Any]) -> list[str]:
         ["contender", "accuracy", "max |Δlogit| vs PyTorch"],
         [
             [c, f"{k['accuracy'][c]:.4f}", f"{k['max_abs_logit_diff_vs_pytorch'][c]:.2e}"]
-            for c in ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8")
+            for c in ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
+            if c in k["accuracy"]
         ],
     )
     ops = k["op_counts"]
@@ -168,6 +169,9 @@ def kernel_section(k: dict[str, Any]) -> list[str]:
         f"{fmt(ops['plain_after_session_optimizer'])}",
         f"- transformer optimizer (`optimize_onnx`): {fmt(ops['fused_graph'])}",
         f"- transformer optimizer, then the session optimizer: {fmt(ops['fused_after_session_optimizer'])}",
+        "",
+        "File sizes (MiB; `.ort` = onnxruntime's mobile format, `export.targets: ort`): "
+        + ", ".join(f"{name} {mib}" for name, mib in (ops.get("files_mib") or {}).items()),
         "",
         f"Attention fused: **{'yes' if k['attention_fused'] else 'no'}**. "
         + (
