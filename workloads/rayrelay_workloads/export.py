@@ -416,13 +416,17 @@ def convert_to_ort(onnx_files: dict[str, Path], out: Path) -> dict[str, Path]:
     import contextlib
     import io
     import os
+    import shutil
     import tempfile
 
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory(prefix="rr-ort-") as staging:
         for path in onnx_files.values():
-            os.link(path, Path(staging) / path.name)
+            try:
+                os.link(path, Path(staging) / path.name)
+            except OSError:  # another filesystem
+                shutil.copyfile(path, Path(staging) / path.name)
         with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its progress
             convert_onnx_models_to_ort(
                 Path(staging),
