@@ -24,8 +24,8 @@ import time
 
 from bench.common import CACHE, ROOT, apply_env, bench_env, git_revision, log
 
-BENCHMARKS = ("kernel", "training", "control_plane", "cold_start", "endpoint")
-NEEDS_MODEL = {"kernel", "endpoint", "cold_start"}
+BENCHMARKS = ("kernel", "training", "control_plane", "cold_start", "endpoint", "autoscaling")
+NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling"}
 
 
 def main(argv: list[str] | None = None) -> int:

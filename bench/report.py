@@ -8,6 +8,7 @@ typed in by hand, so the page and the results cannot disagree.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def _load(results: Path) -> dict[str, dict[str, Any]]:
     docs = {}
-    for name in ("kernel", "endpoint", "training", "control_plane", "cold_start", "run"):
+    for name in ("kernel", "endpoint", "training", "control_plane", "cold_start", "autoscaling", "run"):
         path = results / f"{name}.json"
         if path.is_file():
             docs[name] = json.loads(path.read_text())
@@ -90,6 +91,16 @@ def headlines(docs: dict[str, dict[str, Any]]) -> list[str]:
             f"- **Cold start**: ModelDeployment created → Ready in {_f(cs['e2e_model_cold_s'])} s "
             f"({_f(cs['e2e_first_on_cluster_s'])} s when it also starts Serve); the replica's own work is "
             f"{_f(cs['replica_breakdown_median_s'].get('constructor_total'), 2)} s of it."
+        )
+    a = docs.get("autoscaling")
+    if a:
+        st, w = a["step_load"], a["cold_start_warm_median"]
+        lines.append(
+            f"- **Autoscaling**: under a step load of {st['concurrency']} clients, 1 → "
+            f"{st['max_running_replicas']} replicas (2nd running after {_f(st['scale_up_to_2_s'])} s), target "
+            f"back to 1 {_f(st['scale_down_target_to_1_s'])} s after the load; from zero, the first request "
+            f"answered in **{_f(w.get('total_s'), 2)} s** with a warm node cache (goal ≤ 3 s), "
+            f"{st['errors'] + a['cold_start_errors']} errors."
         )
     return lines
 
@@ -468,6 +479,87 @@ def cold_start_section(cs: dict[str, Any]) -> list[str]:
     return out
 
 
+AUTOSCALING_STEPS = [
+    ("serve_start_s", "Serve: decision, replica actor process, imports (request sent → constructor starts)"),
+    ("manifest_s", "manifest read + store client"),
+    ("download_s", "artifact download (S3)"),
+    ("verify_s", "digest check (sha256 of every file, cached ones too)"),
+    ("tokenizer_s", "tokenizer load"),
+    ("session_s", "onnxruntime session creation"),
+    ("warmup_s", "warm-up inference"),
+    (
+        "ready_to_answer_s",
+        "replica ready → answer (Serve marks it running, the proxy routes the held request)",
+    ),
+    ("total_s", "**first request after scale-to-zero, sent → answered**"),
+]
+
+
+def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]:
+    st, spec = a["step_load"], a["spec_autoscaling"]
+    png = None
+    if doc is not None:
+        from bench.autoscaling import plot_png
+
+        tl = a["timeline"]
+        png = plot_png(
+            tl["samples"],
+            doc.parent / "autoscaling.png",
+            (tl["load_start_s"], tl["load_stop_s"]),
+            spec["maxReplicas"],
+        )
+    out = [
+        "## 6. Autoscaling",
+        "",
+        f"{a['model']}; one replica = {a['resources']['cpusPerReplica']} Ray CPU (the head offers "
+        f"{a['resources']['ray_num_cpus']} on this 2-core machine, so more replicas add no real compute here: "
+        "what is measured is how the replica count follows the load). Spec: `autoscaling: "
+        + json.dumps(spec, separators=(", ", ": "))
+        + "`. Serve's REST API sampled every 0.5 s; load: closed-loop clients on the one-hop v2 route. "
+        f"Load average at the end: {', '.join(str(x) for x in a.get('load_average_end', []))}.",
+        "",
+    ]
+    if png is not None:
+        out += [
+            f"![replicas over time]({png.name})",
+            "",
+            "Grey band: the load is on; blue: RUNNING replicas; orange: the autoscaler's target; "
+            f"vertical grid every 10 s, horizontal every replica (0 to {spec['maxReplicas']}).",
+            "",
+        ]
+    out += _table(
+        ["step load", "value"],
+        [
+            ["concurrent clients, load duration", f"{st['concurrency']}, {_f(st['load_s'], 0)} s"],
+            ["most RUNNING replicas", str(st["max_running_replicas"])],
+            ["load start → 2nd replica RUNNING", f"{_f(st['scale_up_to_2_s'])} s"],
+            ["load start → most replicas RUNNING", f"{_f(st['scale_up_to_max_s'])} s"],
+            [
+                "load stop → target back to 1 (downscaleDelaySeconds "
+                f"{_f(spec['downscaleDelaySeconds'], 0)} + window {_f(spec['metricsWindowSeconds'], 0)})",
+                f"{_f(st['scale_down_target_to_1_s'])} s",
+            ],
+            ["load stop → one replica left running", f"{_f(st['scale_down_running_to_1_s'])} s"],
+            ["requests, errors", f"{st['requests']}, {st['errors']}"],
+            ["throughput under load", f"{_f(st['throughput_rps'])} requests/s"],
+        ],
+    )
+    colds = a["cold_starts"]
+    head = (
+        ["cold start from zero (seconds)"]
+        + [f"#{i + 1} ({c['node_cache']} cache)" for i, c in enumerate(colds)]
+        + ["warm median"]
+    )
+    rows = [
+        [label] + [_f(c.get(key), 3) for c in colds] + [_f(a["cold_start_warm_median"].get(key), 3)]
+        for key, label in AUTOSCALING_STEPS
+    ]
+    rows.append(["bytes downloaded"] + [f"{c['downloaded_bytes']:,}" for c in colds] + [""])
+    rows.append(["HTTP status"] + [str(c["status"]) for c in colds] + [""])
+    out += _table(head, rows)
+    return out
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -516,6 +608,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "training": training_section,
         "control_plane": control_plane_section,
         "cold_start": cold_start_section,
+        "autoscaling": functools.partial(autoscaling_section, doc=doc),
     }
     for name, fn in sections.items():
         if name in docs:
@@ -525,7 +618,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     lines += [
         "## Running it",
         "",
-        "- `make bench` (= `.venv/bin/python -m bench`): all five, about a quarter of an hour here; "
+        "- `make bench` (= `.venv/bin/python -m bench`): all six, about a quarter of an hour here; "
         "writes `bench/results/*.json` and this page.",
         "- `make bench BENCH_ARGS=--quick`: a smoke run of a few minutes (fewer repetitions, shorter "
         "loads, 50 TrainingJobs); writes `bench/.cache/quick-results/` and "

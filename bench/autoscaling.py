@@ -1,0 +1,395 @@
+"""Benchmark 6, autoscaling: replicas under a step load, scale up/down times, cold starts from zero.
+
+One ModelDeployment of the benchmark model (int8) with ``minReplicas: 0,
+maxReplicas: 3``, brought up the product's way (``bench.serving``: a local Ray
+head, the ``ray`` backend, the reconcile pass until Ready), artifacts on a moto
+S3 server on loopback (a real S3 transfer), the replicas' node cache in a
+folder of its own (``RAYRELAY_CACHE_DIR``). Then:
+
+1. **Step load**: idle, then a closed-loop load of ``C`` concurrent clients
+   (one-hop v2 infer, asyncio streams in this process) for ``T`` seconds, then
+   idle again. Serve's REST API is sampled every 0.5 s: the autoscaler's target
+   and the replicas by state. Time to scale up = load start to the second
+   RUNNING replica (and to the most); time to scale down = load stop to the
+   target back at one replica. Every request's status is counted (errors: non-2xx
+   or connection errors).
+2. **Cold start from zero**: wait until Serve released every replica
+   (``scaleToZeroAfterSeconds``), send one request and time it to its answer.
+   The first time with the node cache emptied (the replica downloads), then with
+   the cache warm (nothing downloaded). The replica's own record
+   (``ModelServer.info()["coldStart"]``, read through a Serve handle) splits the
+   wait: Serve's part (decision, actor process, imports) up to the
+   constructor's start, then manifest, download, digest check, tokenizer,
+   session, warm-up, then the time from the replica ready to the answer
+   (Serve marking it running, the proxy learning of it, the request itself).
+
+The plot (replicas and load over time) is drawn by ``bench.report`` from the
+timeline in the result file, with :func:`plot_png` (no plotting library is
+installed here: the PNG is written with zlib and struct).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from bench.common import CACHE, apply_env, load_average, log, median, write_result
+
+apply_env()
+
+NAME = "bench-autoscale"
+NODE_CACHE = CACHE / "autoscaling-node-cache"
+TEXT = "my parcel has not arrived and the tracking page shows nothing"
+
+
+def spec_autoscaling(quick: bool) -> dict[str, Any]:
+    return {
+        "minReplicas": 0,
+        "maxReplicas": 3,
+        "targetOngoingRequests": 2,
+        "upscaleDelaySeconds": 0,
+        "downscaleDelaySeconds": 5,
+        "scaleToZeroAfterSeconds": 5,
+        "metricsWindowSeconds": 4,
+    }
+
+
+def serve_replicas(dashboard: str) -> tuple[int | None, dict[str, int]]:
+    """(target, replicas by state) of the model deployment, from Serve's REST API."""
+    import requests
+
+    apps = requests.get(f"{dashboard}/api/serve/applications/", timeout=10).json().get("applications") or {}
+    dep = ((apps.get(NAME) or {}).get("deployments") or {}).get("ModelServer") or {}
+    states: dict[str, int] = {}
+    for replica in dep.get("replicas") or []:
+        states[replica.get("state", "?")] = states.get(replica.get("state", "?"), 0) + 1
+    target = dep.get("target_num_replicas")
+    return (int(target) if target is not None else None), states
+
+
+# ------------------------------------------------------------------ load
+
+
+class Load:
+    """Closed-loop clients on keep-alive connections; counts answers per status."""
+
+    def __init__(self, url: str) -> None:
+        from bench.loadgen import encode_requests
+
+        self.request = encode_requests(f"{url}/v2/models/{NAME}/infer", "v2", [TEXT])[0]
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.codes: dict[str, int] = {}
+        self.in_flight = 0
+        self.stop = asyncio.Event()
+
+    def _count(self, key: str) -> None:
+        self.codes[key] = self.codes.get(key, 0) + 1
+
+    async def client(self) -> None:
+        from bench.loadgen import read_response
+
+        reader = writer = None
+        while not self.stop.is_set():
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                assert reader is not None
+                self.in_flight += 1
+                try:
+                    writer.write(self.request)
+                    status, keep = await asyncio.wait_for(read_response(reader), 60)
+                finally:
+                    self.in_flight -= 1
+                self._count(str(status))
+                if not keep:
+                    writer.close()
+                    reader = writer = None
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, Exception) as exc:
+                self._count(type(exc).__name__)
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+
+async def step_load(
+    url: str, dashboard: str, concurrency: int, idle_s: float, load_s: float, after_s: float
+) -> dict[str, Any]:
+    load = Load(url)
+    samples: list[dict[str, Any]] = []
+    start = time.monotonic()
+    phase = {"clients": 0}
+    done = threading.Event()
+
+    def sampler() -> None:
+        while not done.is_set():
+            try:
+                target, states = serve_replicas(dashboard)
+            except Exception as exc:  # a slow dashboard: a gap in the timeline, said so
+                log(f"autoscaling: sample failed: {exc}")
+                target, states = None, {}
+            samples.append(
+                {
+                    "t": round(time.monotonic() - start, 2),
+                    "clients": phase["clients"],
+                    "target": target,
+                    "running": states.get("RUNNING", 0),
+                    "starting": states.get("STARTING", 0) + states.get("PENDING_MIGRATION", 0),
+                    "stopping": states.get("STOPPING", 0),
+                    "answered": sum(v for k, v in load.codes.items() if k == "200"),
+                }
+            )
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    await asyncio.sleep(idle_s)
+    load_start = time.monotonic() - start
+    phase["clients"] = concurrency
+    tasks = [asyncio.create_task(load.client()) for _ in range(concurrency)]
+    await asyncio.sleep(load_s)
+    load.stop.set()
+    await asyncio.gather(*tasks)
+    load_stop = time.monotonic() - start
+    phase["clients"] = 0
+    await asyncio.sleep(after_s)
+    done.set()
+    thread.join()
+    return {
+        "samples": samples,
+        "load_start_s": round(load_start, 2),
+        "load_stop_s": round(load_stop, 2),
+        "codes": load.codes,
+    }
+
+
+def scaling_times(run: dict[str, Any]) -> dict[str, Any]:
+    """Time to the 2nd running replica and to the most, and back to one target after the load."""
+    samples, start, stop = run["samples"], run["load_start_s"], run["load_stop_s"]
+    during = [s for s in samples if start <= s["t"] <= stop + 1]
+    most = max((s["running"] for s in during), default=0)
+    up2 = next((s["t"] - start for s in during if s["running"] >= 2), None)
+    up_most = next((s["t"] - start for s in during if s["running"] >= most), None)
+    after = [s for s in samples if s["t"] >= stop]
+    down = next((s["t"] - stop for s in after if s["target"] is not None and s["target"] <= 1), None)
+    down_running = next((s["t"] - stop for s in after if s["running"] <= 1 and not s["stopping"]), None)
+    answered = sum(v for k, v in run["codes"].items() if k == "200")
+    errors = sum(v for k, v in run["codes"].items() if k != "200")
+    return {
+        "max_running_replicas": most,
+        "scale_up_to_2_s": round(up2, 1) if up2 is not None else None,
+        "scale_up_to_max_s": round(up_most, 1) if up_most is not None else None,
+        "scale_down_target_to_1_s": round(down, 1) if down is not None else None,
+        "scale_down_running_to_1_s": round(down_running, 1) if down_running is not None else None,
+        "requests": answered + errors,
+        "errors": errors,
+        "throughput_rps": round(answered / max(1e-9, stop - start), 1),
+    }
+
+
+# ------------------------------------------------------------------ cold starts
+
+
+def wait_zero(dashboard: str, timeout: float = 120) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        target, states = serve_replicas(dashboard)
+        if target == 0 and not states:
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise TimeoutError("the deployment did not scale to zero")
+
+
+def cold_start(url: str, handle: Any) -> dict[str, Any]:
+    import requests
+
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXT]}]}
+    sent = time.time()
+    t0 = time.perf_counter()
+    resp = requests.post(f"{url}/v2/models/{NAME}/infer", json=body, timeout=120)
+    total = time.perf_counter() - t0
+    answered = sent + total
+    info = handle.info.remote().result(timeout_s=60)
+    cs = info["coldStart"]
+    return {
+        "status": resp.status_code,
+        "total_s": round(total, 3),
+        "serve_start_s": round(cs["initStartedAt"] - sent, 3),  # decision, actor process, imports
+        "manifest_s": cs["manifestS"],
+        "download_s": cs["downloadS"],
+        "verify_s": cs["verifyS"],
+        "tokenizer_s": cs["tokenizerS"],
+        "session_s": cs["sessionS"],
+        "warmup_s": cs["warmupS"],
+        "init_s": cs["initS"],
+        "ready_to_answer_s": round(answered - cs["readyAt"], 3),
+        "downloaded_bytes": cs["downloadedBytes"],
+        "cached_files": cs["cachedFiles"],
+    }
+
+
+# ------------------------------------------------------------------ plot
+
+
+def plot_png(
+    samples: list[dict[str, Any]], path: Path, load_window: tuple[float, float], max_replicas: int
+) -> Path:
+    """Replicas over time as a small PNG: grey band = load on, blue = running replicas, orange =
+    the autoscaler's target; grid every 10 s and every replica. Written with zlib + struct."""
+    width, height, pad = 640, 200, 20
+    t_end = max((s["t"] for s in samples), default=1.0) or 1.0
+    ymax = max(max_replicas, 1)
+    px = bytearray([255] * (width * height * 3))
+
+    def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            i = (y * width + x) * 3
+            px[i : i + 3] = bytes(rgb)
+
+    def sx(t: float) -> int:
+        return pad + int((width - 2 * pad) * t / t_end)
+
+    def sy(v: float) -> int:
+        return height - pad - int((height - 2 * pad) * v / ymax)
+
+    for x in range(sx(load_window[0]), sx(load_window[1]) + 1):  # load band
+        for y in range(pad, height - pad):
+            put(x, y, (225, 225, 225))
+    for t in range(0, int(t_end) + 1, 10):  # grid
+        for y in range(pad, height - pad):
+            put(sx(t), y, (200, 200, 200))
+    for v in range(ymax + 1):
+        for x in range(pad, width - pad):
+            put(x, sy(v), (170, 170, 170) if v else (0, 0, 0))
+    for y in range(pad, height - pad + 1):
+        put(pad, y, (0, 0, 0))
+
+    def line(key: str, rgb: tuple[int, int, int], offset: int) -> None:
+        prev: tuple[int, int] | None = None
+        for s in samples:
+            value = s.get(key)
+            if value is None:
+                continue
+            x, y = sx(s["t"]), sy(value) + offset
+            if prev is not None:  # a step: along, then up or down
+                for xx in range(prev[0], x + 1):
+                    for w in (0, 1):
+                        put(xx, prev[1] + w, rgb)
+                for yy in range(min(prev[1], y), max(prev[1], y) + 1):
+                    for w in (0, 1):
+                        put(x + w, yy, rgb)
+            prev = (x, y)
+
+    line("target", (230, 130, 20), -2)
+    line("running", (30, 90, 200), 1)
+    raw = b"".join(b"\x00" + bytes(px[y * width * 3 : (y + 1) * width * 3]) for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.autoscaling")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+
+    import ray
+    from moto.server import ThreadedMotoServer
+    from ray import serve
+
+    from bench.cold_start import upload_run
+    from bench.model import ensure_run
+    from bench.serving import deploy, md_object, start_cluster, undeploy
+
+    concurrency, load_s, reps = (8, 15.0, 1) if args.quick else (16, 30.0, 3)
+    shutil.rmtree(NODE_CACHE, ignore_errors=True)
+    os.environ["RAYRELAY_CACHE_DIR"] = str(NODE_CACHE)  # the head (and so every replica) inherits it
+    run = ensure_run()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    cluster = start_cluster(num_cpus=4, s3_endpoint=endpoint, start_timeout=300)
+    try:
+        manifest_uri = upload_run(run, endpoint)
+        obj = md_object(NAME, manifest_uri, "int8", endpoint_url=endpoint)
+        obj["spec"]["autoscaling"] = spec_autoscaling(args.quick)
+        obj["spec"]["runtime"] = {"intraOpThreads": 1, "interOpThreads": 1}
+        rollout = deploy(cluster, obj, timeout=600)
+        log(f"autoscaling: Ready in {rollout.seconds:.1f}s")
+        url = cluster.url
+        dashboard = cluster.backend.dashboard_url
+        scaling = obj["spec"]["autoscaling"]
+        after_s = scaling["downscaleDelaySeconds"] + scaling["metricsWindowSeconds"] + 15
+        timeline = asyncio.run(step_load(url, dashboard, concurrency, 5.0, load_s, after_s))
+        times = scaling_times(timeline)
+        log(f"autoscaling: {times}")
+
+        ray.init(address=cluster.ray.address, log_to_driver=False)
+        handle = serve.get_app_handle(NAME)
+        colds: list[dict[str, Any]] = []
+        for i in range(1 + reps):
+            idle = wait_zero(dashboard)
+            if i == 0:
+                shutil.rmtree(NODE_CACHE, ignore_errors=True)  # the first one downloads
+            time.sleep(0.5)
+            cold = cold_start(url, handle)
+            cold["node_cache"] = "empty" if i == 0 else "warm"
+            cold["waited_for_zero_s"] = round(idle, 1)
+            log(f"autoscaling: cold start {i}: {cold}")
+            colds.append(cold)
+        warm = [c for c in colds if c["node_cache"] == "warm"]
+        summary_keys = [k for k, v in warm[0].items() if isinstance(v, int | float) and k != "status"]
+        warm_median = {k: round(median([c[k] for c in warm]), 3) for k in summary_keys}
+        undeploy(cluster, obj)
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            cluster.stop()
+            moto.stop()
+    write_result(
+        "autoscaling",
+        {
+            "quick": args.quick,
+            "model": f"{run.name} int8 (bench model), artifacts on moto S3 (loopback)",
+            "spec_autoscaling": scaling,
+            "resources": {"cpusPerReplica": obj["spec"]["resources"]["cpus"], "ray_num_cpus": 4},
+            "step_load": {"concurrency": concurrency, "load_s": load_s, **times},
+            "timeline": timeline,
+            "cold_starts": colds,
+            "cold_start_warm_median": warm_median,
+            "cold_start_errors": sum(1 for c in colds if c["status"] != 200),
+            "ready_s": round(rollout.seconds, 1),
+            "load_average_end": load_average(),
+        },
+    )
+    log(f"autoscaling: load average at the end {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
