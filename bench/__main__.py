@@ -24,7 +24,7 @@ import time
 
 from bench.common import CACHE, ROOT, apply_env, bench_env, git_revision, log
 
-BENCHMARKS = ("kernel", "training", "control_plane", "cold_start", "endpoint", "autoscaling")
+BENCHMARKS = ("kernel", "training", "control_plane", "cold_start", "endpoint", "autoscaling", "textgen")
 NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling"}
 
 

@@ -38,7 +38,16 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def _load(results: Path) -> dict[str, dict[str, Any]]:
     docs = {}
-    for name in ("kernel", "endpoint", "training", "control_plane", "cold_start", "autoscaling", "run"):
+    for name in (
+        "kernel",
+        "endpoint",
+        "training",
+        "control_plane",
+        "cold_start",
+        "autoscaling",
+        "textgen",
+        "run",
+    ):
         path = results / f"{name}.json"
         if path.is_file():
             docs[name] = json.loads(path.read_text())
@@ -560,6 +569,12 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
     return out
 
 
+def _textgen_section(doc: dict[str, Any]) -> list[str]:
+    from bench.textgen import report_section  # issue 16: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -609,6 +624,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "control_plane": control_plane_section,
         "cold_start": cold_start_section,
         "autoscaling": functools.partial(autoscaling_section, doc=doc),
+        "textgen": _textgen_section,
     }
     for name, fn in sections.items():
         if name in docs:
