@@ -36,7 +36,9 @@ import logging
 import math
 import os
 import re
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -185,7 +187,9 @@ class ModelServer:
         self.labels = list(manifest.labels)
         self.max_seq_length = manifest.tokenizer.max_seq_length
         t_tok = time.perf_counter()
-        self.tokenizer = load_tokenizer(self.artifacts)
+        # The light tokenizer when the set has a tokenizer.json (every fast tokenizer does):
+        # importing transformers costs a replica seconds at each start (a cold start from zero).
+        self.tokenizer = light_tokenizer(self.artifacts) or load_tokenizer(self.artifacts)
         self._timings["tokenizer_s"] = time.perf_counter() - t_tok
 
     def _create_session(self) -> None:
@@ -355,6 +359,84 @@ class ModelServer:
 
     def metrics_text(self) -> str:
         return self.metrics.text()
+
+
+class LightTokenizer:
+    """A ``tokenizers.Tokenizer`` called the way :meth:`ModelServer._run` calls a transformers one.
+
+    ``tok(texts, padding="longest", truncation=True, max_length=n, return_tensors="np")`` of a
+    transformers fast tokenizer runs this very Rust tokenizer (from the set's
+    ``tokenizer.json``: normaliser, pre-tokeniser, vocabulary, [CLS]/[SEP] template) with
+    longest-first truncation at ``n`` and right padding to the longest text of the batch;
+    this does the same without importing transformers (seconds at every replica start).
+    ``tests/unit/test_light_tokenizer.py`` checks the ids against transformers.
+    """
+
+    def __init__(self, tokenizer: Any, pad_id: int, pad_type_id: int, pad_token: str) -> None:
+        self._tok = tokenizer
+        self._tok.no_padding()
+        self._pad = {"pad_id": pad_id, "pad_type_id": pad_type_id, "pad_token": pad_token}
+        self._max_length: int | None = None
+        self._lock = threading.Lock()  # padding/truncation settings live on the shared object
+
+    def __call__(
+        self,
+        texts: list[str],
+        padding: str = "longest",
+        truncation: bool = True,
+        max_length: int | None = None,
+        return_tensors: str = "np",
+    ) -> dict[str, np.ndarray]:
+        with self._lock:
+            if max_length != self._max_length:
+                if truncation and max_length:
+                    self._tok.enable_truncation(max_length, strategy="longest_first")
+                else:
+                    self._tok.no_truncation()
+                self._max_length = max_length
+            self._tok.enable_padding(direction="right", **self._pad)
+            encodings = self._tok.encode_batch(list(texts))
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+
+
+def light_tokenizer(prepared: Any) -> LightTokenizer | None:
+    """The set's ``tokenizer.json`` as a :class:`LightTokenizer`, or None (then transformers loads it).
+
+    From the verified folder, or from memory for an encrypted set
+    (``prepared.tokenizer_files``). The pad token comes from ``tokenizer_config.json``
+    (else the tokenizer's own padding settings); without one, None.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+
+    files = getattr(prepared, "tokenizer_files", None)
+    if files is not None:
+        raw, config_raw = files.get("tokenizer.json"), files.get("tokenizer_config.json", b"{}")
+    else:
+        folder = Path(prepared.tokenizer_dir)
+        if not (folder / "tokenizer.json").is_file():
+            return None
+        raw = (folder / "tokenizer.json").read_bytes()
+        config_path = folder / "tokenizer_config.json"
+        config_raw = config_path.read_bytes() if config_path.is_file() else b"{}"
+    if not raw:
+        return None
+    tokenizer = Tokenizer.from_str(raw.decode())
+    config = json.loads(config_raw or b"{}")
+    padding = tokenizer.padding or {}
+    pad_token = config.get("pad_token")
+    if isinstance(pad_token, dict):
+        pad_token = pad_token.get("content")
+    pad_token = pad_token or padding.get("pad_token")
+    pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
+    if pad_id is None:
+        return None
+    return LightTokenizer(tokenizer, pad_id, int(padding.get("pad_type_id", 0)), str(pad_token))
 
 
 def cold_start_record(
