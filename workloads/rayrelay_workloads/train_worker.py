@@ -13,7 +13,9 @@ no step runs twice.
 
 Rank 0 writes ``progress.json`` (``progress.py``) at most every ~2 s and records
 the steps it executed in ``steps/`` (one JSON file per worker-group start), so
-tests and humans can check that no step ran twice.
+tests and humans can check that no step ran twice. Both are advisory: a store
+that fails them never fails a step, and the record's last write (retried with
+backoff) never replaces an error the loop is raising.
 
 Test hook: ``RAYRELAY_FAULT_AT_STEP=k`` (read on the driver) makes every worker
 raise once, just before step k, in the first worker group of attempt 1 that did
@@ -33,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayrelay_core.store import join, open_store
+from rayrelay_core.store import Store, StoreError, join, open_store
 from rayrelay_workloads.data import Example
+from rayrelay_workloads.progress import warn, write_with_retry
 from rayrelay_workloads.train_state import (
     METRIC,
     Optimization,
@@ -172,9 +175,15 @@ class StepRecorder:
     """The steps this worker group executed (``steps/attempt-<n>-<id>.json``)."""
 
     def __init__(
-        self, run_uri: str, endpoint_url: str | None, attempt: int, start: Position, how: str
+        self,
+        run_uri: str,
+        endpoint_url: str | None,
+        attempt: int,
+        start: Position,
+        how: str,
+        store: Store | None = None,
     ) -> None:
-        self.store = open_store(run_uri, endpoint_url)
+        self.store = store or open_store(run_uri, endpoint_url)
         self.uri = join(run_uri, "steps", f"attempt-{attempt}-{uuid.uuid4().hex[:8]}.json")
         self.doc: dict[str, Any] = {
             "attempt": attempt,
@@ -187,8 +196,25 @@ class StepRecorder:
     def add(self, step: int) -> None:
         self.doc["steps"].append(step)
 
-    def flush(self) -> None:
+    def _write(self) -> None:
         self.store.write_bytes(self.uri, json.dumps(self.doc).encode())
+
+    def flush(self) -> bool:
+        """Write the record as it stands (the whole of it: the next flush retries a failed one)."""
+        try:
+            self._write()
+        except StoreError as exc:
+            warn(f"step record {self.uri} not written: {exc}")
+            return False
+        return True
+
+    def close(self) -> bool:
+        """The last write, retried with backoff; never raises (see the module docstring)."""
+        try:
+            return write_with_retry(self._write, f"step record {self.uri}")
+        except Exception as exc:  # not a store error: still never mask the loop's own
+            warn(f"step record {self.uri} not written: {type(exc).__name__}: {exc}")
+            return False
 
 
 class RankZeroLog:
@@ -242,8 +268,8 @@ class RankZeroLog:
         if self.progress.wrote_last:
             self.recorder.flush()
 
-    def close(self) -> None:
-        self.recorder.flush()
+    def close(self) -> bool:
+        return self.recorder.close()
 
 
 # ------------------------------------------------------------------ the loop
