@@ -553,6 +553,14 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
             ["throughput under load", f"{_f(st['throughput_rps'])} requests/s"],
         ],
     )
+    out += [
+        "Scale to zero: Ray 2.58 honours `min_replicas: 0` for applications deployed through Serve's REST "
+        "API (how the `ray` backend and `rayrelay run` deploy): the deployment went to zero replicas after "
+        "`scaleToZeroAfterSeconds`, and each first request below was held by Serve's proxy and answered "
+        "(ray#59076 did not reproduce on this path). The breakdown comes from the replica's own record "
+        "(`ModelServer.info()['coldStart']`); the Serve row is everything before the replica's constructor.",
+        "",
+    ]
     colds = a["cold_starts"]
     head = (
         ["cold start from zero (seconds)"]
