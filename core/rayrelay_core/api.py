@@ -924,6 +924,11 @@ class TrainingJobStatus(ApiModel):
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Evaluation metrics per variant.")
     attempt: int = Field(default=0, description="Attempt number (1 for the first).")
+    next_attempt_time: str | None = Field(
+        default=None,
+        description="While a failed attempt backs off: when the next one is submitted (RFC 3339;"
+        " exponential backoff from the operator's retry settings). Unset otherwise.",
+    )
     last_checkpoint: CheckpointRef | None = Field(default=None, description="Latest checkpoint.")
     artifacts: ArtifactsStatus | None = Field(default=None, description="Published artifacts.")
     ray_job: RayJobRef | None = Field(default=None, description="The Ray job.")
