@@ -8,12 +8,13 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv quickstart test test-fast test-cluster lint crds chart bench images e2e clean
+.PHONY: help venv quickstart test test-fast test-cluster faults lint crds chart bench images e2e clean
 
 help:
 	@echo "make quickstart   train, deploy and query the quickstart model locally"
 	@echo "make test         lint, CRD and chart drift checks, and the whole test suite"
 	@echo "make test-cluster only the real-API-server layer (tests/cluster, hack/envtest.sh)"
+	@echo "make faults       every injected-fault case (the long ones too), then docs/reliability.md"
 	@echo "make lint | crds | chart | bench | images | e2e"
 
 $(STAMP): pyproject.toml
@@ -54,6 +55,16 @@ test-fast: $(STAMP)
 test-cluster: $(STAMP)
 	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
 	  $(BIN)/python -m pytest -q -ra --timeout=900 tests/cluster
+
+# The fault suite (tests/faults and the fault cases of the other layers): `make test` runs
+# the fast cases; this runs all of them (RAYRELAY_FAULTS_LONG=1), records their figures in
+# tests/faults/results/*.json (RAYRELAY_FAULTS_RECORD=1) and renders docs/reliability.md.
+FAULT_TESTS := tests/faults tests/cluster/test_operator_shutdown.py tests/unit/test_worker_store_blips.py
+faults: $(STAMP)
+	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
+	  RAYRELAY_FAULTS_LONG=1 RAYRELAY_FAULTS_RECORD=1 \
+	  $(BIN)/python -m pytest -q -ra --timeout=3600 $(FAULT_TESTS)
+	$(BIN)/python -m tests.faults.report
 
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench $(BENCH_ARGS)

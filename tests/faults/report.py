@@ -1,0 +1,204 @@
+"""Render ``tests/faults/results/*.json`` into ``docs/reliability.md``.
+
+``python -m tests.faults.report`` (``make faults`` runs it after the suite).
+The page lists every case of the fault suite -- the fault, what rayrelay
+promises, how the test injects it, and the test -- and shows the figures only
+from the JSON file that case's test wrote (``tests/faults/results.py``). A
+case without a file is shown as *not yet measured*: nothing on the page is
+typed in by hand, so the page and the results cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.faults.results import REPO, RESULTS
+
+DOC = REPO / "docs" / "reliability.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str  # the results file's name (results/<key>.json)
+    fault: str
+    promise: str
+    injection: str
+    test: str  # where it lives; "" while no test exists
+    fast: bool  # runs in `make test` (else only `make faults`)
+
+
+CASES = [
+    Case(
+        "shutdown_run",
+        "`rayrelay run` gets SIGTERM mid-training",
+        "stops as on Ctrl-C: exit 143 (130 for SIGINT) within the 30 s grace period; the Ray head it "
+        "started and every process under it (job driver, Train workers) are gone",
+        "SIGTERM to the `rayrelay run` subprocess; its Ray processes found through /proc",
+        "tests/faults/test_clean_shutdown.py",
+        True,
+    ),
+    Case(
+        "shutdown_operator",
+        "`rayrelay operator` gets SIGTERM while reconciling",
+        "exits 0 by itself within the pod's terminationGracePeriodSeconds (kopf's exit wait is capped "
+        "at 20 s), no traceback",
+        "SIGTERM to the operator subprocess run as the chart runs it, on a real kube-apiserver",
+        "tests/cluster/test_operator_shutdown.py",
+        True,
+    ),
+    Case(
+        "store_blips_worker",
+        "the store fails progress / step-record writes inside a worker",
+        "never fails or stalls a training step (per-step writes back off 2 s doubling to 30 s), stages "
+        "and the last step record are retried with backoff, and the loop's own error is never masked",
+        "moto's S3 server stopped and restarted on its port; a closed port",
+        "tests/unit/test_worker_store_blips.py",
+        True,
+    ),
+    Case(
+        "retry_backoff",
+        "an attempt fails (retryable)",
+        "the next attempt is not submitted in the same pass: it waits an exponential backoff, "
+        "stated in status.nextAttemptTime and the Running condition",
+        "a Ray job that exits 1 (FAILED) on the real ray backend",
+        "tests/faults/test_retry_backoff.py",
+        True,
+    ),
+    Case(
+        "operator_killed",
+        "operator SIGKILLed mid-reconcile, at random points",
+        "0 duplicate Ray jobs, 0 lost TrainingJobs after restarts",
+        "SIGKILL of the operator subprocess at random delays, then a restart",
+        "tests/faults/test_operator_killed.py",
+        False,
+    ),
+    Case(
+        "s3_outage",
+        "S3 down during training / publish / a replica's start",
+        "retried with backoff and jitter; nothing half-published is served; the run completes when S3 returns",
+        "moto's S3 server stopped for a while, then started again on the same port",
+        "tests/faults/test_s3_outage.py",
+        False,
+    ),
+    Case(
+        "worker_killed",
+        "a Ray Train worker SIGKILLed mid-epoch",
+        "the run finishes from the latest checkpoint; steps redone <= the checkpoint interval",
+        "SIGKILL of a RayTrainWorker process by pid",
+        "tests/faults/test_worker_killed.py",
+        False,
+    ),
+    Case(
+        "driver_lost",
+        "the job's driver killed / the Ray head stopped",
+        "status says DriverDied / RayUnavailable within a stated time; the next attempt resumes from the "
+        "checkpoint; no second job beside the first",
+        "SIGKILL of the driver; SIGTERM of the head",
+        "",
+        False,
+    ),
+    Case(
+        "replica_killed",
+        "a serving replica SIGKILLed under load",
+        "error rate during recovery <= 1 % (503 + Retry-After, not 500); time to full capacity",
+        "SIGKILL of a ServeReplica process during a closed-loop load",
+        "",
+        False,
+    ),
+    Case(
+        "bad_model",
+        "a new artifact fails its digest check or its warm-up",
+        "the old model keeps serving, the status says why, 0 failed requests",
+        "a corrupted / failing artifact published while serving",
+        "",
+        False,
+    ),
+    Case(
+        "rollout",
+        "a ModelDeployment's model changes under load",
+        "the new model is warmed beside the old one; 0 errors through the switch",
+        "a newer run or manifestUri while a bounded load runs",
+        "",
+        False,
+    ),
+]
+
+
+def has_test(case: Case) -> bool:
+    return bool(case.test) and (REPO / case.test).exists()
+
+
+def load(results: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted(results.glob("*.json")):
+        doc = json.loads(path.read_text())
+        out[str(doc.get("case") or path.stem)] = doc
+    return out
+
+
+def figures_text(doc: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in sorted(doc["figures"].items()))
+
+
+def render(results: Path = RESULTS, doc: Path = DOC) -> Path:
+    found = load(results)
+    lines = [
+        "# Reliability",
+        "",
+        "<!-- Generated by `python -m tests.faults.report` (make faults) from tests/faults/results/*.json;"
+        " do not edit by hand. -->",
+        "",
+        "Each fault below is injected for real: a process killed by its pid, a server stopped, a port that "
+        "refuses connections. The figures come from the last `make faults` run that measured the case "
+        "(the JSON file under `tests/faults/results/`); a case without one says *not yet measured*. "
+        "Cases marked *fast* also run in `make test` (as checks, without recording).",
+        "",
+        "| fault | promised | injected by | test | figures measured |",
+        "|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        test = f"`{case.test}`" + (" (fast)" if case.fast else "") if has_test(case) else "no test yet"
+        measured = figures_text(found[case.key]) if case.key in found else "*not yet measured*"
+        lines.append(f"| {case.fault} | {case.promise} | {case.injection} | {test} | {measured} |")
+    lines += ["", "## Conditions of each measurement", ""]
+    measured_any = False
+    for case in CASES:
+        if case.key not in found:
+            continue
+        measured_any = True
+        d = found[case.key]
+        m = d.get("machine", {})
+        lines.append(
+            f"- **{case.key}**: `{d['command']}`, finished {d['finished']}, git {d['git']}, "
+            f"{m.get('cpus')} CPUs, load average {m.get('loadavg')} at the end."
+            + (f" {d['notes']}" if d.get("notes") else "")
+        )
+    if not measured_any:
+        lines.append("No case has been measured yet: run `make faults`.")
+    missing = [c for c in CASES if c.key not in found]
+    if missing:
+        lines += ["", "## Not yet measured", ""]
+        for case in missing:
+            why = f"`{case.test}` has not recorded a result" if has_test(case) else "no test yet"
+            lines.append(f"- {case.fault} ({why}).")
+    doc.write_text("\n".join(lines) + "\n")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.faults.report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args(argv)
+    print(f"wrote {render(args.results, args.doc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
