@@ -48,6 +48,11 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "faults: injects a real fault (tests/faults, docs/reliability.md)")
+    config.addinivalue_line("markers", "faults_long: a longer fault case, run only by `make faults`")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
