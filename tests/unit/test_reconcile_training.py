@@ -71,6 +71,15 @@ class Driver:
     def reasons(self) -> list[str]:
         return [e.reason for e in self.events]
 
+    def after_backoff(self) -> TrainingJobStatus:
+        """Advance the clock to the recorded next attempt time and pass (the retry's submission)."""
+        from rayrelay_core.conditions import rfc3339
+
+        at = self.obj["status"]["nextAttemptTime"]
+        while rfc3339(self.clock()) < at:
+            self.clock.advance(1)
+        return self.step()
+
 
 def cond(status: TrainingJobStatus, type_: str) -> tuple[str, str]:
     c = find_condition(status.conditions, type_)
@@ -168,15 +177,15 @@ def test_retry_resumes_same_run_and_gives_up_after_backoff_limit(tmp_path: Path)
     d.step()
     d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
     s = d.step()
-    assert s.attempt == 2 and s.phase == "Pending"
-    assert d.backend.calls[-2:] == [
-        ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1"),
-        ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a2"),
-    ]
+    assert s.attempt == 1 and s.phase == "Pending" and s.next_attempt_time is not None
+    assert cond(s, "Running") == ("False", "DriverFailed")
+    assert d.backend.calls[-1] == ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1")
+    s = d.after_backoff()
+    assert s.attempt == 2 and s.phase == "Pending" and s.next_attempt_time is None
+    assert d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a2")
     # Same run folder: the second attempt resumes from the first one's checkpoints.
     assert d.backend.submitted[1].job.run_uri == d.backend.submitted[0].job.run_uri
     assert d.backend.submitted[1].job.attempt == 2
-    assert cond(s, "Running") == ("False", "DriverFailed")
     d.observe(WorkState.FAILED, "DriverFailed", "exit 1 again")
     s = d.step()
     assert s.phase == "Failed" and cond(s, "Failed") == ("True", "DriverFailed")
@@ -205,11 +214,13 @@ def test_failure_document_of_an_earlier_attempt_is_not_this_attempts_reason(tmp_
     write_failure(d.layout, "StorageError", "S3 throttled", retryable=True, attempt=1)
     d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
     s = d.step()
-    assert s.attempt == 2 and cond(s, "Running") == ("False", "StorageError")
+    assert s.attempt == 1 and cond(s, "Running") == ("False", "StorageError")
+    assert d.after_backoff().attempt == 2
     # Attempt 2 fails without writing a document: the stale one must not explain it.
     d.observe(WorkState.FAILED)
     s = d.step()
-    assert s.attempt == 3 and cond(s, "Running") == ("False", "TrainingFailed")
+    assert s.attempt == 2 and cond(s, "Running") == ("False", "TrainingFailed")
+    assert d.after_backoff().attempt == 3
 
 
 def test_driver_died_while_job_says_running_is_a_failed_attempt(tmp_path: Path) -> None:
@@ -217,8 +228,64 @@ def test_driver_died_while_job_says_running_is_a_failed_attempt(tmp_path: Path) 
     d.step()
     d.observe(WorkState.RUNNING, "DriverDied", "jobStatus RUNNING but the submitter Job failed")
     s = d.step()
-    assert s.attempt == 2 and cond(s, "Running") == ("False", "DriverDied")
+    assert s.next_attempt_time is not None and cond(s, "Running") == ("False", "DriverDied")
     assert ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1") in d.backend.calls
+    assert d.after_backoff().attempt == 2
+
+
+def test_a_failed_attempt_waits_its_backoff_and_says_when(tmp_path: Path) -> None:
+    """Issue 14, item 7: no resubmission in the pass that saw the failure; exponential waits."""
+    d = Driver(tmp_path, failurePolicy={"backoffLimit": 3})
+    d.step()
+    waits = []
+    for attempt in (1, 2, 3):
+        d.observe(WorkState.FAILED, "DriverFailed", f"exit 1 (attempt {attempt})")
+        submits = d.backend.verbs().count("submit")
+        s = d.step()
+        assert d.backend.verbs().count("submit") == submits, "resubmitted in the same pass"
+        at = s.next_attempt_time
+        assert at is not None and s.phase == "Pending" and s.attempt == attempt
+        message = find_condition(s.conditions, "Running").message  # type: ignore[union-attr]
+        assert f"attempt {attempt + 1} at {at}" in message, message
+        assert any(e.reason == "DriverFailed" and at in e.message for e in d.events)
+        # Passes before that time submit nothing and do not observe the failed work again.
+        calls = list(d.backend.calls)
+        for _ in range(3):
+            d.clock.advance(1)
+            assert d.step().next_attempt_time == at
+        assert d.backend.calls == calls
+        start = d.clock()
+        s = d.after_backoff()
+        waits.append((d.clock() - start).total_seconds() + 3)
+        assert s.attempt == attempt + 1 and s.next_attempt_time is None
+        assert d.backend.calls[-1][0] == "submit" and d.backend.calls[-1][1].endswith(f"-a{attempt + 1}")
+    # base 5 s, doubling, +-20 % jitter (the settings' defaults)
+    assert 4 <= waits[0] <= 7 and 8 <= waits[1] <= 13 and 16 <= waits[2] <= 25, waits
+    assert waits[0] < waits[1] < waits[2]
+
+
+def test_suspending_during_a_backoff_resumes_with_the_next_attempt(tmp_path: Path) -> None:
+    d = Driver(tmp_path, failurePolicy={"backoffLimit": 2})
+    d.step()
+    d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
+    assert d.step().next_attempt_time is not None
+    d.change_spec(suspend=True)
+    s = d.step()
+    assert s.phase == "Suspended" and s.next_attempt_time is None and s.attempt == 2
+    d.change_spec(suspend=False)
+    s = d.step()
+    assert s.attempt == 2 and d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-74f1c81c-g3-a2")
+
+
+def test_the_deadline_ends_a_backoff(tmp_path: Path) -> None:
+    d = Driver(tmp_path, failurePolicy={"backoffLimit": 2, "activeDeadlineSeconds": 3})
+    d.step()
+    d.observe(WorkState.FAILED, "DriverFailed", "exit 1")
+    assert d.step().next_attempt_time is not None
+    d.clock.advance(3)
+    s = d.step()
+    assert s.phase == "Failed" and cond(s, "Failed") == ("True", "DeadlineExceeded")
+    assert s.next_attempt_time is None and d.backend.verbs().count("submit") == 1
 
 
 def test_stuck_initializing_after_threshold(tmp_path: Path) -> None:

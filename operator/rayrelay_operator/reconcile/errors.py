@@ -7,10 +7,16 @@ only backoff of the operator: every driver gets its delay from
 ``driver.run_pass``, which counts retries from how long the problem has lasted
 (``retries_since``), so the schedule survives an operator restart and needs no
 counter anywhere.
+
+Failed *attempts* of a TrainingJob wait too (``attempt_backoff``): the same
+exponential schedule over the attempt number, with a jitter derived from the
+job's identity, so the computation stays pure and a restarted operator
+computes the same time (``status.nextAttemptTime`` records it anyway).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +71,18 @@ def backoff_delay(retry: int, settings: Settings | None = None, jitter: float = 
     exact = s.retry_base_delay_seconds * (2 ** max(0, min(retry, 30)))
     spread = 1.0 + s.retry_jitter * (2.0 * jitter - 1.0)
     return float(min(s.retry_max_delay_seconds, exact * spread))
+
+
+def attempt_backoff(key: str, failed_attempt: int, settings: Settings | None = None) -> float:
+    """Seconds between the end of ``failed_attempt`` (1 for the first) and the next attempt.
+
+    ``backoff_delay(failed_attempt - 1)``: base, 2 x base, 4 x base ... capped, spread by
+    a jitter taken from ``key`` (e.g. namespace/name/run/attempt) rather than a random
+    draw, so that jobs that failed together part, and the function stays pure.
+    """
+    digest = hashlib.sha256(f"{key}/{failed_attempt}".encode()).digest()
+    jitter = int.from_bytes(digest[:4], "big") / 2**32
+    return backoff_delay(max(0, failed_attempt - 1), settings, jitter)
 
 
 def retries_since(since: datetime | None, now: datetime, settings: Settings | None = None) -> int:

@@ -17,8 +17,12 @@ observing the recorded one, so a spec change that does not change the run
 recomputes the same names (idempotent create stops a duplicate). Suspension
 stops the work; clearing it submits again under the new generation with the
 same attempt (a suspension is not a failure) into the same run folder, so
-training resumes from the latest checkpoint. Failed attempts resubmit with
-attempt + 1 until ``failurePolicy.backoffLimit`` is spent.
+training resumes from the latest checkpoint. A failed attempt is stopped and the
+next one (attempt + 1) is submitted only after a backoff -- never in the pass that
+saw the failure, so a short outage does not burn ``failurePolicy.backoffLimit``:
+``errors.attempt_backoff`` (base, 2 x base, ... capped), recorded in
+``status.nextAttemptTime`` and told in the Running condition ("attempt 2 at ...").
+While it waits, the failed work is not observed again; the limit spent, the job fails.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from rayrelay_operator.reconcile.context import (
     Stop,
     Submit,
 )
-from rayrelay_operator.reconcile.errors import StoreUnavailable
+from rayrelay_operator.reconcile.errors import StoreUnavailable, attempt_backoff
 from rayrelay_operator.reconcile.status import (
     COND_CLEANED,
     COND_FAILED,
@@ -197,7 +201,8 @@ def observe_trainingjob(
     store = ctx.store_for(layout.base, tj.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
     observed.docs = observe_run(store, layout)
     work = current_work(tj, previous, ctx.settings)
-    if work is not None and phase is not TrainingPhase.SUSPENDED and same_run:
+    backing_off = previous.next_attempt_time is not None  # the recorded work has failed
+    if work is not None and phase is not TrainingPhase.SUSPENDED and same_run and not backing_off:
         observed.work = backend.observe_training(work)
     return observed
 
@@ -238,6 +243,7 @@ class TrainingPass:
 
     def finish(self, succeeded: bool, reason: str, message: str) -> None:
         self.s.phase = TrainingPhase.SUCCEEDED if succeeded else TrainingPhase.FAILED
+        self.s.next_attempt_time = None
         self.s.completion_time = self.s.completion_time or rfc3339(self.now)
         self.cond(COND_SUCCEEDED, succeeded, reason, message)
         self.cond(COND_FAILED, not succeeded, reason, message)
@@ -263,23 +269,21 @@ class TrainingPass:
         self.event("Normal", reason, message)
 
     def attempt_failed(self, reason: str, message: str, retryable: bool) -> None:
-        """One attempt is over without success: retry (attempt + 1) or fail the job."""
+        """One attempt is over without success: schedule the next (attempt + 1) or fail the job."""
         assert self.work is not None
         limit = self.spec.failure_policy.backoff_limit
         attempt = max(self.s.attempt, 1)
         # Stop whatever is left of it (a head pod of a dead driver, a stuck cluster).
         self.actions.append(Stop(self.work))
         if retryable and attempt <= limit:
-            self.event(
-                "Warning", reason, f"attempt {attempt} failed: {message}; retrying ({attempt}/{limit})"
-            )
-            self.submit(attempt + 1, "Retrying")
-            self.cond(
-                COND_RUNNING,
-                False,
-                reason,
-                f"attempt {attempt} failed: {message}; attempt {attempt + 1} submitted",
-            )
+            key = f"{self.tj.metadata.namespace}/{self.tj.metadata.name}/{self.s.run_id}"
+            delay = attempt_backoff(key, attempt, self.settings)
+            at = rfc3339(self.now + timedelta(seconds=delay))
+            self.s.next_attempt_time = at
+            self.s.phase = TrainingPhase.PENDING
+            said = f"attempt {attempt} failed: {message}; attempt {attempt + 1} at {at} (in {delay:.0f}s)"
+            self.event("Warning", reason, f"{said}; retry {attempt} of {limit}")
+            self.cond(COND_RUNNING, False, reason, said)
             return
         why = (
             message if not retryable else f"{message} (backoffLimit {limit} reached after {attempt} attempts)"
@@ -316,6 +320,8 @@ def _step_for(p: TrainingPass) -> Callable[[TrainingPass], None]:
         return _resume
     if _deadline_passed(p):
         return _deadline_exceeded
+    if p.s.next_attempt_time is not None:
+        return _backing_off
     if p.work is None:
         return _submit_first
     return _attempt
@@ -360,6 +366,10 @@ def _suspend(p: TrainingPass) -> None:
         return
     if p.work is not None:
         p.actions.append(Stop(p.work))
+    if p.s.next_attempt_time is not None:
+        # Suspended while a failed attempt backed off: resuming starts the next attempt.
+        p.s.next_attempt_time = None
+        p.s.attempt = max(p.s.attempt, 1) + 1
     p.s.phase = TrainingPhase.SUSPENDED
     p.cond(COND_SUSPENDED, True, "Suspended", "spec.suspend is true; the work is stopped")
     p.cond(COND_RUNNING, False, "Suspended", "suspended")
@@ -387,6 +397,16 @@ def _deadline_exceeded(p: TrainingPass) -> None:
         p.actions.append(Stop(p.work))
     deadline = p.spec.failure_policy.active_deadline_seconds
     p.finish(False, "DeadlineExceeded", f"ran longer than activeDeadlineSeconds={deadline}")
+
+
+def _backing_off(p: TrainingPass) -> None:
+    """A failed attempt waits out its backoff; then the next attempt, same run folder."""
+    at = parse_time(p.s.next_attempt_time)
+    p.s.phase = TrainingPhase.PENDING
+    if at is not None and p.now < at:
+        return  # the Running condition already says when (set by attempt_failed)
+    p.s.next_attempt_time = None
+    p.submit(max(p.s.attempt, 1) + 1, "Retrying")
 
 
 def _submit_first(p: TrainingPass) -> None:
