@@ -3,13 +3,17 @@
 ``ray start --head --block`` runs as a child process with every port picked
 free (several Ray instances may share this machine: tests, other users' runs),
 bound to 127.0.0.1, with its own temp dir. It is torn down by SIGTERM to that
-child alone, never ``ray stop``, which would stop every Ray on the machine.
+child alone, never ``ray stop``, which would stop every Ray on the machine;
+the head's node does not drain first (``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S``,
+30 s by default, waits in vain for a running job: nobody else uses this head),
+and whatever of its process group outlives it is killed.
 The run then talks to it like to any other cluster, through its dashboard URL
 and the ``ray`` backend (``backends/ray.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -61,7 +65,7 @@ class LocalRay:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
 
-    def start(self, timeout: float = 120.0) -> str:
+    def start(self, timeout: float = 300.0) -> str:
         """Start the head and wait for its dashboard; returns the dashboard URL."""
         ray_bin = Path(self.bin_dir) / "ray"
         if not ray_bin.exists():
@@ -77,6 +81,13 @@ class LocalRay:
         # Jobs run `python -m rayrelay_workloads...`: this interpreter's bin first.
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Draining keeps a node's Serve traffic flowing while a cluster replaces it; this
+        # head is the run's alone, and its drain waits the whole timeout for a running job.
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+        # On a loaded machine the dashboard's modules take longer than Ray's 30 s / 60 s
+        # defaults, and the head gives up (the test fixtures and bench raise them alike).
+        env.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
+        env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
         cmd = [
             str(ray_bin), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1",
@@ -121,15 +132,24 @@ class LocalRay:
         return self._log.read_text(errors="replace")[-chars:]
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM the head (its process group), SIGKILL if it lingers; remove the temp dir."""
+        """SIGTERM the head, SIGKILL its process group if it lingers; remove the temp dir.
+
+        Ray's processes (GCS, raylet, dashboard, workers, job drivers) stay in the
+        head's process group (``start_new_session``); any that outlive the head are
+        killed with the group, so nothing this run started keeps running.
+        """
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a head that is gone
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = ""

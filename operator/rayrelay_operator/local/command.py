@@ -2,8 +2,16 @@
 
 Reads FILE (``inputs``), starts or reaches Ray, runs the loop (``loop``), then
 reports (``report``): 0 when every resource finished well and every endpoint
-answered its smoke request, 1 otherwise (with the reason printed), 130 on
-Ctrl-C. Without ``--once`` it keeps passing over the resources while serving.
+answered its smoke request, 1 otherwise (with the reason printed). Without
+``--once`` it keeps passing over the resources while serving.
+
+Ctrl-C (SIGINT) and SIGTERM (``kill``, a container runtime, systemd) stop it the
+same way, at any point: the run's Serve applications come down (on a cluster
+given with ``--ray-address``) or the Ray head started for the run is stopped
+(with its jobs and replicas), then it exits 128 + the signal's number (130 for
+SIGINT, 143 for SIGTERM), as shells report a process killed by that signal. A
+second signal while it shuts down is noted and otherwise ignored, so the head
+is never left running half stopped.
 """
 
 from __future__ import annotations
@@ -137,7 +145,8 @@ def run_command(args: argparse.Namespace) -> int:
             )
     local_ray: LocalRay | None = None
     run: LocalRun | None = None
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    stopper = _Stopper(console)
+    previous = stopper.install()
     try:
         dashboard, python, local_ray = _ray(args, console)
         backend, settings = _backend_and_settings(dashboard, python, default_store, secrets)
@@ -156,19 +165,52 @@ def run_command(args: argparse.Namespace) -> int:
         console.print(f"error: the Ray cluster is not reachable: {exc}", markup=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        console.print("\ninterrupted; shutting down", markup=False)
-        return 130
+        stopper.tearing_down = True
+        name = signal.Signals(stopper.signum).name
+        console.print(f"\ninterrupted ({name}); shutting down", markup=False)
+        return 128 + stopper.signum
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        if run is not None:
-            run.teardown(remove_serving=local_ray is None)
-        if local_ray is not None:
-            console.print("Ray: stopping the local head", markup=False)
-            local_ray.stop()
+        stopper.tearing_down = True  # from here on a signal is noted, not raised
+        try:
+            if run is not None:
+                run.teardown(remove_serving=local_ray is None)
+            if local_ray is not None:
+                console.print("Ray: stopping the local head", markup=False)
+                local_ray.stop()
+        finally:
+            stopper.restore(previous)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class _Stopper:
+    """SIGINT and SIGTERM as one: the first raises KeyboardInterrupt, later ones are noted.
+
+    Python turns only SIGINT into KeyboardInterrupt by default, and a process
+    started in the background by a non-interactive shell ignores SIGINT
+    altogether, so both are handled here. Once tearing down, a signal must not
+    interrupt the teardown that stops the Ray head; before that, every signal
+    raises (should some code swallow one KeyboardInterrupt, the next still stops).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.signum = int(signal.SIGINT)  # Ctrl-C, unless a handler saw another
+        self.tearing_down = False
+
+    def install(self) -> dict[int, Any]:
+        return {int(s): signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def restore(self, previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.tearing_down:
+            self.console.print(f"{signal.Signals(signum).name}: still shutting down ...", markup=False)
+            return
+        self.signum = signum
+        raise KeyboardInterrupt
 
 
 def _forget_finished_jobs(backend: RayBackend, objects: LocalObjects) -> None:
