@@ -188,3 +188,17 @@ def test_rayrelay_run_reads_v1_secrets_from_file(tmp_path: Path) -> None:
     console.file.close()
     text = (tmp_path / "bad.txt").read_text()
     assert "Secret/k: data.K: not base64" in text and KEY not in text
+
+
+def test_rayrelay_validate_passes_over_v1_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rayrelay_operator.cli import main
+
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        f"apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{RAYRELAY_ENCRYPTION_KEY: {KEY}}}\n---\n"
+        "apiVersion: rayrelay.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: m}\n"
+        "spec: {model: {manifestUri: /x/manifest.json}, artifacts: {encryption: {keySecret: k}}}\n"
+    )
+    assert main(["validate", "-f", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "ModelDeployment/m" in out.out + out.err and KEY not in out.out + out.err
