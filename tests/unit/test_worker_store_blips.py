@@ -22,34 +22,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import free_port
+from tests.faults.results import record
+from tests.faults.s3 import RestartableS3
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 
 def one_try(endpoint: str):
     from rayrelay_core.store import S3Settings, S3Store
 
     return S3Store(S3Settings(endpoint_url=endpoint, max_attempts=1, connect_timeout=2, read_timeout=5))
-
-
-class RestartableS3:
-    """moto's S3 server on one fixed port, stopped and started at will (state is kept in-process)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.server = None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 @pytest.fixture
@@ -97,6 +79,18 @@ def test_a_failing_progress_write_neither_raises_nor_stalls_the_next_steps(s3: R
     writer.training(step=40, total_steps=100, epoch=0.4)
     assert writer.wrote_last, "the next write after the hold reaches the store again"
     assert read_progress(s3.endpoint)["step"] == 40
+    record(
+        "store_blips_worker",
+        figures={
+            "failed_write_seconds": round(first, 3),
+            "steps_during_outage": 37,
+            "steps_wait_seconds_during_outage": round(held, 3),
+            "writes_tried_during_outage": writer.failed_writes,
+            "progress_after_store_back": "written",
+        },
+        command="pytest tests/unit/test_worker_store_blips.py",
+        notes="S3 store with one boto3 attempt per write (workers have 8: about 4 s per failed write).",
+    )
 
 
 def test_a_stage_is_retried_with_backoff_until_the_store_is_back(s3: RestartableS3) -> None:
