@@ -93,6 +93,8 @@ def _describe_training(t: Tracked) -> tuple[str, float, float | None, str]:
         details.append(f"step {step}/{total}")
     if progress.get("loss") is not None:
         details.append(f"loss {progress['loss']:.4f}")
+    if progress.get("valPerplexity") is not None:  # text-generation (issue 16)
+        details.append(f"val ppl {progress['valPerplexity']:.2f}")
     if phase == TrainingPhase.TRAINING and progress.get("etaSeconds") is not None:
         details.append(f"ETA {_duration(progress['etaSeconds'])}")
     if phase in (TrainingPhase.EXPORTING, TrainingPhase.OPTIMIZING):
