@@ -59,11 +59,12 @@ test-cluster: $(STAMP)
 # The fault suite (tests/faults and the fault cases of the other layers): `make test` runs
 # the fast cases; this runs all of them (RAYRELAY_FAULTS_LONG=1), records their figures in
 # tests/faults/results/*.json (RAYRELAY_FAULTS_RECORD=1) and renders docs/reliability.md.
-FAULT_TESTS := tests/faults tests/cluster/test_operator_shutdown.py tests/unit/test_worker_store_blips.py
+# A fault case is any test marked `faults` (all of tests/faults, and the cluster and unit
+# tests that need those layers' fixtures).
 faults: $(STAMP)
 	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
 	  RAYRELAY_FAULTS_LONG=1 RAYRELAY_FAULTS_RECORD=1 \
-	  $(BIN)/python -m pytest -q -ra --timeout=3600 $(FAULT_TESTS)
+	  $(BIN)/python -m pytest -q -ra --timeout=3600 -m faults tests
 	$(BIN)/python -m tests.faults.report
 
 bench: $(STAMP)
