@@ -15,6 +15,13 @@ priority pauses too ("Pausing all operators, including self"). So each
 replica gets a distinct priority (``peer_priority``), and a short record
 lifetime (``Settings.peering_lifetime_seconds``, ``--peering-lifetime``) makes a
 standby take over soon after the leader dies without saying goodbye.
+
+Shutdown: on SIGTERM (a pod being deleted) or SIGINT kopf stops its watches and
+waits for the handlers in flight; a pass is short and idempotent, so an
+interrupted one is simply recomputed by the next operator. kopf gives up
+waiting after ``SHUTDOWN_TIMEOUT_S`` -- its own default is 10 minutes, far past
+the pod's ``terminationGracePeriodSeconds`` (30 s, the chart's and Kubernetes'
+default), after which the kubelet would SIGKILL it mid-write anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ DEFAULT_PEERING = "rayrelay"
 # Derived priorities lie in [1, PRIORITY_SPAN); an explicit --priority above it
 # (e.g. a developer's operator on a workstation) outranks every replica.
 PRIORITY_SPAN = 2**30
+# Seconds kopf waits for handlers in flight after SIGTERM before it exits regardless:
+# inside the pod's 30 s grace period, with room for the process to end.
+SHUTDOWN_TIMEOUT_S = 20.0
 
 
 def peer_priority(pod_name: str | None) -> int:
@@ -113,6 +123,7 @@ def operator_command(args: argparse.Namespace) -> int:
     # standby resumes at most one lifetime after the leader's last keep-alive.
     kopf_settings.peering.lifetime = peering_lifetime(args, settings.peering_lifetime_seconds)
     kopf_settings.peering.stealth = True  # keep-alives every few seconds would flood debug logs
+    kopf_settings.process.ultimate_exiting_timeout = SHUTDOWN_TIMEOUT_S
     if not options["clusterwide"]:
         # The namespaces are named exactly, so there is nothing to discover: without this,
         # kopf lists namespaces, which the chart's namespaced RBAC does not grant, and
