@@ -52,16 +52,15 @@ def instruction_set() -> str:
 
 
 def prompts(tokenizer: Any, batch: int) -> list[list[int]]:
+    """``batch`` prompts of PROMPT_TOKENS tokens each, cut from the validation texts run together."""
     from rayrelay_workloads.textgen.tiny import texts_of
 
-    out = []
+    stream: list[int] = []
     for text in texts_of(DATA / "textgen-validation.jsonl"):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= PROMPT_TOKENS:
-            out.append(ids[:PROMPT_TOKENS])
-        if len(out) == batch:
-            return out
-    raise RuntimeError("not enough long validation texts")
+        stream += tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
+    if len(stream) < batch * PROMPT_TOKENS:
+        raise RuntimeError("not enough validation text for the prompts")
+    return [stream[i * PROMPT_TOKENS : (i + 1) * PROMPT_TOKENS] for i in range(batch)]
 
 
 def kernel(folder: Path, work: Path, batches: list[int], new: int, reps: int) -> dict[str, Any]:
