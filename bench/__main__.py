@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 "git_revision": git_revision(),
                 "total_s": round(time.time() - started, 1),
                 "benchmarks": {**previous, **status},
+                # A partial run keeps the page's note on earlier runs.
+                **({"note": before["note"]} if before.get("note") else {}),
             },
             indent=2,
         )
