@@ -47,6 +47,10 @@ apply_env()
 
 NAME = "bench-autoscale"
 NODE_CACHE = CACHE / "autoscaling-node-cache"
+# What a Ray worker imports before it takes work, for the "preloaded" contender: Serve and the
+# serving code with its heavy imports (a replica started from zero then skips them).
+PRELOAD_ENV = "RAY_preload_python_modules"  # Ray's config preload_python_modules (the raylet)
+PRELOAD = "ray.serve,rayrelay_workloads.serve.app,onnxruntime,tokenizers"
 TEXT = "my parcel has not arrived and the tracking page shows nothing"
 
 
@@ -238,6 +242,12 @@ def cold_start(url: str, handle: Any) -> dict[str, Any]:
     }
 
 
+def warm_medians(colds: list[dict[str, Any]]) -> dict[str, float]:
+    warm = [c for c in colds if c["node_cache"] == "warm"]
+    keys = [k for k, v in warm[0].items() if isinstance(v, int | float) and k != "status"]
+    return {k: round(median([c[k] for c in warm]), 3) for k in keys}
+
+
 # ------------------------------------------------------------------ plot
 
 
@@ -362,9 +372,30 @@ def main() -> None:
             cold["waited_for_zero_s"] = round(idle, 1)
             log(f"autoscaling: cold start {i}: {cold}")
             colds.append(cold)
-        warm = [c for c in colds if c["node_cache"] == "warm"]
-        summary_keys = [k for k, v in warm[0].items() if isinstance(v, int | float) and k != "status"]
-        warm_median = {k: round(median([c[k] for c in warm]), 3) for k in summary_keys}
+        warm_median = warm_medians(colds)
+        undeploy(cluster, obj)
+        ray.shutdown()
+        cluster.stop()
+        # The same cold starts on a second head whose idle workers import the serving code
+        # ahead of time (RAY_preload_python_modules): measured in this run, side by side.
+        os.environ[PRELOAD_ENV] = PRELOAD
+        try:
+            cluster = start_cluster(num_cpus=4, s3_endpoint=endpoint, start_timeout=300)
+        finally:
+            del os.environ[PRELOAD_ENV]
+        obj.pop("status", None)
+        deploy(cluster, obj, timeout=600)
+        ray.init(address=cluster.ray.address, log_to_driver=False)
+        handle = serve.get_app_handle(NAME)
+        preloaded: list[dict[str, Any]] = []
+        for i in range(reps):
+            idle = wait_zero(cluster.backend.dashboard_url)
+            time.sleep(0.5)
+            cold = cold_start(cluster.url, handle)
+            cold["node_cache"] = "warm"
+            cold["waited_for_zero_s"] = round(idle, 1)
+            log(f"autoscaling: cold start with preloaded workers {i}: {cold}")
+            preloaded.append(cold)
         undeploy(cluster, obj)
     finally:
         try:
@@ -383,7 +414,10 @@ def main() -> None:
             "timeline": timeline,
             "cold_starts": colds,
             "cold_start_warm_median": warm_median,
-            "cold_start_errors": sum(1 for c in colds if c["status"] != 200),
+            "preload_modules": PRELOAD,
+            "cold_starts_preloaded": preloaded,
+            "cold_start_warm_median_preloaded": warm_medians(preloaded),
+            "cold_start_errors": sum(1 for c in colds + preloaded if c["status"] != 200),
             "ready_s": round(rollout.seconds, 1),
             "load_average_end": load_average(),
         },
