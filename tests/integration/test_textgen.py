@@ -1,0 +1,207 @@
+"""Text generation end to end through `rayrelay run` (issue 16).
+
+A file built like ``examples/textgen.yaml`` (a tiny GPT-2 built here with random
+weights and a byte-level BPE tokenizer trained on the shipped text; one Ray
+Train worker, one short epoch) runs as a subprocess, exactly as users run it,
+against the shared Ray head: it trains, exports the decoder with its KV cache,
+deploys it and answers the smoke request. Then, over HTTP:
+
+- ``generate_stream`` (server-sent events) and ``generate`` return the very
+  tokens PyTorch's ``generate`` (greedy) writes with the published ``hf/`` model;
+- OpenAI ``/v1/completions`` (plain and streamed) returns the same text;
+- bad requests get 4xx with a message, never 5xx.
+
+The deployment serves ``variant: fp32`` so that the token-for-token comparison
+holds by construction (the int8 variant's own greedy agreement is recorded in
+the manifest and checked there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PROMPT = "My order has not arrived and"
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from rayrelay_workloads.textgen.tiny import build_tiny_gpt2
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    return str(build_tiny_gpt2(folder, REPO / "examples" / "data" / "textgen-train.jsonl", seed=1))
+
+
+def manifest_file(folder: Path, name: str, model: str) -> Path:
+    """examples/textgen.yaml with the test's model, names and a smaller run."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((REPO / "examples" / "textgen.yaml").read_text()))
+    tj, md = docs
+    tj["metadata"]["name"] = md["metadata"]["name"] = name
+    tj["spec"]["model"]["source"] = model
+    for key in ("train", "validation"):
+        tj["spec"]["data"][key] = str(REPO / tj["spec"]["data"][key])
+    tj["spec"]["resources"]["numWorkers"] = 1
+    tj["spec"]["hyperparameters"]["batchSize"] = 32
+    md["spec"]["model"]["trainingJobRef"] = {"name": name, "variant": "fp32"}
+    md["spec"]["resources"]["cpus"] = 0.5
+    path = folder / "textgen.yaml"
+    path.write_text(yaml.safe_dump_all([tj, md]))
+    return path
+
+
+def sse_events(resp: requests.Response) -> list[Any]:
+    events = []
+    for line in resp.iter_lines(decode_unicode=True):
+        if line and line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def torch_greedy(hf_dir: Path, prompt: str, new_tokens: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+@pytest.mark.slow
+def test_textgen_run_generate_stream_completions_and_refusals(
+    ray_cluster: Any, tiny_gpt2: str, tmp_path: Path
+) -> None:
+    name = f"tg-{uuid.uuid4().hex[:6]}"
+    path = manifest_file(tmp_path, name, tiny_gpt2)
+    artifacts = tmp_path / "artifacts"
+    env = dict(os.environ, RAYRELAY_SERVE_PORT=str(ray_cluster.serve_port))
+    log_path = tmp_path / "run.log"
+    # Without --once, `rayrelay run` keeps serving until it is stopped (with --once and an
+    # external Ray cluster it removes its Serve applications when it exits).
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "rayrelay"), "run", "-f", str(path)]
+            + ["--artifacts", str(artifacts), "--ray-address", ray_cluster.dashboard_url],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+    try:
+        deadline = time.monotonic() + 900
+        while "press Ctrl-C to stop" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, "rayrelay run did not start serving"
+            time.sleep(1)
+        out = log_path.read_text()
+        assert "smoke request (v2 infer)" in out, out[-4000:]
+        check_serving(ray_cluster, name, artifacts)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
+    manifest_path = next(artifacts.rglob("manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["task"] == "text-generation"
+    generation = manifest["generation"]
+    assert generation["greedyMatch"]["fp32"] == 1.0
+    assert 0.0 <= generation["greedyMatch"]["int8"] <= 1.0
+    assert manifest["parity"]["passed"] and manifest["parity"]["maxAbsLogitDiffFp32"] < 1e-3
+    assert manifest["metrics"]["val_perplexity_fp32"] < 1000
+    hf_dir = manifest_path.parent / next(
+        f["path"] for f in manifest["files"] if f["path"].endswith("hf/config.json")
+    )
+    expected = torch_greedy(hf_dir.parent, PROMPT, NEW_TOKENS)
+    assert expected, "PyTorch wrote no tokens"
+
+    url = f"http://127.0.0.1:{ray_cluster.serve_port}"
+    params = {"max_tokens": NEW_TOKENS, "temperature": 0}
+    body = {"text_input": PROMPT, "parameters": params}
+
+    with requests.post(f"{url}/v2/models/{name}/generate_stream", json=body, stream=True, timeout=60) as resp:
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(resp)
+    assert [e["token_id"] for e in events] == expected
+    assert len(events) == len(expected) > 1, "one event per token"
+    assert events[-1]["finish_reason"] in ("stop", "length")
+    streamed_text = "".join(e["text_output"] for e in events)
+
+    resp = requests.post(f"{url}/v2/models/{name}/generate", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["tokens"] == expected
+    assert resp.json()["text_output"] == streamed_text
+
+    completion = {"model": name, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0}
+    resp = requests.post(f"{url}/v1/completions", json=completion, timeout=60)
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["object"] == "text_completion" and doc["choices"][0]["text"] == streamed_text
+    assert doc["usage"]["completion_tokens"] == len(expected)
+    with requests.post(
+        f"{url}/v1/completions", json={**completion, "stream": True}, stream=True, timeout=60
+    ) as resp:
+        assert resp.status_code == 200, resp.text
+        chunks = sse_events(resp)
+    assert chunks[-1] == "[DONE]"
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == streamed_text
+
+    bad = [
+        (
+            f"/v2/models/{name}/generate",
+            {"text_input": PROMPT, "parameters": {"max_tokens": 65}},
+            400,
+            "limit of 64",
+        ),
+        (f"/v2/models/{name}/generate_stream", {"text_input": "word " * 400}, 400, "limit of 128"),
+        (
+            f"/v2/models/{name}/generate",
+            {"text_input": PROMPT, "parameters": {"temperature": 5}},
+            400,
+            "temperature",
+        ),
+        (f"/v2/models/{name}/generate", {"prompt": PROMPT}, 400, "unknown field"),
+        (f"/v2/models/{name}/generate", {"text_input": ""}, 400, "empty"),
+        ("/v1/completions", {**completion, "max_tokens": 1000}, 400, "limit of 64"),
+        ("/v1/completions", {**completion, "n": 2}, 400, "only 1"),
+        ("/v1/completions", {**completion, "stream": True, "top_p": 0}, 400, "top_p"),
+        ("/v1/completions", {**completion, "model": "no-such-model"}, 404, "not found"),
+        ("/v1/completions", {"prompt": PROMPT}, 400, "model is required"),
+    ]
+    for route, payload, status, gist in bad:
+        resp = requests.post(f"{url}{route}", json=payload, timeout=60)
+        assert resp.status_code == status, (route, payload, resp.status_code, resp.text)
+        assert gist in resp.json()["error"], (route, resp.text)
+    resp = requests.post(f"{url}/v2/models/{name}/generate", data=b"{not json", timeout=60)
+    assert resp.status_code == 400 and "JSON" in resp.json()["error"]
