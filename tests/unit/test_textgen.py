@@ -307,3 +307,28 @@ def test_completions_defaults_and_refusals() -> None:
 def test_sse_framing() -> None:
     assert gp.sse("[DONE]") == b"data: [DONE]\n\n"
     assert gp.sse({"a": 1}) == b'data: {"a":1}\n\n'
+
+
+# ------------------------------------------------------------------ quality gate
+
+
+def test_perplexity_gate_and_int8_decision() -> None:
+    from rayrelay_core.api import QualityGate
+    from rayrelay_workloads.quality import QualityGateError
+    from rayrelay_workloads.textgen.pipeline import check_max_perplexity, int8_perplexity_decision
+
+    gate = QualityGate(max_val_perplexity=50, max_int8_perplexity_increase=0.05)
+    check_max_perplexity(gate, 49.9)
+    with pytest.raises(
+        QualityGateError, match=r"perplexity 60.000 is above qualityGate.maxValPerplexity 50 by 10.000"
+    ):
+        check_max_perplexity(gate, 60.0)
+    with pytest.raises(QualityGateError, match="above"):
+        check_max_perplexity(gate, float("inf"))
+    check_max_perplexity(QualityGate(), 1e9)  # no bound, no gate
+    assert int8_perplexity_decision(gate, 20.0, 20.9).recommended_variant == "int8"
+    rejected = int8_perplexity_decision(gate, 20.0, 21.2)
+    assert not rejected.accepted and rejected.recommended_variant == "fp32"
+    assert "6.0% above fp32" in (rejected.reason or "")
+    assert int8_perplexity_decision(gate, 20.0, None).recommended_variant == "fp32"
+    assert int8_perplexity_decision(QualityGate(), 20.0, 90.0).accepted
