@@ -202,3 +202,30 @@ def test_rayrelay_validate_passes_over_v1_secrets(tmp_path: Path, capsys: pytest
     assert main(["validate", "-f", str(path)]) == 0
     out = capsys.readouterr()
     assert "ModelDeployment/m" in out.out + out.err and KEY not in out.out + out.err
+
+
+def test_a_replica_traceback_is_condensed_to_its_reason_first() -> None:
+    from rayrelay_operator.backends.ray import condense, observe_app
+
+    serve_text = (
+        "The deployment failed to start 3 times in a row. This may be due to a problem with its "
+        "constructor or initial health check failing. See controller logs for details. Error:\n"
+        'Traceback (most recent call last):\n  File "model.py", line 9, in __init__\n    x()\n'
+        "rayrelay_workloads.serve.artifacts.ArtifactError: the encryption key does not unwrap this "
+        "artifact set's data key\n"
+    )
+    short = condense(serve_text)
+    assert short.startswith("rayrelay_workloads.serve.artifacts.ArtifactError: the encryption key does not")
+    assert "failed to start 3 times" in short and "File " not in short
+    assert condense("plain words") == "plain words"
+    instance = {
+        "applications": {
+            "m": {
+                "status": "DEPLOY_FAILED",
+                "message": "Failed to update the deployments ['ModelServer'].",
+                "deployments": {"ModelServer": {"status": "DEPLOY_FAILED", "message": serve_text}},
+            }
+        }
+    }
+    obs = observe_app(instance, "m", None)
+    assert "does not unwrap" in obs.message[:160]

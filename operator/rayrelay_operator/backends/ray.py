@@ -209,6 +209,26 @@ def app_args_of(config: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(args) if isinstance(args, dict) else None
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def condense(message: str) -> str:
+    """Serve's message with any Python traceback cut to its last line (the exception and why).
+
+    A replica whose constructor raised (a wrong encryption key, a checksum mismatch) makes
+    Serve report the whole traceback after its own words ("failed to start 3 times in a
+    row ..."); the condition must say why within its first words, so the exception comes
+    first and Serve's words follow in parentheses.
+    """
+    if _TRACEBACK not in message:
+        return message
+    head, _, rest = message.partition(_TRACEBACK)
+    lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    last = lines[-1] if lines else "an exception"
+    head = " ".join(head.split())
+    return f"{last} ({head})" if head else last
+
+
 def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> ServingObservation:
     """What Serve reports about one ModelDeployment's application (pure)."""
     apps = instance.get("applications") or {}
@@ -217,14 +237,14 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
         return ServingObservation(ServingState.ABSENT)
     status = str(details.get("status", "NOT_STARTED"))
     state = serving_state(status)
-    messages = [str(details.get("message") or "")]
+    messages = [condense(str(details.get("message") or ""))]
     replicas = ready = 0
     for dep_name, dep in (details.get("deployments") or {}).items():
         live = dep.get("replicas") or []
         replicas += len(live)
         ready += sum(1 for r in live if r.get("state") == "RUNNING")
         if dep.get("status") in ("UNHEALTHY", "DEPLOY_FAILED") and dep.get("message"):
-            messages.append(f"{dep_name}: {dep['message']}")
+            messages.append(f"{dep_name}: {condense(str(dep['message']))}")
     gateway = apps.get(GATEWAY_APP)
     if state is ServingState.RUNNING and app_name != GATEWAY_APP:
         # The model answers through the gateway: not Running until it runs too.
