@@ -281,7 +281,8 @@ class TrainingPass:
             at = rfc3339(self.now + timedelta(seconds=delay))
             self.s.next_attempt_time = at
             self.s.phase = TrainingPhase.PENDING
-            said = f"attempt {attempt} failed: {message}; attempt {attempt + 1} at {at} (in {delay:.0f}s)"
+            # When first: the failure's message may end in a long log tail that bounded() cuts.
+            said = f"attempt {attempt + 1} at {at} (in {delay:.0f}s); attempt {attempt} failed: {message}"
             self.event("Warning", reason, f"{said}; retry {attempt} of {limit}")
             self.cond(COND_RUNNING, False, reason, said)
             return
