@@ -182,6 +182,9 @@ def test_retry_resumes_same_run_and_gives_up_after_backoff_limit(tmp_path: Path)
     assert d.backend.calls[-1] == ("stop", "rayrelay-ml-sst2-74f1c81c-g1-a1")
     s = d.after_backoff()
     assert s.attempt == 2 and s.phase == "Pending" and s.next_attempt_time is None
+    running = find_condition(s.conditions, "Running")
+    assert running is not None and running.reason == "DriverFailed", running
+    assert running.message == "attempt 2 submitted; attempt 1 failed: exit 1", running.message
     assert d.backend.calls[-1] == ("submit", "rayrelay-ml-sst2-74f1c81c-g1-a2")
     # Same run folder: the second attempt resumes from the first one's checkpoints.
     assert d.backend.submitted[1].job.run_uri == d.backend.submitted[0].job.run_uri

@@ -407,7 +407,13 @@ def _backing_off(p: TrainingPass) -> None:
     if at is not None and p.now < at:
         return  # the Running condition already says when (set by attempt_failed)
     p.s.next_attempt_time = None
-    p.submit(max(p.s.attempt, 1) + 1, "Retrying")
+    waited = find_condition(p.s.conditions, COND_RUNNING)
+    attempt = max(p.s.attempt, 1) + 1
+    p.submit(attempt, "Retrying")
+    if waited is not None and waited.status == "False" and waited.reason:
+        # Until the new attempt runs, the condition keeps saying why there is one.
+        why = (waited.message or "").split("; ", 1)[-1]
+        p.cond(COND_RUNNING, False, waited.reason, f"attempt {attempt} submitted; {why}")
 
 
 def _submit_first(p: TrainingPass) -> None:
