@@ -332,3 +332,43 @@ def test_perplexity_gate_and_int8_decision() -> None:
     assert "6.0% above fp32" in (rejected.reason or "")
     assert int8_perplexity_decision(gate, 20.0, None).recommended_variant == "fp32"
     assert int8_perplexity_decision(QualityGate(), 20.0, 90.0).accepted
+
+
+# ------------------------------------------------------------------ the hooks in shared code
+
+
+def test_a_text_generation_manifest_gets_its_replica_and_route(tmp_path: Path) -> None:
+    """The operator reads the manifest's task into the Serve args; the config routes the whole
+    /v2/models/{name}/ prefix to the replica; a classification set keeps its infer route."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
+    from reconcile_fakes import Clock, FakeBackend, make_ctx, sample_manifest, write_manifest
+
+    from rayrelay_core.serveconfig import application_configs
+    from rayrelay_operator.reconcile import run_pass
+
+    routes = {}
+    for task in ("text-generation", "sequence-classification"):
+        manifest = sample_manifest(f"run-{task}")
+        manifest.task = task
+        uri = str(tmp_path / task / "manifest.json")
+        write_manifest(uri, manifest)
+        backend = FakeBackend()
+        ctx, _ = make_ctx(backend, Clock(), str(tmp_path))
+        md = {
+            "apiVersion": "rayrelay.dev/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "writer", "namespace": "ml", "uid": "u", "generation": 1},
+            "spec": {"model": {"manifestUri": uri}, "generation": {"maxNewTokens": 32}},
+        }
+        run_pass("ModelDeployment", md, ctx)
+        args = backend.deployed[0].app_args
+        assert args.get("task") == (task if task == "text-generation" else None)
+        model_app = application_configs(args)[1]
+        routes[task] = model_app["route_prefix"]
+        assert model_app["args"]["spec"]["generation"]["maxNewTokens"] == 32
+    assert routes == {
+        "text-generation": "/v2/models/writer",
+        "sequence-classification": "/v2/models/writer/infer",
+    }
