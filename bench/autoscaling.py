@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -242,6 +245,39 @@ def cold_start(url: str, handle: Any) -> dict[str, Any]:
     }
 
 
+def preloaded_cold_starts(reps: int, manifest_uri: str, endpoint: str, out: Path) -> None:
+    """Warm cold starts on a head started with ``RAY_preload_python_modules`` (set by the caller)."""
+    import ray
+    from ray import serve
+
+    from bench.serving import deploy, md_object, start_cluster, undeploy
+
+    cluster = start_cluster(num_cpus=4, s3_endpoint=endpoint, start_timeout=300)
+    try:
+        obj = md_object(NAME, manifest_uri, "int8", endpoint_url=endpoint)
+        obj["spec"]["autoscaling"] = spec_autoscaling(False)
+        obj["spec"]["runtime"] = {"intraOpThreads": 1, "interOpThreads": 1}
+        deploy(cluster, obj, timeout=600)
+        ray.init(address=cluster.ray.address, log_to_driver=False)
+        handle = serve.get_app_handle(NAME)
+        colds = []
+        for i in range(reps):
+            idle = wait_zero(cluster.backend.dashboard_url)
+            time.sleep(0.5)
+            cold = cold_start(cluster.url, handle)
+            cold["node_cache"] = "warm"
+            cold["waited_for_zero_s"] = round(idle, 1)
+            log(f"autoscaling: cold start with preloaded workers {i}: {cold}")
+            colds.append(cold)
+        undeploy(cluster, obj)
+        out.write_text(json.dumps(colds))
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            cluster.stop()
+
+
 def warm_medians(colds: list[dict[str, Any]]) -> dict[str, float]:
     warm = [c for c in colds if c["node_cache"] == "warm"]
     keys = [k for k, v in warm[0].items() if isinstance(v, int | float) and k != "status"]
@@ -325,7 +361,15 @@ def plot_png(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.autoscaling")
     parser.add_argument("--quick", action="store_true")
+    # The second contender's own process (see below): N warm cold starts on a preloading head.
+    parser.add_argument("--preloaded-cold-starts", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.preloaded_cold_starts:
+        preloaded_cold_starts(args.preloaded_cold_starts, args.manifest, args.endpoint, Path(args.out))
+        return
 
     import ray
     from moto.server import ThreadedMotoServer
@@ -377,26 +421,15 @@ def main() -> None:
         ray.shutdown()
         cluster.stop()
         # The same cold starts on a second head whose idle workers import the serving code
-        # ahead of time (RAY_preload_python_modules): measured in this run, side by side.
-        os.environ[PRELOAD_ENV] = PRELOAD
-        try:
-            cluster = start_cluster(num_cpus=4, s3_endpoint=endpoint, start_timeout=300)
-        finally:
-            del os.environ[PRELOAD_ENV]
-        obj.pop("status", None)
-        deploy(cluster, obj, timeout=600)
-        ray.init(address=cluster.ray.address, log_to_driver=False)
-        handle = serve.get_app_handle(NAME)
-        preloaded: list[dict[str, Any]] = []
-        for i in range(reps):
-            idle = wait_zero(cluster.backend.dashboard_url)
-            time.sleep(0.5)
-            cold = cold_start(cluster.url, handle)
-            cold["node_cache"] = "warm"
-            cold["waited_for_zero_s"] = round(idle, 1)
-            log(f"autoscaling: cold start with preloaded workers {i}: {cold}")
-            preloaded.append(cold)
-        undeploy(cluster, obj)
+        # ahead of time (RAY_preload_python_modules), measured in this run, side by side. In a
+        # process of its own: this one's Serve handle would reconnect to a second head.
+        out = CACHE / "autoscaling-preloaded.json"
+        out.unlink(missing_ok=True)
+        env = {**os.environ, PRELOAD_ENV: PRELOAD}
+        cmd = [sys.executable, "-m", "bench.autoscaling", "--preloaded-cold-starts", str(reps)]
+        cmd += ["--manifest", manifest_uri, "--endpoint", endpoint, "--out", str(out)]
+        subprocess.run(cmd, env=env, check=True, timeout=900)
+        preloaded = json.loads(out.read_text())
     finally:
         try:
             ray.shutdown()
