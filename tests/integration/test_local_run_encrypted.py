@@ -167,5 +167,6 @@ def test_rayrelay_run_encrypts_serves_and_refuses_wrong_or_missing_keys(
     assert second.returncode == 1, out[-4000:]
     assert f"ModelDeployment/{name}-nokey: deployment failed: {manifest_uri} is encrypted" in out
     wrong = [line for line in out.splitlines() if f"ModelDeployment/{name}-wrong: deployment failed" in line]
-    assert wrong, out[-4000:]
+    print(out[-3000:])  # what a user sees (pytest -rA shows it)
+    assert wrong and "does not unwrap" in wrong[0], out[-4000:]
     assert KEY not in out and WRONG not in out

@@ -210,13 +210,14 @@ def test_a_replica_traceback_is_condensed_to_its_reason_first() -> None:
     serve_text = (
         "The deployment failed to start 3 times in a row. This may be due to a problem with its "
         "constructor or initial health check failing. See controller logs for details. Error:\n"
-        'Traceback (most recent call last):\n  File "model.py", line 9, in __init__\n    x()\n'
+        'ray::ServeReplica:m:ModelServer.initialize() (pid=1)\n  File "replica.py", line 1\n'
+        'RuntimeError: Traceback (most recent call last):\n  File "model.py", line 9, in __init__\n    x()\n'
         "rayrelay_workloads.serve.artifacts.ArtifactError: the encryption key does not unwrap this "
         "artifact set's data key\n"
     )
     short = condense(serve_text)
     assert short.startswith("rayrelay_workloads.serve.artifacts.ArtifactError: the encryption key does not")
-    assert "failed to start 3 times" in short and "File " not in short
+    assert "failed to start 3 times" in short and "File " not in short and "ray::" not in short
     assert condense("plain words") == "plain words"
     instance = {
         "applications": {

@@ -225,8 +225,9 @@ def condense(message: str) -> str:
     head, _, rest = message.partition(_TRACEBACK)
     lines = [line.strip() for line in rest.splitlines() if line.strip()]
     last = lines[-1] if lines else "an exception"
-    head = " ".join(head.split())
-    return f"{last} ({head})" if head else last
+    # Serve's own sentence is the first line; what follows it is Ray's frame of the replica.
+    first = next((line.strip() for line in head.splitlines() if line.strip()), "")
+    return f"{last} ({first})" if first else last
 
 
 def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> ServingObservation:
