@@ -76,8 +76,16 @@ def training_summary(t: Tracked, console: Console, settings: Settings) -> None:
             f" (tolerance {parity.tolerance:g}, {'passed' if parity.passed else 'FAILED'})"
         )
         if parity.max_abs_logit_diff_int8 is not None:
-            line += f"; int8 {parity.max_abs_logit_diff_int8:.2e} (judged by accuracy)"
+            judge = "perplexity" if manifest.task == "text-generation" else "accuracy"
+            line += f"; int8 {parity.max_abs_logit_diff_int8:.2e} (judged by {judge})"
         console.print(line, markup=False)
+    if manifest.generation:  # text-generation (issue 16): greedy parity and perplexities
+        gen = manifest.generation
+        console.print(
+            f"greedy decoding identical to PyTorch (share of prompts): {gen.get('greedyMatch')}; "
+            f"validation perplexity: {gen.get('valPerplexity')}",
+            markup=False,
+        )
     console.print(f"manifest: {uri}", markup=False, soft_wrap=True)
 
 
