@@ -23,6 +23,12 @@ folder of its own (``RAYRELAY_CACHE_DIR``). Then:
    session, warm-up, then the time from the replica ready to the answer
    (Serve marking it running, the proxy learning of it, the request itself).
 
+``--preloaded`` (``python -m bench.autoscaling --preloaded``, then ``python -m
+bench.report``) adds a second contender measured in the same run: the warm cold
+starts again, on a second head whose idle Ray workers import Serve and the
+serving code before they take work (Ray's ``RAY_preload_python_modules``), in a
+process of its own.
+
 The plot (replicas and load over time) is drawn by ``bench.report`` from the
 timeline in the result file, with :func:`plot_png` (no plotting library is
 installed here: the PNG is written with zlib and struct).
@@ -361,6 +367,11 @@ def plot_png(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.autoscaling")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--preloaded",
+        action="store_true",
+        help="also measure cold starts on a second head whose idle workers preload the serving code",
+    )
     # The second contender's own process (see below): N warm cold starts on a preloading head.
     parser.add_argument("--preloaded-cold-starts", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -423,13 +434,15 @@ def main() -> None:
         # The same cold starts on a second head whose idle workers import the serving code
         # ahead of time (RAY_preload_python_modules), measured in this run, side by side. In a
         # process of its own: this one's Serve handle would reconnect to a second head.
-        out = CACHE / "autoscaling-preloaded.json"
-        out.unlink(missing_ok=True)
-        env = {**os.environ, PRELOAD_ENV: PRELOAD}
-        cmd = [sys.executable, "-m", "bench.autoscaling", "--preloaded-cold-starts", str(reps)]
-        cmd += ["--manifest", manifest_uri, "--endpoint", endpoint, "--out", str(out)]
-        subprocess.run(cmd, env=env, check=True, timeout=900)
-        preloaded = json.loads(out.read_text())
+        preloaded: list[dict[str, Any]] = []
+        if args.preloaded:
+            out = CACHE / "autoscaling-preloaded.json"
+            out.unlink(missing_ok=True)
+            env = {**os.environ, PRELOAD_ENV: PRELOAD}
+            cmd = [sys.executable, "-m", "bench.autoscaling", "--preloaded-cold-starts", str(reps)]
+            cmd += ["--manifest", manifest_uri, "--endpoint", endpoint, "--out", str(out)]
+            subprocess.run(cmd, env=env, check=True, timeout=900)
+            preloaded = json.loads(out.read_text())
     finally:
         try:
             ray.shutdown()
@@ -447,9 +460,15 @@ def main() -> None:
             "timeline": timeline,
             "cold_starts": colds,
             "cold_start_warm_median": warm_median,
-            "preload_modules": PRELOAD,
-            "cold_starts_preloaded": preloaded,
-            "cold_start_warm_median_preloaded": warm_medians(preloaded),
+            **(
+                {
+                    "preload_modules": PRELOAD,
+                    "cold_starts_preloaded": preloaded,
+                    "cold_start_warm_median_preloaded": warm_medians(preloaded),
+                }
+                if preloaded
+                else {}
+            ),
             "cold_start_errors": sum(1 for c in colds + preloaded if c["status"] != 200),
             "ready_s": round(rollout.seconds, 1),
             "load_average_end": load_average(),
