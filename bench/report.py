@@ -596,7 +596,8 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
     if pre:
         out += [
             "",
-            '"preloaded": the same cold starts on a second Ray head, measured in the same run, whose idle '
+            '"preloaded" (`python -m bench.autoscaling --preloaded`): the same cold starts on a second Ray '
+            "head, measured in the same run, whose idle "
             f"worker processes import `{a['preload_modules']}` before they take work (Ray's "
             "`RAY_preload_python_modules`), so the replica Serve starts from zero skips those imports.",
             "",
