@@ -372,3 +372,27 @@ def test_a_text_generation_manifest_gets_its_replica_and_route(tmp_path: Path) -
         "text-generation": "/v2/models/writer",
         "sequence-classification": "/v2/models/writer/infer",
     }
+
+
+def test_a_checkpoint_of_a_tied_lm_resumes(tiny: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    """GPT-2 ties lm_head.weight to the input embedding and save_pretrained stores it once;
+    the checkpoint gets the tied copy written in, so train_state.load_state (resume) accepts it."""
+    import copy
+
+    from rayrelay_workloads.textgen.worker import complete_tied_weights
+    from rayrelay_workloads.train_state import (
+        Position,
+        TrainingError,
+        build_optimization,
+        load_state,
+        save_state,
+    )
+
+    model, _, _ = tiny
+    hp = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "max_grad_norm": 1.0}
+    save_state(tmp_path, model, build_optimization(model, hp, 10, "cpu", "fp32"), Position(4, 0, 4), {})
+    other = copy.deepcopy(model)
+    with pytest.raises(TrainingError, match="lm_head.weight"):
+        load_state(tmp_path, other, build_optimization(other, hp, 10, "cpu", "fp32"))
+    complete_tied_weights(tmp_path, model)
+    assert load_state(tmp_path, other, build_optimization(other, hp, 10, "cpu", "fp32")) == Position(4, 0, 4)

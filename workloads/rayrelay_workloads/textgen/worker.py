@@ -26,6 +26,7 @@ from rayrelay_core.store import join
 from rayrelay_workloads.textgen.data import Fields, LmExample, read_lm_examples
 from rayrelay_workloads.textgen.lm import METRIC, encode_examples, evaluate_lm, lm_train_step
 from rayrelay_workloads.train_state import (
+    MODEL_DIR,
     Position,
     batch_plan,
     build_optimization,
@@ -57,6 +58,25 @@ def load_causal_lm(path: str) -> Any:
         return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load a causal language model from {path!r}: {exc}") from exc
+
+
+def complete_tied_weights(folder: Path, model: Any) -> None:
+    """Write the weights ``save_pretrained`` left out of ``folder/model/model.safetensors``.
+
+    A causal LM's output embedding is usually tied to its input embedding (GPT-2's
+    ``lm_head.weight``), and ``save_pretrained`` stores the tensor once; ``train_state.load_state``
+    (resume) insists on every parameter being in the file, so the tied copies are written in.
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = folder / MODEL_DIR / "model.safetensors"
+    weights = load_file(str(path))
+    missing = {
+        k: v for k, v in model.state_dict().items() if k not in weights and not k.endswith("position_ids")
+    }
+    if missing:
+        weights.update({k: v.detach().clone().contiguous() for k, v in missing.items()})
+        save_file(weights, str(path), metadata={"format": "pt"})
 
 
 class _Progress:
@@ -99,7 +119,7 @@ def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from rayrelay_workloads.modeling import load_tokenizer, resolve_source
-    from rayrelay_workloads.train_worker import seed_everything
+    from rayrelay_workloads.train_worker import StepRecorder, seed_everything
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -119,13 +139,20 @@ def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
     opt = build_optimization(raw, hp, total, device.type, config["precision"])
 
     checkpoint = ray.train.get_checkpoint()
-    start, restored = Position(), False
+    start, how = Position(), "scratch"
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             start = load_state(Path(folder), raw, opt)
-        restored = True
-    fault_at = fault_step(config.get("fault_at_step"), int(config["attempt"]), restored=restored)
+        how = f"restart:{Path(checkpoint.path).name}"
+    fault_at = fault_step(config.get("fault_at_step"), int(config["attempt"]), restored=how != "scratch")
     progress = _Progress(config, total, per_epoch, batch_size * world) if rank == 0 else None
+    # Rank 0 records the steps this worker group ran (steps/*.json, as classification's loop does),
+    # so a resumed run can be checked to repeat and skip none.
+    recorder = (
+        StepRecorder(config["run_uri"], config["endpoint_url"], int(config["attempt"]), start, how)
+        if rank == 0
+        else None
+    )
 
     model.train()
     plan = batch_plan(start, len(train_rows), batch_size, epochs, int(hp["seed"]), rank)
@@ -137,6 +164,10 @@ def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
         loss = lm_train_step(model, opt, batch)
         if progress:
             progress.step(position, loss)
+        if recorder:
+            recorder.add(position.step)
+            if progress and progress.writer.wrote_last:
+                recorder.flush()
         if not checkpoint_due(position.step, int(config["every_n_steps"]), position.batch == 0):
             continue
         result = evaluate_lm(raw, tokenizer, val_rows, max_len, world)
@@ -153,8 +184,11 @@ def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = None
             if rank == 0:
                 save_state(Path(tmp), raw, opt, position, metrics)
+                complete_tied_weights(Path(tmp), raw)
                 saved = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=dir_name)
+        if recorder:
+            recorder.flush()
         if progress:
             progress.checkpoint = {"step": position.step, "uri": join(config["checkpoints_uri"], dir_name)}
             progress.perplexity(result.perplexity)
