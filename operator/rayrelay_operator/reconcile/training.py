@@ -286,8 +286,9 @@ class TrainingPass:
             self.event("Warning", reason, f"{said}; retry {attempt} of {limit}")
             self.cond(COND_RUNNING, False, reason, said)
             return
+        # The limit first: the failure's message may end in a long log tail that bounded() cuts.
         why = (
-            message if not retryable else f"{message} (backoffLimit {limit} reached after {attempt} attempts)"
+            message if not retryable else f"backoffLimit {limit} reached after {attempt} attempts: {message}"
         )
         self.finish(False, reason, why)
 
