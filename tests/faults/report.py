@@ -66,7 +66,7 @@ CASES = [
         "stated in status.nextAttemptTime and the Running condition",
         "a Ray job that exits 1 (FAILED) on the real ray backend",
         "tests/faults/test_retry_backoff.py",
-        True,
+        False,
     ),
     Case(
         "operator_killed",
@@ -139,6 +139,21 @@ CASES = [
 ]
 
 
+# What a run showed beyond its numbers (prose only: every figure comes from the JSON files).
+FINDINGS = {
+    "worker_killed": "Ray Train V2 registers a checkpoint a worker reported only when its controller next "
+    "polls the workers; a worker killed in between restarts from the checkpoint before, so the steps "
+    "redone can exceed the checkpoint interval (compare latest_checkpoint_reported_before_kill with "
+    "resumed_from_checkpoint_step).",
+    "driver_lost": "The same registration lag: the driver was killed after rank 0 reported a later "
+    "checkpoint than the one registered, and the next attempt resumed from the registered one. A "
+    "driver killed before any checkpoint is registered makes the next attempt start from step 0.",
+    "s3_outage": "Within one attempt the outage is not survived: Ray Train's controller fails on a "
+    "checkpoint upload while S3 is down (TrainingFailed, retryable); the next attempt of the same run "
+    "completes and publishes whole.",
+}
+
+
 def has_test(case: Case) -> bool:
     return bool(case.test) and (REPO / case.test).exists()
 
@@ -187,6 +202,7 @@ def render(results: Path = RESULTS, doc: Path = DOC) -> Path:
             f"- **{case.key}**: `{d['command']}`, finished {d['finished']}, git {d['git']}, "
             f"{m.get('cpus')} CPUs, load average {m.get('loadavg')} at the end."
             + (f" {d['notes']}" if d.get("notes") else "")
+            + (f" *Finding:* {FINDINGS[case.key]}" if case.key in FINDINGS else "")
         )
     if not measured_any:
         lines.append("No case has been measured yet: run `make faults`.")
