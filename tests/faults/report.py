@@ -141,11 +141,11 @@ CASES = [
 
 # What a run showed beyond its numbers (prose only: every figure comes from the JSON files).
 FINDINGS = {
-    "worker_killed": "Ray Train V2 registers a checkpoint a worker reported only when its controller next "
-    "polls the workers; a worker killed in between restarts from the checkpoint before, so the steps "
-    "redone can exceed the checkpoint interval (compare latest_checkpoint_reported_before_kill with "
-    "resumed_from_checkpoint_step).",
-    "driver_lost": "The same registration lag: the driver was killed after rank 0 reported a later "
+    "worker_killed": "The worker group restarted from the checkpoint before the last one rank 0 had "
+    "reported (compare latest_checkpoint_reported_before_kill with resumed_from_checkpoint_step), so "
+    "the steps redone exceeded the checkpoint interval. The likely cause, not yet confirmed: Ray Train "
+    "V2 registers a reported checkpoint only when its controller next polls the workers.",
+    "driver_lost": "The same lag: the driver was killed after rank 0 reported a later "
     "checkpoint than the one registered, and the next attempt resumed from the registered one. A "
     "driver killed before any checkpoint is registered makes the next attempt start from step 0.",
     "s3_outage": "Within one attempt the outage is not survived: Ray Train's controller fails on a "
