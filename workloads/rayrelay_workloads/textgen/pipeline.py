@@ -175,8 +175,11 @@ def publish_lm(
     token: str | None = None,
 ) -> tuple[Manifest, str]:
     """Upload ``hf/`` and ``onnx/`` into a new publication folder, then write manifest.json last."""
+    from rayrelay_workloads.publish import store_sse
+
     layout = RunLayout(job.run_uri)
-    store = open_store(layout.base, job.endpoint_url)
+    # spec.artifacts.serverSideEncryption applies to these uploads as to classification's.
+    store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
     root = publish_rel(publish_id_for(job.attempt, token or uuid.uuid4().hex[:12]))
     files: list[FileEntry] = []
     for folder in ("hf", "onnx"):
