@@ -205,3 +205,44 @@ def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
         assert gist in resp.json()["error"], (route, resp.text)
     resp = requests.post(f"{url}/v2/models/{name}/generate", data=b"{not json", timeout=60)
     assert resp.status_code == 400 and "JSON" in resp.json()["error"]
+
+
+@pytest.mark.slow
+def test_textgen_training_resumes_after_a_worker_fault(
+    ray_session: Any, tiny_gpt2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker raises once before step 5 (the test hook); Ray Train restarts the group from
+    the step-4 checkpoint, and the run finishes and publishes: no step ran twice, none skipped."""
+    from rayrelay_core.api import TrainingJobSpec
+    from rayrelay_core.runs import JobDocument, RunLayout, run_id_for
+    from rayrelay_workloads.pipeline import run_pipeline
+
+    train = tmp_path / "train.jsonl"
+    lines = (REPO / "examples" / "data" / "textgen-train.jsonl").read_text().splitlines()[:128]
+    train.write_text("\n".join(lines) + "\n")
+    spec = TrainingJobSpec.model_validate(
+        {
+            "model": {"source": tiny_gpt2, "task": "text-generation"},
+            "data": {"train": str(train), "validation": str(REPO / "examples/data/textgen-validation.jsonl")},
+            "hyperparameters": {"epochs": 1, "batchSize": 16, "learningRate": 3e-3, "maxSeqLength": 48},
+            "resources": {"numWorkers": 1, "cpusPerWorker": 1},
+            "checkpointing": {"everyNSteps": 2},
+            "failurePolicy": {"maxFailures": 1},
+            "export": {"quantize": "none"},
+            "qualityGate": {"maxValPerplexity": 10000},
+        }
+    )
+    run_id = run_id_for(spec)
+    base = RunLayout.for_job(f"file://{tmp_path}/store", "default", "tg-resume", run_id).base
+    job = JobDocument(namespace="default", name="tg-resume", run_id=run_id, run_uri=base, spec=spec)
+    monkeypatch.setenv("RAYRELAY_FAULT_AT_STEP", "5")
+    manifest = run_pipeline(job, scratch_dir=str(tmp_path / "scratch"), bench_repeats=1)
+    assert manifest.task == "text-generation" and manifest.recommended_variant == "fp32"
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "store").rglob("steps/*.json"))]
+    steps = [s for r in records for s in r["steps"]]
+    assert sorted(steps) == list(range(1, 9)), records
+    assert any(r["resumedFrom"] == "restart:step-0000004" and r["startedAtStep"] == 4 for r in records), (
+        records
+    )
+    progress = json.loads(next((tmp_path / "store").rglob("progress.json")).read_text())
+    assert progress["stage"] == "Succeeded" and progress["valPerplexity"] > 1
