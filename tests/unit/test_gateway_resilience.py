@@ -189,3 +189,23 @@ def test_a_real_fault_is_still_500() -> None:
         return await make_gateway(FakeHandle(KeyError("boom")), lambda: running())(request())
 
     assert asyncio.run(scenario()).status_code == 500
+
+
+@pytest.mark.parametrize("path", [f"/v2/models/{NAME}/infer", f"/v1/models/{NAME}:predict"])
+def test_label_prediction_of_a_text_generation_model_is_400_naming_the_routes(path: str) -> None:
+    """A fake handle whose info says text-generation stands in for a TextGenServer replica."""
+    handle = FakeHandle()
+
+    async def info() -> dict[str, Any]:
+        return {**INFO, "labels": [], "task": "text-generation"}
+
+    handle.info = _Method(info)
+    body = BODY if "v2" in path else json.dumps({"instances": ["great"]}).encode()
+
+    async def scenario() -> Any:
+        return await make_gateway(handle, lambda: running())(request(path, body))
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 400
+    error = json.loads(response.body)["error"]
+    assert "text-generation" in error and "/v1/completions" in error

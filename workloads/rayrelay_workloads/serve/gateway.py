@@ -335,8 +335,19 @@ class Gateway:
             )
         return result
 
+    @staticmethod
+    def _require_classifier(state: ModelState, info: dict[str, Any]) -> None:
+        """A text-generation model answers generate and /v1/completions, not label predictions."""
+        task = info.get("task", "sequence-classification")
+        if task != "sequence-classification":
+            raise ProtocolError(
+                400,
+                f"{state.name} is a {task} model: use /v2/models/{state.name}/generate or /v1/completions",
+            )
+
     async def _v2_infer(self, request: Request, state: ModelState) -> Response:
         info = await self._info(state)
+        self._require_classifier(state, info)
         limits = RequestLimits.model_validate(info["limits"])
         body = await self._read_body(request, limits)
         req = protocol.parse_v2_infer(body, limits, request.headers.get("inference-header-content-length"))
@@ -346,6 +357,7 @@ class Gateway:
 
     async def _v1_predict(self, request: Request, state: ModelState) -> Response:
         info = await self._info(state)
+        self._require_classifier(state, info)
         limits = RequestLimits.model_validate(info["limits"])
         body = await self._read_body(request, limits)
         texts = protocol.parse_v1_predict(body, limits)
