@@ -66,7 +66,7 @@ CASES = [
         "stated in status.nextAttemptTime and the Running condition",
         "a Ray job that exits 1 (FAILED) on the real ray backend",
         "tests/faults/test_retry_backoff.py",
-        False,
+        True,
     ),
     Case(
         "operator_killed",

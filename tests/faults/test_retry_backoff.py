@@ -29,7 +29,7 @@ from rayrelay_operator.settings import Settings
 from tests.conftest import wait_until
 from tests.faults.results import record
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults_long]
+pytestmark = pytest.mark.slow
 BASE_S = 3.0
 LIMIT = 2
 
