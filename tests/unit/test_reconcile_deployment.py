@@ -191,6 +191,13 @@ def test_only_the_manifest_the_trainingjob_recorded_is_served(tmp_path: Path) ->
     # Another publication rewrites manifest.json; the TrainingJob still records run-1's.
     write_manifest(uri, sample_manifest("run-2", int8_accepted=False))
     s = d.step()
+    assert cond(s, "Ready") == ("True", "Serving")  # run-1's manifest, from memory: no store read
+    # An operator that never read run-1's manifest (one just restarted) reads the store and
+    # finds the swap.
+    from rayrelay_operator.reconcile import deployment
+
+    deployment._pinned_manifests.clear()
+    s = d.step()
     assert cond(s, "ModelAvailable") == ("False", "ModelDigestMismatch")
     assert s.phase == "Ready" and s.model is not None and s.model.digest == recorded
     assert d.backend.verbs().count("deploy") == 1, "a manifest the TrainingJob did not record was deployed"
@@ -210,3 +217,58 @@ def test_a_swapped_manifest_is_never_deployed_first(tmp_path: Path) -> None:
     assert s.phase == "Pending" and cond(s, "ModelAvailable") == ("False", "ModelDigestMismatch")
     assert "sha256:0000" in find_condition(s.conditions, "ModelAvailable").message  # type: ignore[union-attr]
     assert d.backend.calls == [] and uri
+
+
+class CountingStore:
+    """The local-folder store the fakes use, counting reads (stands in for S3's GETs)."""
+
+    def __init__(self) -> None:
+        from rayrelay_core.store import LocalStore
+
+        self.inner = LocalStore()
+        self.reads = 0
+
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
+        self.reads += 1
+        return self.inner.read_bytes(uri, max_bytes=max_bytes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_ready_deployment_of_a_pinned_manifest_stops_reading_the_store(tmp_path: Path) -> None:
+    """Issue 14, item 7: a finished deployment's timer reads its TrainingJob, not the store."""
+    d = Driver(tmp_path)
+    store = CountingStore()
+    d.ctx.store_for = lambda uri, endpoint: store  # type: ignore[assignment]
+    uri = d.publish("run-pin")
+    d.tjs["sst2"]["status"]["artifacts"]["digest"] = _digest_of(uri)
+    d.step()
+    d.serve("Running")
+    assert d.step().phase == "Ready"
+    reads = store.reads
+    assert reads >= 1
+    for _ in range(5):
+        assert d.step().phase == "Ready"
+    assert store.reads == reads, "a Ready deployment of a pinned manifest read the store again"
+
+    # A new run recorded by the TrainingJob is read once and rolled out.
+    uri2 = d.publish("run-pin-2")
+    d.tjs["sst2"]["status"]["artifacts"]["digest"] = _digest_of(uri2)
+    d.step()
+    assert store.reads == reads + 1
+    assert d.backend.deployed[-1].app_args["manifestUri"] == uri2
+
+
+def test_a_manifest_uri_without_a_trainingjob_is_read_every_pass(tmp_path: Path) -> None:
+    uri = str(tmp_path / "run-u" / "manifest.json")
+    write_manifest(uri, sample_manifest("run-u"))
+    d = Driver(tmp_path, manifestUri=uri)
+    store = CountingStore()
+    d.ctx.store_for = lambda uri, endpoint: store  # type: ignore[assignment]
+    d.step()
+    d.serve("Running")
+    d.step()
+    reads = store.reads
+    d.step()
+    assert store.reads == reads + 1  # how a new publication at the same URI is noticed

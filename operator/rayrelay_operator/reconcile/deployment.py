@@ -17,6 +17,7 @@ takes a working endpoint down.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +35,7 @@ from rayrelay_core.api import (
     TrainingPhase,
 )
 from rayrelay_core.conditions import find_condition, rfc3339, set_condition
-from rayrelay_core.runs import ManifestError, read_manifest, serve_app_args
+from rayrelay_core.runs import Manifest, ManifestError, read_manifest, serve_app_args
 from rayrelay_core.store import StoreError
 from rayrelay_operator import naming, policy
 from rayrelay_operator.reconcile.context import Action, Deploy, Event, Plan, ReconcileContext, Undeploy
@@ -119,6 +120,36 @@ def _waiting_for(ref_name: str, tj: Mapping[str, Any] | None) -> tuple[str, str,
     return (reason, f"waiting for TrainingJob {ref_name} to succeed (it is {detail})", False)
 
 
+# Manifests whose digest a TrainingJob recorded, keyed by (uri, digest). A digest names one
+# manifest's bytes, so a pinned manifest never changes: a Ready deployment's timer then reads
+# its TrainingJob (from the API server) but not the store, pass after pass (issue 14, item 7).
+# A manifestUri without a TrainingJob has no pin and is read on every pass: that read is how
+# a new publication at the same URI is noticed.
+PINNED_MANIFESTS_MAX = 1024
+_pinned_manifests: OrderedDict[tuple[str, str], Manifest] = OrderedDict()
+
+
+def _remember_pinned(key: tuple[str, str], manifest: Manifest) -> None:
+    _pinned_manifests[key] = manifest
+    _pinned_manifests.move_to_end(key)
+    while len(_pinned_manifests) > PINNED_MANIFESTS_MAX:
+        _pinned_manifests.popitem(last=False)
+
+
+def _read_manifest(
+    ctx: ReconcileContext, md: ModelDeployment, uri: str, pinned: str | None
+) -> tuple[Manifest, str]:
+    """The manifest at ``uri`` and its hex digest; a pinned one that was read before, from memory."""
+    if pinned and (uri, pinned) in _pinned_manifests:
+        _pinned_manifests.move_to_end((uri, pinned))
+        return _pinned_manifests[(uri, pinned)], pinned.removeprefix("sha256:")
+    store = ctx.store_for(uri, md.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
+    manifest, digest = read_manifest(store, uri)
+    if pinned and pinned == f"sha256:{digest}":
+        _remember_pinned((uri, pinned), manifest)
+    return manifest, digest
+
+
 def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObserved:
     """Find the manifest to serve (side effects: reads a TrainingJob and the store)."""
     ns = md.metadata.namespace or "default"
@@ -135,9 +166,8 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
         assert artifacts is not None
         manifest_uri, pinned = artifacts.manifest_uri, artifacts.digest
     assert manifest_uri is not None
-    store = ctx.store_for(manifest_uri, md.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
     try:
-        manifest, digest = read_manifest(store, manifest_uri)
+        manifest, digest = _read_manifest(ctx, md, manifest_uri, pinned)
         variant = manifest.servable_variant(str(md.spec.model.effective_variant))
     except ManifestError as exc:
         # A TrainingJob-published manifest that vanished is as permanent as a wrong URI.
