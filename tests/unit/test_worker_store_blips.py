@@ -120,6 +120,20 @@ def test_a_stage_the_store_never_takes_is_given_up_without_raising(capsys: pytes
     assert "progress stage Publishing: gave up after 2 attempts" in err and "cannot reach the S3 store" in err
 
 
+def test_the_first_stage_is_required_and_raises_once_the_retries_are_spent(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The run's first write checks that the store answers at all: it ends in the StoreError."""
+    from rayrelay_core.store import StoreError
+    from rayrelay_workloads import progress
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    writer = progress.ProgressWriter("s3://blips/run", closed, store=one_try(closed))
+    with pytest.raises(StoreError, match="cannot reach the S3 store"):
+        writer.stage("Training", "reading data", required=True)
+    assert capsys.readouterr().err.count("retrying in") == progress.RETRY_ATTEMPTS - 1
+
+
 def test_the_step_record_never_masks_the_error_the_loop_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     from rayrelay_workloads import progress, train_worker
     from rayrelay_workloads.train_state import Position

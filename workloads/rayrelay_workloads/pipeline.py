@@ -77,7 +77,7 @@ def run_pipeline(
     progress: ProgressWriter | None = None
     try:
         progress = ProgressWriter(layout.base, job.endpoint_url, attempt=job.attempt)
-        progress.stage("Training", "reading data")
+        progress.stage("Training", "reading data", required=True)
         if spec.artifacts.encryption is not None:
             key_from_env()  # a missing or malformed key fails now, not after training
         data = load_data(spec.data, spec.model.num_labels, job.endpoint_url)

@@ -53,17 +53,21 @@ def write_with_retry(
     base: float = RETRY_BASE_S,
     cap: float = RETRY_MAX_S,
     sleep: Callable[[float], None] = time.sleep,
+    required: bool = False,
 ) -> bool:
     """Call ``write``; on ``StoreError`` retry with backoff. False (and a warning) if it never worked.
 
-    Never raises a StoreError: callers use it where the store is advisory, or while
-    another error is on its way out that a store failure must not replace.
+    Never raises a StoreError (callers use it where the store is advisory, or while
+    another error is on its way out that a store failure must not replace), unless
+    ``required``: then the last attempt's StoreError propagates.
     """
     for attempt in range(1, attempts + 1):
         try:
             write()
             return True
         except StoreError as exc:
+            if attempt == attempts and required:
+                raise
             if attempt == attempts:
                 warn(f"{what}: gave up after {attempts} attempts: {exc}")
                 return False
@@ -145,8 +149,13 @@ class ProgressWriter:
                 self._hold_until = time.monotonic() + hold
                 warn(f"progress not written ({exc}); next try in {hold:.0f}s")
 
-    def stage(self, stage: str, message: str | None = None) -> bool:
-        """A stage transition of the pipeline, retried with backoff; False if never written."""
+    def stage(self, stage: str, message: str | None = None, required: bool = False) -> bool:
+        """A stage transition of the pipeline, retried with backoff; False if never written.
+
+        ``required``: the run's first write, which is also the check that the store answers
+        at all: after the retries its StoreError propagates, so a run whose artifacts cannot
+        be written stops at once with a StorageError instead of training for nothing.
+        """
 
         def write() -> None:
             # Keep what training workers wrote (step, loss, last checkpoint): the driver's copy lacks it.
@@ -157,7 +166,7 @@ class ProgressWriter:
             self.doc.message = message
             self._write()
 
-        written = write_with_retry(write, f"progress stage {stage}")
+        written = write_with_retry(write, f"progress stage {stage}", required=required)
         if not written:
             self.failed_writes += 1
         return written

@@ -250,7 +250,7 @@ def run_lm_pipeline(job: JobDocument, scratch_dir: str | None = None, bench_repe
     progress: ProgressWriter | None = None
     try:
         progress = ProgressWriter(layout.base, job.endpoint_url, attempt=job.attempt)
-        progress.stage("Training", "reading data")
+        progress.stage("Training", "reading data", required=True)
         return run_lm_stages(job, progress, scratch, say, bench_repeats)
     except Exception as exc:
         reason, retryable = classify(exc)
