@@ -938,7 +938,12 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
         "TrainingJob",
         "spec.data",
         "go together",
-        spec_with("TrainingJob", data={"train": "t", "validation": "v", "promptField": "q"}),
+        # text-generation, so only this rule fails (the task rule would too on the server)
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            data={"train": "t", "validation": "v", "promptField": "q"},
+        ),
         False,
     ),
 ]
