@@ -31,6 +31,7 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from rayrelay_core.runs import (
     DataLineage,
@@ -59,6 +60,23 @@ def package_version() -> str:
         return metadata.version("rayrelay")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def lineage_of(job: JobDocument, data: Any) -> Lineage:
+    """Where an artifact set came from: the TrainingJob, its data files (with sha256), the code."""
+    return Lineage(
+        training_job_uid=job.uid,
+        namespace=job.namespace,
+        name=job.name,
+        generation=job.generation,
+        spec_hash=spec_hash(job.spec),
+        data=[
+            DataLineage(uri=data.train.uri, sha256=data.train.sha256),
+            DataLineage(uri=data.validation.uri, sha256=data.validation.sha256),
+        ],
+        base_model=job.spec.model.source,
+        package_version=package_version(),
+    )
 
 
 def build_manifest(
@@ -124,19 +142,7 @@ def build_manifest(
             model_input_names=result.input_names,
             lower_case=result.lower_case,
         ),
-        lineage=Lineage(
-            training_job_uid=job.uid,
-            namespace=job.namespace,
-            name=job.name,
-            generation=job.generation,
-            spec_hash=spec_hash(spec),
-            data=[
-                DataLineage(uri=data.train.uri, sha256=data.train.sha256),
-                DataLineage(uri=data.validation.uri, sha256=data.validation.sha256),
-            ],
-            base_model=spec.model.source,
-            package_version=package_version(),
-        ),
+        lineage=lineage_of(job, data),
         metrics=metrics,
     )
 

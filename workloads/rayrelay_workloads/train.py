@@ -81,13 +81,12 @@ def checkpoint_uri(job: JobDocument, dir_name: str) -> str:
     return join(RunLayout(job.run_uri).checkpoints, run_name_for(job), dir_name)
 
 
-def build_config(job: JobDocument, labels: list[str]) -> dict[str, Any]:
-    """The train_loop_per_worker config (plain JSON-able values)."""
+def base_loop_config(job: JobDocument) -> dict[str, Any]:
+    """The train_loop_per_worker config every task shares (plain JSON-able values)."""
     spec = job.spec
     fault = os.environ.get(FAULT_ENV)
     return {
         "source": spec.model.source,
-        "labels": labels,
         "data": spec.data.wire(),
         "hp": spec.hyperparameters.model_dump(),
         "precision": str(spec.resources.precision),
@@ -101,8 +100,27 @@ def build_config(job: JobDocument, labels: list[str]) -> dict[str, Any]:
     }
 
 
+def build_config(job: JobDocument, labels: list[str]) -> dict[str, Any]:
+    """The classification loop's config: the shared one and the label names."""
+    return {**base_loop_config(job), "labels": labels}
+
+
 def run_training(job: JobDocument, labels: list[str], scratch_dir: str) -> TrainResult:
     """Run the TorchTrainer for ``job`` and fetch its best checkpoint into ``scratch_dir``."""
+    return fit_best_checkpoint(
+        job, train_loop_per_worker, build_config(job, labels), METRIC, "max", scratch_dir
+    )
+
+
+def fit_best_checkpoint(
+    job: JobDocument, loop: Any, loop_config: dict[str, Any], metric: str, order: str, scratch_dir: str
+) -> TrainResult:
+    """A TorchTrainer running ``loop`` for ``job``; its best checkpoint by ``metric`` in ``scratch_dir``.
+
+    Every task trains through this: the same storage, run name (stable across attempts
+    with ``checkpointing.resume``, so Train V2 restores the run), failure handling and
+    environment passed to the workers; ``order`` is "max" or "min" for ``metric``.
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -118,8 +136,8 @@ def run_training(job: JobDocument, labels: list[str], scratch_dir: str) -> Train
         env["RAYRELAY_S3_ENDPOINT_URL"] = job.endpoint_url
     name = run_name_for(job)
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=build_config(job, labels),
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
@@ -130,8 +148,8 @@ def run_training(job: JobDocument, labels: list[str], scratch_dir: str) -> Train
             storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.checkpointing.keep,
-                checkpoint_score_attribute=METRIC,
-                checkpoint_score_order="max",
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=order,
             ),
             failure_config=ray.train.FailureConfig(max_failures=spec.failure_policy.max_failures),
             # Train V2's RunConfig (the default in 2.58); mypy sees the V1 stub.
@@ -142,7 +160,7 @@ def run_training(job: JobDocument, labels: list[str], scratch_dir: str) -> Train
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; keep the first line readable
         raise TrainingError(f"training failed: {_first_line(exc)}") from exc
-    best = result.get_best_checkpoint(METRIC, "max") if result.best_checkpoints else result.checkpoint
+    best = result.get_best_checkpoint(metric, order) if result.best_checkpoints else result.checkpoint
     if best is None:
         raise TrainingError("training finished without a checkpoint")
     metrics = dict(

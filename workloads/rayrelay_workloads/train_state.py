@@ -203,16 +203,10 @@ def load_state(folder: Path, model: Any, opt: Optimization) -> Position:
 Encode = Callable[[Sequence[Any]], dict[str, Any]]
 
 
-def train_step(model: Any, opt: Optimization, inputs: dict[str, Any], target: Any) -> float:
-    """Forward, backward, clip, optimizer and scheduler step; the batch's loss."""
+def optimizer_step(model: Any, opt: Optimization, loss: Any) -> float:
+    """Backward (scaled under fp16), clip, optimizer and scheduler step for ``loss``; its value."""
     import torch
 
-    device_type = target.device.type
-    with torch.autocast(
-        device_type=device_type, dtype=opt.autocast_dtype, enabled=opt.autocast_dtype is not None
-    ):
-        logits = model(**inputs).logits
-    loss = torch.nn.functional.cross_entropy(logits.float(), target)
     if opt.scaler is not None:
         opt.scaler.scale(loss).backward()
         opt.scaler.unscale_(opt.optimizer)
@@ -227,6 +221,19 @@ def train_step(model: Any, opt: Optimization, inputs: dict[str, Any], target: An
     opt.scheduler.step()
     opt.optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
+
+
+def train_step(model: Any, opt: Optimization, inputs: dict[str, Any], target: Any) -> float:
+    """Forward, backward, clip, optimizer and scheduler step; the batch's loss."""
+    import torch
+
+    device_type = target.device.type
+    with torch.autocast(
+        device_type=device_type, dtype=opt.autocast_dtype, enabled=opt.autocast_dtype is not None
+    ):
+        logits = model(**inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.float(), target)
+    return optimizer_step(model, opt, loss)
 
 
 def evaluate(

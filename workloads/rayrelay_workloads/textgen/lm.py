@@ -87,20 +87,9 @@ def lm_train_step(model: Any, opt: Any, batch: dict[str, Any]) -> float:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     total, count, _ = token_loss_sums(logits, batch["labels"])
     loss = total / count.clamp(min=1)
-    if opt.scaler is not None:
-        opt.scaler.scale(loss).backward()
-        opt.scaler.unscale_(opt.optimizer)
-    else:
-        loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
-    if opt.scaler is not None:
-        opt.scaler.step(opt.optimizer)
-        opt.scaler.update()
-    else:
-        opt.optimizer.step()
-    opt.scheduler.step()
-    opt.optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    from rayrelay_workloads.train_state import optimizer_step
+
+    return optimizer_step(model, opt, loss)
 
 
 @dataclass(frozen=True)

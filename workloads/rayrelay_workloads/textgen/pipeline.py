@@ -30,10 +30,8 @@ from pathlib import Path
 
 from rayrelay_core.api import QualityGate
 from rayrelay_core.runs import (
-    DataLineage,
     FileEntry,
     JobDocument,
-    Lineage,
     Manifest,
     Parity,
     RunLayout,
@@ -41,11 +39,11 @@ from rayrelay_core.runs import (
     VariantInfo,
     publish_id_for,
     publish_rel,
-    spec_hash,
 )
 from rayrelay_core.store import join, open_store, sha256_file
 from rayrelay_workloads.modeling import resolve_source
 from rayrelay_workloads.progress import ProgressWriter
+from rayrelay_workloads.publish import lineage_of, store_sse
 from rayrelay_workloads.quality import Int8Decision, QualityGateError
 from rayrelay_workloads.textgen.data import LoadedLmData, load_lm_data
 from rayrelay_workloads.textgen.export import LmExportResult, export_lm
@@ -143,27 +141,9 @@ def build_lm_manifest(
             max_seq_length=spec.hyperparameters.max_seq_length,
             model_input_names=["input_ids", "attention_mask", "position_ids"],
         ),
-        lineage=Lineage(
-            training_job_uid=job.uid,
-            namespace=job.namespace,
-            name=job.name,
-            generation=job.generation,
-            spec_hash=spec_hash(spec),
-            data=[
-                DataLineage(uri=data.train.uri, sha256=data.train.sha256),
-                DataLineage(uri=data.validation.uri, sha256=data.validation.sha256),
-            ],
-            base_model=spec.model.source,
-            package_version=_package_version(),
-        ),
+        lineage=lineage_of(job, data),
         metrics=metrics,
     )
-
-
-def _package_version() -> str:
-    from rayrelay_workloads.publish import package_version
-
-    return package_version()
 
 
 def publish_lm(
@@ -175,8 +155,6 @@ def publish_lm(
     token: str | None = None,
 ) -> tuple[Manifest, str]:
     """Upload ``hf/`` and ``onnx/`` into a new publication folder, then write manifest.json last."""
-    from rayrelay_workloads.publish import store_sse
-
     layout = RunLayout(job.run_uri)
     # spec.artifacts.serverSideEncryption applies to these uploads as to classification's.
     store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
