@@ -676,7 +676,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     lines += [
         "## Running it",
         "",
-        "- `make bench` (= `.venv/bin/python -m bench`): all six, about a quarter of an hour here; "
+        "- `make bench` (= `.venv/bin/python -m bench`): all seven (the minutes each took are in the run table above); "
         "writes `bench/results/*.json` and this page.",
         "- `make bench BENCH_ARGS=--quick`: a smoke run of a few minutes (fewer repetitions, shorter "
         "loads, 50 TrainingJobs); writes `bench/.cache/quick-results/` and "

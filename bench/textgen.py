@@ -228,7 +228,7 @@ def report_section(doc: dict[str, Any]) -> list[str]:
     """The ``textgen`` section of docs/performance.md (``bench.report``)."""
     model, kern = doc["model"], doc["kernel"]
     lines = [
-        "## textgen",
+        "## 7. Text generation",
         "",
         f"GPT-2-style decoder, random weights, {model['layers']} layers x width {model['width']}; prompts of "
         f"{model['prompt_tokens']} tokens, {model['new_tokens']} new tokens per row (greedy, no early stop); "
