@@ -15,7 +15,6 @@ replaces an error the training loop is raising.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Iterator
 
@@ -93,14 +92,30 @@ def test_a_failing_progress_write_neither_raises_nor_stalls_the_next_steps(s3: R
     )
 
 
-def test_a_stage_is_retried_with_backoff_until_the_store_is_back(s3: RestartableS3) -> None:
-    from rayrelay_workloads.progress import ProgressWriter
+def test_a_stage_is_retried_with_backoff_until_the_store_is_back(
+    s3: RestartableS3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The store comes back during the first backoff wait, whatever the machine's load.
 
-    writer = ProgressWriter("s3://blips/run", s3.endpoint, store=one_try(s3.endpoint))
+    (A timer racing the backoff made this test fail on a loaded CI machine: moto's
+    restart took longer than the 3 attempts' window.) The wait is the product's own
+    ``time.sleep``, wrapped so that the server is started before it sleeps.
+    """
+    from rayrelay_workloads import progress
+
+    def back_then_sleep(delay: float) -> None:
+        if not s3.up:
+            s3.start()
+        time.sleep(delay)
+
+    monkeypatch.setattr(
+        progress, "write_with_retry", functools.partial(progress.write_with_retry, sleep=back_then_sleep)
+    )
+    writer = progress.ProgressWriter("s3://blips/run", s3.endpoint, store=one_try(s3.endpoint))
     s3.stop()
-    threading.Timer(3.0, s3.start).start()  # back while the stage is being retried
     assert writer.stage("Exporting", "exporting") is True
     assert read_progress(s3.endpoint)["stage"] == "Exporting"
+    assert capsys.readouterr().err.count("retrying in") == 1, "one failed attempt, then the store was back"
 
 
 def test_a_stage_the_store_never_takes_is_given_up_without_raising(capsys: pytest.CaptureFixture) -> None:
@@ -152,13 +167,22 @@ def test_the_step_record_never_masks_the_error_the_loop_raises(monkeypatch: pyte
             assert recorder.close() is False
 
 
-def test_the_step_record_is_whole_once_the_store_is_back(s3: RestartableS3) -> None:
+def test_the_step_record_is_whole_once_the_store_is_back(
+    s3: RestartableS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store comes back during the close's first backoff wait (the product's sleep, wrapped)."""
     import json
 
     import boto3
 
+    from rayrelay_workloads import progress, train_worker
     from rayrelay_workloads.train_state import Position
     from rayrelay_workloads.train_worker import StepRecorder
+
+    def back_then_sleep(delay: float) -> None:
+        if not s3.up:
+            s3.start()
+        time.sleep(delay)
 
     recorder = StepRecorder("s3://blips/run", s3.endpoint, 1, Position(), "scratch", one_try(s3.endpoint))
     recorder.add(1)
@@ -167,7 +191,9 @@ def test_the_step_record_is_whole_once_the_store_is_back(s3: RestartableS3) -> N
     recorder.add(2)
     assert recorder.flush() is False
     recorder.add(3)
-    threading.Timer(2.0, s3.start).start()
+    monkeypatch.setattr(
+        train_worker, "write_with_retry", functools.partial(progress.write_with_retry, sleep=back_then_sleep)
+    )
     assert recorder.close() is True
     key = recorder.uri.removeprefix("s3://blips/")
     body = boto3.client("s3", endpoint_url=s3.endpoint).get_object(Bucket="blips", Key=key)["Body"].read()
