@@ -47,7 +47,7 @@ test: $(STAMP) lint
 	$(BIN)/rayrelay crds --check
 	$(BIN)/python hack/sync_chart_crds.py --check
 	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
-	  $(BIN)/python -m pytest -q -ra --timeout=900 tests
+	  $(BIN)/python -m pytest -q -ra --durations=25 --timeout=900 tests
 
 test-fast: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra -m "not slow" tests/unit

@@ -31,6 +31,26 @@ class TinyRun:
     manifest: Any  # rayrelay_core.runs.Manifest
 
 
+def fp32_export_result(out: Path) -> Any:
+    """The ExportResult of an fp32-only export into ``out`` (labels a/b): for publish tests whose
+    files under ``out`` stand in for what export.py writes (the caller writes them)."""
+    from rayrelay_workloads.export import ExportResult
+
+    return ExportResult(
+        out_dir=out,
+        labels=["a", "b"],
+        input_names=["input_ids", "attention_mask"],
+        fp32_file="onnx/model.onnx",
+        int8_file=None,
+        fused_used=False,
+        accuracy={"pytorch": 0.9, "fp32": 0.9},
+        max_diff_fp32=1e-5,
+        max_diff_int8=None,
+        samples=8,
+        lower_case=True,
+    )
+
+
 def write_subset(src: Path, dest: Path, rows: int) -> Path:
     """The first ``rows`` rows of a shipped jsonl set (keeps tiny runs fast)."""
     lines = src.read_text().splitlines()[:rows]

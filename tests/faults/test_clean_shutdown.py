@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tests.faults import procs
 from tests.faults.results import record
+from tests.run_files import training_job_yaml
 
 BIN = Path(sys.executable).parent
 # Kubernetes' default terminationGracePeriodSeconds (and the chart's): a pod that has not
@@ -35,20 +36,14 @@ def long_training_file(folder: Path, model: str, train: str, validation: str) ->
     """A TrainingJob that trains for many minutes: it is surely running when the signal comes."""
     path = folder / "long.yaml"
     path.write_text(
-        f"""\
-apiVersion: rayrelay.dev/v1alpha1
-kind: TrainingJob
-metadata:
-  name: long-shutdown
-spec:
-  model:
-    source: {model}
-  data:
-    train: {train}
-    validation: {validation}
-  hyperparameters: {{epochs: 100, batchSize: 8, learningRate: 0.003, maxSeqLength: 32}}
-  resources: {{numWorkers: 1, cpusPerWorker: 1}}
-"""
+        training_job_yaml(
+            "long-shutdown",
+            model,
+            train,
+            validation,
+            hyperparameters="{epochs: 100, batchSize: 8, learningRate: 0.003, maxSeqLength: 32}",
+            workers=1,
+        )
     )
     return path
 

@@ -28,6 +28,7 @@ from rayrelay_workloads.export import ExportResult
 from rayrelay_workloads.publish import publish
 from rayrelay_workloads.quality import Int8Decision
 from rayrelay_workloads.serve.artifacts import ArtifactError, load_tokenizer, prepare
+from tests.pipeline_fixtures import fp32_export_result
 
 KEY = "5e" * 8 + "a1" * 8 + "07" * 16
 WRONG = "9c" * 32
@@ -77,19 +78,7 @@ def export_result(out: Path) -> ExportResult:
     tokenizer.model_max_length = 32
     tokenizer.save_pretrained(out / "hf")
     (out / "hf" / "model.safetensors").write_bytes(b"weights rayrelay-test" * 10)
-    return ExportResult(
-        out_dir=out,
-        labels=["a", "b"],
-        input_names=["input_ids", "attention_mask"],
-        fp32_file="onnx/model.onnx",
-        int8_file=None,
-        fused_used=False,
-        accuracy={"pytorch": 0.9, "fp32": 0.9},
-        max_diff_fp32=1e-5,
-        max_diff_int8=None,
-        samples=8,
-        lower_case=True,
-    )
+    return fp32_export_result(out)
 
 
 def job(artifacts: str, artifacts_spec: dict) -> JobDocument:

@@ -9,64 +9,20 @@ the finished run: it says so and submits no Ray job.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.run_files import BIN, model_deployment_yaml, rayrelay_run, training_job_yaml
 
 
 def write_file(folder: Path, name: str, model: str, train: str, validation: str) -> Path:
     path = folder / "tiny-quickstart.yaml"
-    path.write_text(
-        f"""\
-apiVersion: rayrelay.dev/v1alpha1
-kind: TrainingJob
-metadata:
-  name: {name}
-spec:
-  model:
-    source: {model}
-  data:
-    train: {train}
-    validation: {validation}
-  hyperparameters: {{epochs: 1, batchSize: 16, learningRate: 0.003, maxSeqLength: 32}}
-  resources: {{numWorkers: 2, cpusPerWorker: 1}}
----
-apiVersion: rayrelay.dev/v1alpha1
-kind: ModelDeployment
-metadata:
-  name: {name}
-spec:
-  model:
-    trainingJobRef: {{name: {name}}}
-  autoscaling: {{minReplicas: 1, maxReplicas: 1}}
-  resources: {{cpus: 0.5}}
-"""
-    )
+    path.write_text(training_job_yaml(name, model, train, validation) + "---\n" + model_deployment_yaml(name))
     return path
-
-
-def rayrelay_run(
-    path: Path, artifacts: Path, cluster, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    # Serve may not run on the shared cluster yet: start it where the other tests expect it.
-    env["RAYRELAY_SERVE_PORT"] = str(cluster.serve_port)
-    return subprocess.run(
-        [str(BIN / "rayrelay"), "run", "-f", str(path), "--once"]
-        + ["--artifacts", str(artifacts), "--ray-address", cluster.dashboard_url],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=path.parent,
-    )
 
 
 def jobs_of(cluster, name: str) -> list:

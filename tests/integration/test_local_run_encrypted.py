@@ -14,9 +14,7 @@ reason, and neither output contains a key.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -24,8 +22,9 @@ import boto3
 import pytest
 
 from rayrelay_core.store import split_s3
+from tests.run_files import model_deployment_yaml, training_job_yaml
+from tests.run_files import rayrelay_run as run_file
 
-BIN = Path(sys.executable).parent
 KEY = "3f" * 8 + "c2" * 8 + "a7" * 8 + "19" * 8
 WRONG = "e4" * 32
 PLAINTEXT_MARKERS = (b"input_ids", b"attention_mask", b"logits", b"MatMul", b"[CLS]", b"BertForSequence")
@@ -45,38 +44,15 @@ stringData:
 
 def training_file(folder: Path, name: str, model: str, train: str, validation: str) -> Path:
     path = folder / "encrypted.yaml"
+    encryption = "  artifacts:\n    encryption: {keySecret: model-key}\n"
     path.write_text(
         secret("model-key", KEY)
-        + f"""\
----
-apiVersion: rayrelay.dev/v1alpha1
-kind: TrainingJob
-metadata:
-  name: {name}
-spec:
-  model:
-    source: {model}
-  data:
-    train: {train}
-    validation: {validation}
-  hyperparameters: {{epochs: 1, batchSize: 16, learningRate: 0.003, maxSeqLength: 32}}
-  resources: {{numWorkers: 2, cpusPerWorker: 1}}
-  export: {{targets: [onnx, ort]}}
-  artifacts:
-    encryption: {{keySecret: model-key}}
----
-apiVersion: rayrelay.dev/v1alpha1
-kind: ModelDeployment
-metadata:
-  name: {name}
-spec:
-  model:
-    trainingJobRef: {{name: {name}}}
-  autoscaling: {{minReplicas: 1, maxReplicas: 1}}
-  resources: {{cpus: 0.5}}
-  artifacts:
-    encryption: {{keySecret: model-key}}
-"""
+        + "---\n"
+        + training_job_yaml(
+            name, model, train, validation, extra="  export: {targets: [onnx, ort]}\n" + encryption
+        )
+        + "---\n"
+        + model_deployment_yaml(name, extra=encryption)
     )
     return path
 
@@ -111,21 +87,10 @@ spec:
     return path
 
 
-def rayrelay_run(
-    path: Path, artifacts: str, cluster, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("RAYRELAY_ENCRYPTION_KEY", None)  # the key comes from FILE only
-    env["RAYRELAY_SERVE_PORT"] = str(cluster.serve_port)
-    return subprocess.run(
-        [str(BIN / "rayrelay"), "run", "-f", str(path), "--once"]
-        + ["--artifacts", artifacts, "--ray-address", cluster.dashboard_url],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=path.parent,
-    )
+def rayrelay_run(path: Path, artifacts: str, cluster) -> subprocess.CompletedProcess[str]:
+    return run_file(
+        path, artifacts, cluster, drop_env=("RAYRELAY_ENCRYPTION_KEY",)
+    )  # the key comes from FILE only
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from rayrelay_workloads.export import ExportResult
 from rayrelay_workloads.publish import publish
 from rayrelay_workloads.quality import Int8Decision
 from rayrelay_workloads.serve.artifacts import prepare
+from tests.pipeline_fixtures import fp32_export_result
 
 FP32_ONLY = Int8Decision(accepted=False, reason="not quantised", recommended_variant="fp32")
 
@@ -38,19 +39,7 @@ def export_result(out: Path, model_bytes: bytes) -> ExportResult:
     }.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
-    return ExportResult(
-        out_dir=out,
-        labels=["a", "b"],
-        input_names=["input_ids", "attention_mask"],
-        fp32_file="onnx/model.onnx",
-        int8_file=None,
-        fused_used=False,
-        accuracy={"pytorch": 0.9, "fp32": 0.9},
-        max_diff_fp32=1e-5,
-        max_diff_int8=None,
-        samples=8,
-        lower_case=True,
-    )
+    return fp32_export_result(out)
 
 
 def job(artifacts: str, attempt: int) -> JobDocument:
