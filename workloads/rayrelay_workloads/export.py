@@ -89,6 +89,12 @@ class ExportResult:
 def load_checkpoint_model(checkpoint_dir: str | Path) -> Any:
     from transformers import AutoModelForSequenceClassification
 
+    from rayrelay_workloads.prune import load_pruned
+
+    pruned = load_pruned(Path(checkpoint_dir) / "model")  # spec.optimization.pruning's output
+    if pruned is not None:
+        return pruned
+
     # Eager attention: the SDPA path of transformers 5 exports a mask/attention subgraph
     # that onnxruntime's BERT fusion does not recognise (no Attention node, no gain).
     model = AutoModelForSequenceClassification.from_pretrained(
