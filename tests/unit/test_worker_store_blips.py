@@ -198,3 +198,41 @@ def test_the_step_record_is_whole_once_the_store_is_back(
     key = recorder.uri.removeprefix("s3://blips/")
     body = boto3.client("s3", endpoint_url=s3.endpoint).get_object(Bucket="blips", Key=key)["Body"].read()
     assert json.loads(body)["steps"] == [1, 2, 3]
+
+
+def test_a_checkpoint_upload_waits_for_the_store_then_goes_on(
+    s3: RestartableS3, capsys: pytest.CaptureFixture
+) -> None:
+    """Rank 0 holds its checkpoint upload while S3 is down; the wait is the product's own sleep,
+    wrapped to start the server during the second backoff."""
+    from rayrelay_workloads.train_worker import wait_for_store
+
+    waits: list[float] = []
+
+    def back_on_second_wait(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) == 2:
+            s3.start()
+        time.sleep(min(delay, 0.1))
+
+    s3.stop()
+    assert wait_for_store(one_try(s3.endpoint), "s3://blips/run/checkpoints", sleep=back_on_second_wait)
+    assert len(waits) == 2 and 0.8 <= waits[0] <= 1.2 and 1.6 <= waits[1] <= 2.4, waits  # 1 s, 2 s, +-20 %
+    assert "the store answers again after 2 failed checks" in capsys.readouterr().err
+
+
+def test_a_checkpoint_upload_stops_waiting_when_the_budget_is_spent(capsys: pytest.CaptureFixture) -> None:
+    from rayrelay_workloads.train_worker import wait_for_store
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    slept: list[float] = []
+
+    def clock() -> float:  # real time plus the waits the fake sleep skipped
+        return time.monotonic() + sum(slept)
+
+    start = clock()
+    assert not wait_for_store(
+        one_try(closed), "s3://blips/run/checkpoints", budget_s=4.0, sleep=slept.append, clock=clock
+    )
+    assert len(slept) == 2 and clock() - start <= 4.0, slept  # 1 s, 2 s (+-20 %); 4 s more won't fit
+    assert "the store still does not answer after 4s" in capsys.readouterr().err

@@ -26,6 +26,7 @@ production.
 from __future__ import annotations
 
 import json
+import os
 import random
 import tempfile
 import time
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayrelay_core.store import Store, StoreError, join, open_store
+from rayrelay_core.store import Store, StoreError, is_s3, join, open_store
 from rayrelay_workloads.data import Example
-from rayrelay_workloads.progress import warn, write_with_retry
+from rayrelay_workloads.progress import backoff_s, warn, write_with_retry
 from rayrelay_workloads.train_state import (
     METRIC,
     Optimization,
@@ -274,9 +275,50 @@ class RankZeroLog:
 
 # ------------------------------------------------------------------ the loop
 
+# How long rank 0 holds a checkpoint upload while the S3 store does not answer.
+STORE_WAIT_S = float(os.environ.get("RAYRELAY_STORE_WAIT_SECONDS", "300"))
 
-def save_and_report(worker: Worker, position: Position, loss: float) -> dict[str, Any]:
-    """Evaluate, checkpoint (rank 0 writes it) and report to Ray Train; the checkpoint's record."""
+
+def wait_for_store(
+    store: Store,
+    uri: str,
+    budget_s: float = STORE_WAIT_S,
+    sleep: Any = time.sleep,
+    clock: Any = time.monotonic,
+) -> bool:
+    """Hold until the store answers a HEAD of ``uri`` (backoff 1 s doubling to 15 s), up to ``budget_s``.
+
+    Called by rank 0 before it hands a checkpoint to Ray Train: an upload that fails
+    while S3 is down fails the whole worker group (and, in Ray Train's controller, the
+    attempt), so the group waits out a short outage here instead, and the upload happens
+    once the store is back. False when the budget ran out: the upload then fails as before
+    and the run's FailureConfig and the operator's attempts take over.
+    """
+    deadline, failures = clock() + budget_s, 0
+    while True:
+        try:
+            store.exists(uri)
+        except StoreError as exc:
+            failures += 1
+            delay = backoff_s(failures, 1.0, 15.0)
+            if clock() + delay > deadline:
+                warn(f"checkpoint upload: the store still does not answer after {budget_s:.0f}s: {exc}")
+                return False
+            warn(f"checkpoint upload held: {exc}; checking again in {delay:.1f}s")
+            sleep(delay)
+            continue
+        if failures:
+            warn(f"checkpoint upload: the store answers again after {failures} failed checks")
+        return True
+
+
+def save_and_report(
+    worker: Worker, position: Position, loss: float, store: Store | None = None
+) -> dict[str, Any]:
+    """Evaluate, checkpoint (rank 0 writes it) and report to Ray Train; the checkpoint's record.
+
+    ``store`` (rank 0's) is checked before an S3 upload: see :func:`wait_for_store`.
+    """
     import ray.train
 
     accuracy, val_loss = evaluate(
@@ -293,6 +335,8 @@ def save_and_report(worker: Worker, position: Position, loss: float) -> dict[str
     with tempfile.TemporaryDirectory(prefix="rr-ckpt-") as tmp:
         checkpoint = None
         if worker.rank == 0:
+            if store is not None and is_s3(worker.config["checkpoints_uri"]):
+                wait_for_store(store, worker.config["checkpoints_uri"])
             save_state(Path(tmp), worker.raw_model, worker.opt, position, metrics)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
@@ -319,7 +363,7 @@ def run_steps(worker: Worker, start: Position, log: RankZeroLog | None, fault_at
             log.stepped(position, loss, len(rows))
         epoch_end = position.batch == 0
         if checkpoint_due(position.step, int(config["every_n_steps"]), epoch_end):
-            checkpoint = save_and_report(worker, position, loss)
+            checkpoint = save_and_report(worker, position, loss, log.recorder.store if log else None)
             if log:
                 log.checkpointed(position, loss, checkpoint)
 
