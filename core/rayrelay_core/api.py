@@ -33,6 +33,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # or a plain filesystem path (relative paths only make sense for local runs).
 S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$"
 STORE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:]+)$"
+# A published manifest.json in an artifact store (ModelDeployment, distillation teachers).
+MANIFEST_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|file://.+|[^:]+)manifest\.json$"
 # Kubernetes object names (DNS-1123 subdomain, kept to 63 so children fit labels).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes resource quantity (memory), e.g. 4Gi, 512Mi, 1000000000.
@@ -197,6 +199,17 @@ class ModelSource(ApiModel):
         description=(
             "Number of classes. When omitted it is derived from the training data's "
             "label set; when given, the data must not hold more labels. "
+            "sequence-classification only."
+        ),
+    )
+    num_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "Keep only the first N encoder layers of the base model: a smaller, faster student "
+            "(e.g. 3 of MiniLM's 6, about half the latency), usually trained with distillation. "
+            "All layers when omitted; more than the model has is an error when it loads. "
             "sequence-classification only."
         ),
     )
@@ -519,6 +532,76 @@ class ArtifactsSpec(ApiModel):
     )
 
 
+class TeacherJobRef(ApiModel):
+    """A TrainingJob in the same namespace whose latest published run teaches."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=NAME_PATTERN, description="The teacher TrainingJob's name."
+    )
+
+
+class Teacher(ApiModel):
+    """The teacher model: exactly one of trainingJobRef and manifestUri."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "has(self.trainingJobRef) != has(self.manifestUri)",
+            "exactly one of trainingJobRef and manifestUri must be set",
+        ),
+    )
+
+    training_job_ref: TeacherJobRef | None = Field(
+        default=None,
+        description=(
+            "The latest published run of this TrainingJob (same namespace); the job waits "
+            "(condition WaitingForTeacher) until that TrainingJob has succeeded."
+        ),
+    )
+    manifest_uri: str | None = Field(
+        default=None,
+        pattern=MANIFEST_URI_PATTERN,
+        max_length=2048,
+        description="URI of a published manifest.json (s3://..., file://... or a path) of the teacher.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Teacher:
+        if (self.training_job_ref is None) == (self.manifest_uri is None):
+            raise RuleError((), "exactly one of trainingJobRef and manifestUri must be set")
+        return self
+
+
+class Distillation(ApiModel):
+    """Knowledge distillation: train model.source (the student) on a teacher's softened logits too."""
+
+    teacher: Teacher = Field(
+        description=(
+            "A published classification model with the same labels; its fp32 ONNX model scores "
+            "the training texts inside the Ray Train workers."
+        )
+    )
+    temperature: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description=(
+            "Softens both logit sets before they are compared (T). 2 exposes the teacher's "
+            "ranking of the wrong classes without flattening it; the soft loss is scaled by T^2 "
+            "so its gradients keep their size as T changes."
+        ),
+    )
+    alpha: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Weight of the teacher's soft targets: loss = alpha * KL(teacher || student) * T^2 + "
+            "(1 - alpha) * cross-entropy on the labels. 0.5 weighs both equally, which suits a "
+            "teacher fine-tuned on the same data."
+        ),
+    )
+
+
 class TrainingJobSpec(ApiModel):
     """What to fine-tune, on what, with what, and where the results go."""
 
@@ -553,6 +636,16 @@ class TrainingJobSpec(ApiModel):
             "data.promptField and data.completionField are only for task text-generation",
             ".data",
         ),
+        CelRule(
+            "self.model.task != 'text-generation' || !has(self.distillation)",
+            "distillation is only for task sequence-classification (a teacher's logits are label scores)",
+            ".distillation",
+        ),
+        CelRule(
+            "self.model.task != 'text-generation' || !has(self.model.numLayers)",
+            "model.numLayers is only for task sequence-classification",
+            ".model.numLayers",
+        ),
     )
 
     model: ModelSource = Field(description="The base model and task.")
@@ -569,6 +662,13 @@ class TrainingJobSpec(ApiModel):
         default_factory=ExportSpec, description="ONNX export, optimisation, quantisation."
     )
     quality_gate: QualityGate = Field(default_factory=QualityGate, description="Minimum quality to publish.")
+    distillation: Distillation | None = Field(
+        default=None,
+        description=(
+            "Train the model on a teacher's softened logits as well as the labels "
+            "(sequence-classification only); off when omitted."
+        ),
+    )
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="The artifact store.")
     backend: Backend | None = Field(
         default=None,
@@ -623,6 +723,15 @@ class TrainingJobSpec(ApiModel):
             raise RuleError(
                 ("data",), "data.promptField and data.completionField are only for task text-generation"
             )
+        if generation and self.distillation is not None:
+            raise RuleError(
+                ("distillation",),
+                "distillation is only for task sequence-classification (a teacher's logits are label scores)",
+            )
+        if generation and self.model.num_layers is not None:
+            raise RuleError(
+                ("model", "numLayers"), "model.numLayers is only for task sequence-classification"
+            )
         return self
 
 
@@ -661,7 +770,7 @@ class ModelRef(ApiModel):
     )
     manifest_uri: str | None = Field(
         default=None,
-        pattern=r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|file://.+|[^:]+)manifest\.json$",
+        pattern=MANIFEST_URI_PATTERN,
         max_length=2048,
         description="URI of a published manifest.json (s3://..., file://... or a path).",
     )

@@ -76,6 +76,20 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         mutate(TJ, {"spec.resources.precision": "bf16", "spec.resources.gpusPerWorker": 1}),
     ),
     (
+        "tj-distillation-student",
+        mutate(
+            TJ,
+            {
+                "spec.model.numLayers": 3,
+                "spec.distillation": {
+                    "teacher": {"trainingJobRef": {"name": "big"}},
+                    "temperature": 3,
+                    "alpha": 0.7,
+                },
+            },
+        ),
+    ),
+    (
         "tj-int8-gate-with-int8",
         mutate(TJ, {"spec.export.quantize": "int8", "spec.qualityGate.maxInt8AccuracyDrop": 0.02}),
     ),
@@ -594,6 +608,62 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
         True,
     ),
     (
+        "generation-with-distillation",
+        TJ,
+        {
+            "spec.model.task": "text-generation",
+            "spec.distillation": {"teacher": {"manifestUri": "s3://models/t/manifest.json"}},
+        },
+        "spec.distillation",
+        "only for task sequence-classification",
+        True,
+    ),
+    (
+        "generation-with-num-layers",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.model.numLayers": 2},
+        "spec.model.numLayers",
+        "only for task sequence-classification",
+        True,
+    ),
+    ("num-layers-zero", TJ, {"spec.model.numLayers": 0}, "spec.model.numLayers", "at least 1", True),
+    (
+        "teacher-both-refs",
+        TJ,
+        {
+            "spec.distillation": {
+                "teacher": {"trainingJobRef": {"name": "big"}, "manifestUri": "s3://models/t/manifest.json"}
+            }
+        },
+        "spec.distillation.teacher",
+        "exactly one of trainingJobRef and manifestUri",
+        True,
+    ),
+    (
+        "teacher-neither-ref",
+        TJ,
+        {"spec.distillation": {"teacher": {}}},
+        "spec.distillation.teacher",
+        "exactly one of trainingJobRef and manifestUri",
+        True,
+    ),
+    (
+        "distillation-alpha-above-one",
+        TJ,
+        {"spec.distillation": {"teacher": {"trainingJobRef": {"name": "big"}}, "alpha": 1.5}},
+        "spec.distillation.alpha",
+        "at most 1",
+        True,
+    ),
+    (
+        "distillation-temperature-zero",
+        TJ,
+        {"spec.distillation": {"teacher": {"trainingJobRef": {"name": "big"}}, "temperature": 0}},
+        "spec.distillation.temperature",
+        "greater than 0",
+        True,
+    ),
+    (
         "max-new-tokens-zero",
         MD,
         {"spec.generation": {"maxNewTokens": 0}},
@@ -943,6 +1013,59 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "TrainingJob",
             model={"source": "m", "task": "text-generation"},
             data={"train": "t", "validation": "v", "promptField": "q"},
+        ),
+        False,
+    ),
+    # distillation and numLayers are for classification
+    (
+        "TrainingJob",
+        "spec",
+        "distillation is only for task sequence-classification",
+        spec_with("TrainingJob", distillation={"teacher": {"trainingJobRef": {"name": "big"}}}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "distillation is only for task sequence-classification",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            distillation={"teacher": {"trainingJobRef": {"name": "big"}}},
+        ),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "model.numLayers is only for task sequence-classification",
+        spec_with("TrainingJob", model={"source": "m", "numLayers": 3}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "model.numLayers is only for task sequence-classification",
+        spec_with("TrainingJob", model={"source": "m", "task": "text-generation", "numLayers": 3}),
+        False,
+    ),
+    # a teacher is named one way
+    (
+        "TrainingJob",
+        "spec.distillation.teacher",
+        "exactly one of trainingJobRef and manifestUri",
+        spec_with("TrainingJob", distillation={"teacher": {"manifestUri": "s3://models/t/manifest.json"}}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.distillation.teacher",
+        "exactly one of trainingJobRef and manifestUri",
+        spec_with(
+            "TrainingJob",
+            distillation={
+                "teacher": {"trainingJobRef": {"name": "big"}, "manifestUri": "s3://models/t/manifest.json"}
+            },
         ),
         False,
     ),
