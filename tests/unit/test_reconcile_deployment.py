@@ -114,11 +114,50 @@ def test_new_model_rolls_over_and_a_bad_one_leaves_the_old_serving(tmp_path: Pat
     assert d.backend.verbs().count("deploy") == 2
     assert s.phase == "Ready" and cond(s, "Progressing") == ("True", "RollingOut")
     assert s.model == old  # still the old one until the new one runs
-    d.serve("DeployFailed", ready=1)
+    d.serve("DeployFailed", ready=0)  # Serve stopped the old replica first, the new ones fail
+    s = d.step()
+    # Refused: the previous model is deployed again and the status says which run failed and why.
+    assert s.phase == "Degraded" and cond(s, "Progressing") == ("False", "ModelRefused")
+    progressing = find_condition(s.conditions, "Progressing")
+    assert (
+        progressing
+        and progressing.message.startswith("refused sha256:")
+        and "run run-2" in progressing.message
+    )
+    assert "its replicas failed: m" in progressing.message and old.digest in progressing.message
+    assert d.backend.deployed[-1].app_args["digest"] == old.digest and s.model == old
+    assert cond(s, "Ready") == ("False", "RollingBack")
+    assert any(e.type == "Warning" and e.reason == "ModelRefused" for e in d.events)
+    d.serve("Deploying", ready=0)
+    s = d.step()
+    assert s.phase == "Degraded" and cond(s, "Ready") == ("False", "RollingBack") and s.model == old
+    d.serve("Running")  # the old model's replica is back
+    s = d.step()
+    assert s.phase == "Degraded" and cond(s, "Ready") == ("True", "Serving") and s.model == old
+    assert cond(s, "Progressing") == ("False", "ModelRefused")
+    deploys = d.backend.verbs().count("deploy")
+    d.step()
+    assert d.backend.verbs().count("deploy") == deploys  # the refused model is not tried again
+    d.publish("run-3")  # a newer model is tried
+    s = d.step()
+    assert d.backend.deployed[-1].app_args["manifestUri"].endswith("run-3/manifest.json")
+    assert s.phase == "Ready" and cond(s, "Progressing") == ("True", "RollingOut")
+
+
+def test_a_model_rewritten_in_place_cannot_roll_back(tmp_path: Path) -> None:
+    """manifestUri rewritten at the same URI: the old manifest is gone, so nothing to deploy again."""
+    uri = str(tmp_path / "set" / "manifest.json")
+    write_manifest(uri, sample_manifest("run-1"))
+    d = Driver(tmp_path, manifestUri=uri)
+    d.step()
+    d.serve("Running")
+    old = d.step().model
+    write_manifest(uri, sample_manifest("run-2"))
+    d.step()
+    d.serve("DeployFailed", ready=0)
     s = d.step()
     assert s.phase == "Degraded" and cond(s, "Progressing") == ("False", "ModelRolloutFailed")
-    assert cond(s, "Ready") == ("True", "ServingPrevious") and s.model == old
-    assert any(e.type == "Warning" and e.reason == "ModelRolloutFailed" for e in d.events)
+    assert d.backend.deployed[-1].app_args["digest"] != (old.digest if old else None)
 
 
 def test_failure_with_nothing_serving_is_failed(tmp_path: Path) -> None:

@@ -11,12 +11,19 @@
 - *actions*: ``context.Deploy`` / ``Undeploy`` / events, applied by the driver.
 
 ``status.model`` is the model last seen serving: it stays while a newer one
-rolls out, or fails to (Serve keeps the old replicas), so a bad model never
-takes a working endpoint down.
+rolls out. A newer one whose replicas fail (its digest check or its warm-up:
+the Serve application goes DEPLOY_FAILED) is *refused*: Serve's rolling update
+stops old replicas before new ones are up (Ray 2.58 keeps none in reserve), so
+the operator deploys the model that served before again (``_refuse``) and
+records the refusal in the ``Progressing`` condition (reason ``ModelRefused``,
+naming the run, its digest and why). The refused digest is not deployed again
+until the TrainingJob (or ``manifestUri``) names another model or the spec
+changes (a new generation).
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +73,7 @@ class DesiredModel:
     digest: str  # "sha256:<hex>" of the manifest
     variant: str  # resolved: fp32 | int8
     task: str | None = None  # the manifest's task (issue 16: text-generation gets its own replica)
+    run_id: str | None = None  # the manifest's run, to name it in the status
 
 
 @dataclass
@@ -76,6 +84,9 @@ class DeploymentObserved:
     # Why there is no desired model: (reason, message, permanent).
     waiting: tuple[str, str, bool] | None = None
     serving: ServingObservation | None = None
+    # The model status.model names, resolved again while another one is wanted: what a
+    # refused model rolls back to (None: nothing to go back to, e.g. its manifest changed).
+    previous: DesiredModel | None = None
 
 
 def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings) -> ServingWork:
@@ -190,7 +201,28 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
             "spec.artifacts.encryption.keySecret to the Secret holding its key"
         )
         return DeploymentObserved(waiting=(ENCRYPTION_KEY_REQUIRED, message, True))
-    return DeploymentObserved(desired=DesiredModel(manifest_uri, f"sha256:{digest}", variant, manifest.task))
+    desired = DesiredModel(manifest_uri, f"sha256:{digest}", variant, manifest.task, manifest.run_id)
+    return DeploymentObserved(desired=desired, previous=_previous_model(md, ctx, desired))
+
+
+def _previous_model(md: ModelDeployment, ctx: ReconcileContext, desired: DesiredModel) -> DesiredModel | None:
+    """The model ``status.model`` names, while another one is wanted: what a refusal rolls back to.
+
+    Its manifest comes from memory when a TrainingJob pinned it (no store read), else from
+    the store, and only if it still has the digest that served: a manifest rewritten in
+    place (the same manifestUri) cannot be deployed again, the replica would refuse it.
+    """
+    served = md.status.model if md.status else None
+    if served is None or not served.digest or not served.manifest_uri or served.digest == desired.digest:
+        return None
+    try:
+        manifest, digest = _read_manifest(ctx, md, served.manifest_uri, served.digest)
+    except (ManifestError, StoreError):
+        return None
+    if f"sha256:{digest}" != served.digest:
+        return None
+    variant = served.variant or str(md.spec.model.effective_variant)
+    return DesiredModel(served.manifest_uri, served.digest, variant, manifest.task, manifest.run_id)
 
 
 # ------------------------------------------------------------------------ compute
@@ -214,6 +246,16 @@ class DeploymentPass:
         self.obs = observed.serving or ServingObservation(ServingState.ABSENT)
         self.serving_now = previous.model if previous.model and previous.model.digest else None
         self.desired = observed.desired
+        # A model refused before (this generation) is not tried again: the one before it serves.
+        self.refusal = refusal_of(previous, self.gen)
+        self.refused: DesiredModel | None = None
+        if (
+            self.refusal is not None
+            and self.desired is not None
+            and observed.previous is not None
+            and self.refusal[0] == self.desired.digest
+        ):
+            self.refused, self.desired = self.desired, observed.previous
 
     @property
     def rolling(self) -> bool:
@@ -299,6 +341,68 @@ def scaling_status(
     return out
 
 
+# ------------------------------------------------------------------------ refusal
+
+MODEL_REFUSED = "ModelRefused"
+_REFUSED = re.compile(r"^refused (?P<digest>sha256:[0-9a-f]{64}) ")
+
+
+def refusal_message(refused: DesiredModel, why: str, previous: DesiredModel) -> str:
+    """The Progressing condition's message of a refused model; it starts with the refused digest."""
+    run = f"run {refused.run_id}" if refused.run_id else "the model"
+    return (
+        f"refused {refused.digest} ({run}, {refused.manifest_uri}): its replicas failed: {why}; "
+        f"serving the previous model {previous.digest}"
+        + (f" (run {previous.run_id})" if previous.run_id else "")
+        + " again until another model is published or the spec changes"
+    )
+
+
+def refusal_of(status: ModelDeploymentStatus, generation: int) -> tuple[str, str] | None:
+    """(digest, message) of the model this generation refused, from the Progressing condition."""
+    cond = find_condition(status.conditions, COND_PROGRESSING)
+    if cond is None or cond.reason != MODEL_REFUSED or cond.observed_generation != generation:
+        return None
+    match = _REFUSED.match(cond.message or "")
+    return (match.group("digest"), cond.message or "") if match else None
+
+
+def _refuse(p: DeploymentPass, why: str) -> None:
+    """The new model's replicas failed: deploy the one that served before, say why (pure)."""
+    assert p.desired is not None and p.observed.previous is not None
+    previous = p.observed.previous
+    message = refusal_message(p.desired, why, previous)
+    p.actions = [a for a in p.actions if not isinstance(a, Deploy)]  # not the refused one again
+    p.actions.append(Deploy(serving_work(p.md, previous, p.settings)))
+    p.cond(COND_PROGRESSING, False, MODEL_REFUSED, message)
+    ready = (p.obs.ready_replicas or 0) > 0
+    p.cond(
+        COND_READY,
+        ready,
+        "ServingPrevious" if ready else "RollingBack",
+        f"{'serving' if ready else 'starting'} {previous.digest} again",
+    )
+    p.done(DeploymentPhase.DEGRADED, MODEL_REFUSED, message)
+
+
+def _keep_refusal(p: DeploymentPass) -> None:
+    """After the step for the previous model: the refusal stays in the status, the phase Degraded."""
+    assert p.refusal is not None and p.desired is not None
+    p.cond(COND_PROGRESSING, False, MODEL_REFUSED, p.refusal[1])
+    if p.obs.state is not ServingState.RUNNING:
+        # Serve still runs (or fails) the refused model's config, or brings the previous one back.
+        serving = (p.obs.ready_replicas or 0) > 0
+        detail = f": {p.obs.message}" if p.obs.message and not serving else ""
+        p.cond(
+            COND_READY,
+            serving,
+            "ServingPrevious" if serving else "RollingBack",
+            f"{'serving' if serving else 'starting'} {p.desired.digest} again{detail}",
+        )
+        p.s.model = p.serving_now
+    p.s.phase = DeploymentPhase.DEGRADED
+
+
 def compute_deployment_status(
     md: ModelDeployment, observed: DeploymentObserved, now: datetime, settings: Settings
 ) -> tuple[ModelDeploymentStatus, list[Action]]:
@@ -310,6 +414,8 @@ def compute_deployment_status(
     p.s.observed_generation = p.gen
     p.s.backend = Backend(backend_name(md.spec.backend, settings))
     _step_for(p)(p)
+    if p.refused is not None:
+        _keep_refusal(p)
     return p.s, p.actions
 
 
@@ -410,9 +516,15 @@ def _failing(p: DeploymentPass) -> None:
     state = ServingState(p.obs.state)
     reason = "ModelRolloutFailed" if state is ServingState.DEPLOY_FAILED else "Unhealthy"
     message = p.obs.message or f"the Serve application is {state.value}"
+    if p.rolling and state is ServingState.DEPLOY_FAILED and p.observed.previous is not None:
+        _refuse(p, message)
+        return
+    if p.refused is not None:  # rolling back after a refusal: _keep_refusal says how far
+        p.done(DeploymentPhase.DEGRADED, reason, message)
+        return
     p.cond(COND_PROGRESSING, False, reason, message)
     if p.rolling:
-        # Serve keeps the old replicas while new ones fail verification or warm-up.
+        # Nothing to roll back to (the old manifest changed in place): say what still runs.
         serving = p.serving_now.digest if p.serving_now else ""
         p.cond(COND_READY, True, "ServingPrevious", f"still serving {serving}")
         p.done(DeploymentPhase.DEGRADED, reason, f"new model {p.desired.digest} failed: {message}")
