@@ -22,7 +22,8 @@ has no ready replica (a model scaled to zero by ``minReplicas: 0`` is not
 such a model: its request is held, not refused, while Serve starts a
 replica, counted in ``rayrelay_held_requests``), and, with a ``Retry-After`` header, for transient
 server-side trouble (a model's queue full, i.e. Serve's ``BackPressureError``,
-a replica gone, or no model status read yet). Metrics:
+a replica gone, or no model status read yet). A prediction whose replica died while
+answering (``RayActorError``) is sent once more before it becomes such a 503. Metrics:
 ``metrics.GatewayMetrics`` plus the replicas' series at ``GET /metrics``.
 
 A raw Starlette handler (no FastAPI) on purpose: routes like
@@ -328,12 +329,25 @@ class Gateway:
         return await ingress.read_body(request, limits)
 
     async def _predict(self, state: ModelState, texts: list[str]) -> list[protocol.Prediction]:
+        """The replica's predictions; sent once more if the replica died while answering.
+
+        A prediction changes nothing, so a second try is safe: Serve's router sends it to
+        another replica (or holds it while one starts). A second death is answered 503.
+        """
         handle = await self._handle(state)
+        deadline = time.monotonic() + INFER_TIMEOUT_S
         with self.metrics.held(state.name, state.scaled_to_zero):
-            result: list[protocol.Prediction] = await asyncio.wait_for(
-                handle.predict.remote(texts), INFER_TIMEOUT_S
+            try:
+                first: list[protocol.Prediction] = await asyncio.wait_for(
+                    handle.predict.remote(texts), INFER_TIMEOUT_S
+                )
+                return first
+            except ingress.REPLICA_GONE as exc:
+                log.warning("gateway: %s: %s; sending it again", state.name, _describe(exc))
+            again: list[protocol.Prediction] = await asyncio.wait_for(
+                handle.predict.remote(texts), max(0.1, deadline - time.monotonic())
             )
-        return result
+            return again
 
     @staticmethod
     def _require_classifier(state: ModelState, info: dict[str, Any]) -> None:

@@ -9,6 +9,9 @@ gateway (``gateway.py``), which calls the model through a handle. Both answer
 with the same bodies, statuses and error mapping, so they take them from here:
 the JSON and error responses, the bounded body read, and the classification of
 Serve's transient errors (503 with ``Retry-After``) against real faults (500).
+A replica that died while answering (``RayActorError``: SIGKILLed, its node
+gone, out of memory) is transient too: Serve starts another one, and the
+request can be sent again (the gateway does that once itself, ``REPLICA_GONE``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -27,8 +31,10 @@ from rayrelay_workloads.serve.protocol import ProtocolError
 INFER_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 1
 
+# A replica's actor died or cannot be reached (ActorDiedError, ActorUnavailableError).
+REPLICA_GONE = (RayActorError,)
 # Serve errors that mean "the model cannot take this request right now", not a fault.
-TRANSIENT = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+TRANSIENT = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, *REPLICA_GONE)
 
 
 def json_response(status: int, body: dict[str, Any]) -> JSONResponse:
@@ -60,6 +66,10 @@ def transient(exc: BaseException) -> BaseException | None:
 def describe(exc: BaseException) -> str:
     if isinstance(exc, BackPressureError):
         return f"the model is overloaded (its request queue is full); retry later: {exc}"
+    if isinstance(exc, REPLICA_GONE):
+        # Ray's text of a dead actor runs to many lines (its pid, node, exit detail): the first.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"a replica of the model stopped while answering; retry later: {first}"
     message = getattr(exc, "message", None) or str(exc)
     return f"the model is temporarily unavailable; retry later: {message}"
 
