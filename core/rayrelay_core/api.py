@@ -602,6 +602,74 @@ class Distillation(ApiModel):
     )
 
 
+class Pruning(ApiModel):
+    """Structured pruning before export: the least important attention heads and FFN neurons go."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            "double(self.heads) > 0.0 || double(self.ffn) > 0.0",
+            "optimization.pruning removes nothing: set heads or ffn above 0",
+        ),
+    )
+
+    heads: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.9,
+        description=(
+            "Fraction of each layer's attention heads to remove, the least important first (every "
+            "layer keeps the same number, and at least one). Up to 0.9: beyond that too little "
+            "of the model is left for a short recovery to repair."
+        ),
+    )
+    ffn: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.9,
+        description=(
+            "Fraction of each layer's feed-forward (intermediate) neurons to remove, the least "
+            "important first. The Linear layers shrink, so the exported graph is smaller and faster."
+        ),
+    )
+    importance_batches: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description=(
+            "Training batches on which each head's and neuron's importance (|activation x gradient|) "
+            "is summed. 8 batches rank them stably and cost seconds."
+        ),
+    )
+    recovery_steps: int = Field(
+        default=100,
+        ge=0,
+        le=100000,
+        description=(
+            "Fine-tuning steps on the training data after pruning (hyperparameters' batch size and "
+            "learning rate), run where the model is exported. 100 steps recover most of what "
+            "moderate pruning loses at a small share of a training run; 0 skips recovery."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _removes_something(self) -> Pruning:
+        if self.heads <= 0 and self.ffn <= 0:
+            raise RuleError((), "optimization.pruning removes nothing: set heads or ffn above 0")
+        return self
+
+
+class OptimizationSpec(ApiModel):
+    """Compression of the trained model before export (int8 quantisation is export.quantize)."""
+
+    pruning: Pruning | None = Field(
+        default=None,
+        description=(
+            "Remove attention heads and FFN neurons (BERT-family encoders, sequence-classification), "
+            "then fine-tune briefly; off when omitted."
+        ),
+    )
+
+
 class TrainingJobSpec(ApiModel):
     """What to fine-tune, on what, with what, and where the results go."""
 
@@ -646,6 +714,12 @@ class TrainingJobSpec(ApiModel):
             "model.numLayers is only for task sequence-classification",
             ".model.numLayers",
         ),
+        CelRule(
+            "self.model.task != 'text-generation' || !has(self.optimization) || "
+            "!has(self.optimization.pruning)",
+            "optimization.pruning is only for task sequence-classification",
+            ".optimization.pruning",
+        ),
     )
 
     model: ModelSource = Field(description="The base model and task.")
@@ -668,6 +742,10 @@ class TrainingJobSpec(ApiModel):
             "Train the model on a teacher's softened logits as well as the labels "
             "(sequence-classification only); off when omitted."
         ),
+    )
+    optimization: OptimizationSpec | None = Field(
+        default=None,
+        description="Model compression before export (structured pruning); none when omitted.",
     )
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec, description="The artifact store.")
     backend: Backend | None = Field(
@@ -731,6 +809,10 @@ class TrainingJobSpec(ApiModel):
         if generation and self.model.num_layers is not None:
             raise RuleError(
                 ("model", "numLayers"), "model.numLayers is only for task sequence-classification"
+            )
+        if generation and self.optimization is not None and self.optimization.pruning is not None:
+            raise RuleError(
+                ("optimization", "pruning"), "optimization.pruning is only for task sequence-classification"
             )
         return self
 

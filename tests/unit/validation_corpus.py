@@ -152,6 +152,14 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     ("md-generation-limits", mutate(MD, {"spec.generation": {"maxPromptTokens": 256, "maxNewTokens": 64}})),
+    (
+        "tj-pruning",
+        mutate(TJ, {"spec.optimization": {"pruning": {"heads": 0.25, "ffn": 0.5, "recoverySteps": 50}}}),
+    ),
+    (
+        "tj-pruning-ffn-only-integer-heads",
+        mutate(TJ, {"spec.optimization.pruning": {"heads": 0, "ffn": 0.3}}),
+    ),
 ]
 
 
@@ -679,6 +687,46 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
         "must be rayrelay.dev/v1alpha1",
         False,
     ),
+    (
+        "pruning-heads-above-0.9",
+        TJ,
+        {"spec.optimization.pruning": {"heads": 0.95}},
+        "spec.optimization.pruning.heads",
+        "at most 0.9",
+        True,
+    ),
+    (
+        "pruning-ffn-negative",
+        TJ,
+        {"spec.optimization.pruning": {"ffn": -0.1}},
+        "spec.optimization.pruning.ffn",
+        "at least 0",
+        True,
+    ),
+    (
+        "pruning-removes-nothing",
+        TJ,
+        {"spec.optimization.pruning": {"heads": 0, "ffn": 0}},
+        "spec.optimization.pruning",
+        "removes nothing",
+        True,
+    ),
+    (
+        "pruning-unknown-field",
+        TJ,
+        {"spec.optimization.pruning": {"heads": 0.5, "layers": 0.5}},
+        "spec.optimization.pruning.layers",
+        "unknown field",
+        True,
+    ),
+    (
+        "pruning-for-text-generation",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.optimization.pruning": {"heads": 0.5}},
+        "spec.optimization.pruning",
+        "only for task sequence-classification",
+        True,
+    ),
     ("missing-api-version", MD, {"apiVersion": DELETE}, "apiVersion", "field required", False),
     ("unknown-kind", TJ, {"kind": "TrainJob"}, "kind", "unknown kind 'TrainJob'", False),
     ("missing-name", TJ, {"metadata.name": DELETE}, "metadata.name", "field required", False),
@@ -1066,6 +1114,39 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
             distillation={
                 "teacher": {"trainingJobRef": {"name": "big"}, "manifestUri": "s3://models/t/manifest.json"}
             },
+        ),
+        False,
+    ),
+    # pruning removes something, and only for classification
+    (
+        "TrainingJob",
+        "spec.optimization.pruning",
+        "removes nothing",
+        spec_with("TrainingJob", optimization={"pruning": {"ffn": 0.5}}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec.optimization.pruning",
+        "removes nothing",
+        spec_with("TrainingJob", optimization={"pruning": {"heads": 0, "ffn": 0.0}}),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "optimization.pruning is only for task sequence-classification",
+        spec_with("TrainingJob", optimization={"pruning": {"heads": 0.5}}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "optimization.pruning is only for task sequence-classification",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            optimization={"pruning": {"heads": 0.5}},
         ),
         False,
     ),
