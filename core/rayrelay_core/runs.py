@@ -140,6 +140,17 @@ def publish_rel(publish_id: str) -> str:
     return f"published/{publish_id}"
 
 
+class TeacherLineage(Doc):
+    """The teacher of a distilled run (spec.distillation): which published run, which bytes."""
+
+    manifest_uri: str
+    digest: str = Field(description="sha256:<hex> of the teacher's manifest.json.")
+    run_id: str | None = Field(default=None, description="The teacher's run id (its manifest's runId).")
+    training_job: str | None = Field(
+        default=None, description="The teacher TrainingJob's name, when named by trainingJobRef."
+    )
+
+
 class JobDocument(Doc):
     """Everything the training entrypoint needs, passed by the control plane."""
 
@@ -152,6 +163,9 @@ class JobDocument(Doc):
     attempt: int = 1
     spec: TrainingJobSpec
     endpoint_url: str | None = None
+    # spec.distillation.teacher.trainingJobRef, resolved by the control plane to the teacher
+    # TrainingJob's published manifest and its digest (the workloads cannot look it up).
+    teacher: TeacherLineage | None = None
     # No "resume point" field: an attempt resumes from its own run folder's latest
     # checkpoint (same run id, same Ray Train run name), so the submitter has nothing
     # to pass. Unknown keys are ignored (``Doc``), so a submitter that still sends
@@ -247,6 +261,32 @@ class Lineage(Doc):
     data: list[DataLineage] = Field(default_factory=list)
     base_model: str
     package_version: str
+    teacher: TeacherLineage | None = Field(
+        default=None, description="spec.distillation: the teacher's run and manifest digest."
+    )
+
+
+class PruningInfo(Doc):
+    """What spec.optimization.pruning removed before export (rayrelay_workloads.prune)."""
+
+    heads_fraction: float
+    ffn_fraction: float
+    heads_per_layer_before: int
+    heads_per_layer_after: int
+    heads_kept: list[list[int]] = Field(description="Per layer, the original indices of the heads kept.")
+    ffn_per_layer_before: int
+    ffn_per_layer_after: int
+    parameters_before: int
+    parameters_after: int
+    importance: str = Field(default="|activation x gradient|", description="How units were ranked.")
+    importance_batches: int
+    recovery_steps: int
+    accuracy_unpruned: float | None = Field(
+        default=None, description="Validation accuracy (PyTorch) of the trained model before pruning."
+    )
+    accuracy_before_recovery: float | None = None
+    accuracy_after_recovery: float | None = None
+    seconds: float | None = None
 
 
 class Manifest(Doc):
@@ -279,6 +319,9 @@ class Manifest(Doc):
     metrics: dict[str, float] = Field(default_factory=dict)
     encryption: EncryptionInfo | None = Field(
         default=None, description="Set when every file is encrypted (serving needs the key)."
+    )
+    pruning: PruningInfo | None = Field(
+        default=None, description="Set when spec.optimization.pruning made the model smaller before export."
     )
 
     def file(self, path: str) -> FileEntry:

@@ -1,11 +1,14 @@
-"""The whole TrainingJob run: train -> export -> optimise -> quantise -> gate -> publish.
+"""The whole TrainingJob run: train -> [prune] -> export -> optimise -> quantise -> gate -> publish.
 
 ``train_job.py`` (the entrypoint the operator's backends launch as a Ray job
 driver) and the tests call :func:`run_pipeline`. It writes the stage
 transitions to ``progress.json`` (``progress.py``) and, on any failure, a
 ``failure.json`` (``rayrelay_core.runs.FailureDoc``) with a CamelCase reason
 before re-raising. Checkpoints are never deleted here, so a later attempt can
-resume from them.
+resume from them. With ``spec.optimization.pruning`` the ``Pruning`` stage
+(``prune.py``) makes the best checkpoint smaller before export, and everything
+after it (parity, the quality gate, the manifest's variants) is about the
+pruned model.
 """
 
 from __future__ import annotations
@@ -15,24 +18,35 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from rayrelay_core.runs import FailureDoc, JobDocument, Manifest, RunLayout
+from rayrelay_core.api import Pruning
+from rayrelay_core.runs import FailureDoc, JobDocument, Manifest, PruningInfo, RunLayout
 from rayrelay_core.store import StoreError, open_store
-from rayrelay_workloads.data import DataError, load_data
+from rayrelay_workloads.data import DataError, LoadedData, load_data
+from rayrelay_workloads.distill import DistillationError, resolve_teacher
 from rayrelay_workloads.envelope import EnvelopeError, key_from_env
 from rayrelay_workloads.export import export_all
 from rayrelay_workloads.export_checks import ParityError
-from rayrelay_workloads.modeling import ModelSourceError, resolve_source
+from rayrelay_workloads.modeling import ModelSourceError, check_num_layers, resolve_source
 from rayrelay_workloads.progress import ProgressWriter
+from rayrelay_workloads.prune import (
+    PruneSettings,
+    PruningError,
+    check_prunable,
+    manifest_info,
+    prune_checkpoint,
+)
 from rayrelay_workloads.publish import publish
 from rayrelay_workloads.quality import QualityGateError, check_min_accuracy, int8_decision
-from rayrelay_workloads.train import METRIC, TrainingError, run_training
+from rayrelay_workloads.train import METRIC, TrainingError, TrainResult, run_training
 
 # (exception type, condition reason, worth retrying) — first match wins.
 FAILURE_REASONS: list[tuple[type[BaseException], str, bool]] = [
     (DataError, "InvalidData", False),
+    (DistillationError, "InvalidTeacher", False),
     (EnvelopeError, "EncryptionKeyInvalid", False),
     (ModelSourceError, "InvalidModel", False),
     (ParityError, "ParityFailed", False),
+    (PruningError, "PruningFailed", False),
     (QualityGateError, "QualityGateFailed", False),
     (StoreError, "StorageError", True),
     (TrainingError, "TrainingFailed", True),
@@ -86,14 +100,34 @@ def run_pipeline(
         )
         # Resolve once on the driver too: a bad source fails here, not in every worker.
         tokenizer_source = resolve_source(spec.model.source, job.endpoint_url, str(scratch / "base-model"))
+        check_num_layers(tokenizer_source, spec.model.num_layers)
+        if spec.distillation is not None:  # the teacher's manifest, digest and labels, checked once
+            teacher = resolve_teacher(job, data.labels)
+            job = job.model_copy(update={"teacher": teacher})
+            say(f"teacher: run {teacher.run_id} at {teacher.manifest_uri} ({teacher.digest})")
+        pruning_spec = spec.optimization.pruning if spec.optimization is not None else None
+        if pruning_spec is not None:
+            check_prunable(tokenizer_source)  # a model pruning cannot handle fails now, not after training
         trained = run_training(job, data.labels, str(scratch))
         say(f"training done: best {trained.checkpoint_uri} ({METRIC} {trained.metrics.get(METRIC)})")
         if trained.metrics.get(METRIC) is not None:
             check_min_accuracy(spec.quality_gate, float(trained.metrics[METRIC]))
 
+        checkpoint_dir, pruning = trained.checkpoint_dir, None
+        if pruning_spec is not None:
+            checkpoint_dir, pruning = _prune(
+                job, progress, trained, pruning_spec, tokenizer_source, data, scratch
+            )
+            say(
+                f"pruning: heads {pruning.heads_per_layer_before}->{pruning.heads_per_layer_after}, "
+                f"ffn {pruning.ffn_per_layer_before}->{pruning.ffn_per_layer_after} per layer, "
+                f"parameters {pruning.parameters_before}->{pruning.parameters_after}, "
+                f"accuracy {pruning.accuracy_before_recovery} -> {pruning.accuracy_after_recovery} after recovery"
+            )
+
         progress.stage("Exporting", f"exporting {trained.checkpoint_uri}")
         result = export_all(
-            trained.checkpoint_dir,
+            checkpoint_dir,
             tokenizer_source,
             scratch / "out",
             spec.export,
@@ -108,7 +142,7 @@ def run_pipeline(
         check_min_accuracy(spec.quality_gate, result.accuracy["pytorch"])
         decision = int8_decision(spec.quality_gate, result.accuracy["fp32"], result.accuracy.get("int8"))
         progress.stage("Publishing")
-        manifest, uri = publish(job, result, data, decision)
+        manifest, uri = publish(job, result, data, decision, pruning=pruning)
         progress.stage("Succeeded", f"manifest at {uri}")
         say(f"published {uri} (recommended variant {manifest.recommended_variant})")
         return manifest
@@ -117,6 +151,37 @@ def run_pipeline(
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _record_failure(layout, job, progress, reason, message, retryable, say)
         raise PipelineError(reason, message, retryable) from exc
+
+
+def _prune(
+    job: JobDocument,
+    progress: ProgressWriter,
+    trained: TrainResult,
+    settings: Pruning,
+    tokenizer_source: str,
+    data: LoadedData,
+    scratch: Path,
+) -> tuple[str, PruningInfo]:
+    """The Pruning stage: score, slice, recover (on this process, see prune.py); the pruned checkpoint."""
+    spec = job.spec
+    progress.stage(
+        "Pruning",
+        f"removing {settings.heads:g} of the heads and {settings.ffn:g} of the FFN neurons, "
+        f"then {settings.recovery_steps} recovery steps",
+    )
+    out, report = prune_checkpoint(
+        trained.checkpoint_dir,
+        tokenizer_source,
+        scratch / "pruned",
+        PruneSettings(settings.heads, settings.ffn, settings.importance_batches, settings.recovery_steps),
+        data.train.examples,
+        data.validation.examples,
+        data.labels,
+        spec.hyperparameters.model_dump(),
+        threads=max(1, int(spec.resources.cpus_per_worker)),
+    )
+    unpruned = trained.metrics.get(METRIC)
+    return str(out), manifest_info(report, float(unpruned) if unpruned is not None else None)
 
 
 def _record_failure(

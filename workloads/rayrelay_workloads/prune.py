@@ -426,3 +426,25 @@ def prune_checkpoint(
     out = Path(out_dir)
     model.save_pretrained(out / "model")
     return out, report
+
+
+def check_prunable(model_path: str) -> None:
+    """PruningError now (before training) when ``model_path`` is not a BERT-family encoder.
+
+    The model is built on the meta device from its config: no weights are read.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    encoder_layers(model)
+
+
+def manifest_info(report: PruningReport, accuracy_unpruned: float | None) -> Any:
+    """The manifest's record of ``report`` (``rayrelay_core.runs.PruningInfo``)."""
+    from rayrelay_core.runs import PruningInfo
+
+    fields = {k: v for k, v in vars(report).items() if k != "recovery_losses"}
+    return PruningInfo(**fields, accuracy_unpruned=accuracy_unpruned)

@@ -41,6 +41,7 @@ from rayrelay_core.runs import (
     Lineage,
     Manifest,
     Parity,
+    PruningInfo,
     RunLayout,
     TokenizerInfo,
     VariantInfo,
@@ -63,7 +64,8 @@ def package_version() -> str:
 
 
 def lineage_of(job: JobDocument, data: Any) -> Lineage:
-    """Where an artifact set came from: the TrainingJob, its data files (with sha256), the code."""
+    """Where an artifact set came from: the TrainingJob, its data files (with sha256), the code,
+    and with ``spec.distillation`` the teacher's run and manifest digest."""
     return Lineage(
         training_job_uid=job.uid,
         namespace=job.namespace,
@@ -76,6 +78,7 @@ def lineage_of(job: JobDocument, data: Any) -> Lineage:
         ],
         base_model=job.spec.model.source,
         package_version=package_version(),
+        teacher=job.teacher if job.spec.distillation is not None else None,
     )
 
 
@@ -159,6 +162,7 @@ def publish(
     decision: Int8Decision,
     token: str | None = None,
     environ: dict[str, str] | None = None,
+    pruning: PruningInfo | None = None,
 ) -> tuple[Manifest, str]:
     """Upload the artifact files into a new publication folder, then the manifest.
 
@@ -198,6 +202,7 @@ def publish(
             shutil.rmtree(sealed_dir, ignore_errors=True)
     manifest = build_manifest(job, result, data, decision, files, root)
     manifest.encryption = info
+    manifest.pruning = pruning  # spec.optimization.pruning's record (prune.py), None without it
     store.write_bytes(layout.manifest, manifest.to_json().encode())
     return manifest, layout.manifest
 
