@@ -828,7 +828,11 @@ class TrainingJobRef(ApiModel):
     )
     variant: Variant = Field(
         default=Variant.AUTO,
-        description="auto = int8 when its quality gate passed, else fp32; or force one.",
+        description=(
+            "auto (the default) = the fastest variant that passed its quality gate, timed by each "
+            "replica on its own CPU/GPU at start (int8's gain depends on the CPU; on a GPU fp32 "
+            "runs on the CUDA provider); or force fp32 or int8, never timed."
+        ),
     )
 
 
@@ -857,7 +861,11 @@ class ModelRef(ApiModel):
         description="URI of a published manifest.json (s3://..., file://... or a path).",
     )
     variant: Variant | None = Field(
-        default=None, description="Variant to serve from manifestUri (default auto)."
+        default=None,
+        description=(
+            "Variant to serve from manifestUri (default auto: the fastest accepted one, timed by "
+            "each replica on its own hardware; as trainingJobRef.variant)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -1094,7 +1102,10 @@ class ArtifactsStatus(ApiModel):
     manifest_uri: str | None = Field(default=None, description="URI of manifest.json.")
     models: dict[str, str] = Field(default_factory=dict, description="Variant name to model URI.")
     digest: str | None = Field(default=None, description="sha256 of the manifest.")
-    recommended_variant: str | None = Field(default=None, description="Variant that auto serves.")
+    recommended_variant: str | None = Field(
+        default=None,
+        description="The run's recommendation (int8 when accepted); auto replicas start with it, then time.",
+    )
 
 
 class RayJobRef(ApiModel):
@@ -1135,7 +1146,25 @@ class ServedModel(ApiModel):
 
     manifest_uri: str | None = Field(default=None, description="Manifest served.")
     digest: str | None = Field(default=None, description="sha256 of that manifest.")
-    variant: str | None = Field(default=None, description="fp32 or int8.")
+    variant: str | None = Field(
+        default=None,
+        description=(
+            "fp32 or int8: what a replica reports it serves (with auto, the fastest it timed); "
+            "the manifest's recommendation until one reports (and on the kuberay backend)."
+        ),
+    )
+    variant_reason: str | None = Field(
+        default=None,
+        description="Why: forced by the spec, or auto's per-batch timings on the replica's CPU/GPU.",
+    )
+    instruction_set: str | None = Field(
+        default=None,
+        description="The replica's CPU vector instruction set (amx, avx512_vnni, avx_vnni, avx512, avx2): int8's gain depends on it.",
+    )
+    variant_timings_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="auto: milliseconds per timing batch of each accepted variant, measured by the replica.",
+    )
 
 
 class ScalingStatus(ApiModel):
