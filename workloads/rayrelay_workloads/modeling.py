@@ -110,11 +110,44 @@ def load_tokenizer(path: str) -> Any:
         raise ModelSourceError(f"cannot load a tokenizer from {path!r}: {exc}") from exc
 
 
-def load_model(path: str, labels: list[str]) -> Any:
-    """A sequence-classification model with a fresh head for ``labels``."""
+def layer_count(path: str) -> int:
+    """How many encoder layers the model at ``path`` has (its config's num_hidden_layers)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"cannot read the model config of {path!r}: {exc}") from exc
+    count = getattr(config, "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise ModelSourceError(
+            f"model.numLayers: the config of {path!r} ({config.model_type}) does not say how many layers it has"
+        )
+    return count
+
+
+def check_num_layers(path: str, num_layers: int | None) -> None:
+    """Refuse a ``model.numLayers`` above what the model at ``path`` has (None: keep all)."""
+    if num_layers is None:
+        return
+    count = layer_count(path)
+    if num_layers > count:
+        raise ModelSourceError(
+            f"spec.model.numLayers: {num_layers} is more than the {count} layers of the base model {path!r}"
+        )
+
+
+def load_model(path: str, labels: list[str], num_layers: int | None = None) -> Any:
+    """A sequence-classification model with a fresh head for ``labels``.
+
+    ``num_layers`` (``spec.model.numLayers``) keeps the first N encoder layers: the config
+    says N, so only the weights of layers 0..N-1 are loaded and the rest are never built.
+    """
     from transformers import AutoModelForSequenceClassification
 
+    check_num_layers(path, num_layers)
     id2label = dict(enumerate(labels))
+    extra: dict[str, Any] = {"num_hidden_layers": num_layers} if num_layers is not None else {}
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             path,
@@ -123,6 +156,7 @@ def load_model(path: str, labels: list[str]) -> Any:
             label2id={v: k for k, v in id2label.items()},
             # A base model's head (if any) has another shape; it is replaced, not loaded.
             ignore_mismatched_sizes=True,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load a sequence-classification model from {path!r}: {exc}") from exc

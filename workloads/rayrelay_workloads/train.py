@@ -101,8 +101,16 @@ def base_loop_config(job: JobDocument) -> dict[str, Any]:
 
 
 def build_config(job: JobDocument, labels: list[str]) -> dict[str, Any]:
-    """The classification loop's config: the shared one and the label names."""
-    return {**base_loop_config(job), "labels": labels}
+    """The classification loop's config: the shared one, the label names, the student's layer
+    count (``model.numLayers``) and the resolved teacher (``distill.loop_config``)."""
+    from rayrelay_workloads.distill import loop_config
+
+    return {
+        **base_loop_config(job),
+        "labels": labels,
+        "num_layers": job.spec.model.num_layers,
+        "distillation": loop_config(job),
+    }
 
 
 def run_training(job: JobDocument, labels: list[str], scratch_dir: str) -> TrainResult:

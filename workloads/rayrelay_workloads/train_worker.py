@@ -73,6 +73,8 @@ class Worker:
     val_rows: list[Example]
     label_ids: dict[str, int]
     opt: Optimization
+    # spec.distillation: the teacher's logits of each training row (train_rows' order), scored once.
+    teacher_logits: Any = None
 
     @property
     def batch_size(self) -> int:
@@ -100,6 +102,29 @@ class Worker:
         import torch
 
         return torch.tensor([self.label_ids[r.label] for r in rows], device=self.device)
+
+    def step(self, indices: Any) -> float:
+        """One optimizer step on the training rows at ``indices`` (an index array): cross-entropy, or with a
+        teacher the distillation loss (``distill.distill_step``); the batch's loss."""
+        rows = [self.train_rows[i] for i in indices]
+        inputs, target = self.encode(rows), self.target(rows)
+        distillation = self.config.get("distillation")
+        if self.teacher_logits is None or not distillation:
+            return train_step(self.model, self.opt, inputs, target)
+        import torch
+
+        from rayrelay_workloads.distill import distill_step
+
+        teacher = torch.from_numpy(self.teacher_logits[list(indices)])
+        return distill_step(
+            self.model,
+            self.opt,
+            inputs,
+            target,
+            teacher,
+            float(distillation["temperature"]),
+            float(distillation["alpha"]),
+        )
 
 
 # ------------------------------------------------------------------ set-up
@@ -139,7 +164,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     labels: list[str] = config["labels"]
     model_path = resolve_source(config["source"], config["endpoint_url"])
     train_rows, val_rows = load_rows(config, rank, world)
-    model = ray.train.torch.prepare_model(load_model(model_path, labels))
+    model = ray.train.torch.prepare_model(load_model(model_path, labels, config.get("num_layers")))
     raw_model = model.module if hasattr(model, "module") else model
     total = steps_per_epoch(len(train_rows), int(config["hp"]["batch_size"])) * int(config["hp"]["epochs"])
     return Worker(
@@ -154,7 +179,23 @@ def setup_worker(config: dict[str, Any]) -> Worker:
         val_rows=val_rows,
         label_ids={name: i for i, name in enumerate(labels)},
         opt=build_optimization(raw_model, config["hp"], total, device.type, config["precision"]),
+        teacher_logits=score_teacher(config, train_rows, labels, rank),
     )
+
+
+def score_teacher(config: dict[str, Any], rows: list[Example], labels: list[str], rank: int) -> Any:
+    """With ``spec.distillation``: the teacher's logits of this worker's training rows (else None)."""
+    teacher = config.get("distillation")
+    if not teacher:
+        return None
+    from rayrelay_workloads.distill import score_shard
+
+    logits, seconds = score_shard(
+        teacher, [r.text for r in rows], labels, config["endpoint_url"], int(config["cpus_per_worker"])
+    )
+    if rank == 0:
+        print(f"[rayrelay] teacher logits of {len(rows)} training rows in {seconds:.2f}s", flush=True)
+    return logits
 
 
 def restore(worker: Worker) -> tuple[Position, str]:
@@ -357,10 +398,9 @@ def run_steps(worker: Worker, start: Position, log: RankZeroLog | None, fault_at
     for position, indices in plan:
         if fault_at is not None and position.step == fault_at:
             raise RuntimeError(f"injected fault before step {fault_at} ({FAULT_ENV} test hook)")
-        rows = [worker.train_rows[i] for i in indices]
-        loss = train_step(worker.model, worker.opt, worker.encode(rows), worker.target(rows))
+        loss = worker.step(indices)
         if log:
-            log.stepped(position, loss, len(rows))
+            log.stepped(position, loss, len(indices))
         epoch_end = position.batch == 0
         if checkpoint_due(position.step, int(config["every_n_steps"]), epoch_end):
             checkpoint = save_and_report(worker, position, loss, log.recorder.store if log else None)

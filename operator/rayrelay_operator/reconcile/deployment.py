@@ -117,7 +117,7 @@ def serving_work_without_model(md: ModelDeployment, settings: Settings) -> Servi
     return serving_work(md, desired, settings)
 
 
-def _waiting_for(ref_name: str, tj: Mapping[str, Any] | None) -> tuple[str, str, bool] | None:
+def waiting_for_trainingjob(ref_name: str, tj: Mapping[str, Any] | None) -> tuple[str, str, bool] | None:
     """Why the referenced TrainingJob gives no model yet, or None when it has one."""
     if tj is None:
         return ("TrainingJobNotFound", f"TrainingJob {ref_name} not found", False)
@@ -169,7 +169,7 @@ def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObser
     pinned: str | None = None  # the digest the TrainingJob recorded when it verified its run
     if ref is not None:
         tj = ctx.get_trainingjob(ns, ref.name) if ctx.get_trainingjob else None
-        waiting = _waiting_for(ref.name, tj)
+        waiting = waiting_for_trainingjob(ref.name, tj)
         if waiting is not None:
             return DeploymentObserved(waiting=waiting)
         assert tj is not None

@@ -51,6 +51,7 @@ from rayrelay_core.runs import (
     ManifestError,
     ProgressDoc,
     RunLayout,
+    TeacherLineage,
     read_doc,
     read_manifest,
     run_id_for,
@@ -84,6 +85,7 @@ from rayrelay_operator.reconcile.status import (
 from rayrelay_operator.settings import Settings
 from rayrelay_operator.work import TrainingObservation, TrainingWork, WorkState
 
+WAITING_FOR_TEACHER = "WaitingForTeacher"
 # Observation reasons that mean "this attempt is dead" even if a state says otherwise.
 _ATTEMPT_KILLERS = frozenset({"DriverDied", "StuckInitializing"})
 
@@ -119,6 +121,9 @@ class TrainingObserved:
 
     work: TrainingObservation | None = None  # None: nothing submitted/observed this pass
     docs: RunDocs = field(default_factory=RunDocs)
+    # spec.distillation.teacher.trainingJobRef: the teacher's published manifest, or why not yet.
+    teacher: TeacherLineage | None = None
+    teacher_waiting: str | None = None
 
 
 def observe_run(store: Store, layout: RunLayout) -> RunDocs:
@@ -150,8 +155,11 @@ def run_layout_for(tj: TrainingJob, settings: Settings) -> RunLayout:
     return RunLayout.for_job(uri, tj.metadata.namespace or "default", tj.metadata.name, run_id_for(tj.spec))
 
 
-def training_work(tj: TrainingJob, settings: Settings, generation: int, attempt: int) -> TrainingWork:
-    """The deterministic submission of one attempt of one generation (pure)."""
+def training_work(
+    tj: TrainingJob, settings: Settings, generation: int, attempt: int, teacher: TeacherLineage | None = None
+) -> TrainingWork:
+    """The deterministic submission of one attempt of one generation (pure); ``teacher``: the
+    resolved ``spec.distillation.teacher.trainingJobRef``."""
     ns = tj.metadata.namespace or "default"
     layout = run_layout_for(tj, settings)
     job = JobDocument(
@@ -164,6 +172,7 @@ def training_work(tj: TrainingJob, settings: Settings, generation: int, attempt:
         attempt=attempt,
         spec=tj.spec,
         endpoint_url=tj.spec.artifacts.endpoint_url or settings.s3_endpoint_url,
+        teacher=teacher,
     )
     return TrainingWork(
         submission_id=naming.training_submission_id(ns, tj.metadata.name, generation, attempt),
@@ -174,18 +183,49 @@ def training_work(tj: TrainingJob, settings: Settings, generation: int, attempt:
     )
 
 
-def recorded_work(tj: TrainingJob, ref: RayJobRef, attempt: int, settings: Settings) -> TrainingWork:
+def recorded_work(
+    tj: TrainingJob, ref: RayJobRef, attempt: int, settings: Settings, teacher: TeacherLineage | None = None
+) -> TrainingWork:
     """The submission a status recorded (its names may predate this generation)."""
-    work = training_work(tj, settings, tj.metadata.generation or 1, max(attempt, 1))
+    work = training_work(tj, settings, tj.metadata.generation or 1, max(attempt, 1), teacher)
     return dataclasses.replace(work, submission_id=ref.job_id or "", child_name=ref.name or ref.job_id or "")
 
 
-def current_work(tj: TrainingJob, previous: TrainingJobStatus, settings: Settings) -> TrainingWork | None:
+def current_work(
+    tj: TrainingJob, previous: TrainingJobStatus, settings: Settings, teacher: TeacherLineage | None = None
+) -> TrainingWork | None:
     """The submission recorded in the status for this run, or None (pure)."""
     ref = previous.ray_job
     if ref is None or not ref.job_id or previous.run_id != run_id_for(tj.spec):
         return None
-    return recorded_work(tj, ref, previous.attempt, settings)
+    return recorded_work(tj, ref, previous.attempt, settings, teacher)
+
+
+def observe_teacher(tj: TrainingJob, ctx: ReconcileContext) -> tuple[TeacherLineage | None, str | None]:
+    """The published manifest of ``spec.distillation.teacher.trainingJobRef`` (its TrainingJob's
+    status, as a ModelDeployment resolves one), or why there is none yet; (None, None) without one."""
+    from rayrelay_operator.reconcile.deployment import waiting_for_trainingjob
+
+    distillation = tj.spec.distillation
+    ref = distillation.teacher.training_job_ref if distillation is not None else None
+    if ref is None:
+        return None, None
+    teacher = (
+        ctx.get_trainingjob(tj.metadata.namespace or "default", ref.name) if ctx.get_trainingjob else None
+    )
+    waiting = waiting_for_trainingjob(ref.name, teacher)
+    if waiting is not None:
+        return None, f"teacher: {waiting[1]}"
+    assert teacher is not None
+    status = previous_status(teacher, TrainingJobStatus)
+    assert status.artifacts is not None and status.artifacts.manifest_uri is not None
+    lineage = TeacherLineage(
+        manifest_uri=status.artifacts.manifest_uri,
+        digest=status.artifacts.digest or "",
+        run_id=status.run_id,
+        training_job=ref.name,
+    )
+    return lineage, None
 
 
 def observe_trainingjob(
@@ -197,10 +237,11 @@ def observe_trainingjob(
     same_run = previous.run_id in (None, run_id_for(tj.spec))
     if phase in TERMINAL_TRAINING and same_run:
         return observed  # only the ttl is left to watch, and it needs no I/O
+    observed.teacher, observed.teacher_waiting = observe_teacher(tj, ctx)
     layout = run_layout_for(tj, ctx.settings)
     store = ctx.store_for(layout.base, tj.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
     observed.docs = observe_run(store, layout)
-    work = current_work(tj, previous, ctx.settings)
+    work = current_work(tj, previous, ctx.settings, observed.teacher)
     backing_off = previous.next_attempt_time is not None  # the recorded work has failed
     if work is not None and phase is not TrainingPhase.SUSPENDED and same_run and not backing_off:
         observed.work = backend.observe_training(work)
@@ -226,7 +267,8 @@ class TrainingPass:
         self.actions: list[Action] = []
         self.docs = observed.docs
         self.obs = observed.work or TrainingObservation(WorkState.ABSENT)
-        self.work = current_work(tj, previous, settings)
+        self.teacher, self.teacher_waiting = observed.teacher, observed.teacher_waiting
+        self.work = current_work(tj, previous, settings, self.teacher)
         self.backend = backend_name(tj.spec.backend, settings)
 
     @property
@@ -252,7 +294,7 @@ class TrainingPass:
 
     def submit(self, attempt: int, reason: str) -> None:
         """Submit ``attempt`` under this generation's names and record it."""
-        work = training_work(self.tj, self.settings, self.gen, attempt)
+        work = training_work(self.tj, self.settings, self.gen, attempt, self.teacher)
         self.actions.append(Submit(work))
         s = self.s
         s.attempt = attempt
@@ -325,7 +367,7 @@ def _step_for(p: TrainingPass) -> Callable[[TrainingPass], None]:
     if p.s.next_attempt_time is not None:
         return _backing_off
     if p.work is None:
-        return _submit_first
+        return _wait_for_teacher if p.teacher_waiting else _submit_first
     return _attempt
 
 
@@ -419,6 +461,16 @@ def _backing_off(p: TrainingPass) -> None:
 
 def _submit_first(p: TrainingPass) -> None:
     p.submit(max(p.s.attempt, 1), "Submitted")
+
+
+def _wait_for_teacher(p: TrainingPass) -> None:
+    """Distillation from a TrainingJob that has not published yet: nothing to submit, not a failure."""
+    message = p.teacher_waiting or "waiting for the teacher"
+    running = find_condition(p.s.conditions, COND_RUNNING)
+    if running is None or running.reason != WAITING_FOR_TEACHER:
+        p.event("Normal", WAITING_FOR_TEACHER, message)
+    p.s.phase = TrainingPhase.PENDING
+    p.cond(COND_RUNNING, False, WAITING_FOR_TEACHER, message)
 
 
 def _attempt(p: TrainingPass) -> None:
