@@ -16,6 +16,7 @@ from typing import Any
 
 from rayrelay_core.api import ModelDeploymentSpec
 from rayrelay_core.runs import JobDocument
+from rayrelay_core.variants import VariantChoice
 
 
 class WorkState(str, enum.Enum):
@@ -101,3 +102,4 @@ class ServingObservation:
     serving_args: dict[str, Any] | None = None  # the args of the version that serves now
     target_replicas: int | None = None  # what the autoscaler wants now (None: not reported)
     ongoing_requests: float | None = None  # in flight or queued across the replicas, when known
+    variant: VariantChoice | None = None  # what a running replica serves and why, when it reports it

@@ -40,6 +40,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from rayrelay_core import variants
 from rayrelay_core.runs import ENCRYPTION_KEY_ENV
 from rayrelay_operator import naming
 from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
@@ -57,7 +58,8 @@ log = logging.getLogger(__name__)
 
 GATEWAY_APP = "rayrelay-gateway"
 MODEL_DEPLOYMENT = "ModelServer"
-# The gateway's /metrics is read for the replicas' ongoing requests (status.scaling): best effort.
+# The gateway's /metrics is read for the replicas' ongoing requests (status.scaling) and the
+# variant they serve (status.model): best effort.
 METRICS_TIMEOUT_S = 3.0
 # Serve applications whose import path starts with this belong to rayrelay; the
 # shared gateway is removed only when none of them is left.
@@ -287,6 +289,40 @@ def ongoing_requests(metrics_text: str, model: str) -> float | None:
     except ValueError:  # not an exposition (an error page): unknown
         return None
     return total
+
+
+def served_variant(metrics_text: str, model: str) -> variants.VariantChoice | None:
+    """The variant a replica of ``model`` reports on /metrics (``rayrelay_core.variants``), or None.
+
+    With several replicas in the scrape, the first one's (each chose on its own hardware)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    info: dict[str, str] | None = None
+    timings: dict[str, dict[str, float]] = {}
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            for sample in family.samples:
+                labels = sample.labels
+                if labels.get("model") != model:
+                    continue
+                if sample.name == variants.INFO_METRIC and info is None and sample.value == 1:
+                    info = dict(labels)
+                elif sample.name == variants.TIMING_METRIC:
+                    by_variant = timings.setdefault(labels.get("replica", ""), {})
+                    by_variant[labels.get("variant", "")] = float(sample.value)
+    except ValueError:  # not an exposition (an error page): unknown
+        return None
+    if info is None or not info.get("variant"):
+        return None
+    batch = info.get("batch", "0")
+    return variants.VariantChoice(
+        requested=info.get("requested", ""),
+        variant=info["variant"],
+        isa=info.get("isa", ""),
+        provider=info.get("provider", ""),
+        batch=int(batch) if batch.isdigit() else 0,
+        timings_s=timings.get(info.get("replica", ""), {}),
+    )
 
 
 def training_observation(info: dict[str, Any], logs_tail: str, dashboard_url: str) -> TrainingObservation:
@@ -701,16 +737,19 @@ class RayBackend:
         instance = self.serve_instance()
         obs = observe_app(instance, work.app_name, self.url(instance))
         if obs.state is ServingState.RUNNING and obs.url:
-            obs.ongoing_requests = self._ongoing(obs.url, work.app_name)
+            text = self._metrics(obs.url)
+            if text is not None:
+                obs.ongoing_requests = ongoing_requests(text, work.app_name)
+                obs.variant = served_variant(text, work.app_name)
         return obs
 
-    def _ongoing(self, url: str, app_name: str) -> float | None:
-        """The model's ongoing requests from the gateway's /metrics; None when it does not answer."""
+    def _metrics(self, url: str) -> str | None:
+        """The gateway's /metrics (the replicas' series merged in); None when it does not answer."""
         try:
             resp = requests.get(f"{url}/metrics", timeout=METRICS_TIMEOUT_S)
         except requests.exceptions.RequestException:
             return None
-        return ongoing_requests(resp.text, app_name) if resp.status_code == 200 else None
+        return resp.text if resp.status_code == 200 else None
 
     def delete_serving(self, work: ServingWork) -> None:
         with _SERVE_LOCK:

@@ -488,12 +488,32 @@ def _running(p: DeploymentPass) -> None:
     d = p.desired
     assert d is not None
     p.fill_serving()
-    p.s.model = ServedModel(manifest_uri=d.manifest_uri, digest=d.digest, variant=d.variant)
+    p.s.model = served_model(d, p.obs, p.s.model)
     p.cond(COND_PROGRESSING, False, "RolledOut", f"serving {d.digest}")
     p.cond(
         COND_READY, True, "Serving", f"digest verified, model loaded and warmed up: {d.digest} ({d.variant})"
     )
     p.done(DeploymentPhase.READY, "Ready", f"serving {d.digest}")
+
+
+def served_model(desired: DesiredModel, obs: ServingObservation, previous: ServedModel | None) -> ServedModel:
+    """``status.model``: the manifest served and the variant a replica reports (``rayrelay_core.variants``).
+
+    Each replica chooses on its own hardware and the scrape reaches one of them, so the first
+    report of a choice stays until a replica reports another one (no status churn between
+    replicas' timings); without a report, the manifest's recommendation as resolved.
+    """
+    model = ServedModel(manifest_uri=desired.manifest_uri, digest=desired.digest, variant=desired.variant)
+    report = obs.variant
+    same = previous is not None and previous.digest == desired.digest and previous.variant_reason is not None
+    if same and previous is not None and (report is None or report.variant == previous.variant):
+        return previous.model_copy(update={"manifest_uri": desired.manifest_uri})
+    if report is not None:
+        model.variant = report.variant
+        model.variant_reason = report.reason
+        model.instruction_set = report.isa
+        model.variant_timings_ms = {k: round(v * 1000, 2) for k, v in report.timings_s.items()}
+    return model
 
 
 def _deploying(p: DeploymentPass) -> None:

@@ -1,0 +1,168 @@
+"""Which model variant a replica serves: the hardware-aware choice behind ``variant: auto``.
+
+The training job publishes every variant that passed its quality gate
+(``runs.Manifest.variants``: ``fp32`` always, ``int8`` when its accuracy drop was
+small enough) and recommends one (``recommendedVariant``: int8 when accepted). How
+fast each runs depends on the replica's hardware, not the trainer's: dynamic int8
+is 2-4x fp32 on a CPU with VNNI or AMX, much less on an AVX2-only one, and does
+not run on onnxruntime's CUDA provider at all. So with ``variant: auto`` a replica
+(``rayrelay_workloads.serve.model``) times the accepted variants on its own
+hardware, a few batches each in turns under a total time budget, and serves the
+fastest (the recommended one unless another is clearly faster, :func:`choose`):
+
+- a variant its quality gate rejected is never a candidate;
+- a forced variant (``fp32``/``int8``) is served as asked, never timed;
+- with a GPU (CUDA provider available and ``resources.gpus`` > 0) the candidates
+  are the variants that run there: fp32 only, chosen without timing.
+
+The replica exports its choice on ``/metrics`` (``INFO_METRIC`` with the labels
+below, ``TIMING_METRIC`` per variant) and the operator reads them back into
+``status.model`` (``rayrelay_operator.backends.ray``); :func:`describe` writes the
+reason both show. Everything here is pure: the timing source is passed in, so the
+choice is tested with a fake one (``tests/unit/test_variant_choice.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from rayrelay_core.runs import Manifest, ManifestError
+
+AUTO = "auto"
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+# Variants a replica can time and serve, in order of preference when timings tie.
+CPU_VARIANTS = ("int8", "fp32")
+# onnxruntime's CUDA provider runs no dynamically quantized (int8) graph.
+GPU_VARIANTS = ("fp32",)
+
+# The /metrics contract between a replica and the operator.
+INFO_METRIC = "rayrelay_variant_info"
+INFO_LABELS = ("model", "replica", "requested", "variant", "isa", "provider", "batch")
+TIMING_METRIC = "rayrelay_variant_batch_seconds"
+TIMING_LABELS = ("model", "replica", "variant")
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """What a replica serves and why."""
+
+    requested: str  # auto, fp32 or int8 (the spec)
+    variant: str  # what it serves
+    isa: str  # the CPU's vector instruction set (rayrelay_workloads.hardware)
+    provider: str  # the onnxruntime provider the served session runs on
+    batch: int = 0  # texts per timing batch (0: not timed)
+    timings_s: dict[str, float] = field(default_factory=dict)  # seconds per batch, by variant
+    skipped: dict[str, str] = field(default_factory=dict)  # candidates not timed, and why
+
+    @property
+    def reason(self) -> str:
+        return describe(self.requested, self.variant, self.timings_s, self.isa, self.provider, self.batch)
+
+
+def describe(
+    requested: str, variant: str, timings_s: Mapping[str, float], isa: str, provider: str, batch: int
+) -> str:
+    """The reason for people, e.g. ``auto: int8 fastest on avx2 (CPUExecutionProvider), ...``."""
+    where = f"{isa} ({provider})" if provider != CUDA_PROVIDER else f"the GPU ({provider}, CPU {isa})"
+    if requested not in (AUTO, "", None):
+        return f"{variant} forced by the spec (not timed); running on {where}"
+    if not timings_s:
+        why = "int8 does not run on the CUDA provider" if provider == CUDA_PROVIDER else "the only candidate"
+        return f"auto: {variant}, {why}; running on {where}"
+    ranked = sorted(timings_s.items(), key=lambda kv: kv[1])
+    figures = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in ranked)
+    return f"auto: {variant} fastest on {where}: {figures} per batch of {batch}"
+
+
+def auto_candidates(manifest: Manifest, gpu: bool) -> list[str]:
+    """The accepted variants a replica may serve with ``auto``, the recommended one first.
+
+    On a GPU only those that run on the CUDA provider; when none does, the CPU ones.
+    """
+    accepted = [
+        name
+        for name, info in manifest.variants.items()
+        if info.accepted and info.file and name in (GPU_VARIANTS if gpu else CPU_VARIANTS)
+    ]
+    if not accepted and gpu:
+        return auto_candidates(manifest, gpu=False)
+    if not accepted:
+        raise ManifestError("no variant of this artifact set passed its quality gate")
+    order = CPU_VARIANTS if not gpu else GPU_VARIANTS
+    accepted.sort(key=lambda name: (name != manifest.recommended_variant, order.index(name)))
+    return accepted
+
+
+def first_variant(manifest: Manifest, requested: str, gpu: bool) -> str:
+    """The variant a replica loads first: the forced one, or auto's first candidate."""
+    if requested in (AUTO, "", None):
+        return auto_candidates(manifest, gpu)[0]
+    return manifest.servable_variant(requested)
+
+
+def choose(
+    manifest: Manifest,
+    requested: str,
+    load: Callable[[str], object],
+    run: Callable[[str], float],
+    *,
+    isa: str,
+    provider: str,
+    batch: int,
+    rounds: int,
+    budget_s: float,
+    margin: float = 0.1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> VariantChoice:
+    """Time the candidates and pick the fastest: ``load(variant)`` readies one (raising when it
+    cannot run), ``run(variant)`` times one batch of it in seconds.
+
+    A forced variant is never loaded nor timed, nor a lone candidate. The loaded candidates
+    are timed in turns (one batch each per round, so load from elsewhere on the node slows
+    them alike), ``rounds`` rounds or until ``budget_s`` has passed, at least one; each
+    variant's time is its fastest batch. The first candidate (the recommended one) is
+    kept unless another is faster by more than ``margin`` (a fraction): timings on shared
+    cores are noisy, and the recommendation should not flip on noise. A candidate that
+    cannot be loaded or run is skipped with the error as its reason.
+    """
+    gpu = provider == CUDA_PROVIDER
+    if requested not in (AUTO, "", None):
+        return VariantChoice(requested, manifest.servable_variant(requested), isa, provider)
+    candidates = auto_candidates(manifest, gpu)
+    if len(candidates) == 1:
+        return VariantChoice(AUTO, candidates[0], isa, provider)
+    start = clock()
+    skipped: dict[str, str] = {}
+    ready: list[str] = []
+    for name in candidates:
+        try:
+            load(name)
+            ready.append(name)
+        except Exception as exc:  # a candidate that cannot run is not chosen; say why
+            skipped[name] = _why(exc)
+    timings: dict[str, float] = {}
+    for _ in range(max(1, rounds)):
+        for name in list(ready):
+            try:
+                seconds = float(run(name))
+            except Exception as exc:
+                skipped[name] = _why(exc)
+                ready.remove(name)
+                timings.pop(name, None)
+                continue
+            timings[name] = min(seconds, timings.get(name, seconds))
+        if clock() - start > budget_s:
+            break
+    if not timings:
+        raise ManifestError(f"no variant of this artifact set could be timed: {skipped}")
+    first = next(name for name in candidates if name in timings)
+    fastest = min(timings, key=lambda name: timings[name])
+    best = fastest if timings[fastest] < timings[first] * (1 - margin) else first
+    return VariantChoice(AUTO, best, isa, provider, batch, timings, skipped)
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
