@@ -15,7 +15,10 @@ serves an artifact set other than the one the status names.
 
 Only what serving loads is fetched: the chosen variant's ONNX file (and any
 external-data file next to it) and the tokenizer folder without the PyTorch
-weights. Every one of those files is checked against the manifest's sha256 and
+weights. A replica that times another variant (``variant: auto``,
+``rayrelay_core.variants``) fetches just that variant's model file with
+:func:`prepare_variant`, from the same manifest, into the same cache folder,
+with the same checks. Every one of those files is checked against the manifest's sha256 and
 size *before* it is used, including files already in the cache (a cached copy
 that no longer matches is fetched again; a store copy that does not match is
 refused with the file's name and both digests).
@@ -35,8 +38,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -68,6 +71,9 @@ class PreparedArtifacts:
     # tokenizer folder), in memory only; model_path and tokenizer_dir hold ciphertext.
     model_bytes: bytes | None = None
     tokenizer_files: dict[str, bytes] | None = None
+    # Where the set came from, for fetching another variant of it (prepare_variant).
+    store: Store | None = None
+    cache_dir: str | None = None
 
     @property
     def model_source(self) -> str | bytes:
@@ -101,24 +107,31 @@ def check_digest(actual: str, expected: str | None, manifest_uri: str) -> None:
         )
 
 
-def files_to_fetch(manifest: Manifest, variant: str) -> list[FileEntry]:
-    """The manifest entries serving needs for ``variant`` (model file + tokenizer)."""
+def model_entries(manifest: Manifest, variant: str) -> list[FileEntry]:
+    """The manifest entries of ``variant``'s model: its ONNX file and any external-data file."""
     info = manifest.variants.get(variant)
     if info is None or not info.file:
         raise ArtifactError(f"variant {variant!r} has no model file in the manifest")
     model_file = info.file
-    tok_prefix = manifest.tokenizer.path.strip("/") + "/"
-    needed: list[FileEntry] = []
-    for entry in manifest.files:
-        # model.onnx plus its external-weights file (model.onnx.data), never model.int8.onnx.
-        is_model = entry.path == model_file or (
-            entry.path.startswith(model_file + ".") and entry.path.endswith((".data", "_data"))
-        )
-        is_tokenizer = entry.path.startswith(tok_prefix) and not entry.path.endswith(_SKIPPED_SUFFIXES)
-        if is_model or is_tokenizer:
-            needed.append(entry)
+    # model.onnx plus its external-weights file (model.onnx.data), never model.int8.onnx.
+    needed = [
+        entry
+        for entry in manifest.files
+        if entry.path == model_file
+        or (entry.path.startswith(model_file + ".") and entry.path.endswith((".data", "_data")))
+    ]
     if not any(entry.path == model_file for entry in needed):
         raise ArtifactError(f"manifest does not list the model file {model_file!r} among its files")
+    return needed
+
+
+def files_to_fetch(manifest: Manifest, variant: str) -> list[FileEntry]:
+    """The manifest entries serving needs for ``variant`` (model file + tokenizer)."""
+    needed = model_entries(manifest, variant)
+    tok_prefix = manifest.tokenizer.path.strip("/") + "/"
+    for entry in manifest.files:
+        if entry.path.startswith(tok_prefix) and not entry.path.endswith(_SKIPPED_SUFFIXES):
+            needed.append(entry)
     return needed
 
 
@@ -198,6 +211,28 @@ def decrypt_verified(
         raise ArtifactError(str(exc)) from None
 
 
+def _fetch_into_cache(
+    store: Store,
+    base_uri: str,
+    cache_dir: str | None,
+    digest: str,
+    entries: list[FileEntry],
+    timings: dict[str, float] | None,
+) -> tuple[Path, dict[str, Path]]:
+    """Every entry verified in the node cache's folder of ``digest`` (fetched when missing)."""
+    node_cache = NodeCache(cache_root(cache_dir))
+    with node_cache.use(digest) as root:
+        missing = sum(e.size for e in entries if not (root / _safe_relative(e.path)).exists())
+        if missing:
+            node_cache.make_room(missing, keep=digest)
+        paths = {entry.path: _fetch_verified(store, base_uri, root, entry, timings) for entry in entries}
+    return root, paths
+
+
+def _base_uri(manifest_uri: str) -> str:
+    return manifest_uri.rstrip("/")[: -len("manifest.json")].rstrip("/")
+
+
 def prepare(
     manifest_uri: str,
     variant: str = "auto",
@@ -207,28 +242,26 @@ def prepare(
     expected_digest: str | None = None,
     environ: Mapping[str, str] | None = None,
     timings: dict[str, float] | None = None,
+    resolve: Callable[[Manifest], str] | None = None,
 ) -> PreparedArtifacts:
     """Read the manifest, check its digest, resolve the variant, fetch and verify what serving needs.
 
     The files go to the node-local cache (``cache.NodeCache``: keyed by digest, bounded,
-    least recently used sets evicted first); ``timings`` receives the download/verify split."""
+    least recently used sets evicted first); ``timings`` receives the download/verify split.
+    ``resolve`` (optional) picks the variant from the manifest instead of ``variant``
+    (the replica's hardware-aware start, ``rayrelay_core.variants.first_variant``)."""
     if not manifest_uri.rstrip("/").endswith("manifest.json"):
         raise ArtifactError(f"{manifest_uri}: expected the URI of a manifest.json")
     store = store or open_store(manifest_uri, endpoint_url)
     try:
         manifest, digest = read_manifest(store, manifest_uri)
         check_digest(digest, expected_digest, manifest_uri)
-        chosen = manifest.servable_variant(variant)
+        chosen = resolve(manifest) if resolve is not None else manifest.servable_variant(variant)
     except (ManifestError, StoreError) as exc:
         raise ArtifactError(str(exc)) from exc
-    base_uri = manifest_uri.rstrip("/")[: -len("manifest.json")].rstrip("/")
+    base_uri = _base_uri(manifest_uri)
     entries = files_to_fetch(manifest, chosen)
-    node_cache = NodeCache(cache_root(cache_dir))
-    with node_cache.use(digest) as root:
-        missing = sum(e.size for e in entries if not (root / _safe_relative(e.path)).exists())
-        if missing:
-            node_cache.make_room(missing, keep=digest)
-        paths = {entry.path: _fetch_verified(store, base_uri, root, entry, timings) for entry in entries}
+    root, paths = _fetch_into_cache(store, base_uri, cache_dir, digest, entries, timings)
     model_file = manifest.variants[chosen].file
     assert model_file is not None  # files_to_fetch checked it
     log.info("artifact set %s (%s): %d files verified in %s", digest[:12], chosen, len(paths), root)
@@ -240,6 +273,8 @@ def prepare(
         root=root,
         model_path=paths[model_file],
         tokenizer_dir=root / _safe_relative(manifest.tokenizer.path),
+        store=store,
+        cache_dir=cache_dir,
     )
     if manifest.encryption is not None:
         plain = decrypt_verified(manifest, entries, paths, environ)
@@ -250,6 +285,35 @@ def prepare(
         }
         log.info("artifact set %s: decrypted in memory (%s)", digest[:12], manifest.encryption.scheme)
     return prepared
+
+
+def prepare_variant(
+    prepared: PreparedArtifacts,
+    variant: str,
+    environ: Mapping[str, str] | None = None,
+    timings: dict[str, float] | None = None,
+) -> PreparedArtifacts:
+    """The same artifact set with ``variant``'s model: only its model file is fetched and verified.
+
+    The manifest is the one ``prepare`` read and verified (no second read, so the digest
+    cannot change in between); the file lands in the same node-cache folder with the same
+    checks, and an encrypted one is decrypted in memory. A variant the quality gate rejected
+    is refused as in ``prepare``."""
+    manifest = prepared.manifest
+    try:
+        manifest.servable_variant(variant)
+    except ManifestError as exc:
+        raise ArtifactError(str(exc)) from exc
+    store = prepared.store or open_store(prepared.manifest_uri)
+    entries = model_entries(manifest, variant)
+    base_uri = _base_uri(prepared.manifest_uri)
+    _root, paths = _fetch_into_cache(store, base_uri, prepared.cache_dir, prepared.digest, entries, timings)
+    model_file = str(manifest.variants[variant].file)  # model_entries checked it is listed
+    out = replace(prepared, variant=variant, model_path=paths[model_file], model_bytes=None)
+    if manifest.encryption is not None:
+        out.model_bytes = decrypt_verified(manifest, entries, paths, environ)[model_file]
+    log.info("artifact set %s (%s): model file verified", prepared.digest[:12], variant)
+    return out
 
 
 def load_tokenizer(prepared: PreparedArtifacts) -> Any:

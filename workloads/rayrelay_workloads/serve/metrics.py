@@ -8,7 +8,11 @@ which Ray's own libraries may also write to):
   through it, so these are complete for a single gateway replica;
 - each model replica (``model.py``) records batch sizes, queue wait (arrival in
   the replica to the start of its batch) and inference latency, labelled with
-  its replica id.
+  its replica id, and the variant it serves: ``rayrelay_variant_info`` (1, with
+  the requested and served variant, the CPU instruction set, the onnxruntime
+  provider and the timing batch as labels) and, when ``variant: auto`` timed the
+  candidates at start, ``rayrelay_variant_batch_seconds`` per variant
+  (``rayrelay_core.variants``; the operator reads both into ``status.model``).
 
 The gateway's ``EndpointMetrics`` adds what autoscaling does: replicas by
 state, ongoing requests per replica (asked of every replica at each scrape),
@@ -32,6 +36,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from rayrelay_core import variants
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -188,6 +194,26 @@ class ReplicaMetrics:
         # The requests this replica answers over HTTP itself (its route, /v2/models/{name}/infer):
         # the same series as the gateway's, merged into one by ``merge_expositions``.
         self.http = GatewayMetrics(self.registry)
+        self._model, self._replica = model, replica
+        self.variant_info = Gauge(
+            variants.INFO_METRIC,
+            "The variant this replica serves (1), with the instruction set and provider it was chosen for.",
+            list(variants.INFO_LABELS),
+            registry=self.registry,
+        )
+        self.variant_timing = Gauge(
+            variants.TIMING_METRIC,
+            "Seconds per timing batch of each variant, measured on this replica at start (variant: auto).",
+            list(variants.TIMING_LABELS),
+            registry=self.registry,
+        )
+
+    def set_variant(self, choice: variants.VariantChoice) -> None:
+        """Export what the replica serves and, when it timed the candidates, each one's time."""
+        labels = (choice.requested, choice.variant, choice.isa, choice.provider, str(choice.batch))
+        self.variant_info.labels(self._model, self._replica, *labels).set(1)
+        for name, seconds in choice.timings_s.items():
+            self.variant_timing.labels(self._model, self._replica, name).set(seconds)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

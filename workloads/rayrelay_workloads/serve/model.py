@@ -24,6 +24,15 @@ Batching settings arrive through ``user_config`` and change in place in
 :meth:`reconfigure`. The constructor times its steps (``cold_start_record``:
 download, digest check, tokenizer, session, warm-up; files found in the node
 cache, ``cache.py``, are not downloaded) and :meth:`info` returns them.
+Variant: a forced ``fp32``/``int8`` is loaded as asked. With ``variant: auto``
+(the default) the replica loads the manifest's recommended variant, warms it up,
+then times each variant that passed the quality gate on its own hardware, a few
+batches each under a time budget (``TIMING_*``), and keeps the fastest session
+only (``rayrelay_core.variants``; the other variant's model file is fetched with
+``artifacts.prepare_variant``: node cache, digest checks). With a GPU (``resources.gpus``
+and a CUDA build of onnxruntime) auto serves fp32 on the CUDA provider, untimed:
+dynamic int8 does not run there. The choice, its timings and the CPU instruction
+set go to :meth:`info`, the log and ``/metrics`` (``ReplicaMetrics.set_variant``).
 Metrics: ``metrics.ReplicaMetrics``; :meth:`stats` returns
 the batch-size counts so tests assert batching from records, not timing.
 """
@@ -46,9 +55,12 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rayrelay_core import variants
 from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLimits
+from rayrelay_core.variants import VariantChoice
+from rayrelay_workloads.hardware import instruction_set
 from rayrelay_workloads.serve import ingress, protocol
-from rayrelay_workloads.serve.artifacts import load_tokenizer, prepare
+from rayrelay_workloads.serve.artifacts import PreparedArtifacts, load_tokenizer, prepare, prepare_variant
 from rayrelay_workloads.serve.batching import Batcher
 from rayrelay_workloads.serve.metrics import ReplicaMetrics
 from rayrelay_workloads.serve.protocol import Prediction, ProtocolError
@@ -56,6 +68,12 @@ from rayrelay_workloads.serve.protocol import Prediction, ProtocolError
 log = logging.getLogger("ray.serve")
 
 WARMUP_TEXT = "rayrelay warm-up inference"
+# variant: auto times the candidates on batches of this text (a short request, ~20 tokens).
+TIMING_TEXT = "my order arrived two days late and the box was damaged, can you send a replacement please"
+TIMING_ROUNDS = 3  # timed batches per candidate, in turns (after one untimed run that checks its output)
+TIMING_MAX_BATCH = 8  # texts per timing batch: maxBatchSize, at most this
+# The whole timing's bound in seconds (every candidate after the first is skipped once it passed).
+TIMING_BUDGET_S = float(os.environ.get("RAYRELAY_VARIANT_TIMING_BUDGET_S", "10"))
 SPIN = os.environ.get("RAYRELAY_ORT_SPIN", "0")  # "1" lets onnxruntime's idle threads spin
 
 # When this module was imported in the replica process (the cold-start breakdown).
@@ -94,6 +112,21 @@ def choose_providers(requested: list[str], gpus: float, available: list[str]) ->
     return chosen, note
 
 
+def variant_providers(
+    requested_variant: str, requested: list[str], gpus: float, available: list[str]
+) -> tuple[list[str], str | None]:
+    """:func:`choose_providers`, with CUDA first for ``variant: auto`` on a replica that has a GPU.
+
+    A replica given GPUs (``resources.gpus``) whose onnxruntime has the CUDA provider serves
+    auto on it (fp32: see ``rayrelay_core.variants``) even when the spec lists only the CPU
+    provider (the default); a forced variant keeps the providers the spec lists."""
+    wanted = list(requested)
+    cuda = ExecutionProvider.CUDA.value
+    if requested_variant in (variants.AUTO, "") and gpus > 0 and cuda in available and cuda not in wanted:
+        wanted.insert(0, cuda)
+    return choose_providers(wanted, gpus, available)
+
+
 def session_threads(runtime_intra: int, runtime_inter: int, cpus: float) -> tuple[int, int]:
     """onnxruntime's (intra-op, inter-op) threads for a replica given ``cpus`` CPUs.
 
@@ -120,9 +153,12 @@ class ModelServer:
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
         # Where a replica's start goes (cold start): see ``cold_start`` and ``info()``.
         self._timings: dict[str, float] = {}
+        self.requested_variant = str(args.get("variant") or variants.AUTO)
+        self.isa = instruction_set()
+        self._choose_providers()
         self._load_artifacts(args)
         t_session = time.perf_counter()
-        self._create_session()
+        self._bind(self._new_session(self.artifacts.model_source))
         self._timings["session_s"] = time.perf_counter() - t_session
         try:
             replica = serve.get_replica_context().replica_id.unique_id
@@ -144,6 +180,10 @@ class ModelServer:
         t_warm = time.perf_counter()
         self._warm_up()
         self._timings["warmup_s"] = time.perf_counter() - t_warm
+        t_choice = time.perf_counter()
+        self.variant_choice = self._choose_variant()
+        self._timings["variant_choice_s"] = time.perf_counter() - t_choice
+        self.metrics.set_variant(self.variant_choice)
         self.cold_start = cold_start_record(
             started_at, MODULE_IMPORTED_AT, self._timings, time.perf_counter() - t0
         )
@@ -156,10 +196,11 @@ class ModelServer:
             ),
         )
         log.info(
-            "%s ready: %s variant %s, providers %s, labels %s",
+            "%s ready: %s variant %s (%s), providers %s, labels %s",
             self.name,
             self.artifacts.digest[:12],
             self.artifacts.variant,
+            self.variant_choice.reason,
             self.providers,
             self.labels,
         )
@@ -174,13 +215,15 @@ class ModelServer:
         An encrypted set is decrypted in memory (``artifacts.prepare``), never to disk."""
         endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
         t0 = time.perf_counter()
+        gpu = self.session_providers[0] == ExecutionProvider.CUDA.value
         self.artifacts = prepare(
             args["manifestUri"],
-            variant=args.get("variant") or "auto",
+            variant=self.requested_variant,
             cache_dir=args.get("cacheDir"),
             endpoint_url=endpoint,
             expected_digest=args.get("digest"),
             timings=self._timings,
+            resolve=lambda manifest: variants.first_variant(manifest, self.requested_variant, gpu),
         )
         self._timings["prepare_s"] = time.perf_counter() - t0
         manifest = self.artifacts.manifest
@@ -192,7 +235,21 @@ class ModelServer:
         self.tokenizer = light_tokenizer(self.artifacts) or load_tokenizer(self.artifacts)
         self._timings["tokenizer_s"] = time.perf_counter() - t_tok
 
-    def _create_session(self) -> None:
+    def _choose_providers(self) -> None:
+        """The onnxruntime providers of this replica's sessions (``variant_providers``)."""
+        import onnxruntime as ort
+
+        providers, note = variant_providers(
+            self.requested_variant,
+            [str(p) for p in self.spec.runtime.execution_providers],
+            self.spec.resources.gpus,
+            ort.get_available_providers(),
+        )
+        if note:
+            log.warning("%s: %s", self.name, note)
+        self.session_providers = providers
+
+    def _new_session(self, model_source: str | bytes) -> Any:
         import onnxruntime as ort
 
         runtime = self.spec.runtime
@@ -206,27 +263,71 @@ class ModelServer:
         # request path (Serve's proxy, the replica's own event loop), which spinning starves.
         options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
         self.threads = (intra, inter)
-        providers, note = choose_providers(
-            [str(p) for p in runtime.execution_providers],
-            self.spec.resources.gpus,
-            ort.get_available_providers(),
-        )
-        if note:
-            log.warning("%s: %s", self.name, note)
-        self.session = ort.InferenceSession(self.artifacts.model_source, options, providers=providers)
-        self.providers = self.session.get_providers()
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
+        return ort.InferenceSession(model_source, options, providers=self.session_providers)
+
+    def _bind(self, session: Any) -> None:
+        """Serve with ``session`` from now on."""
+        self.session = session
+        self.providers = session.get_providers()
+        self.input_names = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
         self.output_name = "logits" if "logits" in outputs else outputs[0]
 
     def _warm_up(self) -> None:
         """The replica is healthy only once a real inference passed."""
-        probs = self._run([WARMUP_TEXT])
-        if probs.shape != (1, len(self.labels)) or not np.isfinite(probs).all():
+        self._check_output(self._run([WARMUP_TEXT]), 1, "warm-up inference")
+
+    def _check_output(self, probs: np.ndarray, texts: int, what: str) -> None:
+        if probs.shape != (texts, len(self.labels)) or not np.isfinite(probs).all():
             raise RuntimeError(
-                f"warm-up inference failed: the model gave {probs.shape} probabilities "
-                f"for {len(self.labels)} labels (or non-finite values)"
+                f"{what} failed: the model gave {probs.shape} probabilities "
+                f"for {texts} text(s) and {len(self.labels)} labels (or non-finite values)"
             )
+
+    def _choose_variant(self) -> VariantChoice:
+        """auto: time the accepted variants here and keep the fastest session; forced: as loaded.
+
+        The candidates' sessions live only while they are timed (two for int8/fp32);
+        every one but the chosen is dropped before the replica takes requests."""
+        batch = min(self.spec.batching.max_batch_size, TIMING_MAX_BATCH)
+        feeds = self._feeds([TIMING_TEXT] * batch)
+        loaded = self.artifacts
+        ready: dict[str, tuple[Any, PreparedArtifacts]] = {}
+
+        def load(variant: str) -> None:
+            if variant == loaded.variant:
+                ready[variant] = (self.session, loaded)
+                return
+            prepared = prepare_variant(loaded, variant)
+            session = self._new_session(prepared.model_source)
+            # The untimed first run, which also checks what the variant answers.
+            self._check_output(self._infer(session, feeds), batch, f"{variant} timing batch")
+            ready[variant] = (session, prepared)
+
+        def run(variant: str) -> float:
+            session = ready[variant][0]
+            t0 = time.perf_counter()
+            self._infer(session, feeds)
+            return time.perf_counter() - t0
+
+        choice = variants.choose(
+            loaded.manifest,
+            self.requested_variant,
+            load,
+            run,
+            isa=self.isa,
+            provider=self.providers[0],
+            batch=batch,
+            rounds=TIMING_ROUNDS,
+            budget_s=TIMING_BUDGET_S,
+        )
+        for variant, why in choice.skipped.items():
+            log.warning("%s: variant %s not timed: %s", self.name, variant, why)
+        if choice.variant != loaded.variant:
+            session, self.artifacts = ready[choice.variant]
+            self._bind(session)
+        ready.clear()
+        return choice
 
     # ------------------------------------------------------------------ config
 
@@ -247,7 +348,7 @@ class ModelServer:
 
     # ------------------------------------------------------------------ inference
 
-    def _run(self, texts: list[str]) -> np.ndarray:
+    def _feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
         encoded = self.tokenizer(
             texts,
             padding="longest",
@@ -261,8 +362,14 @@ class ModelServer:
         missing = [name for name in self.input_names if name not in feeds]
         if missing:
             raise RuntimeError(f"the tokenizer does not produce the model inputs {missing}")
-        logits = self.session.run([self.output_name], feeds)[0]
+        return feeds
+
+    def _infer(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        logits = session.run([self.output_name], feeds)[0]
         return softmax(np.asarray(logits, dtype=np.float32))
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        return self._infer(self.session, self._feeds(texts))
 
     def _on_batch(self, arrivals: list[float], start: float) -> None:
         for arrival in arrivals:
@@ -347,6 +454,14 @@ class ModelServer:
             "providers": self.providers,
             "ready": self.ready,
             "coldStart": self.cold_start,
+            "variantChoice": {
+                "requested": self.variant_choice.requested,
+                "variant": self.variant_choice.variant,
+                "reason": self.variant_choice.reason,
+                "instructionSet": self.variant_choice.isa,
+                "provider": self.variant_choice.provider,
+                "timingsMs": {k: round(v * 1000, 3) for k, v in self.variant_choice.timings_s.items()},
+            },
         }
 
     def stats(self) -> dict[str, Any]:
@@ -449,7 +564,9 @@ def cold_start_record(
     module: up to ``moduleImportedAt``/``initStartedAt``) and the replica's own steps:
     manifest read and store client (``prepare`` minus download and verification), download,
     digest check (sha256 of every file, cached ones too), tokenizer, onnxruntime session,
-    warm-up inference. ``downloadedBytes`` 0 means the node cache had every file.
+    warm-up inference, and ``variant: auto``'s timing of the candidates (``variantChoiceS``:
+    the other variant's download and digest check are in ``downloadS``/``verifyS`` too).
+    ``downloadedBytes`` 0 means the node cache had every file.
     """
     prepare_s = timings.get("prepare_s", 0.0)
     download_s = timings.get("download_s", 0.0)
@@ -463,6 +580,7 @@ def cold_start_record(
         "tokenizerS": round(timings.get("tokenizer_s", 0.0), 4),
         "sessionS": round(timings.get("session_s", 0.0), 4),
         "warmupS": round(timings.get("warmup_s", 0.0), 4),
+        "variantChoiceS": round(timings.get("variant_choice_s", 0.0), 4),
         "initS": round(total_s, 4),
         "downloadedBytes": int(timings.get("downloaded_bytes", 0)),
         "cachedFiles": int(timings.get("cached_files", 0)),

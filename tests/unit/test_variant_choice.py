@@ -1,0 +1,337 @@
+"""``variant: auto``: a replica times the accepted variants on its own hardware and serves the fastest.
+
+Two layers:
+
+- the choice itself (``rayrelay_core.variants.choose``) with a fake timing source and a
+  fake clock: the fastest wins, a gate-rejected variant is never loaded, a forced variant
+  is never timed, the budget stops the timing, on a GPU only fp32 is a candidate;
+- the replica's constructor (``ModelServer``, no Ray) on a small real artifact set: two
+  real ONNX graphs standing in for the exported fp32/int8 models (one made slow on
+  purpose, so which one is faster is known) and a real ``tokenizer.json``. It stands in
+  for the trained BERT of ``tiny_run`` so that the timing path runs in about a second;
+  ``tests/integration/test_serving.py`` checks the same reports through a real endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rayrelay_core import variants
+from rayrelay_core.runs import FileEntry, Lineage, Manifest, ManifestError, Parity, TokenizerInfo, VariantInfo
+from rayrelay_core.store import sha256_bytes
+from rayrelay_workloads.hardware import cpu_flags, instruction_set
+
+LABELS = ["neg", "pos"]
+
+
+def manifest(int8_accepted: bool = True, recommended: str = "int8") -> Manifest:
+    return Manifest(
+        run_id="run-test",
+        created_at="2026-01-01T00:00:00Z",
+        files=[],
+        variants={
+            "pytorch": VariantInfo(),
+            "fp32": VariantInfo(file="onnx/model.onnx"),
+            "int8": VariantInfo(
+                file="onnx/model.int8.onnx",
+                accepted=int8_accepted,
+                reason=None if int8_accepted else "accuracy drop 0.2 > 0.01",
+            ),
+        },
+        recommended_variant=recommended if int8_accepted else "fp32",
+        parity=Parity(tolerance=0.01, passed=True),
+        labels=LABELS,
+        tokenizer=TokenizerInfo(max_seq_length=16),
+        lineage=Lineage(spec_hash="0" * 64, base_model="m", package_version="0"),
+    )
+
+
+class FakeTiming:
+    """A timing source: each variant's seconds per batch, and what was loaded and run."""
+
+    def __init__(self, seconds: dict[str, float], fail_load: str | None = None) -> None:
+        self.seconds = seconds
+        self.fail_load = fail_load
+        self.loaded: list[str] = []
+        self.runs: list[str] = []
+        self.now = 0.0
+
+    def load(self, variant: str) -> None:
+        if variant == self.fail_load:
+            raise RuntimeError("cannot create the session")
+        self.loaded.append(variant)
+
+    def run(self, variant: str) -> float:
+        self.runs.append(variant)
+        self.now += self.seconds[variant]
+        return self.seconds[variant]
+
+    def clock(self) -> float:
+        return self.now
+
+
+def choose(m: Manifest, requested: str, timing: FakeTiming, **kw: Any) -> variants.VariantChoice:
+    args: dict[str, Any] = dict(isa="avx2", provider=variants.CPU_PROVIDER, batch=8, rounds=3, budget_s=10.0)
+    args.update(kw)
+    return variants.choose(m, requested, timing.load, timing.run, clock=timing.clock, **args)
+
+
+# ----------------------------------------------------------------- the choice, fake timing
+
+
+@pytest.mark.parametrize(("int8_s", "fp32_s", "expected"), [(0.01, 0.03, "int8"), (0.03, 0.01, "fp32")])
+def test_the_fastest_accepted_variant_wins(int8_s: float, fp32_s: float, expected: str) -> None:
+    timing = FakeTiming({"int8": int8_s, "fp32": fp32_s})
+    choice = choose(manifest(), "auto", timing)
+    assert choice.variant == expected
+    assert choice.timings_s == {"int8": int8_s, "fp32": fp32_s}
+    # In turns (load elsewhere on the node slows both alike), the recommended one first.
+    assert timing.runs == ["int8", "fp32"] * 3 and timing.loaded == ["int8", "fp32"]
+    assert choice.reason.startswith(f"auto: {expected} fastest on avx2 (CPUExecutionProvider): ")
+    assert "per batch of 8" in choice.reason
+
+
+def test_noise_does_not_flip_the_recommendation() -> None:
+    """Within the margin (10 %) the recommended variant stays; the times are still reported."""
+    choice = choose(manifest(), "auto", FakeTiming({"int8": 0.0100, "fp32": 0.0095}))
+    assert choice.variant == "int8" and set(choice.timings_s) == {"int8", "fp32"}
+
+
+def test_a_variant_rejected_by_the_quality_gate_is_never_loaded_nor_chosen() -> None:
+    timing = FakeTiming({"int8": 0.001, "fp32": 0.05})  # int8 would be far faster
+    choice = choose(manifest(int8_accepted=False), "auto", timing)
+    assert choice.variant == "fp32"
+    assert "int8" not in timing.loaded and "int8" not in timing.runs
+    # A lone candidate is not timed either.
+    assert timing.runs == [] and choice.timings_s == {} and "the only candidate" in choice.reason
+
+
+@pytest.mark.parametrize("forced", ["fp32", "int8"])
+def test_a_forced_variant_is_served_as_asked_and_never_timed(forced: str) -> None:
+    timing = FakeTiming({"int8": 0.5, "fp32": 0.001})
+    choice = choose(manifest(), forced, timing)
+    assert choice.variant == forced and choice.requested == forced
+    assert timing.loaded == [] and timing.runs == [] and choice.timings_s == {}
+    assert choice.reason.startswith(f"{forced} forced by the spec (not timed)")
+
+
+def test_a_forced_variant_the_gate_rejected_is_refused_as_before() -> None:
+    with pytest.raises(ManifestError, match="rejected by the quality gate"):
+        choose(manifest(int8_accepted=False), "int8", FakeTiming({}))
+
+
+def test_the_budget_bounds_the_timing() -> None:
+    """Rounds stop once the budget has passed (after one whole round: every candidate timed)."""
+    timing = FakeTiming({"int8": 2.0, "fp32": 5.0})
+    choice = choose(manifest(), "auto", timing, budget_s=4.0)
+    assert timing.runs == ["int8", "fp32"] and choice.variant == "int8"
+
+
+def test_a_candidate_that_cannot_load_is_skipped_with_its_reason() -> None:
+    choice = choose(manifest(), "auto", FakeTiming({"int8": 0.01, "fp32": 0.001}, fail_load="fp32"))
+    assert choice.variant == "int8" and "cannot create the session" in choice.skipped["fp32"]
+
+
+def test_on_a_gpu_auto_serves_fp32_untimed() -> None:
+    """Dynamic int8 does not run on the CUDA provider: fp32 is the only candidate there."""
+    timing = FakeTiming({"int8": 0.001, "fp32": 0.05})
+    choice = choose(manifest(), "auto", timing, provider=variants.CUDA_PROVIDER)
+    assert choice.variant == "fp32" and timing.loaded == [] and timing.runs == []
+    assert "int8 does not run on the CUDA provider" in choice.reason
+    assert variants.first_variant(manifest(), "auto", gpu=True) == "fp32"
+    assert variants.first_variant(manifest(), "auto", gpu=False) == "int8"
+
+
+def test_auto_asks_for_cuda_on_a_replica_with_a_gpu_and_forced_variants_keep_their_providers() -> None:
+    from rayrelay_workloads.serve.model import variant_providers
+
+    cuda, cpu = variants.CUDA_PROVIDER, variants.CPU_PROVIDER
+    both = [cuda, cpu]
+    assert variant_providers("auto", [cpu], 1, both)[0] == [cuda, cpu]
+    assert variant_providers("auto", [cpu], 0, both)[0] == [cpu]  # no GPU given
+    assert variant_providers("auto", [cpu], 1, [cpu])[0] == [cpu]  # a CPU-only onnxruntime
+    assert variant_providers("int8", [cpu], 1, both)[0] == [cpu]  # forced: as today
+
+
+def test_instruction_set_from_cpu_flags() -> None:
+    def info(flags: str) -> str:
+        return f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n"
+
+    assert instruction_set(info("avx avx2 fma")) == "avx2"
+    assert instruction_set(info("avx2 avx512f avx512_vnni")) == "avx512_vnni"
+    assert instruction_set(info("avx2 avx512f avx512_vnni amx_tile amx_int8")) == "amx"
+    assert cpu_flags(info("avx2 fma avx512f")) == ["avx2", "fma", "avx512f"]
+    assert instruction_set("no flags line") not in ("avx2", "amx")
+
+
+# ----------------------------------------------------------------- the replica, real sessions
+
+
+def classifier(path: Path, hidden: int, layers: int) -> None:
+    """A real ONNX classifier: embedding -> mean over tokens -> ``layers`` square MatMuls -> logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(32, hidden)).astype(np.float32), "emb")]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["h0"]),
+        helper.make_node("ReduceMean", ["h0"], ["x0"], axes=[1], keepdims=0),
+    ]
+    for i in range(layers):
+        scale = np.float32(1 / np.sqrt(hidden))
+        inits.append(
+            numpy_helper.from_array(rng.normal(size=(hidden, hidden)).astype(np.float32) * scale, f"w{i}")
+        )
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"x{i + 1}"]))
+    inits.append(numpy_helper.from_array(rng.normal(size=(hidden, 2)).astype(np.float32), "out"))
+    nodes.append(helper.make_node("MatMul", [f"x{layers}", "out"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "classifier",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def small_set(root: Path, slow: str) -> str:
+    """An artifact set with fp32 and int8 graphs (``slow`` one much heavier) and a tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = "my order arrived two days late and the box was damaged can you send a replacement please"
+    vocab = {"[PAD]": 0, "[UNK]": 1} | {w: i + 2 for i, w in enumerate(dict.fromkeys(words.split()))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (root / "hf").mkdir(parents=True)
+    tok.save(str(root / "hf/tokenizer.json"))
+    (root / "hf/tokenizer_config.json").write_text(json.dumps({"pad_token": "[PAD]"}))
+    for variant, file in (("fp32", "onnx/model.onnx"), ("int8", "onnx/model.int8.onnx")):
+        heavy = variant == slow
+        classifier(root / file, hidden=384 if heavy else 16, layers=24 if heavy else 1)
+    m = manifest()
+    m.files = [
+        FileEntry(path=str(p.relative_to(root)), sha256=sha256_bytes(p.read_bytes()), size=p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
+    (root / "manifest.json").write_text(m.to_json())
+    return str(root / "manifest.json")
+
+
+def replica(uri: str, cache: Path, variant: str | None, **spec: Any) -> Any:
+    from rayrelay_workloads.serve.model import ModelServer
+
+    args = {
+        "name": "m",
+        "spec": {"model": {"manifestUri": uri}, **spec},
+        "manifestUri": uri,
+        "cacheDir": str(cache),
+    }
+    if variant is not None:
+        args["variant"] = variant
+    return ModelServer.func_or_class(args)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("slow", "expected"), [("fp32", "int8"), ("int8", "fp32")])
+def test_replica_times_the_variants_and_serves_the_fastest(tmp_path: Path, slow: str, expected: str) -> None:
+    """Auto (the default when nothing is asked) on real sessions; only the chosen session is kept."""
+    uri = small_set(tmp_path / "set", slow=slow)
+    server = replica(uri, tmp_path / "cache", None)
+    choice = server.info()["variantChoice"]
+    assert server.artifacts.variant == expected == choice["variant"] == server.info()["variant"]
+    assert choice["requested"] == "auto" and choice["instructionSet"] == instruction_set()
+    assert set(choice["timingsMs"]) == {"int8", "fp32"}
+    assert choice["timingsMs"][expected] < choice["timingsMs"][slow]
+    assert server.session.get_providers()[0] == "CPUExecutionProvider"
+    # The served session is the chosen variant's graph: its inputs answer as that graph does.
+    wanted = "model.int8.onnx" if expected == "int8" else "model.onnx"
+    assert server.artifacts.model_path.name == wanted
+    assert server._run(["my order"]).shape == (1, 2)
+    # Both variants' model files are in the node cache (the other one fetched with its digest check).
+    cached = {p.name for p in (tmp_path / "cache").rglob("*.onnx")}
+    assert cached == {"model.onnx", "model.int8.onnx"}
+    assert server.cold_start["variantChoiceS"] > 0
+    text = server.metrics_text()
+    assert f'variant="{expected}"' in text and f'isa="{instruction_set()}"' in text
+    assert 'rayrelay_variant_batch_seconds{model="m"' in text
+
+
+def test_replica_with_a_forced_variant_loads_only_that_one(tmp_path: Path) -> None:
+    uri = small_set(tmp_path / "set", slow="int8")  # int8 slow, and still served: forced
+    server = replica(uri, tmp_path / "cache", "int8")
+    choice = server.info()["variantChoice"]
+    assert server.artifacts.variant == "int8" and choice["timingsMs"] == {}
+    assert {p.name for p in (tmp_path / "cache").rglob("*.onnx")} == {"model.int8.onnx"}
+    assert "rayrelay_variant_batch_seconds{" not in server.metrics_text()
+
+
+def test_replica_with_a_gpu_serves_fp32_on_cuda(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(
+            "this onnxruntime has no CUDAExecutionProvider (CPU-only build, or no GPU): "
+            f"available {ort.get_available_providers()}"
+        )
+    uri = small_set(tmp_path / "set", slow="fp32")  # int8 faster on a CPU: not a candidate on CUDA
+    server = replica(uri, tmp_path / "cache", None, resources={"gpus": 1})
+    choice = server.info()["variantChoice"]
+    assert server.artifacts.variant == "fp32" and choice["provider"] == "CUDAExecutionProvider"
+    assert server.session.get_providers()[0] == "CUDAExecutionProvider" and choice["timingsMs"] == {}
+    assert {p.name for p in (tmp_path / "cache").rglob("*.onnx")} == {"model.onnx"}
+
+
+# ----------------------------------------------------------------- the report: /metrics -> status.model
+
+
+def test_operator_reads_the_choice_from_metrics_into_status() -> None:
+    """What a replica exports (``ReplicaMetrics.set_variant``), the operator's parser reads back,
+    and ``status.model`` shows it; a later report of the same choice by another replica leaves it."""
+    from rayrelay_operator.backends.ray import served_variant
+    from rayrelay_operator.reconcile.deployment import DesiredModel, served_model
+    from rayrelay_operator.work import ServingObservation, ServingState
+    from rayrelay_workloads.serve.metrics import ReplicaMetrics, merge_expositions
+
+    choice = variants.VariantChoice(
+        "auto", "int8", "avx2", variants.CPU_PROVIDER, 8, {"int8": 0.01, "fp32": 0.03}
+    )
+    metrics = ReplicaMetrics("m", "r1")
+    metrics.set_variant(choice)
+    other = ReplicaMetrics("other", "r9")
+    other.set_variant(variants.VariantChoice("fp32", "fp32", "avx2", variants.CPU_PROVIDER))
+    text = merge_expositions([other.text(), metrics.text()])  # as the gateway serves it
+    assert served_variant(text, "m") == choice
+    assert served_variant(text, "absent") is None and served_variant("<html>", "m") is None
+
+    desired = DesiredModel("s3://b/run/manifest.json", "sha256:" + "a" * 64, "int8")
+    first = served_model(desired, ServingObservation(ServingState.RUNNING, variant=choice), None)
+    assert first.variant == "int8" and first.instruction_set == "avx2"
+    assert first.variant_timings_ms == {"int8": 10.0, "fp32": 30.0}
+    assert (
+        first.variant_reason
+        == "auto: int8 fastest on avx2 (CPUExecutionProvider): int8 10.0 ms, fp32 30.0 ms per batch of 8"
+    )
+    again = variants.VariantChoice(
+        "auto", "int8", "avx2", variants.CPU_PROVIDER, 8, {"int8": 0.02, "fp32": 0.05}
+    )
+    assert served_model(desired, ServingObservation(ServingState.RUNNING, variant=again), first) == first
+    assert served_model(desired, ServingObservation(ServingState.RUNNING), first) == first  # scrape failed
+    # Another replica that chose otherwise, or nothing reported yet: what it says / the manifest's.
+    fp32 = variants.VariantChoice(
+        "auto", "fp32", "avx2", variants.CPU_PROVIDER, 8, {"int8": 0.05, "fp32": 0.03}
+    )
+    assert (
+        served_model(desired, ServingObservation(ServingState.RUNNING, variant=fp32), first).variant == "fp32"
+    )
+    bare = served_model(desired, ServingObservation(ServingState.RUNNING), None)
+    assert bare.variant == "int8" and bare.variant_reason is None
