@@ -138,6 +138,11 @@ def test_new_model_rolls_over_and_a_bad_one_leaves_the_old_serving(tmp_path: Pat
     deploys = d.backend.verbs().count("deploy")
     d.step()
     assert d.backend.verbs().count("deploy") == deploys  # the refused model is not tried again
+    d.obj["metadata"]["generation"] = 2  # the spec changed (more memory, say): the refused run is tried again
+    d.step()
+    assert d.backend.deployed[-1].app_args["manifestUri"].endswith("run-2/manifest.json")
+    d.serve("Running")
+    assert d.step().phase == "Ready"  # this time it ran
     d.publish("run-3")  # a newer model is tried
     s = d.step()
     assert d.backend.deployed[-1].app_args["manifestUri"].endswith("run-3/manifest.json")
