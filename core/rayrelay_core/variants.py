@@ -15,6 +15,11 @@ fastest (the recommended one unless another is clearly faster, :func:`choose`):
 - with a GPU (CUDA provider available and ``resources.gpus`` > 0) the candidates
   are the variants that run there: fp32 only, chosen without timing.
 
+A replica records its timed choice in the node cache's folder of the artifact set
+(keyed by instruction set, providers, threads and batch), and a later replica on the
+same node with the same settings serves that variant at once instead of timing again
+(:func:`from_memo`): a scale-up or a start from zero pays the timing once per node.
+
 The replica exports its choice on ``/metrics`` (``INFO_METRIC`` with the labels
 below, ``TIMING_METRIC`` per variant) and the operator reads them back into
 ``status.model`` (``rayrelay_operator.backends.ray``); :func:`describe` writes the
@@ -40,7 +45,10 @@ GPU_VARIANTS = ("fp32",)
 
 # The /metrics contract between a replica and the operator.
 INFO_METRIC = "rayrelay_variant_info"
-INFO_LABELS = ("model", "replica", "requested", "variant", "isa", "provider", "batch")
+INFO_LABELS = ("model", "replica", "requested", "variant", "isa", "provider", "batch", "timed")
+# ``timed``: who measured the timings: this replica, an earlier replica on the same node
+# (the node memo, below), or nobody (forced, or a lone candidate).
+TIMED_HERE, TIMED_ON_NODE, NOT_TIMED = "here", "node", "no"
 TIMING_METRIC = "rayrelay_variant_batch_seconds"
 TIMING_LABELS = ("model", "replica", "variant")
 
@@ -56,10 +64,30 @@ class VariantChoice:
     batch: int = 0  # texts per timing batch (0: not timed)
     timings_s: dict[str, float] = field(default_factory=dict)  # seconds per batch, by variant
     skipped: dict[str, str] = field(default_factory=dict)  # candidates not timed, and why
+    timed: str = NOT_TIMED  # TIMED_HERE, TIMED_ON_NODE or NOT_TIMED
 
     @property
     def reason(self) -> str:
-        return describe(self.requested, self.variant, self.timings_s, self.isa, self.provider, self.batch)
+        text = describe(self.requested, self.variant, self.timings_s, self.isa, self.provider, self.batch)
+        return text + " (timed by an earlier replica on this node)" if self.timed == TIMED_ON_NODE else text
+
+    def memo(self) -> dict[str, object]:
+        """What a later replica on the same node may reuse instead of timing again (:func:`from_memo`)."""
+        return {"variant": self.variant, "batch": self.batch, "timingsS": dict(self.timings_s)}
+
+
+def from_memo(
+    memo: Mapping[str, object], manifest: Manifest, isa: str, provider: str
+) -> VariantChoice | None:
+    """An earlier replica's auto choice on this node, or None when it no longer applies here
+    (not an auto candidate of this manifest, or not a well-formed record)."""
+    variant, batch, timings = memo.get("variant"), memo.get("batch"), memo.get("timingsS")
+    if not (isinstance(variant, str) and isinstance(batch, int) and isinstance(timings, dict)):
+        return None
+    if variant not in auto_candidates(manifest, provider == CUDA_PROVIDER) or len(timings) < 2:
+        return None
+    seconds = {str(k): float(v) for k, v in timings.items() if isinstance(v, int | float)}
+    return VariantChoice(AUTO, variant, isa, provider, batch, seconds, timed=TIMED_ON_NODE)
 
 
 def describe(
@@ -161,7 +189,7 @@ def choose(
     first = next(name for name in candidates if name in timings)
     fastest = min(timings, key=lambda name: timings[name])
     best = fastest if timings[fastest] < timings[first] * (1 - margin) else first
-    return VariantChoice(AUTO, best, isa, provider, batch, timings, skipped)
+    return VariantChoice(AUTO, best, isa, provider, batch, timings, skipped, timed=TIMED_HERE)
 
 
 def _why(exc: Exception) -> str:

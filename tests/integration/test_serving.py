@@ -11,7 +11,8 @@ reaches it through the gateway). The artifact set is the training pipeline's
 Tests here: both protocols agree with direct onnxruntime output, a stock OIP v2
 client (tritonclient) works unchanged, every bad request gets its 4xx, an
 altered artifact never becomes Ready and says which file, and batching is
-observed from the replica's batch-size records. Artifact verification and
+observed from the replica's batch-size records (and the variant the replica reports on
+/metrics, as the operator reads it into status.model). Artifact verification and
 variant choice are also tested without Ray at the top of the module.
 """
 
@@ -373,6 +374,29 @@ def test_concurrent_requests_are_batched(endpoint: str) -> None:
     assert "rayrelay_inference_latency_seconds_bucket" in metrics
     assert 'rayrelay_requests_total{code="200",model="rr-serve-test",protocol="v1"}' in metrics
     assert "rayrelay_request_errors_total" in metrics
+
+    # The variant the replica serves, as /metrics reports it and the operator reads it into
+    # status.model (the ray backend's parser, the status function): forced fp32, never timed.
+    from rayrelay_core.api import ServedModel
+    from rayrelay_operator.backends.ray import served_variant
+    from rayrelay_operator.reconcile.deployment import DesiredModel, served_model
+    from rayrelay_operator.work import ServingObservation, ServingState
+    from rayrelay_workloads.hardware import instruction_set
+
+    choice = served_variant(metrics, MODEL)
+    assert choice is not None, metrics[-3000:]
+    assert (choice.requested, choice.variant, choice.isa) == ("fp32", "fp32", instruction_set())
+    assert choice.provider == "CPUExecutionProvider" and choice.timings_s == {}
+    assert f'rayrelay_variant_batch_seconds{{model="{MODEL}"' not in metrics
+    desired = DesiredModel("uri/manifest.json", "sha256:x", "int8")
+    status = served_model(desired, ServingObservation(ServingState.RUNNING, variant=choice), None)
+    assert status == ServedModel(
+        manifest_uri="uri/manifest.json",
+        digest="sha256:x",
+        variant="fp32",
+        variant_reason=f"fp32 forced by the spec (not timed); running on {instruction_set()} (CPUExecutionProvider)",
+        instruction_set=instruction_set(),
+    )
 
 
 @pytest.mark.slow

@@ -264,6 +264,15 @@ def test_replica_times_the_variants_and_serves_the_fastest(tmp_path: Path, slow:
     text = server.metrics_text()
     assert f'variant="{expected}"' in text and f'isa="{instruction_set()}"' in text
     assert 'rayrelay_variant_batch_seconds{model="m"' in text
+    assert choice["timed"] == "here" and 'timed="here"' in text
+    # A later replica on this node (same cache, same settings) loads the choice and times nothing.
+    later = replica(uri, tmp_path / "cache", None)
+    again = later.info()["variantChoice"]
+    assert later.artifacts.variant == expected and again["timed"] == "node"
+    assert again["timingsMs"] == choice["timingsMs"] and "earlier replica on this node" in again["reason"]
+    # ... but one with other settings (a different timing batch) times again.
+    other = replica(uri, tmp_path / "cache", None, batching={"maxBatchSize": 2})
+    assert other.info()["variantChoice"]["timed"] == "here"
 
 
 def test_replica_with_a_forced_variant_loads_only_that_one(tmp_path: Path) -> None:

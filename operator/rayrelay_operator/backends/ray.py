@@ -322,6 +322,7 @@ def served_variant(metrics_text: str, model: str) -> variants.VariantChoice | No
         provider=info.get("provider", ""),
         batch=int(batch) if batch.isdigit() else 0,
         timings_s=timings.get(info.get("replica", ""), {}),
+        timed=info.get("timed", variants.NOT_TIMED),
     )
 
 

@@ -242,21 +242,21 @@ def prepare(
     expected_digest: str | None = None,
     environ: Mapping[str, str] | None = None,
     timings: dict[str, float] | None = None,
-    resolve: Callable[[Manifest], str] | None = None,
+    resolve: Callable[[Manifest, str], str] | None = None,
 ) -> PreparedArtifacts:
     """Read the manifest, check its digest, resolve the variant, fetch and verify what serving needs.
 
     The files go to the node-local cache (``cache.NodeCache``: keyed by digest, bounded,
     least recently used sets evicted first); ``timings`` receives the download/verify split.
-    ``resolve`` (optional) picks the variant from the manifest instead of ``variant``
-    (the replica's hardware-aware start, ``rayrelay_core.variants.first_variant``)."""
+    ``resolve(manifest, digest)`` (optional) picks the variant instead of ``variant``
+    (the replica's hardware-aware start: ``rayrelay_core.variants``)."""
     if not manifest_uri.rstrip("/").endswith("manifest.json"):
         raise ArtifactError(f"{manifest_uri}: expected the URI of a manifest.json")
     store = store or open_store(manifest_uri, endpoint_url)
     try:
         manifest, digest = read_manifest(store, manifest_uri)
         check_digest(digest, expected_digest, manifest_uri)
-        chosen = resolve(manifest) if resolve is not None else manifest.servable_variant(variant)
+        chosen = resolve(manifest, digest) if resolve is not None else manifest.servable_variant(variant)
     except (ManifestError, StoreError) as exc:
         raise ArtifactError(str(exc)) from exc
     base_uri = _base_uri(manifest_uri)

@@ -210,7 +210,14 @@ class ReplicaMetrics:
 
     def set_variant(self, choice: variants.VariantChoice) -> None:
         """Export what the replica serves and, when it timed the candidates, each one's time."""
-        labels = (choice.requested, choice.variant, choice.isa, choice.provider, str(choice.batch))
+        labels = (
+            choice.requested,
+            choice.variant,
+            choice.isa,
+            choice.provider,
+            str(choice.batch),
+            choice.timed,
+        )
         self.variant_info.labels(self._model, self._replica, *labels).set(1)
         for name, seconds in choice.timings_s.items():
             self.variant_timing.labels(self._model, self._replica, name).set(seconds)

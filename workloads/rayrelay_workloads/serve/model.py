@@ -29,7 +29,10 @@ Variant: a forced ``fp32``/``int8`` is loaded as asked. With ``variant: auto``
 then times each variant that passed the quality gate on its own hardware, a few
 batches each under a time budget (``TIMING_*``), and keeps the fastest session
 only (``rayrelay_core.variants``; the other variant's model file is fetched with
-``artifacts.prepare_variant``: node cache, digest checks). With a GPU (``resources.gpus``
+``artifacts.prepare_variant``: node cache, digest checks). The choice is written
+next to the set in the node cache (``.variant-choice-<key>.json``); a later replica
+on the node with the same instruction set, providers, threads and batch loads that
+variant directly and times nothing. With a GPU (``resources.gpus``
 and a CUDA build of onnxruntime) auto serves fp32 on the CUDA provider, untimed:
 dynamic int8 does not run there. The choice, its timings and the CPU instruction
 set go to :meth:`info`, the log and ``/metrics`` (``ReplicaMetrics.set_variant``).
@@ -41,6 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import json
 import logging
 import math
 import os
@@ -60,7 +65,13 @@ from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLim
 from rayrelay_core.variants import VariantChoice
 from rayrelay_workloads.hardware import instruction_set
 from rayrelay_workloads.serve import ingress, protocol
-from rayrelay_workloads.serve.artifacts import PreparedArtifacts, load_tokenizer, prepare, prepare_variant
+from rayrelay_workloads.serve.artifacts import (
+    PreparedArtifacts,
+    cache_root,
+    load_tokenizer,
+    prepare,
+    prepare_variant,
+)
 from rayrelay_workloads.serve.batching import Batcher
 from rayrelay_workloads.serve.metrics import ReplicaMetrics
 from rayrelay_workloads.serve.protocol import Prediction, ProtocolError
@@ -127,6 +138,12 @@ def variant_providers(
     return choose_providers(wanted, gpus, available)
 
 
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
 def session_threads(runtime_intra: int, runtime_inter: int, cpus: float) -> tuple[int, int]:
     """onnxruntime's (intra-op, inter-op) threads for a replica given ``cpus`` CPUs.
 
@@ -155,6 +172,7 @@ class ModelServer:
         self._timings: dict[str, float] = {}
         self.requested_variant = str(args.get("variant") or variants.AUTO)
         self.isa = instruction_set()
+        self._memo_choice: VariantChoice | None = None  # an earlier replica's choice on this node
         self._choose_providers()
         self._load_artifacts(args)
         t_session = time.perf_counter()
@@ -215,7 +233,7 @@ class ModelServer:
         An encrypted set is decrypted in memory (``artifacts.prepare``), never to disk."""
         endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
         t0 = time.perf_counter()
-        gpu = self.session_providers[0] == ExecutionProvider.CUDA.value
+        self._cache_dir = args.get("cacheDir")
         self.artifacts = prepare(
             args["manifestUri"],
             variant=self.requested_variant,
@@ -223,7 +241,7 @@ class ModelServer:
             endpoint_url=endpoint,
             expected_digest=args.get("digest"),
             timings=self._timings,
-            resolve=lambda manifest: variants.first_variant(manifest, self.requested_variant, gpu),
+            resolve=self._first_variant,
         )
         self._timings["prepare_s"] = time.perf_counter() - t0
         manifest = self.artifacts.manifest
@@ -234,6 +252,52 @@ class ModelServer:
         # importing transformers costs a replica seconds at each start (a cold start from zero).
         self.tokenizer = light_tokenizer(self.artifacts) or load_tokenizer(self.artifacts)
         self._timings["tokenizer_s"] = time.perf_counter() - t_tok
+
+    def _first_variant(self, manifest: Any, digest: str) -> str:
+        """The variant to load: the forced one, an earlier replica's choice on this node, or auto's first."""
+        provider = self.session_providers[0]
+        self._memo_choice = None
+        if self.requested_variant in (variants.AUTO, ""):
+            try:
+                memo = json.loads(self._memo_path(digest).read_text())
+                self._memo_choice = variants.from_memo(memo, manifest, self.isa, provider)
+            except (OSError, ValueError):
+                pass  # none yet (or unreadable): time here
+            if self._memo_choice is not None:
+                return self._memo_choice.variant
+        return variants.first_variant(
+            manifest, self.requested_variant, provider == ExecutionProvider.CUDA.value
+        )
+
+    def _memo_path(self, digest: str) -> Path:
+        """Where this node keeps auto's choice for this set and these settings (see the module docstring)."""
+        runtime = self.spec.runtime
+        threads = session_threads(
+            runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
+        )
+        settings = [
+            self.isa,
+            self.session_providers,
+            threads,
+            self._timing_batch(),
+            TIMING_TEXT,
+            _ort_version(),
+        ]
+        key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+        return cache_root(self._cache_dir) / digest / f".variant-choice-{key}.json"
+
+    def _remember(self, choice: VariantChoice) -> None:
+        path = self._memo_path(self.artifacts.digest)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}")
+        try:
+            tmp.write_text(json.dumps(choice.memo()))
+            os.replace(tmp, path)
+        except OSError as exc:  # the set was evicted meanwhile, or a read-only cache: time again next time
+            log.warning("%s: cannot record the variant choice in %s: %s", self.name, path, exc)
+            tmp.unlink(missing_ok=True)
+
+    def _timing_batch(self) -> int:
+        return min(self.spec.batching.max_batch_size, TIMING_MAX_BATCH)
 
     def _choose_providers(self) -> None:
         """The onnxruntime providers of this replica's sessions (``variant_providers``)."""
@@ -288,8 +352,11 @@ class ModelServer:
         """auto: time the accepted variants here and keep the fastest session; forced: as loaded.
 
         The candidates' sessions live only while they are timed (two for int8/fp32);
-        every one but the chosen is dropped before the replica takes requests."""
-        batch = min(self.spec.batching.max_batch_size, TIMING_MAX_BATCH)
+        every one but the chosen is dropped before the replica takes requests. An earlier
+        replica's choice on this node (``_first_variant``) is loaded already: nothing to time."""
+        if self._memo_choice is not None:
+            return self._memo_choice
+        batch = self._timing_batch()
         feeds = self._feeds([TIMING_TEXT] * batch)
         loaded = self.artifacts
         ready: dict[str, tuple[Any, PreparedArtifacts]] = {}
@@ -327,6 +394,8 @@ class ModelServer:
             session, self.artifacts = ready[choice.variant]
             self._bind(session)
         ready.clear()
+        if choice.timed == variants.TIMED_HERE and not choice.skipped:
+            self._remember(choice)
         return choice
 
     # ------------------------------------------------------------------ config
@@ -461,6 +530,7 @@ class ModelServer:
                 "instructionSet": self.variant_choice.isa,
                 "provider": self.variant_choice.provider,
                 "timingsMs": {k: round(v * 1000, 3) for k, v in self.variant_choice.timings_s.items()},
+                "timed": self.variant_choice.timed,
             },
         }
 

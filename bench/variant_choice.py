@@ -1,0 +1,97 @@
+"""What ``variant: auto`` costs a replica's start: the replica constructor with and without timing.
+
+``rayrelay_workloads.serve.model.ModelServer.__init__`` (the whole replica start after
+Serve has started the process: manifest, download, digest checks, tokenizer, session,
+warm-up and, with auto, the timing of the variants) is run in a fresh process per
+repetition on the benchmark model (``bench.model``: MiniLM, fp32 and int8 accepted),
+read from its local run folder, in three situations:
+
+- ``int8``: the variant forced, as before auto timed anything;
+- ``auto-first``: auto, the first replica on the node (empty node cache: both model
+  files are fetched and hashed, both sessions built, 3 + 3 timing batches);
+- ``auto-later``: auto, a later replica on the node (its cache holds the set and the
+  first replica's choice: the chosen variant is loaded directly, nothing is timed).
+
+``python -m bench.variant_choice [--reps N]`` prints one JSON line per repetition and
+the medians; not part of ``make bench`` (docs/operator.md quotes its figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from rayrelay_workloads.serve.model import ModelServer
+imported = time.perf_counter() - t0
+uri, variant, cache = sys.argv[1:4]
+args = {"name": "m", "spec": {"model": {"manifestUri": uri}, "resources": {"cpus": 2}},
+        "manifestUri": uri, "cacheDir": cache}
+if variant != "auto":
+    args["variant"] = variant
+server = ModelServer.func_or_class(args)
+info = server.info()
+print(json.dumps({"initS": info["coldStart"]["initS"], "variantChoiceS": info["coldStart"]["variantChoiceS"],
+                  "variant": info["variant"], "timed": info["variantChoice"]["timed"],
+                  "reason": info["variantChoice"]["reason"], "importS": round(imported, 3)}))
+"""
+
+
+def one(manifest: str, variant: str, cache: Path) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, manifest, variant, str(cache)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    from bench.common import load_average
+    from bench.model import ensure_run
+    from rayrelay_workloads.hardware import instruction_set
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    manifest = str(ensure_run() / "manifest.json")
+    rows: dict[str, list[dict[str, object]]] = {"int8": [], "auto-first": [], "auto-later": []}
+    for _ in range(args.reps):
+        for case in rows:
+            cache = Path(tempfile.mkdtemp(prefix="rr-variant-"))
+            try:
+                if case == "auto-later":
+                    one(manifest, "auto", cache)  # the first replica on the node
+                row = one(manifest, "int8" if case == "int8" else "auto", cache)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            rows[case].append(row)
+            print(json.dumps({"case": case, **row}), flush=True)
+    summary = {
+        case: {
+            "median_init_s": round(statistics.median(float(str(r["initS"])) for r in rs), 3),
+            "median_variant_choice_s": round(
+                statistics.median(float(str(r["variantChoiceS"])) for r in rs), 3
+            ),
+            "variants": sorted({str(r["variant"]) for r in rs}),
+        }
+        for case, rs in rows.items()
+    }
+    print(
+        json.dumps(
+            {"instruction_set": instruction_set(), "load_average": load_average(), **summary}, indent=1
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
