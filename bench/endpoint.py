@@ -102,12 +102,9 @@ def start_naive(hf_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def instruction_set() -> list[str]:
     """The CPU's vector instruction sets that int8 and fp32 kernels depend on (from /proc/cpuinfo)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [f for f in wanted if f in flags]
-    return []
+    from rayrelay_workloads.hardware import cpu_flags
+
+    return cpu_flags()
 
 
 def record_lever(label: str, table: list[dict[str, Any]]) -> None:

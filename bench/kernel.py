@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CACHE, DATA, THREADS, apply_env, log, median, percentile, ratio, write_result
+from rayrelay_workloads.hardware import cpu_flags
 
 apply_env()
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
@@ -106,14 +107,6 @@ def gemm_flops(n: int, reps: int, ort_session: Any) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         out[name] = 2 * n**3 / min(times)
     return out
-
-
-def cpu_flags() -> list[str]:
-    wanted = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8"}
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return sorted(wanted & set(line.split(":", 1)[1].split()))
-    return []
 
 
 def build_variants(run: Path, work: Path) -> dict[str, Any]:

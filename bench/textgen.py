@@ -35,20 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import DATA, THREADS, apply_env, free_port, log, median, ratio, write_result
+from rayrelay_workloads.hardware import instruction_set
 
 apply_env()
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 PROMPT_TOKENS = 32
 CONTENDERS = ("pytorch-generate", "ort-fp32-kv", "ort-int8-kv")
-
-
-def instruction_set() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    for name in ("amx_tile", "avx512_vnni", "avx512f", "avx2"):
-        if name in flags:
-            return name
-    return "unknown"
 
 
 def prompts(tokenizer: Any, batch: int) -> list[list[int]]:
