@@ -303,7 +303,9 @@ class Manifest(Doc):
     variants: dict[str, VariantInfo] = Field(
         description="pytorch, fp32, int8, and with export.targets ort: fp32-ort, int8-ort (.ort files)."
     )
-    recommended_variant: str = Field(description="What variant auto serves: int8 when accepted, else fp32.")
+    recommended_variant: str = Field(
+        description="int8 when accepted, else fp32: what an auto replica loads first, then times against the rest."
+    )
     task: str = Field(
         default="sequence-classification",
         description="The TrainingJob's model.task; text-generation sets are served by textgen.serving.",
