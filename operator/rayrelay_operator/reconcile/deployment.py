@@ -350,11 +350,12 @@ _REFUSED = re.compile(r"^refused (?P<digest>sha256:[0-9a-f]{64}) ")
 def refusal_message(refused: DesiredModel, why: str, previous: DesiredModel) -> str:
     """The Progressing condition's message of a refused model; it starts with the refused digest."""
     run = f"run {refused.run_id}" if refused.run_id else "the model"
+    before = f" (run {previous.run_id})" if previous.run_id else ""
+    # Serve's reason goes last: a message over the condition's bound loses its tail only.
     return (
-        f"refused {refused.digest} ({run}, {refused.manifest_uri}): its replicas failed: {why}; "
-        f"serving the previous model {previous.digest}"
-        + (f" (run {previous.run_id})" if previous.run_id else "")
-        + " again until another model is published or the spec changes"
+        f"refused {refused.digest} ({run}, {refused.manifest_uri}): serving the previous model "
+        f"{previous.digest}{before} again until another model is published or the spec changes; "
+        f"its replicas failed: {why}"
     )
 
 
