@@ -24,8 +24,17 @@ import time
 
 from bench.common import CACHE, ROOT, apply_env, bench_env, git_revision, log
 
-BENCHMARKS = ("kernel", "training", "control_plane", "cold_start", "endpoint", "autoscaling", "textgen")
-NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling"}
+BENCHMARKS = (
+    "kernel",
+    "training",
+    "control_plane",
+    "cold_start",
+    "endpoint",
+    "autoscaling",
+    "textgen",
+    "distillation",
+)
+NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling", "distillation"}
 
 
 def main(argv: list[str] | None = None) -> int:

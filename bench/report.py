@@ -46,6 +46,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "cold_start",
         "autoscaling",
         "textgen",
+        "distillation",
         "run",
     ):
         path = results / f"{name}.json"
@@ -617,6 +618,12 @@ def _textgen_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _distillation_section(doc: dict[str, Any]) -> list[str]:
+    from bench.distillation import report_section  # issue 15: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -667,6 +674,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "cold_start": cold_start_section,
         "autoscaling": functools.partial(autoscaling_section, doc=doc),
         "textgen": _textgen_section,
+        "distillation": _distillation_section,
     }
     for name, fn in sections.items():
         if name in docs:
@@ -676,7 +684,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     lines += [
         "## Running it",
         "",
-        "- `make bench` (= `.venv/bin/python -m bench`): all seven (the minutes each took are in the run table above); "
+        "- `make bench` (= `.venv/bin/python -m bench`): all eight (the minutes each took are in the run table above); "
         "writes `bench/results/*.json` and this page.",
         "- `make bench BENCH_ARGS=--quick`: a smoke run of a few minutes (fewer repetitions, shorter "
         "loads, 50 TrainingJobs); writes `bench/.cache/quick-results/` and "
