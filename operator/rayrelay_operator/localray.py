@@ -120,11 +120,16 @@ class LocalRay:
         raise LocalRayError(f"the local Ray head's dashboard did not come up within {timeout:.0f}s")
 
     def _dashboard_up(self) -> bool:
+        """The dashboard answers, and so does its Job Submission API (a module of its own,
+        which on a loaded machine comes up well after the dashboard's first answers)."""
         try:
-            with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as resp:
-                return bool(resp.status == 200)
+            for path in ("/api/version", "/api/jobs/"):
+                with urllib.request.urlopen(f"{self.dashboard_url}{path}", timeout=5) as resp:
+                    if resp.status != 200:
+                        return False
         except OSError:
             return False
+        return True
 
     def log_tail(self, chars: int = 3000) -> str:
         if self._log is None or not self._log.exists():
