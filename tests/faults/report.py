@@ -116,24 +116,27 @@ CASES = [
         "replica_killed",
         "a serving replica SIGKILLed under load",
         "error rate during recovery <= 1 % (503 + Retry-After, not 500); time to full capacity",
-        "SIGKILL of a ServeReplica process during a closed-loop load",
-        "",
-        False,
+        "SIGKILL of a ServeReplica process (pid from Serve's REST API) during a closed-loop load on "
+        "the one-hop v2 route and the gateway's v1 route",
+        "tests/faults/test_replica_killed.py",
+        True,
     ),
     Case(
         "bad_model",
         "a new artifact fails its digest check or its warm-up",
-        "the old model keeps serving, the status says why, 0 failed requests",
-        "a corrupted / failing artifact published while serving",
-        "",
-        False,
+        "the old model keeps serving, the status says why (Progressing: ModelRefused, naming the run and "
+        "the replica's reason), 0 failed requests",
+        "a run whose model file's bytes changed after its manifest (digest check), or with a label more "
+        "than the model's outputs (warm-up), named by the TrainingJob while a closed-loop load runs",
+        "tests/faults/test_bad_model.py",
+        True,
     ),
     Case(
         "rollout",
         "a ModelDeployment's model changes under load",
         "the new model is warmed beside the old one; 0 errors through the switch",
-        "a newer run or manifestUri while a bounded load runs",
-        "",
+        "a newer run named by the TrainingJob while a closed-loop load runs",
+        "tests/faults/test_bad_model.py",
         False,
     ),
 ]
