@@ -33,8 +33,9 @@ BENCHMARKS = (
     "autoscaling",
     "textgen",
     "distillation",
+    "pruning",
 )
-NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling", "distillation"}
+NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling", "distillation", "pruning"}
 
 
 def main(argv: list[str] | None = None) -> int:

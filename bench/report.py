@@ -47,6 +47,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "autoscaling",
         "textgen",
         "distillation",
+        "pruning",
         "run",
     ):
         path = results / f"{name}.json"
@@ -624,6 +625,12 @@ def _distillation_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _pruning_section(doc: dict[str, Any]) -> list[str]:
+    from bench.pruning import report_section  # issue 15, item 2: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -675,6 +682,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "autoscaling": functools.partial(autoscaling_section, doc=doc),
         "textgen": _textgen_section,
         "distillation": _distillation_section,
+        "pruning": _pruning_section,
     }
     for name, fn in sections.items():
         if name in docs:
@@ -684,7 +692,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     lines += [
         "## Running it",
         "",
-        "- `make bench` (= `.venv/bin/python -m bench`): all eight (the minutes each took are in the run table above); "
+        "- `make bench` (= `.venv/bin/python -m bench`): all nine (the minutes each took are in the run table above); "
         "writes `bench/results/*.json` and this page.",
         "- `make bench BENCH_ARGS=--quick`: a smoke run of a few minutes (fewer repetitions, shorter "
         "loads, 50 TrainingJobs); writes `bench/.cache/quick-results/` and "
