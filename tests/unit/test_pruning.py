@@ -247,3 +247,22 @@ def test_the_api_takes_fractions_and_refuses_what_removes_nothing() -> None:
         TrainingJobSpec.model_validate({**base, "optimization": {"pruning": {"heads": 0, "ffn": 0}}})
     with pytest.raises(ValueError, match="less than or equal to 0.9"):
         TrainingJobSpec.model_validate({**base, "optimization": {"pruning": {"ffn": 0.95}}})
+
+
+def test_a_pruned_model_is_refused_as_a_base_model_before_training(tokenizer, rows, tmp_path: Path) -> None:
+    """run_pipeline stops at the model check (before Ray is needed) with InvalidModel."""
+    from rayrelay_workloads.pipeline import PipelineError, run_pipeline
+    from tests.pipeline_fixtures import tiny_job, tiny_spec, write_subset
+
+    model = four_head_bert(tokenizer.vocab_size)
+    apply_pruning(model, [[0, 1]] * LAYERS, [list(range(32))] * LAYERS)
+    model.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+    train = write_subset(DATA / "train.jsonl", tmp_path / "train.jsonl", 32)
+    validation = write_subset(DATA / "validation.jsonl", tmp_path / "validation.jsonl", 16)
+    job = tiny_job(
+        tiny_spec(str(tmp_path / "pruned"), str(train), str(validation)), f"file://{tmp_path / 'a'}"
+    )
+    with pytest.raises(PipelineError, match="is a pruned model") as caught:
+        run_pipeline(job, scratch_dir=str(tmp_path / "scratch"), log=lambda _: None)
+    assert caught.value.reason == "InvalidModel"

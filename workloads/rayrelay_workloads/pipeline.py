@@ -32,6 +32,7 @@ from rayrelay_workloads.prune import (
     PruneSettings,
     PruningError,
     check_prunable,
+    is_pruned,
     manifest_info,
     prune_checkpoint,
 )
@@ -105,6 +106,11 @@ def run_pipeline(
             teacher = resolve_teacher(job, data.labels)
             job = job.model_copy(update={"teacher": teacher})
             say(f"teacher: run {teacher.run_id} at {teacher.manifest_uri} ({teacher.digest})")
+        if is_pruned(tokenizer_source):
+            raise ModelSourceError(
+                f"model.source {spec.model.source!r} is a pruned model (rayrelay_pruning in its config): "
+                "it serves, but cannot be fine-tuned again; use the unpruned base model and optimization.pruning"
+            )
         pruning_spec = spec.optimization.pruning if spec.optimization is not None else None
         if pruning_spec is not None:
             check_prunable(tokenizer_source)  # a model pruning cannot handle fails now, not after training
