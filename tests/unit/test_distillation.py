@@ -175,3 +175,28 @@ def test_student_waits_for_its_teacher_then_carries_its_manifest(tmp_path: Path)
     assert work.job.teacher == TeacherLineage(
         manifest_uri=published["manifestUri"], digest=published["digest"], run_id="run-1", training_job="big"
     )
+
+
+def test_rayrelay_run_stops_waiting_for_a_failed_teacher() -> None:
+    """`rayrelay run`'s loop (local.objects.done): a student whose teacher failed is finished,
+    and so is the ModelDeployment of that student, each saying why."""
+    from rayrelay_operator.local.objects import LocalObjects, Tracked, done, referenced_training_failed
+
+    teacher = with_status(tj_dict(name="big"), TrainingJobStatus(phase="Failed"))
+    student = tj_dict(name="small", distillation={"teacher": {"trainingJobRef": {"name": "big"}}})
+    deployment = {
+        "kind": "ModelDeployment",
+        "metadata": {"name": "small"},
+        "spec": {"model": {"trainingJobRef": {"name": "small"}}},
+    }
+    for obj in (teacher, student, deployment):
+        obj["metadata"]["namespace"] = "default"
+    objects = LocalObjects([teacher, student, deployment])
+    assert done(Tracked(student), objects)
+    assert referenced_training_failed(Tracked(student), objects) == "its teacher TrainingJob big failed"
+    assert done(Tracked(deployment), objects)
+    assert referenced_training_failed(Tracked(deployment), objects) == (
+        "its TrainingJob small will not run: its teacher TrainingJob big failed"
+    )
+    teacher["status"]["phase"] = "Training"
+    assert not done(Tracked(student), objects)

@@ -77,19 +77,31 @@ def deployment_done(t: Tracked, objects: LocalObjects) -> bool:
 
 
 def done(t: Tracked, objects: LocalObjects) -> bool:
-    return training_done(t) if t.kind == TJ else deployment_done(t, objects)
+    if t.kind == TJ:
+        return training_done(t) or referenced_training_failed(t, objects) is not None
+    return deployment_done(t, objects)
 
 
-def referenced_training_failed(t: Tracked, objects: LocalObjects) -> str | None:
-    """Why a ModelDeployment will never get its model, when its TrainingJob failed."""
-    ref = ((t.obj["spec"].get("model") or {}).get("trainingJobRef") or {}).get("name")
+def referenced_training_failed(t: Tracked, objects: LocalObjects, depth: int = 0) -> str | None:
+    """Why a ModelDeployment will never get its model, or a student TrainingJob its teacher
+    (``spec.distillation.teacher.trainingJobRef``): that TrainingJob failed, or waits for
+    a teacher that failed."""
+    spec = t.obj["spec"]
+    if depth > len(objects.objects):  # a cycle of teachers: none of them ever runs
+        return "its TrainingJobs name each other as teachers"
+    if t.kind == TJ:
+        teacher = ((spec.get("distillation") or {}).get("teacher") or {}).get("trainingJobRef") or {}
+        ref, what = teacher.get("name"), "teacher TrainingJob"
+    else:
+        ref, what = ((spec.get("model") or {}).get("trainingJobRef") or {}).get("name"), "TrainingJob"
     tj = objects.get_trainingjob(NAMESPACE, ref) if ref else None
     if tj is None:
         return None
     status = tj.get("status") or {}
     if status.get("phase") == TrainingPhase.FAILED:
-        return f"its TrainingJob {ref} failed"
-    return None
+        return f"its {what} {ref} failed"
+    upstream = referenced_training_failed(Tracked(tj), objects, depth + 1)
+    return f"its {what} {ref} will not run: {upstream}" if upstream else None
 
 
 def condition_message(status: dict[str, Any], type_: str) -> str:

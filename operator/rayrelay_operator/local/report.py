@@ -31,8 +31,8 @@ def failures(run: LocalRun) -> list[str]:
             out.append(f"{t.label}: training failed: {_failure_text(status)}")
         elif t.kind == MD and status.get("phase") == DeploymentPhase.FAILED:
             out.append(f"{t.label}: deployment failed: {condition_message(status, 'Ready')}")
-        elif t.kind == MD and (why := referenced_training_failed(t, run.objects)):
-            out.append(f"{t.label}: not deployed: {why}")
+        elif why := referenced_training_failed(t, run.objects):
+            out.append(f"{t.label}: not {'deployed' if t.kind == MD else 'trained'}: {why}")
     return out
 
 
