@@ -181,7 +181,7 @@ class CheckpointInfo(Doc):
 class ProgressDoc(Doc):
     """Written by rank 0 while the run goes; read to fill status.progress."""
 
-    stage: str = Field(description="Training, Exporting, Optimizing, Publishing, Succeeded, Failed.")
+    stage: str = Field(description="Training, Pruning, Exporting, Optimizing, Publishing, Succeeded, Failed.")
     attempt: int = 1
     epoch: float | None = None
     step: int | None = None

@@ -2,7 +2,7 @@
 
 Rank 0 of training (``train.py``) updates it at most every ``interval`` seconds
 with step, epoch, loss, throughput, ETA and the latest checkpoint; the pipeline
-(``pipeline.py``) writes the stage transitions (Exporting, Optimizing,
+(``pipeline.py``) writes the stage transitions (Pruning, Exporting, Optimizing,
 Publishing, Succeeded, Failed). The operator and the CLI read it
 (``rayrelay_core.runs.read_doc``) to fill ``status.progress``.
 
