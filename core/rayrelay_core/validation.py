@@ -301,7 +301,8 @@ def cross_checks(docs: Sequence[Mapping[str, Any]], *, self_contained: bool = Fa
     ModelDeployments alone may name TrainingJobs that already exist in a
     cluster (``kubectl apply`` one file after the other); ``self_contained``
     (``rayrelay run``, which has no cluster to find them in) refuses those too,
-    with the same message.
+    with the same message, and so a student TrainingJob whose
+    ``distillation.teacher.trainingJobRef`` names no TrainingJob of the file.
     """
     issues: list[ValidationIssue] = []
     seen: set[tuple[str, str, str]] = set()
@@ -316,14 +317,20 @@ def cross_checks(docs: Sequence[Mapping[str, Any]], *, self_contained: bool = Fa
         return issues
     for doc in docs:
         meta = doc.get("metadata") or {}
-        ref = ((doc.get("spec") or {}).get("model") or {}).get("trainingJobRef")
+        spec = doc.get("spec") or {}
         ns = str(meta.get("namespace") or "default")
-        if doc.get("kind") == "ModelDeployment" and ref and (ns, ref.get("name")) not in jobs:
+        if doc.get("kind") == "ModelDeployment":
+            ref, path = (spec.get("model") or {}).get("trainingJobRef"), "spec.model.trainingJobRef.name"
+        else:  # a distillation teacher: a student's file may leave it to the cluster, unless run here
+            teacher = (spec.get("distillation") or {}).get("teacher") or {}
+            ref = teacher.get("trainingJobRef") if self_contained else None
+            path = "spec.distillation.teacher.trainingJobRef.name"
+        if ref and (ns, ref.get("name")) not in jobs:
             issues.append(
                 ValidationIssue(
-                    "ModelDeployment",
+                    str(doc.get("kind")),
                     str(meta.get("name")),
-                    "spec.model.trainingJobRef.name",
+                    path,
                     f"TrainingJob {ref.get('name')!r} is not defined in this file",
                 )
             )

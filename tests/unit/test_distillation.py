@@ -200,3 +200,16 @@ def test_rayrelay_run_stops_waiting_for_a_failed_teacher() -> None:
     )
     teacher["status"]["phase"] = "Training"
     assert not done(Tracked(student), objects)
+
+
+def test_rayrelay_run_refuses_a_teacher_the_file_does_not_define() -> None:
+    """``validation.cross_checks`` as `rayrelay run` calls it (self_contained); `rayrelay validate`
+    of a student alone accepts it (the teacher may already be in the cluster)."""
+    from rayrelay_core.validation import cross_checks
+
+    student = tj_dict(name="small", distillation={"teacher": {"trainingJobRef": {"name": "big"}}})
+    [issue] = cross_checks([student], self_contained=True)
+    assert issue.path == "spec.distillation.teacher.trainingJobRef.name"
+    assert "TrainingJob 'big' is not defined in this file" in issue.message
+    assert cross_checks([student]) == []
+    assert cross_checks([tj_dict(name="big"), student], self_contained=True) == []
