@@ -228,6 +228,24 @@ def small_set(root: Path, slow: str) -> str:
     return str(root / "manifest.json")
 
 
+def encrypt_set(root: Path, key_hex: str) -> None:
+    """``small_set``'s files encrypted in place, as an encrypting publish leaves them."""
+    from rayrelay_core.runs import EncryptionInfo
+    from rayrelay_workloads import envelope
+
+    m = Manifest.model_validate_json((root / "manifest.json").read_bytes())
+    data_key = envelope.new_data_key()
+    for entry in m.files:
+        plain = (root / entry.path).read_bytes()
+        blob = envelope.encrypt_bytes(data_key, plain, entry.path)
+        (root / entry.path).write_bytes(blob)
+        entry.sha256, entry.size = sha256_bytes(blob), len(blob)
+        entry.plaintext_sha256, entry.plaintext_size = sha256_bytes(plain), len(plain)
+    wrapped = envelope.wrap_data_key(bytes.fromhex(key_hex), data_key, m.run_id)
+    m.encryption = EncryptionInfo(scheme=envelope.SCHEME, wrapped_data_key=wrapped)
+    (root / "manifest.json").write_text(m.to_json())
+
+
 def replica(uri: str, cache: Path, variant: str | None, **spec: Any) -> Any:
     from rayrelay_workloads.serve.model import ModelServer
 
@@ -344,3 +362,19 @@ def test_operator_reads_the_choice_from_metrics_into_status() -> None:
     )
     bare = served_model(desired, ServingObservation(ServingState.RUNNING), None)
     assert bare.variant == "int8" and bare.variant_reason is None
+
+
+def test_replica_times_the_variants_of_an_encrypted_set_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other variant of an encrypted set is decrypted into memory too, never written plain."""
+    key_hex = "11" * 16 + "22" * 16
+    uri = small_set(tmp_path / "set", slow="int8")
+    plain = (tmp_path / "set/onnx/model.onnx").read_bytes()
+    encrypt_set(tmp_path / "set", key_hex)
+    monkeypatch.setenv("RAYRELAY_ENCRYPTION_KEY", key_hex)
+    server = replica(uri, tmp_path / "cache", None)
+    assert server.artifacts.variant == "fp32" and server.artifacts.model_bytes == plain
+    assert server.info()["variantChoice"]["timed"] == "here"
+    cached = {p.name: p.read_bytes() for p in (tmp_path / "cache").rglob("*.onnx")}
+    assert set(cached) == {"model.onnx", "model.int8.onnx"} and cached["model.onnx"] != plain
