@@ -360,6 +360,11 @@ def test_operator_reads_the_choice_from_metrics_into_status() -> None:
     assert (
         served_model(desired, ServingObservation(ServingState.RUNNING, variant=fp32), first).variant == "fp32"
     )
+    # The same variant, now forced (the spec changed, same artifact set): the reason follows.
+    forced = variants.VariantChoice("fp32", "fp32", "avx2", variants.CPU_PROVIDER)
+    auto_fp32 = served_model(desired, ServingObservation(ServingState.RUNNING, variant=fp32), first)
+    now = served_model(desired, ServingObservation(ServingState.RUNNING, variant=forced), auto_fp32)
+    assert now.variant == "fp32" and (now.variant_reason or "").startswith("fp32 forced by the spec")
     bare = served_model(desired, ServingObservation(ServingState.RUNNING), None)
     assert bare.variant == "int8" and bare.variant_reason is None
 

@@ -44,6 +44,8 @@ from rayrelay_core.api import (
 from rayrelay_core.conditions import find_condition, rfc3339, set_condition
 from rayrelay_core.runs import Manifest, ManifestError, read_manifest, serve_app_args
 from rayrelay_core.store import StoreError
+from rayrelay_core.variants import AUTO as AUTO_VARIANT
+from rayrelay_core.variants import VariantChoice
 from rayrelay_operator import naming, policy
 from rayrelay_operator.reconcile.context import Action, Deploy, Event, Plan, ReconcileContext, Undeploy
 from rayrelay_operator.reconcile.errors import StoreUnavailable
@@ -507,7 +509,7 @@ def served_model(desired: DesiredModel, obs: ServingObservation, previous: Serve
     model = ServedModel(manifest_uri=desired.manifest_uri, digest=desired.digest, variant=desired.variant)
     report = obs.variant
     same = previous is not None and previous.digest == desired.digest and previous.variant_reason is not None
-    if same and previous is not None and (report is None or report.variant == previous.variant):
+    if same and previous is not None and (report is None or _same_choice(report, previous)):
         return previous.model_copy(update={"manifest_uri": desired.manifest_uri})
     if report is not None:
         model.variant = report.variant
@@ -515,6 +517,12 @@ def served_model(desired: DesiredModel, obs: ServingObservation, previous: Serve
         model.instruction_set = report.isa
         model.variant_timings_ms = {k: round(v * 1000, 2) for k, v in report.timings_s.items()}
     return model
+
+
+def _same_choice(report: VariantChoice, previous: ServedModel) -> bool:
+    """The same variant, chosen the same way (auto or forced) as the one the status shows."""
+    was_auto = (previous.variant_reason or "").startswith(f"{AUTO_VARIANT}:")
+    return report.variant == previous.variant and (report.requested == AUTO_VARIANT) == was_auto
 
 
 def _deploying(p: DeploymentPass) -> None:
