@@ -328,6 +328,8 @@ def test_bad_requests_get_4xx_with_a_message(endpoint: str) -> None:
         f"{endpoint}/v1/models/{MODEL}:predict", json={"instances": ["still fine"]}, timeout=60
     )
     assert ok.status_code == 200, ok.text
+    # The refusals above are counted where a Prometheus user looks for them.
+    assert "rayrelay_request_errors_total{" in requests.get(f"{endpoint}/metrics", timeout=30).text
 
 
 def batch_records(endpoint: str) -> dict[str, float]:
@@ -373,7 +375,6 @@ def test_concurrent_requests_are_batched(endpoint: str) -> None:
     assert "rayrelay_queue_wait_seconds_bucket" in metrics
     assert "rayrelay_inference_latency_seconds_bucket" in metrics
     assert 'rayrelay_requests_total{code="200",model="rr-serve-test",protocol="v1"}' in metrics
-    assert "rayrelay_request_errors_total" in metrics
 
     # The variant the replica serves, as /metrics reports it and the operator reads it into
     # status.model (the ray backend's parser, the status function): forced fp32, never timed.
