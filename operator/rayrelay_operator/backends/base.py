@@ -29,11 +29,21 @@ from rayrelay_operator.work import ServingObservation, ServingWork, TrainingObse
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend is not reachable yet (temporary)."""
+    """The backend is not reachable yet (temporary); ``reason`` is the status condition's reason."""
+
+    reason = "BackendUnavailable"
+
+
+class RayUnavailable(BackendUnavailable):
+    """The Ray cluster does not answer at all (its head stopped, restarting, or not started)."""
+
+    reason = "RayUnavailable"
 
 
 class MissingPermission(BackendUnavailable):
     """The operator may not do or read something it needs (temporary: an RBAC fix ends it)."""
+
+    reason = "MissingPermission"
 
 
 class BackendRejected(RuntimeError):

@@ -43,7 +43,7 @@ import requests
 from rayrelay_core import variants
 from rayrelay_core.runs import ENCRYPTION_KEY_ENV
 from rayrelay_operator import naming
-from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, RayUnavailable
 from rayrelay_operator.work import (
     ServingObservation,
     ServingState,
@@ -489,7 +489,7 @@ class RayBackend:
 
                         self._client = JobSubmissionClient(self.dashboard_url)
                 except (ConnectionError, requests.exceptions.RequestException) as exc:
-                    raise BackendUnavailable(
+                    raise RayUnavailable(
                         f"Ray dashboard at {self.dashboard_url} is not reachable: {exc}"
                     ) from exc
             return self._client
@@ -500,7 +500,7 @@ class RayBackend:
         except (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             # Reconnect next time: the head may have restarted on the same address.
             self._client = None
-            raise BackendUnavailable(f"Ray at {self.dashboard_url}: {what}: {exc}") from exc
+            raise RayUnavailable(f"Ray at {self.dashboard_url} is not reachable: {what}: {exc}") from exc
 
     def submit_training(self, work: TrainingWork) -> None:
         job_json = work.job.model_dump_json(by_alias=True, exclude_none=True)
@@ -672,7 +672,7 @@ class RayBackend:
         try:
             resp = requests.request(method, url, json=body, timeout=REST_TIMEOUT_S)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise BackendUnavailable(f"Serve REST API at {url} is not reachable: {exc}") from exc
+            raise RayUnavailable(f"Serve REST API at {url} is not reachable: {exc}") from exc
         if resp.status_code >= 500 or resp.status_code in (404, 429, 503):
             # 404: the dashboard's Serve module is still starting.
             raise BackendUnavailable(f"{method} {url}: HTTP {resp.status_code}: {resp.text[:500]}")

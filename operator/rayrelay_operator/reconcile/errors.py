@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from rayrelay_core.runs import ManifestError
 from rayrelay_core.store import NotFound, StoreError
 from rayrelay_core.validation import InvalidResource
-from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, MissingPermission
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable
 from rayrelay_operator.settings import Settings
 
 # Reasons that end a resource for good until its spec changes.
@@ -109,10 +109,8 @@ def classify(
         return ErrorClass(True, "BackendRejected", 0)
     if isinstance(exc, ManifestError | NotFound):
         return ErrorClass(True, "ModelNotFound", 0)
-    if isinstance(exc, MissingPermission):
-        return ErrorClass(False, "MissingPermission", delay)
-    if isinstance(exc, BackendUnavailable):
-        return ErrorClass(False, "BackendUnavailable", delay)
+    if isinstance(exc, BackendUnavailable):  # MissingPermission, RayUnavailable, ...: each says which
+        return ErrorClass(False, exc.reason, delay)
     if isinstance(exc, StoreError):
         return ErrorClass(False, "StoreUnavailable", delay)
     status = getattr(exc, "status", None)  # kubernetes.client.ApiException and kopf's APIError
