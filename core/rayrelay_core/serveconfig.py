@@ -156,13 +156,39 @@ def model_route_prefix(name: str) -> str:
     return f"/v2/models/{name}/infer"
 
 
-def model_application(app_args: dict[str, Any]) -> dict[str, Any]:
-    """The model application's entry, from ``rayrelay_core.runs.serve_app_args``."""
+def surge_autoscaling(config: dict[str, Any], running: int) -> dict[str, Any]:
+    """``autoscaling_config`` while a new model rolls out: one replica more than the ``running`` ones.
+
+    Serve's rolling update (Ray 2.58) starts a new-version replica only where the target
+    leaves room, and stops an old one first when it does not: with the target at the
+    replicas running, the only replica of a one-replica deployment stops before its
+    successor has loaded and warmed up. A config change sets the target to
+    ``initial_replicas``, so running + 1 leaves room for one new replica beside the old
+    ones; each old one stops only once a new one runs, and one that never does (a model
+    failing its digest check or warm-up) stops none. ``min_replicas`` is kept; the operator
+    deploys the plain config again when the rollout ends. A cluster without room for one
+    more replica keeps serving the old model while the new replica waits for resources.
+    """
+    out = dict(config)
+    out["initial_replicas"] = running + 1
+    out["max_replicas"] = max(int(config["max_replicas"]), running + 1)
+    return out
+
+
+def model_application(app_args: dict[str, Any], surge_from: int | None = None) -> dict[str, Any]:
+    """The model application's entry, from ``rayrelay_core.runs.serve_app_args``.
+
+    ``surge_from``: the replicas running the previous model while this one rolls out
+    (:func:`surge_autoscaling`); None outside a rollout.
+    """
     for key in ("name", "manifestUri", "spec"):
         if key not in app_args:
             raise ValueError(f"serve application args lack {key!r}")
     spec = ModelDeploymentSpec.model_validate(app_args["spec"])
     name = str(app_args["name"])
+    options = model_deployment_options(spec)
+    if surge_from is not None:
+        options["autoscaling_config"] = surge_autoscaling(options["autoscaling_config"], surge_from)
     if name == GATEWAY_APP_NAME:
         raise ValueError(f"{GATEWAY_APP_NAME!r} is reserved for the gateway; rename the ModelDeployment")
     return {
@@ -174,10 +200,10 @@ def model_application(app_args: dict[str, Any]) -> dict[str, Any]:
         else model_route_prefix(name),
         "import_path": MODEL_IMPORT_PATH,
         "args": dict(app_args),
-        "deployments": [{"name": MODEL_DEPLOYMENT, **model_deployment_options(spec)}],
+        "deployments": [{"name": MODEL_DEPLOYMENT, **options}],
     }
 
 
-def application_configs(app_args: dict[str, Any]) -> list[dict[str, Any]]:
+def application_configs(app_args: dict[str, Any], surge_from: int | None = None) -> list[dict[str, Any]]:
     """Entries of ``applications`` for one ModelDeployment: the gateway, then the model."""
-    return [gateway_application(), model_application(app_args)]
+    return [gateway_application(), model_application(app_args, surge_from)]

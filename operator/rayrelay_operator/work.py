@@ -90,6 +90,9 @@ class ServingWork:
     app_args: dict[str, Any]  # rayrelay_core.runs.serve_app_args(...)
     owner: dict[str, Any]
     labels: dict[str, str]
+    # While a new model rolls out: the replicas running the previous one, so that Serve gets
+    # room for one new replica beside them (rayrelay_core.serveconfig.surge_autoscaling).
+    surge_from: int | None = None
 
 
 @dataclass

@@ -12,10 +12,12 @@ What must hold: B is refused (the ``Progressing`` condition, reason
 request fails. The long case also rolls a good run C out under the same load and
 counts the failed requests through the switch.
 
-Serve 2.58's rolling update stops an old replica before its successor runs (one
-replica: the only one), so it does not keep A by itself; the operator deploys A
-again when B's application goes DEPLOY_FAILED (``reconcile/deployment.py``).
-Requests that find no replica meanwhile are held by Serve's proxy, not refused.
+Serve 2.58's rolling update stops an old replica before its successor runs when
+the target leaves no room (one replica: the only one), so the operator deploys a
+new model with room for one replica more than those running (a surge): A's
+replica stops only once a new one runs. B's never does; when its application
+goes DEPLOY_FAILED the operator deploys A's config again, which A's replica
+still matches (``reconcile/deployment.py``).
 """
 
 from __future__ import annotations

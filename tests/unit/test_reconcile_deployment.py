@@ -112,8 +112,12 @@ def test_new_model_rolls_over_and_a_bad_one_leaves_the_old_serving(tmp_path: Pat
     d.publish("run-2", int8=False)  # the TrainingJob succeeded again with a new model
     s = d.step()
     assert d.backend.verbs().count("deploy") == 2
+    assert d.backend.deployed[-1].surge_from == 1  # room for the new replica beside the old one
     assert s.phase == "Ready" and cond(s, "Progressing") == ("True", "RollingOut")
     assert s.model == old  # still the old one until the new one runs
+    d.serve("Deploying")
+    d.step()
+    assert d.backend.verbs().count("deploy") == 2  # the rollout's config stays as deployed
     d.serve("DeployFailed", ready=0)  # Serve stopped the old replica first, the new ones fail
     s = d.step()
     # Refused: the previous model is deployed again and the status says which run failed and why.
@@ -147,6 +151,11 @@ def test_new_model_rolls_over_and_a_bad_one_leaves_the_old_serving(tmp_path: Pat
     s = d.step()
     assert d.backend.deployed[-1].app_args["manifestUri"].endswith("run-3/manifest.json")
     assert s.phase == "Ready" and cond(s, "Progressing") == ("True", "RollingOut")
+    d.serve("Running")  # run-3 runs: its config is deployed again without the surge
+    s = d.step()
+    assert s.phase == "Ready" and s.model and s.model.manifest_uri.endswith("run-3/manifest.json")
+    assert d.backend.deployed[-1].surge_from is None
+    assert d.backend.deployed[-1].app_args == d.backend.deployed[-2].app_args
 
 
 def test_a_model_rewritten_in_place_cannot_roll_back(tmp_path: Path) -> None:

@@ -131,3 +131,23 @@ def test_scale_to_zero_and_window_reach_serve_and_serve_accepts_them() -> None:
         args(autoscaling={"minReplicas": 1, "scaleToZeroAfterSeconds": 4})
     )["deployments"]
     assert "downscale_to_zero_delay_s" not in dep["autoscaling_config"]  # no scale to zero above 0
+
+
+def test_a_rollout_leaves_room_for_one_new_replica_beside_the_running_ones() -> None:
+    """surge_from: Serve's target becomes the running replicas + 1; min and the args are kept."""
+    from ray.serve.schema import ServeDeploySchema
+
+    wire = args(autoscaling={"minReplicas": 1, "maxReplicas": 1})
+    _gw, plain = serveconfig.application_configs(wire)
+    _gw, surged = serveconfig.application_configs(wire, surge_from=1)
+    scaling = surged["deployments"][0]["autoscaling_config"]
+    assert scaling["initial_replicas"] == 2 and scaling["max_replicas"] == 2 and scaling["min_replicas"] == 1
+    # Only the deployment's options differ: the args (Serve's code version) are the same, so
+    # dropping the surge after the rollout restarts nothing.
+    assert surged["args"] == plain["args"] and surged["import_path"] == plain["import_path"]
+    bigger = serveconfig.application_configs(
+        args(autoscaling={"minReplicas": 1, "maxReplicas": 8}), surge_from=3
+    )
+    assert bigger[1]["deployments"][0]["autoscaling_config"]["max_replicas"] == 8
+    assert bigger[1]["deployments"][0]["autoscaling_config"]["initial_replicas"] == 4
+    ServeDeploySchema.model_validate({"applications": serveconfig.application_configs(wire, surge_from=1)})

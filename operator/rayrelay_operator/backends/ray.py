@@ -232,6 +232,9 @@ def condense(message: str) -> str:
     return f"{last} ({first})" if first else last
 
 
+SERVE_REPLICA_FAILED = "A replica failed to start"  # Serve 2.58's deployment message on a retry
+
+
 def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> ServingObservation:
     """What Serve reports about one ModelDeployment's application (pure)."""
     apps = instance.get("applications") or {}
@@ -246,7 +249,10 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
         live = dep.get("replicas") or []
         replicas += len(live)
         ready += sum(1 for r in live if r.get("state") == "RUNNING")
-        if dep.get("status") in ("UNHEALTHY", "DEPLOY_FAILED") and dep.get("message"):
+        failing = dep.get("status") in ("UNHEALTHY", "DEPLOY_FAILED")
+        # Serve says so from a new replica's first failure on ("A replica failed to start ...
+        # Retrying"), long before DEPLOY_FAILED: a refused model is told (and rolled back) then.
+        if dep.get("message") and (failing or SERVE_REPLICA_FAILED in str(dep["message"])):
             messages.append(f"{dep_name}: {condense(str(dep['message']))}")
     gateway = apps.get(GATEWAY_APP)
     if state is ServingState.RUNNING and app_name != GATEWAY_APP:
@@ -698,7 +704,7 @@ class RayBackend:
     def deploy_serving(self, work: ServingWork) -> None:
         from rayrelay_core.serveconfig import application_configs
 
-        wanted = application_configs(work.app_args)
+        wanted = application_configs(work.app_args, work.surge_from)
         key_env = self._key_env(work.namespace, work.spec.artifacts.encryption)
         if key_env:
             # The model application's replicas only (the gateway never reads a model). Like a

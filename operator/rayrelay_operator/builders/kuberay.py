@@ -253,7 +253,7 @@ def serve_config(work: ServingWork, http_port: int = 8000) -> str:
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": http_port},
-        "applications": application_configs(work.app_args),
+        "applications": application_configs(work.app_args, work.surge_from),
     }
     return yaml.safe_dump(config, sort_keys=False)
 

@@ -11,12 +11,16 @@
 - *actions*: ``context.Deploy`` / ``Undeploy`` / events, applied by the driver.
 
 ``status.model`` is the model last seen serving: it stays while a newer one
-rolls out. A newer one whose replicas fail (its digest check or its warm-up:
-the Serve application goes DEPLOY_FAILED) is *refused*: Serve's rolling update
-stops old replicas before new ones are up (Ray 2.58 keeps none in reserve), so
-the operator deploys the model that served before again (``_refuse``) and
-records the refusal in the ``Progressing`` condition (reason ``ModelRefused``,
-naming the run, its digest and why). The refused digest is not deployed again
+rolls out. Serve's rolling update (Ray 2.58) stops an old replica before its
+successor runs when the target leaves no room, so a rollout is deployed with a
+surge (``ServingWork.surge_from``: room for one replica more than those
+running, ``serveconfig.surge_autoscaling``), and the plain config once the new
+version runs. A newer model whose replicas fail (its digest check or its
+warm-up: the Serve application goes DEPLOY_FAILED) is *refused*: the operator
+deploys the model that served before again (``_refuse``; its replicas, kept by
+the surge, match that config and keep running) and records the refusal in the
+``Progressing`` condition (reason ``ModelRefused``, naming the run, its digest
+and why). The refused digest is not deployed again
 until the TrainingJob (or ``manifestUri``) names another model or the spec
 changes (a new generation).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -248,6 +252,9 @@ class DeploymentPass:
         self.obs = observed.serving or ServingObservation(ServingState.ABSENT)
         self.serving_now = previous.model if previous.model and previous.model.digest else None
         self.desired = observed.desired
+        # The previous pass deployed a new version beside the running one (with a surge).
+        progressing = find_condition(previous.conditions, COND_PROGRESSING)
+        self.rollout_started = progressing is not None and progressing.reason == "RollingOut"
         # A model refused before (this generation) is not tried again: the one before it serves.
         self.refusal = refusal_of(previous, self.gen)
         self.refused: DesiredModel | None = None
@@ -346,6 +353,16 @@ def scaling_status(
 # ------------------------------------------------------------------------ refusal
 
 MODEL_REFUSED = "ModelRefused"
+# The replica's own refusals of an artifact set (serve/artifacts.py: digest and checksum checks;
+# serve/model.py: the warm-up's output check). They do not pass on a retry, so a rollout whose
+# new replica reports one is refused at its first failure, without waiting for Serve to give up
+# (DEPLOY_FAILED), which would refuse requests meanwhile even though old replicas still run.
+REPLICA_REFUSALS = (
+    "checksum mismatch",
+    "manifest digest mismatch",
+    "does not match the manifest's plaintext sha256",
+    "failed: the model gave",
+)
 _REFUSED = re.compile(r"^refused (?P<digest>sha256:[0-9a-f]{64}) ")
 
 
@@ -457,14 +474,17 @@ def _with_model(p: DeploymentPass) -> None:
     assert desired is not None
     p.cond(COND_MODEL_AVAILABLE, True, "ModelResolved", f"{desired.manifest_uri} ({desired.variant})")
     work = serving_work(p.md, desired, p.settings)
-    # Deploy is idempotent in every backend, so asking again while the backend cannot
-    # tell which version it runs (serving_args None) costs a comparison, not a restart.
-    if p.obs.state is ServingState.ABSENT or p.obs.serving_args != work.app_args:
-        p.actions.append(Deploy(work))
     older_runs = p.obs.serving_args is not None and p.obs.serving_args != work.app_args
     if older_runs and p.obs.state is ServingState.RUNNING:
+        # The new version starts beside the running replicas, which stop only once it runs.
+        p.actions.append(Deploy(replace(work, surge_from=p.obs.ready_replicas or 0)))
         _rolling_over(p)
         return
+    # Deploy is idempotent in every backend, so asking again while the backend cannot
+    # tell which version it runs (serving_args None) costs a comparison, not a restart;
+    # except during a rollout, whose config (with its surge) was deployed already.
+    if p.obs.state is ServingState.ABSENT or (p.obs.serving_args != work.app_args and not p.rollout_started):
+        p.actions.append(Deploy(work))
     _BY_STATE[ServingState(p.obs.state)](p)
 
 
@@ -491,6 +511,8 @@ def _running(p: DeploymentPass) -> None:
     d = p.desired
     assert d is not None
     p.fill_serving()
+    if p.rollout_started:  # rolled out: the spec's own autoscaling again, without the surge
+        p.actions.append(Deploy(serving_work(p.md, d, p.settings)))
     p.s.model = served_model(d, p.obs, p.s.model)
     p.cond(COND_PROGRESSING, False, "RolledOut", f"serving {d.digest}")
     p.cond(
@@ -527,8 +549,13 @@ def _same_choice(report: VariantChoice, previous: ServedModel) -> bool:
 
 def _deploying(p: DeploymentPass) -> None:
     assert p.desired is not None
+    refusable = p.rolling and p.rollout_started and p.observed.previous is not None
+    if refusable and any(marker in p.obs.message for marker in REPLICA_REFUSALS):
+        p.fill_serving()
+        _refuse(p, p.obs.message)
+        return
     p.fill_serving()
-    rolling = p.rolling
+    rolling = p.rolling or p.rollout_started  # a new model, or the same one with a new spec
     p.cond(COND_PROGRESSING, True, "RollingOut" if rolling else "Deploying", f"deploying {p.desired.digest}")
     if rolling:
         p.cond(COND_READY, True, "Serving", f"serving {p.serving_now.digest if p.serving_now else ''}")
@@ -545,7 +572,8 @@ def _failing(p: DeploymentPass) -> None:
     state = ServingState(p.obs.state)
     reason = "ModelRolloutFailed" if state is ServingState.DEPLOY_FAILED else "Unhealthy"
     message = p.obs.message or f"the Serve application is {state.value}"
-    if p.rolling and state is ServingState.DEPLOY_FAILED and p.observed.previous is not None:
+    refusable = p.rolling and p.rollout_started and p.observed.previous is not None
+    if refusable and state is ServingState.DEPLOY_FAILED:
         _refuse(p, message)
         return
     if p.refused is not None:  # rolling back after a refusal: _keep_refusal says how far
