@@ -107,9 +107,12 @@ CASES = [
     Case(
         "head_lost",
         "the Ray head stopped under a running TrainingJob",
-        "the status says RayUnavailable within a stated time; the next attempt resumes from the checkpoint",
-        "SIGTERM of the head",
-        "",
+        "the status says RayUnavailable (the Reconciled condition, naming the dashboard) within 10 s; "
+        "the phase and attempt stay, nothing is resubmitted while Ray does not answer (a head that comes "
+        "back, and the resume from the checkpoint then: not measured)",
+        "SIGTERM of a Ray head of the test's own (LocalRay, as `rayrelay run` starts it) while the "
+        "TrainingJob's Ray job runs",
+        "tests/faults/test_head_lost.py",
         False,
     ),
     Case(
@@ -151,6 +154,17 @@ FINDINGS = {
     "driver_lost": "The same lag: the driver was killed after rank 0 reported a later "
     "checkpoint than the one registered, and the next attempt resumed from the registered one. A "
     "driver killed before any checkpoint is registered makes the next attempt start from step 0.",
+    "bad_model": "Ray Serve 2.58 alone does not keep the old model: its rolling update stops the only "
+    "replica of a one-replica deployment before the new one runs, and once the new replicas have failed "
+    "to start a few times it marks the deployment DEPLOY_FAILED and answers its requests 503 even while "
+    "old replicas still run. Hence the operator deploys a rollout with room for one replica more than "
+    "those running, and refuses the model at the new replica's first refusal (checksum, digest, warm-up), "
+    "before Serve gives up.",
+    "rollout": "With the surge (one replica more than those running while the new model starts), the old "
+    "replica keeps answering until the new one runs; without it, requests waited for the new replica.",
+    "replica_killed": "The gateway sends a prediction whose replica died once more; the one-hop route's "
+    "requests go through Serve's own proxy, which answers a request lost in a dead replica with 500 "
+    "(none was lost in the measured kill: the error rate counts what the clients saw).",
     "s3_outage": "Within one attempt the outage is not survived: Ray Train's controller fails on a "
     "checkpoint upload while S3 is down (TrainingFailed, retryable); the next attempt of the same run "
     "completes and publishes whole.",
