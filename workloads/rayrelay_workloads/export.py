@@ -244,12 +244,16 @@ def optimize_onnx(src: Path, dst: Path, config: Any) -> dict[str, int]:
     from onnxruntime.transformers.optimizer import optimize_model
 
     staged = dst.with_name(dst.stem + ".staged.onnx")
-    prepare_for_fusion(src, staged, int(config.num_attention_heads))
+    heads = int(config.num_attention_heads)
+    # A pruned model (prune.py): the attention is heads x head size wide, no longer hidden_size.
+    pruned = getattr(config, "rayrelay_pruning", None)
+    width = heads * int(pruned["attention_head_size"]) if pruned else int(config.hidden_size)
+    prepare_for_fusion(src, staged, heads)
     optimized = optimize_model(
         str(staged),
         model_type="bert",
-        num_heads=int(config.num_attention_heads),
-        hidden_size=int(config.hidden_size),
+        num_heads=heads,
+        hidden_size=width,
         # Only the Python fusions: the result stays portable (no CPU-specific kernels baked in).
         opt_level=0,
         use_gpu=False,
