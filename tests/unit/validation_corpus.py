@@ -698,7 +698,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
     (
         "pruning-ffn-negative",
         TJ,
-        {"spec.optimization.pruning": {"ffn": -0.1}},
+        {"spec.optimization.pruning": {"heads": 0.5, "ffn": -0.1}},
         "spec.optimization.pruning.ffn",
         "at least 0",
         True,
