@@ -99,15 +99,15 @@ def test_worker_sigkilled_mid_epoch_resumes_from_the_latest_checkpoint(
     before, after = records[-2], records[-1]
     assert after["resumedFrom"].startswith("restart:step-"), after["resumedFrom"]
     start = after["startedAtStep"]
-    # Resumed from a checkpoint at most one behind the latest rank 0 reported: Train V2's
-    # controller registers a report when it next polls the workers, so a worker killed just
-    # after reporting can restart from the one before (measured: see the figures).
-    assert latest_checkpoint - EVERY <= start <= latest_checkpoint + EVERY, (latest_checkpoint, start)
+    # Resumed from the latest checkpoint rank 0 had reported (or a later one): Train V2's
+    # controller registers a report only when it next polls the workers, so the new group
+    # also looks in storage for a newer whole checkpoint (train_state.resume_folder).
+    assert latest_checkpoint <= start <= latest_checkpoint + EVERY, (latest_checkpoint, start)
     executed = sorted({s for r in records for s in r["steps"]})
     total = after["steps"][-1]
     assert executed == list(range(1, total + 1)), "a step was skipped"
     redone = [s for s in before["steps"] if s > start]
-    assert len(redone) <= 3 * EVERY, redone
+    assert len(redone) <= EVERY, redone
     restart_s = after["startTime"] - killed_at
     record(
         "worker_killed",

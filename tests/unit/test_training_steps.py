@@ -181,6 +181,58 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path, change: dict[s
     assert words in str(err.value)
 
 
+class Registered:
+    """Stands in for the ray.train.Checkpoint Ray Train hands a new worker group (a folder)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def as_directory(self) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext(self.path)
+
+
+def saved(root: Path, step_no: int) -> Path:
+    """A real checkpoint folder (save_state of the tiny BERT) at checkpoints/step-<n>."""
+    model = tiny_model(seed=step_no)
+    folder = root / f"step-{step_no:07d}"
+    save_state(folder, model, build_optimization(model, HP, 10, "cpu", "fp32"), Position(step_no, 0, 0), {})
+    return folder
+
+
+def test_resume_takes_a_whole_checkpoint_ray_train_had_not_registered_yet(tmp_path: Path) -> None:
+    """A worker killed just after its upload: storage holds a newer checkpoint than Ray Train's."""
+    from rayrelay_core.store import open_store
+    from rayrelay_workloads.train_state import resume_folder
+
+    uri = f"file://{tmp_path}"
+    store = open_store(uri)
+    registered = Registered(saved(tmp_path, 5))
+    saved(tmp_path, 10)
+    with resume_folder(registered, store, uri) as found:
+        assert found is not None and found[1] == "step-0000010 (uploaded, not yet registered by Ray Train)"
+        model = tiny_model(seed=99)
+        assert load_state(found[0], model, build_optimization(model, HP, 10, "cpu", "fp32")).step == 10
+
+
+def test_resume_skips_a_cut_upload_and_older_folders(tmp_path: Path) -> None:
+    from rayrelay_core.store import open_store
+    from rayrelay_workloads.train_state import resume_folder
+
+    uri = f"file://{tmp_path}"
+    store = open_store(uri)
+    saved(tmp_path, 3)  # older than the registered one: never taken
+    registered = Registered(saved(tmp_path, 5))
+    cut = saved(tmp_path, 10)
+    weights = cut / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # the upload was cut short
+    with resume_folder(registered, store, uri) as found:
+        assert found == (Path(registered.path), "step-0000005")
+    with resume_folder(None, open_store(f"file://{tmp_path}/none"), f"file://{tmp_path}/none") as found:
+        assert found is None
+
+
 def test_train_step_learns_and_evaluate_counts() -> None:
     model = tiny_model(seed=0)
     opt = build_optimization(

@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,9 +160,71 @@ def save_state(
         },
         folder / STATE_FILE,
     )
-    # "position" is the batch index: the key checkpoints have always used.
-    meta = {"step": position.step, "epoch": position.epoch, "position": position.batch, "metrics": metrics}
+    # "position" is the batch index: the key checkpoints have always used. "files" (each
+    # other file's size) lets a reader tell a whole upload from a cut one (stored_checkpoint).
+    files = {
+        f.relative_to(folder).as_posix(): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()
+    }
+    meta = {
+        "step": position.step,
+        "epoch": position.epoch,
+        "position": position.batch,
+        "metrics": metrics,
+        "files": files,
+    }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+CHECKPOINT_DIR = re.compile(r"^step-\d{7}$")
+
+
+def fetch_whole_checkpoint(store: Any, uri: str, dest: Path) -> bool:
+    """Download checkpoint folder ``uri`` into ``dest``; False unless every file its meta lists
+    is there with its size (a folder whose upload was cut short, or one without the list)."""
+    from rayrelay_core.store import StoreError, join
+
+    try:
+        meta = json.loads(store.read_bytes(join(uri, META_FILE)))
+        files = meta.get("files")
+        if not isinstance(files, dict) or not files:
+            return False
+        for rel, size in files.items():
+            target = dest / rel
+            store.download(join(uri, rel), target)
+            if target.stat().st_size != size:
+                return False
+    except (StoreError, OSError, ValueError):
+        return False
+    (dest / META_FILE).write_text(json.dumps(meta))
+    return True
+
+
+@contextmanager
+def resume_folder(checkpoint: Any, store: Any, checkpoints_uri: str) -> Iterator[tuple[Path, str] | None]:
+    """The checkpoint folder to resume from and its name, or None to start from scratch.
+
+    Ray Train hands a new worker group the latest checkpoint its controller registered
+    (``checkpoint``). The controller takes in one report per worker each time it polls
+    them (every 2 s), so a worker killed just after an upload leaves a newer, whole
+    checkpoint in storage that was never registered. The newest whole one of those wins:
+    the steps redone then stay within the checkpoint interval.
+    """
+    registered = Path(checkpoint.path).name if checkpoint is not None else ""
+    prefix = checkpoints_uri.rstrip("/") + "/"
+    try:
+        names = {u[len(prefix) :].split("/", 1)[0] for u in store.list(prefix) if u.startswith(prefix)}
+    except Exception:  # the registered checkpoint is still a good start
+        names = set()
+    for name in sorted((n for n in names if CHECKPOINT_DIR.match(n) and n > registered), reverse=True):
+        with tempfile.TemporaryDirectory(prefix="rr-resume-") as tmp:
+            if fetch_whole_checkpoint(store, prefix + name, Path(tmp)):
+                yield Path(tmp), f"{name} (uploaded, not yet registered by Ray Train)"
+                return
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder), registered
 
 
 def load_state(folder: Path, model: Any, opt: Optimization) -> Position:

@@ -50,6 +50,7 @@ from rayrelay_workloads.train_state import (
     evaluate,
     fault_step,
     load_state,
+    resume_folder,
     save_state,
     steps_per_epoch,
     train_step,
@@ -202,12 +203,13 @@ def restore(worker: Worker) -> tuple[Position, str]:
     """The position to start at, and how (``scratch`` or ``restart:<checkpoint>``)."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return Position(), "scratch"
-    with checkpoint.as_directory() as folder:
-        position = load_state(Path(folder), worker.raw_model, worker.opt)
-    return position, f"restart:{Path(checkpoint.path).name}"
+    config = worker.config
+    store = open_store(config["checkpoints_uri"], config["endpoint_url"])
+    with resume_folder(ray.train.get_checkpoint(), store, config["checkpoints_uri"]) as found:
+        if found is None:
+            return Position(), "scratch"
+        folder, name = found
+        return load_state(folder, worker.raw_model, worker.opt), f"restart:{name}"
 
 
 # ------------------------------------------------------------------ rank 0's records

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayrelay_core.store import join
+from rayrelay_core.store import join, open_store
 from rayrelay_workloads.textgen.data import Fields, LmExample, read_lm_examples
 from rayrelay_workloads.textgen.lm import METRIC, encode_examples, evaluate_lm, lm_train_step
 from rayrelay_workloads.train_state import (
@@ -34,6 +34,7 @@ from rayrelay_workloads.train_state import (
     eta_seconds,
     fault_step,
     load_state,
+    resume_folder,
     save_state,
     steps_per_epoch,
 )
@@ -138,12 +139,11 @@ def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
     total = per_epoch * epochs
     opt = build_optimization(raw, hp, total, device.type, config["precision"])
 
-    checkpoint = ray.train.get_checkpoint()
     start, how = Position(), "scratch"
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            start = load_state(Path(folder), raw, opt)
-        how = f"restart:{Path(checkpoint.path).name}"
+    store = open_store(config["checkpoints_uri"], config["endpoint_url"])
+    with resume_folder(ray.train.get_checkpoint(), store, config["checkpoints_uri"]) as found:
+        if found is not None:
+            start, how = load_state(found[0], raw, opt), f"restart:{found[1]}"
     fault_at = fault_step(config.get("fault_at_step"), int(config["attempt"]), restored=how != "scratch")
     progress = _Progress(config, total, per_epoch, batch_size * world) if rank == 0 else None
     # Rank 0 records the steps this worker group ran (steps/*.json, as classification's loop does),
