@@ -205,17 +205,10 @@ def load_pruned(folder: str | Path) -> Any | None:
     for layer in layers:
         prune_heads(layer, list(range(heads_after)))
     config.num_attention_heads = heads_after
+    from rayrelay_workloads.train_state import load_weights
+
     weights = load_file(str(Path(folder) / "model.safetensors"))
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape
-        raise PruningError(f"pruned model {folder} does not fit its config: {exc}") from exc
-    real_missing = [k for k in missing if not k.endswith("position_ids")]
-    if real_missing or unexpected:
-        raise PruningError(
-            f"pruned model {folder} does not fit its config: missing {real_missing[:5]}, "
-            f"unexpected {list(unexpected)[:5]}"
-        )
+    load_weights(model, weights, f"pruned model {folder}", PruningError)
     model.eval()
     return model
 

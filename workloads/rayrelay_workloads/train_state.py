@@ -227,23 +227,28 @@ def resume_folder(checkpoint: Any, store: Any, checkpoints_uri: str) -> Iterator
         yield Path(folder), registered
 
 
+def load_weights(
+    model: Any, weights: dict[str, Any], what: str, error: type[Exception] = TrainingError
+) -> None:
+    """Load ``weights`` into ``model``; ``error`` naming ``what`` unless every real parameter fits."""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise error(f"{what} does not fit the model: {exc}") from exc
+    # position_ids-like buffers are not saved; real parameters must all be there.
+    real_missing = [k for k in missing if not k.endswith("position_ids")]
+    if real_missing or unexpected:
+        raise error(
+            f"{what} does not fit the model: missing {real_missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
 def load_state(folder: Path, model: Any, opt: Optimization) -> Position:
     """Restore model, optimizer, scheduler (and scaler) from ``folder``; the position it holds."""
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(str(folder / MODEL_DIR / "model.safetensors"))
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as exc:  # a tensor of another shape
-        raise TrainingError(f"checkpoint {folder} does not fit the model: {exc}") from exc
-    # position_ids-like buffers are not saved; real parameters must all be there.
-    real_missing = [k for k in missing if not k.endswith("position_ids")]
-    if real_missing or unexpected:
-        raise TrainingError(
-            f"checkpoint {folder} does not fit the model: missing {real_missing[:5]}, "
-            f"unexpected {list(unexpected)[:5]}"
-        )
+    load_weights(model, load_file(str(folder / MODEL_DIR / "model.safetensors")), f"checkpoint {folder}")
     # weights_only: the state file comes from the store, and a full unpickler runs
     # whatever code a writer of the checkpoint path put in it. The optimizer,
     # scheduler and scaler state dicts are tensors, numbers, strings and containers,
