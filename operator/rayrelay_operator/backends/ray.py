@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from rayrelay_core import variants
+import rayrelay_core.variants as variants
 from rayrelay_core.runs import ENCRYPTION_KEY_ENV
 from rayrelay_operator import naming
 from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, RayUnavailable

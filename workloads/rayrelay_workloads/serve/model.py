@@ -60,7 +60,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rayrelay_core import variants
+import rayrelay_core.variants as variants
 from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLimits
 from rayrelay_core.variants import VariantChoice
 from rayrelay_workloads.hardware import instruction_set
