@@ -108,10 +108,21 @@ CASES = [
         "head_lost",
         "the Ray head stopped under a running TrainingJob",
         "the status says RayUnavailable (the Reconciled condition, naming the dashboard) within 10 s; "
-        "the phase and attempt stay, nothing is resubmitted while Ray does not answer (a head that comes "
-        "back, and the resume from the checkpoint then: not measured)",
+        "the phase and attempt stay, nothing is resubmitted while Ray does not answer (the head coming "
+        "back: the next row)",
         "SIGTERM of a Ray head of the test's own (LocalRay, as `rayrelay run` starts it) while the "
         "TrainingJob's Ray job runs",
+        "tests/faults/test_head_lost.py",
+        False,
+    ),
+    Case(
+        "head_back",
+        "the Ray head stopped mid-training comes back on its address",
+        "the next pass that reaches Ray submits the attempt's job again (Running: Resubmitted), which "
+        "resumes from the newest whole checkpoint in the store; never two Ray jobs of the TrainingJob "
+        "running at once; the job succeeds",
+        "SIGTERM of a Ray head of the test's own once a checkpoint is in the store (moto S3), then a new "
+        "head on the same ports (LocalRay.restart), with none of the old one's jobs",
         "tests/faults/test_head_lost.py",
         False,
     ),
