@@ -38,6 +38,7 @@ from rayrelay_workloads.prune import (
 )
 from rayrelay_workloads.publish import publish
 from rayrelay_workloads.quality import QualityGateError, check_min_accuracy, int8_decision
+from rayrelay_workloads.storewait import StoreWait
 from rayrelay_workloads.train import METRIC, TrainingError, TrainResult, run_training
 
 # (exception type, condition reason, worth retrying) — first match wins.
@@ -148,7 +149,10 @@ def run_pipeline(
         check_min_accuracy(spec.quality_gate, result.accuracy["pytorch"])
         decision = int8_decision(spec.quality_gate, result.accuracy["fp32"], result.accuracy.get("int8"))
         progress.stage("Publishing")
-        manifest, uri = publish(job, result, data, decision, pruning=pruning)
+        waited = StoreWait()
+        manifest, uri = publish(job, result, data, decision, pruning=pruning, wait=waited)
+        if waited.retries:
+            say(f"publish: waited {waited.waited_s:.1f}s for the store ({waited.retries} retries)")
         progress.stage("Succeeded", f"manifest at {uri}")
         say(f"published {uri} (recommended variant {manifest.recommended_variant})")
         return manifest

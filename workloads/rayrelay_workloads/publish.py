@@ -21,6 +21,13 @@ checked against) and its plaintext sha256 and size (what a decrypted file is
 checked against). The manifest itself stays readable: it holds no weights.
 With ``spec.artifacts.serverSideEncryption`` every upload and the manifest ask S3
 to encrypt them (``rayrelay_core.store.sse_args``).
+
+An S3 outage during the publication is waited out (``storewait.hold``): each
+upload and the manifest write is retried with backoff and jitter for up to
+``RAYRELAY_STORE_WAIT_SECONDS``, so the run completes when S3 returns. Past that
+budget the StoreError propagates (the attempt fails with ``StorageError``, and the
+operator's next attempt publishes into a new folder); the manifest is then not
+written, so a half-uploaded publication is never named by any manifest.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from rayrelay_workloads import envelope
 from rayrelay_workloads.data import LoadedData
 from rayrelay_workloads.export import ExportResult
 from rayrelay_workloads.quality import Int8Decision
+from rayrelay_workloads.storewait import StoreWait, hold
 
 
 def package_version() -> str:
@@ -163,12 +171,14 @@ def publish(
     token: str | None = None,
     environ: dict[str, str] | None = None,
     pruning: PruningInfo | None = None,
+    wait: StoreWait | None = None,
 ) -> tuple[Manifest, str]:
     """Upload the artifact files into a new publication folder, then the manifest.
 
     Returns the manifest and its URI (the run's ``manifest.json``). ``token`` names
     the publication (random when not given; tests pass their own). ``environ``: where
-    the encryption key is read (default ``os.environ``).
+    the encryption key is read (default ``os.environ``). ``wait`` (optional) sums the
+    retries and the seconds spent waiting for the store (``storewait.hold``).
     """
     layout = RunLayout(job.run_uri)
     store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
@@ -194,7 +204,8 @@ def publish(
                 rel = join(root, path.relative_to(result.out_dir).as_posix())
                 entry, sent = _prepare_file(path, rel, data_key, sealed_dir)
                 files.append(entry)
-                store.upload(sent, join(layout.base, rel))
+                target = join(layout.base, rel)
+                hold(lambda: store.upload(sent, target), f"publish {rel}", wait=wait)  # noqa: B023 - called now
                 if sent != path:
                     sent.unlink()
     finally:
@@ -203,7 +214,8 @@ def publish(
     manifest = build_manifest(job, result, data, decision, files, root)
     manifest.encryption = info
     manifest.pruning = pruning  # spec.optimization.pruning's record (prune.py), None without it
-    store.write_bytes(layout.manifest, manifest.to_json().encode())
+    body = manifest.to_json().encode()
+    hold(lambda: store.write_bytes(layout.manifest, body), "publish manifest.json", wait=wait)
     return manifest, layout.manifest
 
 

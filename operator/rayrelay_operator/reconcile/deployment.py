@@ -69,6 +69,7 @@ from rayrelay_operator.work import ServingObservation, ServingState, ServingWork
 # ------------------------------------------------------------------------ observe
 
 ENCRYPTION_KEY_REQUIRED = "EncryptionKeyRequired"
+STORE_WAIT_REASON = "WaitingForArtifactStore"
 
 
 @dataclass
@@ -93,6 +94,9 @@ class DeploymentObserved:
     # The model status.model names, resolved again while another one is wanted: what a
     # refused model rolls back to (None: nothing to go back to, e.g. its manifest changed).
     previous: DesiredModel | None = None
+    # While replicas start: why the artifact store did not answer a probe (None: it did, or
+    # no probe). A replica waits for the store (issue 14); the status says so meanwhile.
+    store_problem: str | None = None
 
 
 def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings) -> ServingWork:
@@ -165,6 +169,19 @@ def _read_manifest(
     if pinned and pinned == f"sha256:{digest}":
         _remember_pinned((uri, pinned), manifest)
     return manifest, digest
+
+
+def probe_store(md: ModelDeployment, uri: str, ctx: ReconcileContext) -> str | None:
+    """Does the artifact store answer (a HEAD of the manifest)? None if so, else why not.
+
+    Asked only while replicas start: a replica waits for a store that does not answer
+    (``rayrelay_workloads.storewait``), which Serve does not show, so the status says it.
+    """
+    try:
+        ctx.store_for(uri, md.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url).exists(uri)
+    except StoreError as exc:
+        return str(exc)
+    return None
 
 
 def resolve_model(md: ModelDeployment, ctx: ReconcileContext) -> DeploymentObserved:
@@ -556,10 +573,18 @@ def _deploying(p: DeploymentPass) -> None:
         return
     p.fill_serving()
     rolling = p.rolling or p.rollout_started  # a new model, or the same one with a new spec
-    p.cond(COND_PROGRESSING, True, "RollingOut" if rolling else "Deploying", f"deploying {p.desired.digest}")
+    deploying = f"deploying {p.desired.digest}"
+    if p.observed.store_problem:
+        deploying += f"; its replicas wait for the artifact store: {p.observed.store_problem}"
+    p.cond(COND_PROGRESSING, True, "RollingOut" if rolling else "Deploying", deploying)
     if rolling:
         p.cond(COND_READY, True, "Serving", f"serving {p.serving_now.digest if p.serving_now else ''}")
         p.done(DeploymentPhase.READY, "RollingOut", f"rolling out {p.desired.digest}")
+        return
+    if p.observed.store_problem:
+        waiting = f"replicas wait for the artifact store, which does not answer: {p.observed.store_problem}"
+        p.cond(COND_READY, False, STORE_WAIT_REASON, waiting)
+        p.done(DeploymentPhase.DEPLOYING, STORE_WAIT_REASON, waiting)
         return
     p.cond(COND_READY, False, "Deploying", p.obs.message or "replicas starting")
     p.done(DeploymentPhase.DEPLOYING, "Deploying", p.obs.message or "replicas starting")
@@ -649,6 +674,8 @@ def plan_modeldeployment(obj: Mapping[str, Any], ctx: ReconcileContext) -> Plan:
         serving_work(md, desired, ctx.settings) if desired else serving_work_without_model(md, ctx.settings)
     )
     observed.serving = backend.observe_serving(probe)
+    if desired is not None and observed.serving.state is ServingState.DEPLOYING:
+        observed.store_problem = probe_store(md, desired.manifest_uri, ctx)
     status, actions = compute_deployment_status(md, observed, ctx.now(), ctx.settings)
     return Plan(status, actions, backend)
 

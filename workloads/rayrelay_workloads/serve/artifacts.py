@@ -30,6 +30,13 @@ the data key and the model and tokenizer files are decrypted into memory, each
 checked against its plaintext digest (``PreparedArtifacts.model_bytes`` and
 ``tokenizer_files``); no plaintext is written to disk. A missing or wrong key
 is an ``ArtifactError`` that says so without quoting any key.
+
+An S3 outage while a replica starts is waited out (``storewait.hold``): the
+manifest read and each download are retried with backoff and jitter for up to
+``RAYRELAY_STORE_WAIT_SECONDS`` (default 300 s), so the replica comes up once S3
+returns instead of failing its start (Serve gives up on a deployment whose first
+replicas fail to start 3 times in a row). The operator meanwhile probes the store
+and says in the ModelDeployment's status that the replicas wait for it.
 """
 
 from __future__ import annotations
@@ -41,14 +48,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from rayrelay_core.runs import FileEntry, Manifest, ManifestError, read_manifest
 from rayrelay_core.store import Store, StoreError, join, open_store, sha256_bytes, sha256_file
 from rayrelay_workloads import envelope
 from rayrelay_workloads.serve.cache import NodeCache
+from rayrelay_workloads.storewait import StoreWait, hold
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Weights of the PyTorch model in hf/: serving runs ONNX and never loads them.
 _SKIPPED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
@@ -145,6 +154,18 @@ def _matches(path: Path, entry: FileEntry, timings: dict[str, float] | None = No
     return actual == entry.sha256, actual
 
 
+def _held(op: Callable[[], T], what: str, timings: dict[str, float] | None) -> T:
+    """``op()`` through ``storewait.hold``; ``timings`` (optional) sums ``store_retries`` and
+    ``store_wait_s`` (the seconds a start waited for the store)."""
+    waited = StoreWait()
+    try:
+        return hold(op, what, wait=waited)
+    finally:
+        if timings is not None and waited.retries:
+            timings["store_retries"] = timings.get("store_retries", 0) + waited.retries
+            timings["store_wait_s"] = timings.get("store_wait_s", 0.0) + waited.waited_s
+
+
 def _fetch_verified(
     store: Store, base_uri: str, root: Path, entry: FileEntry, timings: dict[str, float] | None = None
 ) -> Path:
@@ -167,7 +188,7 @@ def _fetch_verified(
     uri = join(base_uri, entry.path)
     start = time.perf_counter()
     try:
-        store.download(uri, tmp)
+        _held(lambda: store.download(uri, tmp), f"fetch {entry.path}", timings)
     except StoreError as exc:
         raise ArtifactError(f"cannot fetch {entry.path}: {exc}") from exc
     timings["download_s"] = timings.get("download_s", 0.0) + time.perf_counter() - start
@@ -254,7 +275,7 @@ def prepare(
         raise ArtifactError(f"{manifest_uri}: expected the URI of a manifest.json")
     store = store or open_store(manifest_uri, endpoint_url)
     try:
-        manifest, digest = read_manifest(store, manifest_uri)
+        manifest, digest = _held(lambda: read_manifest(store, manifest_uri), f"read {manifest_uri}", timings)
         check_digest(digest, expected_digest, manifest_uri)
         chosen = resolve(manifest, digest) if resolve is not None else manifest.servable_variant(variant)
     except (ManifestError, StoreError) as exc:
