@@ -45,6 +45,7 @@ from rayrelay_workloads.modeling import resolve_source
 from rayrelay_workloads.progress import ProgressWriter
 from rayrelay_workloads.publish import lineage_of, store_sse
 from rayrelay_workloads.quality import Int8Decision, QualityGateError
+from rayrelay_workloads.storewait import hold
 from rayrelay_workloads.textgen.data import LoadedLmData, load_lm_data
 from rayrelay_workloads.textgen.export import LmExportResult, export_lm
 from rayrelay_workloads.textgen.lm import METRIC
@@ -166,9 +167,12 @@ def publish_lm(
                 continue
             rel = join(root, path.relative_to(result.out_dir).as_posix())
             files.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
-            store.upload(path, join(layout.base, rel))
+            target = join(layout.base, rel)
+            # An S3 outage is waited out as classification's publish does (storewait.hold).
+            hold(lambda: store.upload(path, target), f"publish {rel}")  # noqa: B023 - called now
     manifest = build_lm_manifest(job, result, data, decision, files, root, train_metrics)
-    store.write_bytes(layout.manifest, manifest.to_json().encode())
+    body = manifest.to_json().encode()
+    hold(lambda: store.write_bytes(layout.manifest, body), "publish manifest.json")
     return manifest, layout.manifest
 
 
