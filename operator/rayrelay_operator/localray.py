@@ -64,9 +64,28 @@ class LocalRay:
         self.address = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
+        # (GCS, dashboard, dashboard agent, Ray client server): kept for restart().
+        self._ports: tuple[int, int, int, int] | None = None
 
     def start(self, timeout: float = 300.0) -> str:
         """Start the head and wait for its dashboard; returns the dashboard URL."""
+        self._ports = (free_port(), free_port(), free_port(), free_port())
+        return self._launch(timeout)
+
+    def restart(self, timeout: float = 300.0) -> str:
+        """Stop the head if it runs, and start a new one on the same ports.
+
+        What a head that comes back looks like to its clients (a restarted head pod
+        behind its service): the same GCS and dashboard addresses, and none of the old
+        head's state -- its jobs are gone; what the run keeps is in the artifact store.
+        """
+        if self._ports is None:
+            return self.start(timeout)
+        self.stop()
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> str:
+        assert self._ports is not None
         ray_bin = Path(self.bin_dir) / "ray"
         if not ray_bin.exists():
             found = shutil.which("ray")
@@ -75,7 +94,7 @@ class LocalRay:
             ray_bin = Path(found)
         # Ray puts socket paths under the temp dir; they must stay short (107 bytes).
         self.temp_dir = tempfile.mkdtemp(prefix="rr-", dir="/tmp")
-        gcs, dash = free_port(), free_port()
+        gcs, dash, agent, client = self._ports
         self._log = Path(self.temp_dir) / "head.log"
         env = dict(os.environ)
         # Jobs run `python -m rayrelay_workloads...`: this interpreter's bin first.
@@ -97,8 +116,8 @@ class LocalRay:
             "--include-dashboard=true",
             # Fixed by default (52365, 10001): a second Ray on this machine would
             # otherwise start without a job agent and refuse every submission.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--ray-client-server-port={client}",
             f"--num-cpus={self.num_cpus}",
             f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats",

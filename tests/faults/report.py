@@ -168,6 +168,11 @@ FINDINGS = {
     "attempt also looked in storage for a newer whole checkpoint (train_state.resume_folder, see the "
     "worker case); not re-measured since. A driver killed before any checkpoint reached storage makes "
     "the next attempt start from step 0.",
+    "head_back": "The head went before Ray Train's controller had registered the checkpoint (it takes "
+    "reports in on its 2 s poll), so Ray Train restored none; the resubmitted worker group took the "
+    "whole upload from storage (train_state.resume_folder), without which it would have started at "
+    "step 0. No pass after the head's return was refused; head_down_seconds holds the test's 10 s of "
+    "passes and the new head's start-up.",
     "s3_outage": "Rank 0 holds a checkpoint upload until S3 answers again (train_worker.wait_for_store, "
     "up to RAYRELAY_STORE_WAIT_SECONDS=300), so the outage cost neither an attempt nor a worker group. "
     "Before that hold, Ray Train's controller failed the attempt on the upload and the next attempt "
