@@ -79,12 +79,36 @@ CASES = [
     ),
     Case(
         "s3_outage",
-        "S3 down during training / publish / a replica's start",
+        "S3 down during training",
         "the run completes when S3 returns, within its first attempt and worker group when the outage is "
         "shorter than RAYRELAY_STORE_WAIT_SECONDS (300 s); every file of the manifest reads back with its "
-        "sha256 (measured: an outage during training; during publish and a replica's start not yet)",
+        "sha256 (publish and a replica's start: the next two rows)",
         "moto's S3 server stopped for a while, then started again on the same port",
         "tests/faults/test_s3_outage.py",
+        False,
+    ),
+    Case(
+        "s3_outage_publish",
+        "S3 down during publish",
+        "each upload and the manifest are retried with backoff and jitter (1 s doubling to 15 s, +-20 %) "
+        "for up to RAYRELAY_STORE_WAIT_SECONDS; the run completes in its first attempt when S3 returns; "
+        "the manifest is written last and every file it lists reads back with its sha256; past the budget "
+        "the attempt fails (StorageError) and no manifest names the half-uploaded files",
+        "moto's S3 server stopped right after the publication's first file reached it, then started "
+        "again on the same port",
+        "tests/faults/test_s3_outage_publish.py",
+        True,
+    ),
+    Case(
+        "s3_outage_replica",
+        "S3 down while a serving replica starts",
+        "the replica waits for the store (manifest read and downloads retried with backoff and jitter "
+        "for up to RAYRELAY_STORE_WAIT_SECONDS) and comes up when S3 returns; meanwhile the "
+        "ModelDeployment says Deploying, Ready False WaitingForArtifactStore (never Ready nor Failed); "
+        "then Ready with the digest",
+        "moto's S3 server stopped right after the pass that deployed a model no node cache held, then "
+        "started again on the same port",
+        "tests/faults/test_s3_outage_replica.py",
         False,
     ),
     Case(
@@ -177,6 +201,16 @@ FINDINGS = {
     "up to RAYRELAY_STORE_WAIT_SECONDS=300), so the outage cost neither an attempt nor a worker group. "
     "Before that hold, Ray Train's controller failed the attempt on the upload and the next attempt "
     "completed.",
+    "s3_outage_publish": "Before the hold (tried at 0792b59 with publish itself and a 15 s outage), the "
+    "first upload that met the outage failed after boto3's own attempts, so the attempt failed with "
+    "StorageError and the operator's next attempt had to publish again; no manifest was written.",
+    "s3_outage_replica": "Before the wait (tried at 0792b59 with a 30 s outage), each start of the "
+    "replica failed on the manifest read and Serve started it again; the status showed Serve's 'A "
+    "replica failed to start ... Retrying 1 more time(s)' with the store's error, and the third start, "
+    "after S3 returned, came up. Serve gives up on a first replica after 3 failed starts in a row "
+    "(DEPLOY_FAILED, no further starts), so a longer outage would have left the ModelDeployment Failed "
+    "(the reading of Ray 2.58's deployment_state.py, not measured); the measured outage is longer than "
+    "those 3 starts took.",
 }
 
 
