@@ -58,6 +58,9 @@ class Settings:
     retry_jitter: float = 0.2
     # Port of the Serve HTTP proxy inside a RayService (kuberay backend).
     serve_port: int = 8000
+    # KubeRay's spec.upgradeStrategy.type of every RayService (kuberay backend): NewCluster
+    # (a changed rayClusterConfig gets a new cluster, traffic switched when it serves) or None.
+    rayservice_upgrade_strategy: str = "NewCluster"
     # Peering (replicas > 1): how long a replica's keep-alive stays valid, in
     # seconds. A standby takes over at most this long after the leader's last
     # keep-alive when the leader dies without a goodbye (SIGKILL, node loss);
@@ -124,5 +127,11 @@ class Settings:
             or min(self.store_connect_timeout_seconds, self.store_read_timeout_seconds) <= 0
         ):
             raise ValueError("RAYRELAY_STORE_MAX_ATTEMPTS must be >= 1 and the store timeouts > 0")
+        if self.rayservice_upgrade_strategy not in ("NewCluster", "None"):
+            raise ValueError(
+                "RAYRELAY_RAYSERVICE_UPGRADE_STRATEGY must be NewCluster or None, not "
+                f"{self.rayservice_upgrade_strategy!r} (NewClusterWithIncrementalUpgrade needs the "
+                "Gateway API and a KubeRay feature gate)"
+            )
         if self.retry_base_delay_seconds <= 0 or not 0 <= self.retry_jitter < 1:
             raise ValueError("RAYRELAY_RETRY_BASE_DELAY_SECONDS must be > 0, RAYRELAY_RETRY_JITTER in [0, 1)")

@@ -336,6 +336,7 @@ class KubeRayBackend:
             encryption_secret=(
                 work.spec.artifacts.encryption.key_secret if work.spec.artifacts.encryption else None
             ),
+            upgrade_strategy=self.settings.rayservice_upgrade_strategy,
         )
 
     def deploy_serving(self, work: ServingWork) -> None:

@@ -18,6 +18,14 @@ worth knowing:
 - The RayService's ``serveConfigV2`` comes from ``rayrelay_core.serveconfig``
   (shared with the ``ray`` backend), and the app args are also kept in an
   annotation so that the backend can tell which model version is deployed.
+- The RayService names KubeRay's upgrade strategy (``spec.upgradeStrategy.type``)
+  instead of leaving it to the KubeRay operator's ``ENABLE_ZERO_DOWNTIME`` flag:
+  ``NewCluster`` by default (``RAYRELAY_RAYSERVICE_UPGRADE_STRATEGY``). KubeRay
+  applies a new ``serveConfigV2`` (a new model) in place on the running cluster,
+  where Serve rolls the replicas over; only a change of ``rayClusterConfig``
+  (image, resources, Ray version) makes it start a new cluster and switch the
+  serve Service to it once that one serves. ``NewClusterWithIncrementalUpgrade``
+  needs the Gateway API and a KubeRay feature gate, and is not offered.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ RAY_API_VERSION = "ray.io/v1"
 RAY_VERSION = "2.58.0"
 ANNOTATION_SUBMISSION_ID = f"{naming.ANNOTATION_PREFIX}/submission-id"
 ANNOTATION_APP_ARGS = f"{naming.ANNOTATION_PREFIX}/app-args"
+# KubeRay 1.5's spec.upgradeStrategy.type values that need nothing beyond KubeRay itself.
+UPGRADE_NEW_CLUSTER = "NewCluster"
+UPGRADE_STRATEGIES = (UPGRADE_NEW_CLUSTER, "None")
 GPU_RESOURCE = "nvidia.com/gpu"
 # The head schedules no work (num-cpus 0); it runs GCS, the dashboard and the driver.
 HEAD_CPU = "1"
@@ -266,8 +277,18 @@ def build_rayservice(
     credentials_secret: str | None,
     service_account: str | None = None,
     encryption_secret: str | None = None,
+    upgrade_strategy: str = UPGRADE_NEW_CLUSTER,
 ) -> dict[str, Any]:
-    """The RayService of a deployment: one worker pod per Serve replica, autoscaled."""
+    """The RayService of a deployment: one worker pod per Serve replica, autoscaled.
+
+    ``upgrade_strategy``: what KubeRay does when ``rayClusterConfig`` changes
+    (``NewCluster``: a new cluster beside the old one, traffic switched when it
+    serves; ``None``: nothing until the RayService is recreated).
+    """
+    if upgrade_strategy not in UPGRADE_STRATEGIES:
+        raise ValueError(
+            f"RayService upgrade strategy must be one of {UPGRADE_STRATEGIES}: {upgrade_strategy!r}"
+        )
     spec = work.spec
     env = _env(endpoint_url, credentials_secret, encryption_secret)
     gpus = int(math.ceil(spec.resources.gpus))
@@ -303,6 +324,7 @@ def build_rayservice(
         "metadata": meta,
         "spec": {
             "serveConfigV2": serve_config(work),
+            "upgradeStrategy": {"type": upgrade_strategy},
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
                 "enableInTreeAutoscaling": True,
