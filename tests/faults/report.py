@@ -200,7 +200,10 @@ FINDINGS = {
     "s3_outage": "Rank 0 holds a checkpoint upload until S3 answers again (train_worker.wait_for_store, "
     "up to RAYRELAY_STORE_WAIT_SECONDS=300), so the outage cost neither an attempt nor a worker group. "
     "Before that hold, Ray Train's controller failed the attempt on the upload and the next attempt "
-    "completed.",
+    "completed. Re-run twice at 47e354d (same test, 20 s outage after a checkpoint): both times the "
+    "first attempt failed with Ray Train's 'Training failed due to controller error' and the second "
+    "completed, so the figures above (from the earlier run) do not hold at that commit; not yet "
+    "explained (a controller callback writing to storage during the outage is the likely cause).",
     "s3_outage_publish": "Before the hold (tried at 0792b59 with publish itself and a 15 s outage), the "
     "first upload that met the outage failed after boto3's own attempts, so the attempt failed with "
     "StorageError and the operator's next attempt had to publish again; no manifest was written.",
@@ -209,8 +212,7 @@ FINDINGS = {
     "replica failed to start ... Retrying 1 more time(s)' with the store's error, and the third start, "
     "after S3 returned, came up. Serve gives up on a first replica after 3 failed starts in a row "
     "(DEPLOY_FAILED, no further starts), so a longer outage would have left the ModelDeployment Failed "
-    "(the reading of Ray 2.58's deployment_state.py, not measured); the measured outage is longer than "
-    "those 3 starts took.",
+    "(the reading of Ray 2.58's deployment_state.py, not measured).",
 }
 
 

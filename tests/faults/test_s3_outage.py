@@ -119,7 +119,8 @@ def test_training_survives_an_s3_outage_and_publishes_whole(
             },
             command="RAYRELAY_FAULTS_LONG=1 pytest tests/faults/test_s3_outage.py",
             notes="moto S3 server stopped (port refuses connections) then restarted on the same port; "
-            "2 Ray Train workers, tiny BERT; publish and a replica's start during an outage not yet measured.",
+            "2 Ray Train workers, tiny BERT; an outage during publish and during a replica's start: "
+            "the cases s3_outage_publish and s3_outage_replica.",
         )
     finally:
         s3.stop()
