@@ -177,6 +177,15 @@ CASES = [
         "tests/faults/test_bad_model.py",
         False,
     ),
+    Case(
+        "rollout_2_replicas",
+        "a ModelDeployment's model changes under load while 2 replicas serve",
+        "the new model's replicas start beside the old ones (room for one more: 3); 0 errors through the "
+        "switch; Ready with the new model",
+        "a newer run named by the TrainingJob while a closed loop of 4 clients runs",
+        "tests/faults/test_rollout_replicas.py",
+        False,
+    ),
 ]
 
 
@@ -197,6 +206,11 @@ FINDINGS = {
     "whole upload from storage (train_state.resume_folder), without which it would have started at "
     "step 0. No pass after the head's return was refused; head_down_seconds holds the test's 10 s of "
     "passes and the new head's start-up.",
+    "rollout_2_replicas": "Once the new model ran, the operator deployed the spec's own autoscaling "
+    "again and Serve stopped the surge replica; meanwhile the application was DEPLOYING, and one pass "
+    "put the ModelDeployment's status back to phase Deploying (Ready False, reason Deploying) while "
+    "both new replicas served. Left as measured (reconcile/deployment.py: the pass after the rollout "
+    "is not told apart from a first deployment).",
     "s3_outage": "Rank 0 holds a checkpoint upload until S3 answers again (train_worker.wait_for_store, "
     "up to RAYRELAY_STORE_WAIT_SECONDS=300), so the outage cost neither an attempt nor a worker group. "
     "Before that hold, Ray Train's controller failed the attempt on the upload and the next attempt "
