@@ -325,3 +325,49 @@ def test_a_manifest_uri_without_a_trainingjob_is_read_every_pass(tmp_path: Path)
     reads = store.reads
     d.step()
     assert store.reads == reads + 1  # how a new publication at the same URI is noticed
+
+
+def test_a_serving_deployment_stays_ready_while_the_surge_is_released(tmp_path: Path) -> None:
+    """After a rollout the spec's own autoscaling is deployed again and Serve stops the surge
+    replica: the application is DEPLOYING again, but the new model serves, so the status stays
+    Ready (measured once as a pass of phase Deploying, Ready False: docs/reliability.md,
+    rollout_2_replicas). A first deployment and one whose application vanished still say Deploying.
+    """
+    d = Driver(tmp_path)
+    d.publish("run-1")
+    d.step()
+    d.serve("Deploying", ready=1)  # a first deployment, one replica up already: not Ready yet
+    s = d.step()
+    assert s.phase == "Deploying" and cond(s, "Ready") == ("False", "Deploying")
+    d.serve("Running", ready=2)
+    assert d.step().phase == "Ready"
+    d.publish("run-2")
+    s = d.step()
+    assert d.backend.deployed[-1].surge_from == 2 and cond(s, "Progressing") == ("True", "RollingOut")
+    d.serve("Deploying", ready=3)  # run-2's replica starts beside run-1's
+    assert d.step().phase == "Ready"
+    d.serve("Running", ready=3)  # run-2 runs: the spec's own autoscaling is deployed again
+    s = d.step()
+    assert s.phase == "Ready" and s.model and s.model.manifest_uri.endswith("run-2/manifest.json")
+    assert d.backend.deployed[-1].surge_from is None and cond(s, "Progressing") == ("False", "RolledOut")
+    events = len(d.events)
+    for ready in (3, 2):  # Serve applies that config and stops the surge replica, over two passes
+        d.serve("Deploying", ready=ready)
+        s = d.step()
+        assert s.phase == "Ready" and cond(s, "Ready") == ("True", "Serving"), s.conditions
+        assert cond(s, "Progressing") == ("True", "Updating")
+        assert s.model and s.model.manifest_uri.endswith("run-2/manifest.json")
+        assert d.backend.deployed[-1].surge_from is None  # never the surge again
+    d.serve("Running", ready=2)
+    s = d.step()
+    assert s.phase == "Ready" and cond(s, "Progressing") == ("False", "RolledOut")
+    assert len(d.events) == events, "the phase changed while the new model served"
+
+    # The application vanished (the Ray head restarted, say): deployed again from nothing,
+    # so Deploying until it runs, even with a replica up.
+    d.serve("Running", ready=2)
+    d.backend.serving = ServingObservation(ServingState.ABSENT)
+    assert d.step().phase == "Deploying"
+    d.serve("Deploying", ready=1)
+    s = d.step()
+    assert s.phase == "Deploying" and cond(s, "Ready") == ("False", "Deploying")

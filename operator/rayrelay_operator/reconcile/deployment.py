@@ -15,7 +15,8 @@ rolls out. Serve's rolling update (Ray 2.58) stops an old replica before its
 successor runs when the target leaves no room, so a rollout is deployed with a
 surge (``ServingWork.surge_from``: room for one replica more than those
 running, ``serveconfig.surge_autoscaling``), and the plain config once the new
-version runs. A newer model whose replicas fail (its digest check or its
+version runs; while Serve applies that config (DEPLOYING, the surge replica
+stopping) the model serves, so the status stays Ready (``serves_desired``). A newer model whose replicas fail (its digest check or its
 warm-up: the Serve application goes DEPLOY_FAILED) is *refused*: the operator
 deploys the model that served before again (``_refuse``; its replicas, kept by
 the surge, match that config and keep running) and records the refusal in the
@@ -288,6 +289,18 @@ class DeploymentPass:
         """A verified model serves and another one is wanted."""
         d = self.desired
         return self.serving_now is not None and d is not None and self.serving_now.digest != d.digest
+
+    @property
+    def serves_desired(self) -> bool:
+        """The previous pass found the wanted model serving and replicas still run (not a first deployment)."""
+        d = self.desired
+        return (
+            self.old_phase is DeploymentPhase.READY
+            and self.serving_now is not None
+            and d is not None
+            and self.serving_now.digest == d.digest
+            and (self.obs.ready_replicas or 0) > 0
+        )
 
     def cond(self, type_: str, status: bool, reason: str, message: str) -> None:
         self.s.conditions = set_condition(
@@ -576,6 +589,13 @@ def _deploying(p: DeploymentPass) -> None:
     deploying = f"deploying {p.desired.digest}"
     if p.observed.store_problem:
         deploying += f"; its replicas wait for the artifact store: {p.observed.store_problem}"
+    if not rolling and p.serves_desired:
+        # Serve applies another config of the model that serves (after a rollout: the spec's
+        # own autoscaling, the surge replica stopping); its replicas answer meanwhile.
+        p.cond(COND_PROGRESSING, True, "Updating", f"{deploying}; its replicas serve meanwhile")
+        p.cond(COND_READY, True, "Serving", f"serving {p.desired.digest}")
+        p.done(DeploymentPhase.READY, "Ready", f"serving {p.desired.digest}")
+        return
     p.cond(COND_PROGRESSING, True, "RollingOut" if rolling else "Deploying", deploying)
     if rolling:
         p.cond(COND_READY, True, "Serving", f"serving {p.serving_now.digest if p.serving_now else ''}")
