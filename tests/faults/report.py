@@ -207,10 +207,12 @@ FINDINGS = {
     "step 0. No pass after the head's return was refused; head_down_seconds holds the test's 10 s of "
     "passes and the new head's start-up.",
     "rollout_2_replicas": "Once the new model ran, the operator deployed the spec's own autoscaling "
-    "again and Serve stopped the surge replica; meanwhile the application was DEPLOYING, and one pass "
-    "put the ModelDeployment's status back to phase Deploying (Ready False, reason Deploying) while "
-    "both new replicas served. Left as measured (reconcile/deployment.py: the pass after the rollout "
-    "is not told apart from a first deployment).",
+    "again and Serve stopped the surge replica; meanwhile the application was DEPLOYING. Measured at "
+    "1cb5f84, one such pass put the ModelDeployment's status back to phase Deploying (Ready False, "
+    "reason Deploying) while both new replicas served. Since f748fab a deployment that was Ready with "
+    "the wanted digest and has a running replica stays Ready then (Ready True Serving, Progressing "
+    "True Updating; reconcile/deployment.py, serves_desired): in the run above one pass saw the "
+    "application DEPLOYING with the surge replica STOPPING and said so, and no pass was not Ready.",
     "s3_outage": "Rank 0 holds a checkpoint upload until S3 answers again (train_worker.wait_for_store, "
     "up to RAYRELAY_STORE_WAIT_SECONDS=300), so the outage cost neither an attempt nor a worker group. "
     "Before that hold, Ray Train's controller failed the attempt on the upload and the next attempt "
