@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from rayrelay_operator.localray import haproxy_env
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -129,6 +131,8 @@ def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
     # defaults to come up, and the head gives up; the fixture waits up to 300 s anyway.
     env.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
     env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+    # Serve's HAProxy ingress, as `rayrelay run`'s head has it (localray.haproxy_env).
+    env.update(haproxy_env(env, temp_dir))
     cmd = [
         str(BIN / "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1",

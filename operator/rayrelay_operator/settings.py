@@ -61,6 +61,9 @@ class Settings:
     # KubeRay's spec.upgradeStrategy.type of every RayService (kuberay backend): NewCluster
     # (a changed rayClusterConfig gets a new cluster, traffic switched when it serves) or None.
     rayservice_upgrade_strategy: str = "NewCluster"
+    # Serve's HAProxy ingress (Ray's high-throughput mode, RAY_SERVE_ENABLE_HA_PROXY) in the
+    # Ray pods of every RayService, and in the Ray head `rayrelay run` starts (localray.py).
+    serve_haproxy: bool = True
     # Peering (replicas > 1): how long a replica's keep-alive stays valid, in
     # seconds. A standby takes over at most this long after the leader's last
     # keep-alive when the leader dies without a goodbye (SIGKILL, node loss);

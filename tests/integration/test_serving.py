@@ -455,3 +455,26 @@ def test_a_manifest_other_than_the_resolved_one_never_becomes_ready(
         assert ready.status_code == 503 and ready.json()["ready"] is False
     finally:
         undeploy(dashboard, port, OTHER_DIGEST)
+
+
+def test_the_serve_port_is_haproxys_and_the_model_route_one_hop(endpoint: str, ray_cluster: Any) -> None:
+    """Serve's HAProxy ingress (localray.haproxy_env, as `rayrelay run`'s head has it) owns the
+    serve port and routes the model's infer path straight to the model application's replica."""
+    configs = list(Path(ray_cluster.temp_dir, "hap").glob("*/haproxy.cfg"))
+    assert configs, f"no HAProxy config under {ray_cluster.temp_dir}/hap: Serve's Python proxy serves"
+    config = configs[0].read_text()
+    assert f"bind 127.0.0.1:{ray_cluster.serve_port}" in config, config[:2000]
+    # One backend per ingress application: the model's own route, and the gateway at "/".
+    assert f"/v2/models/{MODEL}/infer" in config, config[-3000:]
+    pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and str(configs[0]) in _cmdline(p)]
+    assert pids, "no haproxy process runs with that config"
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["my invoice is wrong"]}]}
+    response = requests.post(f"{endpoint}/v2/models/{MODEL}/infer", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -337,6 +337,7 @@ class KubeRayBackend:
                 work.spec.artifacts.encryption.key_secret if work.spec.artifacts.encryption else None
             ),
             upgrade_strategy=self.settings.rayservice_upgrade_strategy,
+            haproxy=self.settings.serve_haproxy,
         )
 
     def deploy_serving(self, work: ServingWork) -> None:

