@@ -8,7 +8,8 @@ passed a checkpoint, the server is stopped for ``OUTAGE_S`` seconds and started
 again on the same port. An attempt that fails anyway with a retryable reason is
 followed by the next attempt of the same run, as the operator does (after its
 backoff). What must hold: the run completes within its first attempt and worker
-group (rank 0 holds a checkpoint upload until S3 answers); its manifest is
+group (every storage call of Ray Train -- a worker's checkpoint upload, the
+controller's checkpoint snapshot -- waits S3 out: ``holdfs.py``); its manifest is
 there and every file it lists reads back with the listed sha256 (nothing
 half-published). Figures: the outage, the attempts and worker groups it took (a
 group restarted by ``FailureConfig`` shows as another step record), the wall time.
@@ -32,6 +33,27 @@ from tests.pipeline_fixtures import tiny_job, tiny_spec
 
 pytestmark = [pytest.mark.faults_long, pytest.mark.slow]
 OUTAGE_S = 20.0
+
+
+def held_in_ray_logs(temp_dir: str) -> dict[str, int]:
+    """How many storage calls each Ray process held through the outage (holdfs / storewait warnings).
+
+    Ray's worker processes log to ``session_latest/logs/worker-*.err``; an actor's file names
+    it (``:actor_name:TrainController``, ``:actor_name:RayTrainWorker``).
+    """
+    counts: dict[str, int] = {}
+    for path in (Path(temp_dir) / "session_latest" / "logs").glob("worker-*.err"):
+        text = path.read_text(errors="replace")
+        held = sum(
+            1 for line in text.splitlines() if "[rayrelay] warning:" in line and "trying again" in line
+        )
+        if held:
+            names = [
+                ln.split(":actor_name:", 1)[1].strip() for ln in text.splitlines() if ":actor_name:" in ln
+            ]
+            role = names[-1] if names else "task"
+            counts[role] = counts.get(role, 0) + held
+    return counts
 
 
 def test_training_survives_an_s3_outage_and_publishes_whole(
@@ -101,8 +123,9 @@ def test_training_survives_an_s3_outage_and_publishes_whole(
             data = store.read_bytes(join(job.run_uri, entry.path))
             assert hashlib.sha256(data).hexdigest() == entry.sha256, entry.path
         groups = list(store.list(join(job.run_uri, "steps")))
-        # Rank 0 holds its checkpoint upload until S3 answers again (train_worker.wait_for_store):
-        # the outage costs neither an attempt nor a worker-group restart.
+        held = held_in_ray_logs(ray_session.temp_dir)
+        # Ray Train's storage calls wait until S3 answers again (holdfs.py, up to
+        # RAYRELAY_STORE_WAIT_SECONDS): the outage costs neither an attempt nor a worker-group restart.
         assert outcome["attempts"] == 1 and not outcome.get("failures"), outcome.get("failures")
         assert len(groups) == 1, groups
         record(
@@ -115,6 +138,7 @@ def test_training_survives_an_s3_outage_and_publishes_whole(
                 "failed_attempts_reasons": outcome.get("failures", []),
                 "manifest_files_verified": len(manifest.files),
                 "worker_groups": len(groups),
+                "storage_calls_held_by_ray_process": held,
                 "run_wall_seconds": round(wall_s, 1),
             },
             command="RAYRELAY_FAULTS_LONG=1 pytest tests/faults/test_s3_outage.py",

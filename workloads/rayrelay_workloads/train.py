@@ -66,6 +66,8 @@ def storage_for(uri: str, endpoint_url: str | None) -> tuple[str, Any]:
         return str(path), None
     import pyarrow.fs
 
+    from rayrelay_workloads.holdfs import holding
+
     endpoint = endpoint_url or os.environ.get("RAYRELAY_S3_ENDPOINT_URL")
     kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
     if endpoint:
@@ -74,7 +76,9 @@ def storage_for(uri: str, endpoint_url: str | None) -> tuple[str, Any]:
     # A few retries with backoff on throttling/5xx, like the boto3 side (store.py).
     kwargs["retry_strategy"] = pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=8)
     bucket, key = split_s3(uri)
-    return f"{bucket}/{key}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+    # Every call Ray Train makes (workers' uploads, the controller's checkpoint snapshot)
+    # waits out an S3 outage for up to RAYRELAY_STORE_WAIT_SECONDS (holdfs.py).
+    return f"{bucket}/{key}".rstrip("/"), holding(pyarrow.fs.S3FileSystem(**kwargs))
 
 
 def checkpoint_uri(job: JobDocument, dir_name: str) -> str:
