@@ -11,8 +11,10 @@ over the project's ``S3FileSystem`` whose calls are retried by
 :func:`storewait.hold` while S3 does not answer (not reachable, or 5xx / throttled),
 for up to ``RAYRELAY_STORE_WAIT_SECONDS`` each. A file written is spooled locally
 (in memory up to 64 MiB, then a temporary file) and uploaded whole on close, under
-the same hold, so an upload cut by an outage is done again from its start. Not
-held: a read already streaming when S3 goes (the open is held, the bytes are not).
+the same hold, so an upload cut by an outage is done again from its start. The
+budget is the driver's (read when the filesystem is made, and pickled with it to
+the controller and the workers). Not held: a read already streaming when S3 goes
+(the open is held, the bytes are not).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 import pyarrow.fs as pafs
 
 from rayrelay_core.store import StoreError
-from rayrelay_workloads.storewait import hold
+from rayrelay_workloads.storewait import hold, wait_budget_s
 
 T = TypeVar("T")
 
@@ -51,8 +53,8 @@ def is_outage_error(exc: BaseException) -> bool:
     return bool(_OUTAGE.search(str(exc)))
 
 
-def held(op: Callable[[], T], what: str) -> T:
-    """``op()``, retried by :func:`storewait.hold` while it fails with an outage."""
+def held(op: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    """``op()``, retried by :func:`storewait.hold` while it fails with an outage, for up to ``budget_s``."""
 
     def attempt() -> T:
         try:
@@ -63,7 +65,7 @@ def held(op: Callable[[], T], what: str) -> T:
             raise
 
     try:
-        return hold(attempt, what)
+        return hold(attempt, what, budget_s=budget_s)
     except StoreError as exc:  # the budget ran out: Ray Train sees the error it knows
         cause = exc.__cause__
         raise (cause if isinstance(cause, OSError) else OSError(str(exc))) from None
@@ -72,8 +74,8 @@ def held(op: Callable[[], T], what: str) -> T:
 class _SpooledUpload:
     """A writable file for :meth:`HoldingS3Handler.open_output_stream`: uploaded whole on close."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str, metadata: Any) -> None:
-        self._fs, self._path, self._metadata = fs, path, metadata
+    def __init__(self, fs: pafs.FileSystem, path: str, metadata: Any, budget_s: float) -> None:
+        self._fs, self._path, self._metadata, self._budget_s = fs, path, metadata, budget_s
         self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
         self.closed = False
 
@@ -106,7 +108,7 @@ class _SpooledUpload:
             return
         try:
             with _UPLOAD_LOCK:
-                held(self._upload, f"upload of {self._path}")
+                held(self._upload, f"upload of {self._path}", self._budget_s)
         finally:
             self.closed = True
             self._spool.close()
@@ -115,11 +117,14 @@ class _SpooledUpload:
 class HoldingS3Handler(pafs.FileSystemHandler):
     """A ``pyarrow.fs.FileSystemHandler`` over ``fs`` holding each call through an S3 outage."""
 
-    def __init__(self, fs: pafs.FileSystem) -> None:
-        self.fs = fs
+    def __init__(self, fs: pafs.FileSystem, budget_s: float) -> None:
+        self.fs, self.budget_s = fs, budget_s
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (HoldingS3Handler, (self.fs,))
+        return (HoldingS3Handler, (self.fs, self.budget_s))
+
+    def _held(self, op: Callable[[], T], what: str) -> T:
+        return held(op, what, self.budget_s)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HoldingS3Handler) and self.fs.equals(other.fs)
@@ -137,19 +142,19 @@ class HoldingS3Handler(pafs.FileSystemHandler):
         return self.fs.normalize_path(path)
 
     def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return held(lambda: self.fs.get_file_info(paths), f"stat of {paths[:1]}")
+        return self._held(lambda: self.fs.get_file_info(paths), f"stat of {paths[:1]}")
 
     def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return held(lambda: self.fs.get_file_info(selector), f"listing of {selector.base_dir}")
+        return self._held(lambda: self.fs.get_file_info(selector), f"listing of {selector.base_dir}")
 
     def create_dir(self, path: str, recursive: bool) -> None:
-        held(lambda: self.fs.create_dir(path, recursive=recursive), f"create_dir {path}")
+        self._held(lambda: self.fs.create_dir(path, recursive=recursive), f"create_dir {path}")
 
     def delete_dir(self, path: str) -> None:
-        held(lambda: self.fs.delete_dir(path), f"delete_dir {path}")
+        self._held(lambda: self.fs.delete_dir(path), f"delete_dir {path}")
 
     def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        held(
+        self._held(
             lambda: self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok),
             f"delete_dir_contents {path}",
         )
@@ -158,29 +163,32 @@ class HoldingS3Handler(pafs.FileSystemHandler):
         raise OSError("refusing to delete the root of the run's store")
 
     def delete_file(self, path: str) -> None:
-        held(lambda: self.fs.delete_file(path), f"delete_file {path}")
+        self._held(lambda: self.fs.delete_file(path), f"delete_file {path}")
 
     def move(self, src: str, dest: str) -> None:
-        held(lambda: self.fs.move(src, dest), f"move {src}")
+        self._held(lambda: self.fs.move(src, dest), f"move {src}")
 
     def copy_file(self, src: str, dest: str) -> None:
-        held(lambda: self.fs.copy_file(src, dest), f"copy {src}")
+        self._held(lambda: self.fs.copy_file(src, dest), f"copy {src}")
 
     def open_input_stream(self, path: str) -> Any:
-        return held(lambda: self.fs.open_input_stream(path), f"read of {path}")
+        return self._held(lambda: self.fs.open_input_stream(path), f"read of {path}")
 
     def open_input_file(self, path: str) -> Any:
-        return held(lambda: self.fs.open_input_file(path), f"read of {path}")
+        return self._held(lambda: self.fs.open_input_file(path), f"read of {path}")
 
     def open_output_stream(self, path: str, metadata: Any) -> Any:
         import pyarrow
 
-        return pyarrow.PythonFile(_SpooledUpload(self.fs, path, metadata), mode="w")
+        return pyarrow.PythonFile(_SpooledUpload(self.fs, path, metadata, self.budget_s), mode="w")
 
     def open_append_stream(self, path: str, metadata: Any) -> Any:
-        return held(lambda: self.fs.open_append_stream(path, metadata=metadata), f"append to {path}")
+        return self._held(lambda: self.fs.open_append_stream(path, metadata=metadata), f"append to {path}")
 
 
-def holding(fs: pafs.FileSystem) -> pafs.FileSystem:
-    """``fs`` behind a :class:`HoldingS3Handler` (what Ray Train's RunConfig gets)."""
-    return pafs.PyFileSystem(HoldingS3Handler(fs))
+def holding(fs: pafs.FileSystem, budget_s: float | None = None) -> pafs.FileSystem:
+    """``fs`` behind a :class:`HoldingS3Handler` (what Ray Train's RunConfig gets).
+
+    ``budget_s``: default :func:`storewait.wait_budget_s`, read now.
+    """
+    return pafs.PyFileSystem(HoldingS3Handler(fs, wait_budget_s() if budget_s is None else budget_s))
