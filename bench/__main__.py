@@ -34,8 +34,9 @@ BENCHMARKS = (
     "textgen",
     "distillation",
     "pruning",
+    "variant_choice",
 )
-NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling", "distillation", "pruning"}
+NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling", "distillation", "pruning", "variant_choice"}
 
 
 def main(argv: list[str] | None = None) -> int:

