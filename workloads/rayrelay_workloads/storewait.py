@@ -4,8 +4,9 @@ Where a run or a replica cannot go on without the store -- the publication's
 files and its manifest (``publish.py``), a replica's artifact set
 (``serve/artifacts.py``) -- the call is retried with exponential backoff (1 s
 doubling to 15 s, +-20 % jitter, ``progress.backoff_s``) for up to
-``RAYRELAY_STORE_WAIT_SECONDS`` (default 300, the budget rank 0 also holds a
-checkpoint upload for, ``train_worker.wait_for_store``). Each try is itself up to
+``RAYRELAY_STORE_WAIT_SECONDS`` (default 300: the same budget holds every
+storage call of Ray Train, ``holdfs.py``, and rank 0's wait before a checkpoint,
+``train_worker.wait_for_store``). Each try is itself up to
 ``S3Settings.max_attempts`` boto3 attempts. Only an outage is waited out: the
 store not reachable, or an HTTP 5xx / 429 / 408 answer. Anything else (no such
 object, access denied, a file too large) fails at once, as before.

@@ -331,11 +331,12 @@ def wait_for_store(
 ) -> bool:
     """Hold until the store answers a HEAD of ``uri`` (backoff 1 s doubling to 15 s), up to ``budget_s``.
 
-    Called by rank 0 before it hands a checkpoint to Ray Train: an upload that fails
-    while S3 is down fails the whole worker group (and, in Ray Train's controller, the
-    attempt), so the group waits out a short outage here instead, and the upload happens
-    once the store is back. False when the budget ran out: the upload then fails as before
-    and the run's FailureConfig and the operator's attempts take over.
+    Called by rank 0 before it hands a checkpoint to Ray Train, so that an upload does
+    not start into an outage that has already begun. An outage that begins during the
+    upload, or during the controller's write of its checkpoint record, is held by Ray
+    Train's storage filesystem itself (``holdfs.py``, the same budget). False when the
+    budget ran out: the upload then goes ahead and fails, and the run's FailureConfig
+    and the operator's attempts take over.
     """
     deadline, failures = clock() + budget_s, 0
     while True:
