@@ -15,8 +15,8 @@ of the TrainingJob run side by side; the job ends Succeeded with a manifest.
 Figures: seconds from the kill to the status saying so, the reason, the
 checkpoint resumed from, the attempts, the longest overlap (0).
 
-The other half of the case -- the Ray head itself stopped (``RayUnavailable``)
--- is not measured yet.
+The other half of the case -- the Ray head itself stopped (``RayUnavailable``),
+and back on its address -- is ``tests/faults/test_head_lost.py``.
 """
 
 from __future__ import annotations
@@ -157,5 +157,5 @@ def test_driver_sigkilled_fails_the_attempt_and_the_next_resumes(
         },
         command="RAYRELAY_FAULTS_LONG=1 pytest tests/faults/test_driver_killed.py",
         notes="ray backend, shared Ray head, passes every 0.5 s, retry base 2 s. The head itself stopped "
-        "(RayUnavailable) is not measured yet.",
+        "and back: cases head_lost and head_back.",
     )
