@@ -195,8 +195,12 @@ def test_scales_to_zero_and_holds_the_first_request(make: Any) -> None:
         },
         resources={"cpus": 0.25},
     )
-    status = d.until(ready, 240, "Ready (one verified replica first)")
-    assert status["readyReplicas"] == 1, [
+    d.until(ready, 240, "Ready (one verified replica first)")
+    # Ready comes once the shared gateway runs too; on a loaded machine that can take longer
+    # than scaleToZeroAfterSeconds, and Serve may release the verified replica first (a full
+    # run saw readyReplicas 0 at the first Ready pass, with 2 s here). The promise is
+    # that a replica ran, verified and warmed up, before Ready: some pass up to then saw it.
+    assert any((h.get("readyReplicas") or 0) >= 1 for _, h in d.history), [
         (round(t - d.history[0][0], 1), h.get("phase"), h.get("readyReplicas"), h.get("scaling"))
         for t, h in d.history
     ]
