@@ -1028,6 +1028,27 @@ class GenerationLimits(ApiModel):
     max_stop_sequences: int = Field(default=4, ge=0, le=64, description="Most stop sequences in one request.")
 
 
+class EndpointAuth(ApiModel):
+    """API keys the endpoint asks of every model request (docs/security.md, "Endpoint API keys")."""
+
+    api_keys_secret: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=NAME_PATTERN,
+        description=(
+            'Secret (same namespace, label rayrelay.dev/credentials: "true") holding the API keys: '
+            "one data entry per key, named as you like (e.g. ci, alice-2026-12), each value a key of "
+            "16 to 4096 characters without spaces (e.g. openssl rand -hex 32). Every model route "
+            "(OIP v2 infer, metadata and ready, KServe v1, generate, generate_stream, OpenAI "
+            "/v1/completions) then answers 401 unless the request carries 'Authorization: Bearer "
+            "<key>' with one of them; /v2/health/live, /v2/health/ready and /metrics stay open. "
+            "Rotate by adding the new entry and removing the old one: the operator re-reads the "
+            "Secret on every pass and the replicas take the change without a restart. Only sha256 "
+            "digests of the keys reach Ray."
+        ),
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     """What to serve and how."""
 
@@ -1055,6 +1076,12 @@ class ModelDeploymentSpec(ApiModel):
     )
     image: str | None = Field(default=None, max_length=512, description="Workload image (kuberay backend).")
     suspend: bool = Field(default=False, description="Take the endpoint down; clearing it deploys again.")
+    auth: EndpointAuth | None = Field(
+        default=None,
+        description=(
+            "Require an API key (Authorization: Bearer) on every model route; off (no key) when omitted."
+        ),
+    )
 
 
 # ------------------------------------------------------------------------- status

@@ -32,6 +32,7 @@ import re
 from typing import Any
 
 from rayrelay_core.api import ModelDeploymentSpec
+from rayrelay_core.apikeys import USER_CONFIG_KEY
 
 GATEWAY_APP_NAME = "rayrelay-gateway"
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -123,8 +124,16 @@ def autoscaling_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
     return config
 
 
-def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """Serve deployment options of ``ModelServer`` (the same keys as the config schema)."""
+def model_deployment_options(
+    spec: ModelDeploymentSpec, key_digests: list[str] | None = None
+) -> dict[str, Any]:
+    """Serve deployment options of ``ModelServer`` (the same keys as the config schema).
+
+    With ``spec.auth``, ``user_config`` carries the sha256 digests of the endpoint's API keys
+    (``rayrelay_core.apikeys``; never the keys): Serve hands a changed ``user_config`` to
+    each running replica's ``reconfigure`` in place, so a rotation restarts nothing. Without
+    digests (none resolved) the list is empty and the replicas refuse every model request.
+    """
     actor: dict[str, Any] = {"num_cpus": spec.resources.cpus}
     if spec.resources.gpus:
         actor["num_gpus"] = spec.resources.gpus
@@ -134,10 +143,27 @@ def model_deployment_options(spec: ModelDeploymentSpec) -> dict[str, Any]:
         "autoscaling_config": autoscaling_config(spec),
         "ray_actor_options": actor,
         "max_ongoing_requests": max_ongoing_requests(spec),
-        "user_config": batching_user_config(spec),
+        "user_config": user_config(spec, key_digests),
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
     }
+
+
+def user_config(spec: ModelDeploymentSpec, key_digests: list[str] | None = None) -> dict[str, Any]:
+    """The model deployment's ``user_config``: batching, plus the API key digests with ``spec.auth``."""
+    config = batching_user_config(spec)
+    if spec.auth is not None:
+        config[USER_CONFIG_KEY] = sorted(key_digests or [])
+    return config
+
+
+def deployed_key_digests(app_config: dict[str, Any] | None) -> list[str] | None:
+    """The API key digests in a model application's config as deployed (None: none there)."""
+    for dep in (app_config or {}).get("deployments") or []:
+        if isinstance(dep, dict) and dep.get("name") == MODEL_DEPLOYMENT:
+            digests = (dep.get("user_config") or {}).get(USER_CONFIG_KEY)
+            return sorted(str(d) for d in digests) if isinstance(digests, list) else None
+    return None
 
 
 def gateway_application(args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -175,18 +201,22 @@ def surge_autoscaling(config: dict[str, Any], running: int) -> dict[str, Any]:
     return out
 
 
-def model_application(app_args: dict[str, Any], surge_from: int | None = None) -> dict[str, Any]:
+def model_application(
+    app_args: dict[str, Any], surge_from: int | None = None, key_digests: list[str] | None = None
+) -> dict[str, Any]:
     """The model application's entry, from ``rayrelay_core.runs.serve_app_args``.
 
     ``surge_from``: the replicas running the previous model while this one rolls out
-    (:func:`surge_autoscaling`); None outside a rollout.
+    (:func:`surge_autoscaling`); None outside a rollout. ``key_digests``: sha256 digests of
+    the endpoint's API keys (``spec.auth``), which go into ``user_config``, not the args: a
+    change of keys reconfigures the replicas in place instead of rolling out new ones.
     """
     for key in ("name", "manifestUri", "spec"):
         if key not in app_args:
             raise ValueError(f"serve application args lack {key!r}")
     spec = ModelDeploymentSpec.model_validate(app_args["spec"])
     name = str(app_args["name"])
-    options = model_deployment_options(spec)
+    options = model_deployment_options(spec, key_digests)
     if surge_from is not None:
         options["autoscaling_config"] = surge_autoscaling(options["autoscaling_config"], surge_from)
     if name == GATEWAY_APP_NAME:
@@ -204,6 +234,8 @@ def model_application(app_args: dict[str, Any], surge_from: int | None = None) -
     }
 
 
-def application_configs(app_args: dict[str, Any], surge_from: int | None = None) -> list[dict[str, Any]]:
+def application_configs(
+    app_args: dict[str, Any], surge_from: int | None = None, key_digests: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Entries of ``applications`` for one ModelDeployment: the gateway, then the model."""
-    return [gateway_application(), model_application(app_args, surge_from)]
+    return [gateway_application(), model_application(app_args, surge_from, key_digests)]
