@@ -53,8 +53,12 @@ class FakeHandle:
                 raise predict_error
             return [Prediction(1, [0.1, 0.9]) for _ in texts]
 
+        async def key_digests() -> list[str] | None:
+            return None  # no spec.auth (tests/unit/test_endpoint_auth.py covers keys)
+
         self.info = _Method(info)
         self.predict = _Method(predict)
+        self.key_digests = _Method(key_digests)
 
 
 def make_gateway(handle: FakeHandle, read_states: Any) -> Any:

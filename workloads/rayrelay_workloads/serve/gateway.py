@@ -26,6 +26,17 @@ a replica gone, or no model status read yet). A prediction whose replica died wh
 answering (``RayActorError``) is sent once more before it becomes such a 503. Metrics:
 ``metrics.GatewayMetrics`` plus the replicas' series at ``GET /metrics``.
 
+API keys (``spec.auth``, ``rayrelay_core.apikeys``): every model route here
+(metadata, ready, infer, KServe v1, ``/v1/completions``) answers 401 unless the
+request carries one of the model's keys; health, ``/v2`` and ``/metrics`` stay
+open. The gateway holds no key and no setting of its own: it asks the model's
+replicas which digests they accept (``ModelServer.key_digests``, the ones Serve
+handed them in ``user_config``) and keeps the answer ``KEYS_TTL_S``, so a
+rotation reaches the gateway at most that long after the replicas (a model
+scaled to zero keeps its last known digests until a new config is deployed:
+asking would wake it). A model with no replica at all and no digests known yet
+answers 503 (not ready) on every route, key or not: there is nothing to reach.
+
 A raw Starlette handler (no FastAPI) on purpose: routes like
 ``/v1/models/{name}:predict`` and OIP's error shape are simpler to state by hand
 than to bend a framework's validation errors into.
@@ -56,6 +67,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rayrelay_core.api import RequestLimits
+from rayrelay_core.apikeys import KeyCheck
 from rayrelay_core.serveconfig import GATEWAY_APP_NAME, GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT
 from rayrelay_workloads.serve import ingress, protocol
 from rayrelay_workloads.serve.metrics import EndpointMetrics, merge_expositions
@@ -67,6 +79,7 @@ _V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?P<rest
 _V1_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?P<verb>:predict)?/?$")
 
 STATUS_TTL_S = 1.0
+KEYS_TTL_S = 1.0  # how long the gateway trusts a model's API key digests before asking again
 INFER_TIMEOUT_S = ingress.INFER_TIMEOUT_S
 RETRY_AFTER_S = ingress.RETRY_AFTER_S
 
@@ -78,6 +91,10 @@ class Unavailable(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class Unauthorized(Exception):
+    """A model request without a valid API key: answered 401 (``ingress.unauthorized_response``)."""
 
 
 @dataclass
@@ -136,6 +153,8 @@ class Gateway:
         self._serve_api = threading.Lock()
         self._handles: dict[tuple[str, float], Any] = {}
         self._infos: dict[tuple[str, float], dict[str, Any]] = {}
+        # model -> (when asked, the model's deployed_at, its key check or None without spec.auth)
+        self._keys: dict[str, tuple[float, float, KeyCheck | None]] = {}
 
     # ------------------------------------------------------------------ model lookup
 
@@ -239,6 +258,31 @@ class Gateway:
             self._infos[key] = info
         return self._infos[key]
 
+    async def _key_check(self, state: ModelState) -> KeyCheck | None:
+        """The model's API key check (None: no ``spec.auth``), as its replicas report it."""
+        cached = self._keys.get(state.name)
+        # Scaled to zero: the last known digests (no config was deployed since); asking would wake it.
+        fresh = cached is not None and (
+            time.monotonic() - cached[0] <= KEYS_TTL_S or state.running_replicas == 0
+        )
+        if cached is not None and fresh and cached[1] == state.deployed_at:
+            return cached[2]
+        if not state.servable:
+            # No replica to ask: every route of such a model answers 503 (not ready) anyway.
+            return cached[2] if cached is not None else None
+        handle = await self._handle(state)
+        with self.metrics.held(state.name, state.scaled_to_zero):
+            digests = await asyncio.wait_for(handle.key_digests.remote(), INFER_TIMEOUT_S)
+        check = None if digests is None else KeyCheck(digests)
+        self._keys[state.name] = (time.monotonic(), state.deployed_at, check)
+        return check
+
+    async def _authorize(self, request: Request, state: ModelState) -> None:
+        """Raise ``Unauthorized`` unless the request carries one of the model's keys (when it has any)."""
+        check = await self._key_check(state)
+        if check is not None and not check.allows(request.headers.get("authorization")):
+            raise Unauthorized
+
     # ------------------------------------------------------------------ HTTP
 
     async def __call__(self, request: Request) -> Response:
@@ -253,6 +297,8 @@ class Gateway:
             response, model_label = await self._route(request, path)
         except ProtocolError as exc:
             response = _error(exc.status, exc.message)
+        except Unauthorized:
+            response = ingress.unauthorized_response()
         except Unavailable as exc:  # already logged where it arose
             response = _unavailable(exc.message, exc.retry_after_s)
         except asyncio.TimeoutError:
@@ -285,6 +331,7 @@ class Gateway:
         if match:
             name, rest = match.group("name"), match.group("rest") or ""
             state = await self._state(name)
+            await self._authorize(request, state)
             if rest == "/infer":
                 self._require(method, "POST")
                 return await self._v2_infer(request, state), name
@@ -297,6 +344,7 @@ class Gateway:
         if match:
             name = match.group("name")
             state = await self._state(name)
+            await self._authorize(request, state)
             if match.group("verb"):
                 self._require(method, "POST")
                 return await self._v1_predict(request, state), name

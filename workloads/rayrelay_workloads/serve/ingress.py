@@ -12,6 +12,8 @@ Serve's transient errors (503 with ``Retry-After``) against real faults (500).
 A replica that died while answering (``RayActorError``: SIGKILLed, its node
 gone, out of memory) is transient too: Serve starts another one, and the
 request can be sent again (the gateway does that once itself, ``REPLICA_GONE``).
+With ``spec.auth`` both check the API key the same way too (:func:`unauthorized`:
+401 with ``WWW-Authenticate: Bearer``, a body that names no key), before a body is read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from rayrelay_core.api import RequestLimits
+from rayrelay_core.apikeys import UNAUTHORIZED_MESSAGE, WWW_AUTHENTICATE, KeyCheck
 from rayrelay_workloads.serve import protocol
 from rayrelay_workloads.serve.protocol import ProtocolError
 
@@ -43,6 +46,22 @@ def json_response(status: int, body: dict[str, Any]) -> JSONResponse:
 
 def error_response(status: int, message: str) -> JSONResponse:
     return json_response(status, protocol.error_body(message))
+
+
+def unauthorized_response() -> JSONResponse:
+    """401 for a model request without a valid API key: the same for every such request."""
+    response = error_response(401, UNAUTHORIZED_MESSAGE)
+    response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return response
+
+
+def unauthorized(check: KeyCheck | None, request: Request) -> JSONResponse | None:
+    """The 401 to answer when ``check`` (None: no ``spec.auth``) refuses the request's key, else None.
+
+    The header is neither logged nor echoed; ``KeyCheck.allows`` compares in constant time."""
+    if check is None or check.allows(request.headers.get("authorization")):
+        return None
+    return unauthorized_response()
 
 
 def unavailable_response(message: str, retry_after_s: float | None = None) -> JSONResponse:

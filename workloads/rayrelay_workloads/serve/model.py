@@ -21,7 +21,10 @@ idle replica starts a lone text at once), so texts of concurrent requests (and
 the several texts of one request) share model calls of up to ``maxBatchSize``;
 tokenisation is one call for the whole batch and pads to its longest text.
 Batching settings arrive through ``user_config`` and change in place in
-:meth:`reconfigure`. The constructor times its steps (``cold_start_record``:
+:meth:`reconfigure`, and so do the sha256 digests of the endpoint's API keys
+(``spec.auth``, ``rayrelay_core.apikeys``): :meth:`__call__` answers 401 before it
+reads a body, and :meth:`key_digests` tells the gateway what to check on the
+routes it answers. The constructor times its steps (``cold_start_record``:
 download, digest check, tokenizer, session, warm-up; files found in the node
 cache, ``cache.py``, are not downloaded) and :meth:`info` returns them.
 Variant: a forced ``fp32``/``int8`` is loaded as asked. With ``variant: auto``
@@ -62,6 +65,7 @@ from starlette.responses import Response
 
 import rayrelay_core.variants as variants
 from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLimits
+from rayrelay_core.apikeys import USER_CONFIG_KEY, KeyCheck, key_check
 from rayrelay_core.variants import VariantChoice
 from rayrelay_workloads.hardware import instruction_set
 from rayrelay_workloads.serve import ingress, protocol
@@ -168,6 +172,9 @@ class ModelServer:
         t0 = time.perf_counter()
         self.name: str = args["name"]
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
+        # spec.auth: every request is refused until reconfigure() brings the digests (fail closed).
+        self.keys: KeyCheck | None = key_check(self.spec.auth is not None, None)
+        self._key_digests: list[str] | None = None if self.keys is None else []
         # Where a replica's start goes (cold start): see ``cold_start`` and ``info()``.
         self._timings: dict[str, float] = {}
         self.requested_variant = str(args.get("variant") or variants.AUTO)
@@ -404,7 +411,8 @@ class ModelServer:
         self.batcher.configure(self.max_batch_size, self.batch_wait_timeout_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batching settings change in place (Serve calls this on user_config updates)."""
+        """Batching settings and API key digests change in place (Serve calls this on user_config updates)."""
+        set_keys(self, user_config)
         if "maxBatchSize" in user_config:
             self.max_batch_size = int(user_config["maxBatchSize"])
         if "batchWaitTimeoutMs" in user_config:
@@ -471,11 +479,16 @@ class ModelServer:
 
     # ------------------------------------------------------------------ HTTP
 
+    def key_digests(self) -> list[str] | None:
+        """The API key digests this replica accepts (None: no ``spec.auth``), for the gateway."""
+        return self._key_digests
+
     async def __call__(self, request: Request) -> Response:
         """``POST /v2/models/{name}/infer``, routed here by Serve's proxy (the one-hop path)."""
         start = time.perf_counter()
         try:
-            response = await self._v2_infer(request)
+            refused = ingress.unauthorized(self.keys, request)
+            response = refused if refused is not None else await self._v2_infer(request)
         except ProtocolError as exc:
             response = ingress.error_response(exc.status, exc.message)
         except Exception as exc:
@@ -622,6 +635,19 @@ def light_tokenizer(prepared: Any) -> LightTokenizer | None:
     if pad_id is None:
         return None
     return LightTokenizer(tokenizer, pad_id, int(padding.get("pad_type_id", 0)), str(pad_token))
+
+
+def set_keys(server: Any, user_config: dict[str, Any]) -> None:
+    """A replica's API key check from ``user_config`` (``ModelServer`` and ``TextGenServer`` alike).
+
+    Logs how many keys it holds, never a key or a digest."""
+    check = key_check(server.spec.auth is not None, user_config)
+    if check is None:
+        return
+    digests = sorted(str(d) for d in user_config.get(USER_CONFIG_KEY) or [])
+    if digests != server._key_digests:
+        log.info("%s: API keys updated in place (%d key(s))", server.name, len(check))
+    server.keys, server._key_digests = check, digests
 
 
 def cold_start_record(

@@ -21,6 +21,11 @@ gateway receives it and calls :func:`gateway_completions`, which forwards the
 body to the replica's :meth:`TextGenServer.complete` or
 :meth:`TextGenServer.complete_stream` by handle.
 
+With ``spec.auth`` every one of these routes asks for an API key
+(``Authorization: Bearer``, ``rayrelay_core.apikeys``): the replica checks its
+own routes with the digests ``reconfigure`` brings, and the gateway checks
+``/v1/completions`` with the digests the replica reports (``key_digests``).
+
 One request decodes at a time per replica (an ``asyncio.Lock``; others wait
 in the replica's queue, bounded by Serve's ``max_ongoing_requests``); the
 decoding steps run on one worker thread so the event loop keeps streaming.
@@ -50,6 +55,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from rayrelay_core.api import GenerationLimits, ModelDeploymentSpec, RequestLimits
+from rayrelay_core.apikeys import KeyCheck, key_check
 from rayrelay_workloads.serve import ingress
 from rayrelay_workloads.serve.protocol import ProtocolError
 from rayrelay_workloads.textgen import protocol as gp
@@ -162,6 +168,9 @@ class TextGenServer:
 
         self.name: str = args["name"]
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
+        # spec.auth: every request is refused until reconfigure() brings the digests (fail closed).
+        self.keys: KeyCheck | None = key_check(self.spec.auth is not None, None)
+        self._key_digests: list[str] | None = None if self.keys is None else []
         endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
         self.artifacts = prepare(
             args["manifestUri"],
@@ -219,7 +228,14 @@ class TextGenServer:
             raise RuntimeError("model not loaded")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batching settings do not apply (one request decodes at a time)."""
+        """API key digests change in place; batching settings do not apply (one request decodes at a time)."""
+        from rayrelay_workloads.serve.model import set_keys
+
+        set_keys(self, user_config)
+
+    def key_digests(self) -> list[str] | None:
+        """The API key digests this replica accepts (None: no ``spec.auth``), for the gateway."""
+        return self._key_digests
 
     # ------------------------------------------------------------------ generation
 
@@ -275,6 +291,9 @@ class TextGenServer:
         match = _V2.match(path)
         if match is None or match.group("name") != self.name:
             raise ProtocolError(404, f"no such endpoint: {request.method} {path}")
+        refused = ingress.unauthorized(self.keys, request)
+        if refused is not None:
+            return refused
         rest = match.group("rest") or ""
         if rest in ("", "/ready"):
             ingress.require(request.method, "GET")
@@ -415,6 +434,7 @@ async def gateway_completions(gateway: Any, request: Request) -> tuple[Response,
     body = await ingress.read_body(request, RequestLimits())
     name = gp.model_of_completion(body)
     state = await gateway._state(name)
+    await gateway._authorize(request, state)
     info = await gateway._info(state)
     if info.get("task") != TASK:
         raise ProtocolError(400, f"model {name!r} is not a text-generation model; /v1/completions needs one")
