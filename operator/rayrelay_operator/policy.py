@@ -5,8 +5,9 @@ nothing more (docs/security.md, issue 12). The operator therefore refuses,
 before it reads, writes or creates anything, a resource that names:
 
 - an image outside ``Settings.allowed_images`` (``ImageNotAllowed``, finding 1);
-- a credentials Secret, or an encryption key Secret
-  (``spec.artifacts.encryption.keySecret``), that is not in the resource's
+- a credentials Secret, an encryption key Secret
+  (``spec.artifacts.encryption.keySecret``), or an endpoint's API keys Secret
+  (``spec.auth.apiKeysSecret``), that is not in the resource's
   namespace with the label ``rayrelay.dev/credentials: "true"``
   (``CredentialsNotAllowed``, finding 1);
 - an S3 endpoint outside ``Settings.allowed_s3_endpoints`` (``EndpointNotAllowed``,
@@ -207,6 +208,20 @@ def _key_secret_refusal(artifacts: Any, namespace: str, secret_labels: SecretLab
     return None
 
 
+def _api_keys_secret_refusal(auth: Any, namespace: str, secret_labels: SecretLabels | None) -> Refusal | None:
+    """The endpoint's API keys Secret: the same opt-in (the operator reads its data for the tenant)."""
+    if auth is None:
+        return None
+    labels = secret_labels(namespace, auth.api_keys_secret) if secret_labels is not None else None
+    if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
+        return Refusal(
+            CREDENTIALS_NOT_ALLOWED,
+            f"spec.auth.apiKeysSecret: Secret {_quote(auth.api_keys_secret)} in namespace {namespace} "
+            f'is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
+        )
+    return None
+
+
 def _image_refusal(image: str | None, settings: Settings) -> Refusal | None:
     if image and not image_allowed(image, settings):
         return Refusal(
@@ -271,5 +286,6 @@ def check_modeldeployment(
         yield from _artifacts_refusals(spec.artifacts, ns, settings)
         yield _secret_refusal(spec.artifacts, ns, settings, secret_labels)
         yield _key_secret_refusal(spec.artifacts, ns, secret_labels)
+        yield _api_keys_secret_refusal(spec.auth, ns, secret_labels)
 
     return _first(checks())

@@ -38,6 +38,11 @@ class LocalSecrets:
     by_name: dict[str, dict[str, str]] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
+    def data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """Secret ``name``'s values (``ReconcileContext.secret_data``: spec.auth's API keys), or None."""
+        secret = self.by_name.get(name)
+        return dict(secret) if secret is not None else None
+
     def encryption_key(self, namespace: str, name: str) -> str:
         """``RAYRELAY_ENCRYPTION_KEY`` of Secret ``name`` (RayBackend's ``encryption_key``)."""
         secret = self.by_name.get(name)

@@ -114,22 +114,36 @@ def v2_body(texts: list[str]) -> dict[str, Any]:
     return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
 
 
-def curl_examples(url: str, name: str) -> list[str]:
+def curl_examples(url: str, name: str, auth: bool = False) -> list[str]:
     v2 = json.dumps(v2_body([SMOKE_TEXT]))
     v1 = json.dumps({"instances": [SMOKE_TEXT]})
+    # spec.auth: the key comes from the user's shell, never from this output.
+    key = ' -H "Authorization: Bearer $API_KEY"' if auth else ""
     return [
-        f"curl -s -X POST {url}/v2/models/{name}/infer -H 'Content-Type: application/json' -d '{v2}'",
-        f"curl -s -X POST {url}/v1/models/{name}:predict -H 'Content-Type: application/json' -d '{v1}'",
+        f"curl -s -X POST {url}/v2/models/{name}/infer -H 'Content-Type: application/json'{key} -d '{v2}'",
+        f"curl -s -X POST {url}/v1/models/{name}:predict -H 'Content-Type: application/json'{key} -d '{v1}'",
     ]
 
 
-def smoke_request(url: str, name: str, timeout: float = SMOKE_TIMEOUT_S) -> str:
-    """One v2 infer request; returns a one-line answer or raises RunError."""
+def api_key(run: LocalRun, t: Tracked) -> tuple[str | None, str | None]:
+    """(Secret name, one of its keys) of a deployment's ``spec.auth`` (for the smoke request), or Nones."""
+    secret = ((t.obj.get("spec") or {}).get("auth") or {}).get("apiKeysSecret")
+    if not secret or run.ctx.secret_data is None:
+        return None, None
+    data = run.ctx.secret_data(str((t.obj.get("metadata") or {}).get("namespace") or ""), secret) or {}
+    return secret, next((str(v).strip() for _, v in sorted(data.items()) if str(v).strip()), None)
+
+
+def smoke_request(url: str, name: str, timeout: float = SMOKE_TIMEOUT_S, key: str | None = None) -> str:
+    """One v2 infer request (with ``key`` as its bearer token); returns a one-line answer or raises RunError."""
     deadline = time.monotonic() + timeout
     last = ""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     while True:
         try:
-            resp = requests.post(f"{url}/v2/models/{name}/infer", json=v2_body([SMOKE_TEXT]), timeout=30)
+            resp = requests.post(
+                f"{url}/v2/models/{name}/infer", json=v2_body([SMOKE_TEXT]), headers=headers, timeout=30
+            )
             if resp.status_code == 200:
                 return _answer(resp.json())
             last = f"HTTP {resp.status_code}: {resp.text[:300]}"
@@ -162,10 +176,15 @@ def print_endpoints(run: LocalRun, console: Console, failed: list[str]) -> list[
         console.print(
             f"  v2: {url}/v2/models/{t.name}/infer    v1: {url}/v1/models/{t.name}:predict", markup=False
         )
-        for line in curl_examples(url, t.name):
+        secret, key = api_key(run, t)
+        if secret:
+            console.print(
+                f"  API keys required (spec.auth): API_KEY=one of Secret {secret}'s keys", markup=False
+            )
+        for line in curl_examples(url, t.name, auth=secret is not None):
             console.print(f"  {line}", markup=False, soft_wrap=True)
         try:
-            answer = smoke_request(url, t.name)
+            answer = smoke_request(url, t.name, key=key)
         except RunError as exc:
             failed.append(f"{t.label}: {exc}")
             continue

@@ -118,6 +118,9 @@ class ReconcileContext:
     # or None when it does not exist.
     enforce_policy: bool = False
     secret_labels: Callable[[str, str], Mapping[str, str] | None] | None = None
+    # ``secret_data(namespace, name)``: a Secret's data, decoded (None when it does not exist).
+    # Read only for a ModelDeployment's ``spec.auth.apiKeysSecret``, every pass (key rotation).
+    secret_data: Callable[[str, str], Mapping[str, str] | None] | None = None
 
 
 def cached_store_for(
