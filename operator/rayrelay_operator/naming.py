@@ -26,6 +26,10 @@ LABEL_TRAININGJOB = f"{GROUP}/trainingjob"
 LABEL_MODELDEPLOYMENT = f"{GROUP}/modeldeployment"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
+# On every pod template of a RayJob / RayService, naming it: what its NetworkPolicy selects
+# (KubeRay's RayCluster names are not known when we create the child, and a RayService
+# may run two clusters during an upgrade; both carry this label).
+LABEL_RAY_CLUSTER = f"{GROUP}/ray-cluster"
 MANAGED_BY = "rayrelay"
 
 # KubeRay derives names from a RayJob / RayService name (RayCluster

@@ -88,6 +88,19 @@ class Settings:
     store_max_attempts: int = 2
     store_connect_timeout_seconds: float = 3.0
     store_read_timeout_seconds: float = 10.0
+    # --- A NetworkPolicy per Ray cluster (kuberay backend; docs/security.md, finding 5). ---
+    # Before each RayJob / RayService, create a NetworkPolicy owned by its resource: the
+    # cluster's pods take Ray's own traffic from each other, the head's control ports
+    # (8265/6379/10001) only from the operator's and KubeRay's pods, Serve's port from anyone.
+    # False: none (for clusters whose admins manage NetworkPolicies themselves).
+    network_policy: bool = True
+    # The operator's own pods, a peer of those policies: namespace and labels ("k=v,k=v"; the
+    # chart sets its selector labels). Unset (an operator outside the cluster): no such peer.
+    network_policy_operator_namespace: str | None = None
+    network_policy_operator_labels: str | None = None
+    # KubeRay's operator pods, the other peer: namespace and label app.kubernetes.io/name.
+    network_policy_kuberay_namespace: str = "kuberay-system"
+    network_policy_kuberay_name: str = "kuberay-operator"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +126,10 @@ class Settings:
         settings.check()
         return settings
 
+    def operator_pod_labels(self) -> dict[str, str]:
+        """``network_policy_operator_labels`` as a mapping (``k=v,k=v``; empty when unset)."""
+        return parse_labels(self.network_policy_operator_labels or "")
+
     def check(self) -> None:
         """Reject values that cannot work, naming the variable."""
         if self.log_format not in ("json", "text"):
@@ -136,5 +153,20 @@ class Settings:
                 f"{self.rayservice_upgrade_strategy!r} (NewClusterWithIncrementalUpgrade needs the "
                 "Gateway API and a KubeRay feature gate)"
             )
+        try:
+            self.operator_pod_labels()
+        except ValueError as exc:
+            raise ValueError(f"RAYRELAY_NETWORK_POLICY_OPERATOR_LABELS: {exc}") from None
         if self.retry_base_delay_seconds <= 0 or not 0 <= self.retry_jitter < 1:
             raise ValueError("RAYRELAY_RETRY_BASE_DELAY_SECONDS must be > 0, RAYRELAY_RETRY_JITTER in [0, 1)")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (a label selector of equalities) as a mapping; '' is {}."""
+    labels: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{pair!r} is not key=value")
+        labels[key.strip()] = value.strip()
+    return labels

@@ -52,6 +52,11 @@ OPERATOR_CALLS: list[tuple[str, str, str]] = [
     ("delete", "rayservices.ray.io", "delete_serving"),
     ("list", "pods", "observe_training: the Ray pods' ImagePullBackOff / Unschedulable"),
     ("get", "jobs.batch", "observe_training: KubeRay's submitter Job"),
+    # The NetworkPolicy of each Ray cluster (networkPolicy.enabled, the default; issue 26).
+    ("create", "networkpolicies.networking.k8s.io", "submit_training / deploy_serving, before the child"),
+    ("get", "networkpolicies.networking.k8s.io", "_ensure_network_policy after a 409"),
+    ("patch", "networkpolicies.networking.k8s.io", "_ensure_network_policy: a spec that differs"),
+    ("delete", "networkpolicies.networking.k8s.io", "stop_training / delete_training: an attempt's"),
     # kopf.event / kopf.info in handlers.py
     ("create", "events", "kopf.event"),
     # handlers.secret_labels_getter: the opt-in label of the one Secret a resource names
@@ -80,6 +85,8 @@ DENIED: list[tuple[str, str]] = [
     ("create", "jobs.batch"),
     ("delete", "jobs.batch"),
     ("update", "clusterroles.rbac.authorization.k8s.io"),
+    ("list", "networkpolicies.networking.k8s.io"),
+    ("update", "networkpolicies.networking.k8s.io"),
 ]
 
 
@@ -288,15 +295,13 @@ def test_install_namespaced(
         assert_all_on_server(control_plane, objs, release_ns)
         roles = sorted(o["metadata"]["namespace"] for o in objs if o["kind"] == "Role")
         assert roles == watched
-        # Issue 12: the API server accepted a NetworkPolicy guarding the Ray control ports and a
-        # token-less workload ServiceAccount in each watched namespace (and nothing elsewhere).
+        # Issue 12: a token-less workload ServiceAccount in each watched namespace. No
+        # NetworkPolicy from the chart: the operator creates one per Ray cluster (issue 26,
+        # tests/cluster/test_network_policy.py).
         for ns in watched:
-            (pol,) = control_plane.get("networkpolicies", "-n", ns)["items"]
-            ports = sorted(p["port"] for rule in pol["spec"]["ingress"] for p in rule.get("ports", []))
-            assert ports == [6379, 8000, 8265, 10001], pol["spec"]
             wsa = control_plane.get("serviceaccount", "rayrelay-workload", "-n", ns)
             assert wsa["automountServiceAccountToken"] is False
-        assert control_plane.get("networkpolicies", "-n", other)["items"] == []
+        assert not [o for o in objs if o["kind"] == "NetworkPolicy"]
 
         sa = service_account(objs, release_ns)
         for ns in watched:

@@ -39,6 +39,8 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/pods": {"kind": "Pod", "singular": "pod"},
     "v1/events": {"kind": "Event", "singular": "event"},
     "batch/v1/jobs": {"kind": "Job", "singular": "job"},
+    # The NetworkPolicy created with each RayJob / RayService (issue 26).
+    "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy", "singular": "networkpolicy"},
 }
 
 

@@ -254,6 +254,8 @@ NAMESPACED_RULES = {
     ("", "events"): {"create", "patch"},
     # get only: the metadata of the one Secret a resource names (its opt-in label).
     ("", "secrets"): {"get"},
+    # The NetworkPolicy of each Ray cluster (issue 26): no list/watch, no update.
+    ("networking.k8s.io", "networkpolicies"): {"create", "get", "patch", "delete"},
 }
 CRD_READ = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 
@@ -469,49 +471,75 @@ def test_workload_service_account_and_tenant_policy(chart: Path) -> None:
     assert e["RAYRELAY_RAY_BACKEND_NAMESPACES"] == "team-a"
 
 
-def test_network_policies_guard_the_ray_control_ports(chart: Path) -> None:
-    """Issue 12, finding 5: only the operator and KubeRay reach 8265/6379/10001; 8000 stays open."""
-    objs = render(chart, "namespaced")
-    policies = by_kind(objs, "NetworkPolicy")
-    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
-    for pol in policies:
-        spec = pol["spec"]
-        # The pods of our RayJobs / RayServices: the builders' label, KubeRay's node-type label.
-        assert spec["podSelector"] == {
-            "matchLabels": {"app.kubernetes.io/managed-by": "rayrelay"},
-            "matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}],
-        }
-        assert spec["policyTypes"] == ["Ingress"]
-        same_ns, control, serve = spec["ingress"]
-        assert same_ns == {
-            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "rayrelay"}}}]
-        }
-        assert sorted(p["port"] for p in control["ports"]) == [6379, 8265, 10001]
-        operator_peer, kuberay_peer = control["from"]
-        assert operator_peer["namespaceSelector"] == {
-            "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}
-        }
-        assert (
-            operator_peer["podSelector"]["matchLabels"] == deployment(objs)["spec"]["selector"]["matchLabels"]
+def test_network_policy_settings_and_rbac(chart: Path) -> None:
+    """Issue 26: the chart renders no NetworkPolicy itself; it switches the operator's per-cluster
+    policies on (by default, in every mode), names their peers, and grants the RBAC they need --
+    and with networkPolicy.enabled=false neither the setting nor the RBAC."""
+    selector = (
+        "app.kubernetes.io/component=operator,app.kubernetes.io/instance=rr,app.kubernetes.io/name=rayrelay"
+    )
+    for name in ("default", "namespaced"):
+        objs = render(chart, name)
+        assert not by_kind(objs, "NetworkPolicy")
+        e = env(objs)
+        assert e["RAYRELAY_NETWORK_POLICY"] == "true"
+        assert e["RAYRELAY_NETWORK_POLICY_OPERATOR_NAMESPACE"] == NAMESPACE
+        assert e["RAYRELAY_NETWORK_POLICY_OPERATOR_LABELS"] == selector
+        assert e["RAYRELAY_NETWORK_POLICY_KUBERAY_NAMESPACE"] == "kuberay-system"
+        assert e["RAYRELAY_NETWORK_POLICY_KUBERAY_NAME"] == "kuberay-operator"
+        # The labels named are the operator pods' own (what the Deployment selects on).
+        labels = deployment(objs)["spec"]["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in (p.split("=") for p in selector.split(",")))
+        roles = by_kind(objs, "Role") or by_kind(objs, "ClusterRole")
+        for role in roles:
+            grants = k8s_checks.rbac_grants([role])
+            if ("rayrelay.dev", "trainingjobs") in grants:
+                assert grants[("networking.k8s.io", "networkpolicies")] == {
+                    "create",
+                    "get",
+                    "patch",
+                    "delete",
+                }
+
+        off = render(chart, name, "--set", "networkPolicy.enabled=false")
+        assert env(off)["RAYRELAY_NETWORK_POLICY"] == "false"
+        assert not [k for k in env(off) if k.startswith("RAYRELAY_NETWORK_POLICY_")]
+        for role in by_kind(off, "Role") + by_kind(off, "ClusterRole"):
+            assert ("networking.k8s.io", "networkpolicies") not in k8s_checks.rbac_grants([role])
+    custom = env(
+        render(
+            chart,
+            "default",
+            "--set",
+            "networkPolicy.kuberay.namespace=ray-system",
+            "--set",
+            "networkPolicy.kuberay.name=ray-op",
         )
-        assert kuberay_peer["namespaceSelector"] == {
-            "matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}
-        }
-        assert kuberay_peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
-        assert serve == {"ports": [{"port": 8000, "protocol": "TCP"}]}
-    assert not by_kind(render(chart, "namespaced", "--set", "networkPolicy.enabled=false"), "NetworkPolicy")
-    # Cluster-wide: only the namespaces listed.
-    assert not by_kind(render(chart, "default"), "NetworkPolicy")
-    listed = by_kind(render(chart, "default", "--set", "networkPolicy.namespaces={ml}"), "NetworkPolicy")
-    assert [p["metadata"]["namespace"] for p in listed] == ["ml"]
+    )
+    assert (
+        custom["RAYRELAY_NETWORK_POLICY_KUBERAY_NAMESPACE"],
+        custom["RAYRELAY_NETWORK_POLICY_KUBERAY_NAME"],
+    ) == (
+        "ray-system",
+        "ray-op",
+    )
+    # The per-namespace policies' values are gone; the schema says so instead of ignoring them.
+    for gone in ("networkPolicy.namespaces={ml}", "networkPolicy.servePort=8000"):
+        proc = helm("template", "rr", chart, "--set", gone)
+        assert proc.returncode != 0 and "additional properties" in proc.stderr, proc.stderr
+    # The settings the operator parses from that environment.
+    from rayrelay_operator.settings import Settings
 
-
-def test_network_policy_selects_the_pods_the_builders_write() -> None:
-    """The label the policy selects on is on every pod template of a RayJob and a RayService."""
-    from rayrelay_operator.naming import modeldeployment_labels, trainingjob_labels
-
-    for labels in (trainingjob_labels("x", 1, 1), modeldeployment_labels("x")):
-        assert labels["app.kubernetes.io/managed-by"] == "rayrelay"
+    settings = Settings.from_env(
+        {k: v for k, v in env(render(chart, "default")).items() if isinstance(v, str)}
+    )
+    assert settings.network_policy is True and settings.network_policy_operator_namespace == NAMESPACE
+    assert settings.operator_pod_labels() == {
+        "app.kubernetes.io/component": "operator",
+        "app.kubernetes.io/instance": "rr",
+        "app.kubernetes.io/name": "rayrelay",
+    }
+    assert Settings.from_env({"RAYRELAY_NETWORK_POLICY": "false"}).network_policy is False
 
 
 def test_images_can_be_pinned_by_digest(chart: Path) -> None:

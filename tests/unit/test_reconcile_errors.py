@@ -106,9 +106,17 @@ class FakeCustomObjects:
         raise ApiException(status=404, reason="Not Found")
 
 
+class AcceptingNetworking:
+    """NetworkingV1Api: the cluster's NetworkPolicy is created (the refusal tested is the child's)."""
+
+    def create_namespaced_network_policy(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 def kuberay_backend(settings: Settings, custom: Any) -> KubeRayBackend:
     backend = KubeRayBackend(k8s.ApiClient(k8s.Configuration(host="http://127.0.0.1:1")), settings)
     backend.custom = custom
+    backend.networking = AcceptingNetworking()
     return backend
 
 

@@ -196,8 +196,9 @@ def test_ray_pods_get_no_token_and_the_dedicated_service_account() -> None:
     for pod in _pods(rayjob) + _pods(rayservice):
         assert pod["spec"]["automountServiceAccountToken"] is False
         assert pod["spec"]["serviceAccountName"] == "rr-wl"
-        # What the chart's NetworkPolicy selects on (with KubeRay's ray.io/node-type).
         assert pod["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rayrelay"
+        # What the cluster's own NetworkPolicy selects on (issue 26; tests/unit/test_network_policy.py).
+        assert pod["metadata"]["labels"]["rayrelay.dev/ray-cluster"] in (work.child_name, swork.child_name)
     # Without a dedicated account: the namespace's default, still without its token.
     bare = build_rayjob(work, image=WORKLOADS, endpoint_url=None, credentials_secret=None)
     for pod in _pods(bare):

@@ -23,6 +23,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The selector labels as "k=v,k=v" (RAYRELAY_NETWORK_POLICY_OPERATOR_LABELS). */}}
+{{- define "rayrelay.selectorLabelList" -}}
+{{- $pairs := list }}
+{{- range $k, $v := include "rayrelay.selectorLabels" . | fromYaml }}
+{{- $pairs = append $pairs (printf "%s=%v" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "rayrelay.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "rayrelay.selectorLabels" . }}
@@ -91,4 +100,11 @@ app.kubernetes.io/part-of: rayrelay
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- if .Values.networkPolicy.enabled }}
+# The NetworkPolicy of each RayJob / RayService (networkPolicy.enabled): created before it,
+# read and patched when it exists already (409), deleted with a RayJob of a finished attempt.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "get", "patch", "delete"]
+{{- end }}
 {{- end }}

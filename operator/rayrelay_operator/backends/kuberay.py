@@ -12,6 +12,13 @@ KubeRay's own status on the two complaints its users raise most:
   ``Unschedulable`` from the Ray pods, and ``started_at`` so that the
   reconciler can call it ``StuckInitializing`` past a threshold.
 
+With ``Settings.network_policy`` (the default) each RayJob / RayService gets a
+NetworkPolicy of the same name (``builders.kuberay.build_network_policy``),
+created *before* the child so that no Ray pod ever runs unprotected, owned by
+the TrainingJob / ModelDeployment (garbage-collected with it). A RayJob's goes
+when the operator deletes that RayJob (one per attempt: they must not pile up);
+a RayService's (one per deployment) stays until its resource goes.
+
 Creation is idempotent (HTTP 409 = already there), deletion tolerates 404.
 API 429/5xx and connection failures raise ``BackendUnavailable`` (retried with
 backoff); 403 raises ``MissingPermission`` naming the call (retried: an RBAC
@@ -28,7 +35,14 @@ from typing import Any, TypeVar
 
 from rayrelay_operator import naming
 from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, MissingPermission
-from rayrelay_operator.builders.kuberay import ANNOTATION_APP_ARGS, build_rayjob, build_rayservice
+from rayrelay_operator.builders.kuberay import (
+    ANNOTATION_APP_ARGS,
+    PolicyPeers,
+    build_rayjob,
+    build_rayjob_network_policy,
+    build_rayservice,
+    build_rayservice_network_policy,
+)
 from rayrelay_operator.settings import Settings
 from rayrelay_operator.work import (
     ServingObservation,
@@ -213,6 +227,62 @@ class KubeRayBackend:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
+
+    # ---------------------------------------------------------- network policies
+
+    def _peers(self) -> PolicyPeers:
+        s = self.settings
+        return PolicyPeers(
+            kuberay_namespace=s.network_policy_kuberay_namespace,
+            kuberay_name=s.network_policy_kuberay_name,
+            operator_namespace=s.network_policy_operator_namespace,
+            operator_labels=s.operator_pod_labels(),
+        )
+
+    def _ensure_network_policy(self, body: dict[str, Any]) -> None:
+        """Create the policy (409: patch its spec when it differs from ``body``'s)."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        what = f"NetworkPolicy {ns}/{name} (verb %s on networkpolicies.networking.k8s.io)"
+        try:
+            _call(
+                what % "create",
+                lambda: self.networking.create_namespaced_network_policy(ns, body, field_validation=STRICT),
+            )
+            log.info("created NetworkPolicy %s/%s", ns, name)
+            return
+        except _Conflict:
+            pass
+        try:
+            current = _call(
+                what % "get",
+                lambda: self.networking.read_namespaced_network_policy(name, ns, _preload_content=False),
+            )
+        except _NotFound as exc:  # deleted since the 409: the next pass creates it
+            raise BackendUnavailable(f"NetworkPolicy {ns}/{name} vanished while being created") from exc
+        if json.loads(current.data).get("spec") == body["spec"]:
+            return
+        # A JSON patch replacing the whole spec: a merge patch would keep stale selector keys.
+        replace = [{"op": "replace", "path": "/spec", "value": body["spec"]}]
+        _call(
+            what % "patch",
+            lambda: self.networking.patch_namespaced_network_policy(
+                name, ns, replace, field_validation=STRICT
+            ),
+        )
+        log.info("updated NetworkPolicy %s/%s", ns, name)
+
+    def _delete_network_policy(self, ns: str, name: str) -> None:
+        if not self.settings.network_policy:
+            return
+        try:
+            _call(
+                f"NetworkPolicy {ns}/{name} (verb delete on networkpolicies.networking.k8s.io)",
+                lambda: self.networking.delete_namespaced_network_policy(name, ns),
+            )
+            log.info("deleted NetworkPolicy %s/%s", ns, name)
+        except _NotFound:
+            pass
 
     # ----------------------------------------------------------------- training
 
@@ -230,6 +300,8 @@ class KubeRayBackend:
     def submit_training(self, work: TrainingWork) -> None:
         body = self._rayjob_body(work)
         ns = work.job.namespace
+        if self.settings.network_policy:
+            self._ensure_network_policy(build_rayjob_network_policy(work, self._peers()))
         try:
             _call(
                 f"create RayJob {ns}/{work.child_name}",
@@ -310,6 +382,7 @@ class KubeRayBackend:
     def stop_training(self, work: TrainingWork) -> None:
         # Deleting the RayJob stops the job and tears its cluster down; checkpoints stay in the store.
         self._delete(work.job.namespace, "rayjobs", work.child_name)
+        self._delete_network_policy(work.job.namespace, work.child_name)
 
     def delete_training(self, namespace: str, name: str) -> None:
         selector = f"{naming.LABEL_TRAININGJOB}={naming.dns_name(name)}"
@@ -323,6 +396,7 @@ class KubeRayBackend:
             labels = (item.get("metadata") or {}).get("labels") or {}
             if labels.get(naming.LABEL_TRAININGJOB) == naming.dns_name(name):  # see _pods
                 self._delete(namespace, "rayjobs", item["metadata"]["name"])
+                self._delete_network_policy(namespace, item["metadata"]["name"])
 
     # ------------------------------------------------------------------ serving
 
@@ -343,6 +417,8 @@ class KubeRayBackend:
     def deploy_serving(self, work: ServingWork) -> None:
         body = self._rayservice_body(work)
         ns, name = work.namespace, work.child_name
+        if self.settings.network_policy:
+            self._ensure_network_policy(build_rayservice_network_policy(work, self._peers()))
         try:
             _call(
                 f"create RayService {ns}/{name}",

@@ -26,6 +26,11 @@ worth knowing:
   (image, resources, Ray version) makes it start a new cluster and switch the
   serve Service to it once that one serves. ``NewClusterWithIncrementalUpgrade``
   needs the Gateway API and a KubeRay feature gate, and is not offered.
+- Every pod template (head, workers, the RayJob's submitter) carries
+  ``rayrelay.dev/ray-cluster: <child name>``, and ``build_network_policy`` makes
+  the child's NetworkPolicy selecting on it: Ray's own traffic between the
+  cluster's pods, the head's control ports (GCS, dashboard, client) from the
+  operator and KubeRay's operator only, Serve's port (RayService) from anyone.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -57,6 +63,13 @@ DEFAULT_WORKER_MEMORY = "4Gi"
 SUBMITTER_CPU = "200m"
 SUBMITTER_MEMORY = "256Mi"
 UID = 1000
+# Serve's HTTP proxy on every Ray pod of a RayService (serveConfigV2's http_options).
+SERVE_PORT = 8000
+# The head's control ports: dashboard (Job API, Serve REST API), GCS, Ray client.
+CONTROL_PORTS = (8265, 6379, 10001)
+NETWORKING_API_VERSION = "networking.k8s.io/v1"
+# The label Kubernetes puts on every namespace (1.21+): how a policy names a peer's namespace.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def train_entrypoint(work: TrainingWork) -> str:
@@ -71,6 +84,11 @@ def _meta(name: str, namespace: str, labels: dict[str, str], owner: dict[str, An
         "labels": dict(labels),
         "ownerReferences": [dict(owner)] if owner.get("uid") else [],
     }
+
+
+def _pod_labels(labels: dict[str, str], child_name: str) -> dict[str, str]:
+    """A pod template's labels: the child's, plus the one its NetworkPolicy selects on."""
+    return {**labels, naming.LABEL_RAY_CLUSTER: child_name}
 
 
 def container_security_context() -> dict[str, Any]:
@@ -178,7 +196,7 @@ _HEAD_PORTS = [
 def _head_group(
     image: str, env: list[dict[str, Any]], labels: dict[str, str], serve: bool, service_account: str | None
 ) -> dict[str, Any]:
-    ports = list(_HEAD_PORTS) + ([{"name": "serve", "containerPort": 8000}] if serve else [])
+    ports = list(_HEAD_PORTS) + ([{"name": "serve", "containerPort": SERVE_PORT}] if serve else [])
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
         "template": _pod(
@@ -206,6 +224,7 @@ def build_rayjob(
     spec = work.job.spec
     res = spec.resources
     env = _env(endpoint_url, credentials_secret, encryption_secret)
+    pod_labels = _pod_labels(work.labels, work.child_name)
     memory = res.memory or DEFAULT_WORKER_MEMORY
     gpus = res.gpus_per_worker
     worker_params = {"num-cpus": _cpu(res.cpus_per_worker)}
@@ -222,7 +241,7 @@ def build_rayjob(
             image,
             _resources(_cpu(res.cpus_per_worker), memory, gpus),
             env,
-            work.labels,
+            pod_labels,
             gpu=gpus > 0,
             service_account=service_account,
         ),
@@ -242,12 +261,12 @@ def build_rayjob(
             image,
             _resources(SUBMITTER_CPU, SUBMITTER_MEMORY),
             env,
-            work.labels,
+            pod_labels,
             service_account=service_account,
         ),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
-            "headGroupSpec": _head_group(image, env, work.labels, False, service_account),
+            "headGroupSpec": _head_group(image, env, pod_labels, False, service_account),
             "workerGroupSpecs": [worker],
         },
     }
@@ -259,7 +278,7 @@ def build_rayjob(
     return {"apiVersion": RAY_API_VERSION, "kind": "RayJob", "metadata": meta, "spec": body}
 
 
-def serve_config(work: ServingWork, http_port: int = 8000) -> str:
+def serve_config(work: ServingWork, http_port: int = SERVE_PORT) -> str:
     """serveConfigV2: the gateway and model applications as Serve declarative YAML."""
     config = {
         "proxy_location": "EveryNode",
@@ -307,6 +326,7 @@ def build_rayservice(
     if gpus:
         params["num-gpus"] = str(gpus)
     scaling = spec.autoscaling
+    pod_labels = _pod_labels(work.labels, work.child_name)
     worker = {
         "groupName": "serve",
         "replicas": max(scaling.min_replicas, 1),
@@ -318,8 +338,8 @@ def build_rayservice(
             image,
             _resources(_cpu(cpus), memory, gpus),
             env,
-            work.labels,
-            ports=[{"name": "serve", "containerPort": 8000}],
+            pod_labels,
+            ports=[{"name": "serve", "containerPort": SERVE_PORT}],
             gpu=gpus > 0,
             service_account=service_account,
         ),
@@ -344,8 +364,83 @@ def build_rayservice(
                     "env": [{"name": "HOME", "value": "/tmp"}],
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 },
-                "headGroupSpec": _head_group(image, env, work.labels, True, service_account),
+                "headGroupSpec": _head_group(image, env, pod_labels, True, service_account),
                 "workerGroupSpecs": [worker],
             },
         },
     }
+
+
+@dataclass(frozen=True)
+class PolicyPeers:
+    """Who may reach a Ray head's control ports besides the cluster's own pods.
+
+    ``operator_namespace`` + ``operator_labels``: the operator's pods (the chart
+    passes its namespace and selector labels); left empty (an operator run outside
+    the cluster) the operator is no peer. ``kuberay_namespace`` + ``kuberay_name``
+    (label ``app.kubernetes.io/name``): KubeRay's operator, which polls the
+    dashboard for job and Serve status.
+    """
+
+    kuberay_namespace: str = "kuberay-system"
+    kuberay_name: str = "kuberay-operator"
+    operator_namespace: str | None = None
+    operator_labels: dict[str, str] = field(default_factory=dict)
+
+
+def build_network_policy(
+    child_name: str,
+    namespace: str,
+    labels: dict[str, str],
+    owner: dict[str, Any],
+    peers: PolicyPeers,
+    *,
+    serve: bool,
+) -> dict[str, Any]:
+    """The NetworkPolicy of one Ray cluster (a RayJob's or a RayService's), named after the child.
+
+    It selects the pods labelled ``rayrelay.dev/ray-cluster: <child_name>`` (every
+    pod template the builders write) and admits: anything from those same pods
+    (Ray's own traffic uses many ports); the control ports from ``peers``; with
+    ``serve`` (a RayService), Serve's port from anyone -- the endpoint stays open.
+    Everything else is dropped, where the CNI enforces NetworkPolicies.
+    """
+    own = {naming.LABEL_RAY_CLUSTER: child_name}
+    control_from: list[dict[str, Any]] = []
+    if peers.operator_namespace and peers.operator_labels:
+        control_from.append(
+            {
+                "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: peers.operator_namespace}},
+                "podSelector": {"matchLabels": dict(peers.operator_labels)},
+            }
+        )
+    control_from.append(
+        {
+            "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: peers.kuberay_namespace}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": peers.kuberay_name}},
+        }
+    )
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": dict(own)}}]},
+        {"from": control_from, "ports": [{"port": p, "protocol": "TCP"} for p in CONTROL_PORTS]},
+    ]
+    if serve:
+        ingress.append({"ports": [{"port": SERVE_PORT, "protocol": "TCP"}]})
+    return {
+        "apiVersion": NETWORKING_API_VERSION,
+        "kind": "NetworkPolicy",
+        "metadata": _meta(child_name, namespace, labels, owner),
+        "spec": {"podSelector": {"matchLabels": own}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
+def build_rayjob_network_policy(work: TrainingWork, peers: PolicyPeers) -> dict[str, Any]:
+    """The NetworkPolicy of one attempt's RayJob (its own cluster; no Serve port)."""
+    return build_network_policy(
+        work.child_name, work.job.namespace, work.labels, work.owner, peers, serve=False
+    )
+
+
+def build_rayservice_network_policy(work: ServingWork, peers: PolicyPeers) -> dict[str, Any]:
+    """The NetworkPolicy of a RayService's clusters (both, during an upgrade)."""
+    return build_network_policy(work.child_name, work.namespace, work.labels, work.owner, peers, serve=True)
