@@ -112,3 +112,143 @@ def test_a_server_fault_answers_500_without_the_exception_text(caplog: pytest.Lo
     assert doc == protocol.error_body(protocol.INTERNAL_ERROR)
     assert secret not in json.dumps(doc) and "RuntimeError" not in json.dumps(doc)
     assert secret in caplog.text  # the operator's log keeps it
+
+
+# ------------------------------------------------------------------ every route of a text-generation model
+# Issue 25: a deeply nested body on POST /v1/completions got HTTP 500 (the OIP routes' fix above
+# never reached the text-generation parser). Every route a text-generation replica serves (its own
+# HTTP routes and the methods the gateway calls by handle) and every gateway route in front of it
+# answers each hostile body with a short 4xx. The replica is real (a tiny exported decoder,
+# ``textgen_replica.py``); so is the gateway class, forwarding to it in-process.
+
+V = "@V@"  # where a hostile value goes in a route's body
+PROMPT_INPUT = '{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [@V@]}'
+MESSAGE = '[{"role": "user", "content": @V@}]'
+PROMPT_HI, MESSAGE_HI = PROMPT_INPUT.replace(V, '"hi"'), MESSAGE.replace(V, '"hi"')
+ROUTE_BODIES = {
+    "generate": ['{"text_input": @V@}', '{"text_input": "hi", "parameters": {"max_tokens": @V@}}'],
+    "infer": [
+        f'{{"inputs": [{PROMPT_INPUT}]}}',
+        f'{{"id": @V@, "inputs": [{PROMPT_HI}]}}',
+    ],
+    "completions": [
+        '{"model": "writer", "prompt": @V@}',
+        '{"model": "writer", "prompt": "hi", "max_tokens": @V@}',
+        '{"model": @V@, "prompt": "hi"}',
+    ],
+    "chat": [
+        '{"model": "writer", "messages": @V@}',
+        f'{{"model": "writer", "messages": {MESSAGE}}}',
+        '{"model": "writer", "messages": [{"role": @V@, "content": "hi"}]}',
+        f'{{"model": "writer", "messages": {MESSAGE_HI}, "max_tokens": @V@}}',
+        f'{{"model": @V@, "messages": {MESSAGE_HI}}}',
+    ],
+}
+VALUES = {
+    "arrays 200 deep": nested(200),
+    "objects 200 deep": '{"a":' * 200 + "1" + "}" * 200,
+    "a lone surrogate": '"\\ud800 x"',
+    "a 5000-digit number": "1" * 5000,
+    "1e400": "1e400",
+    "a 4000-digit number": "9" * 4000,
+}
+WHOLE_BODIES: dict[str, bytes] = {
+    "arrays 100,000 deep": nested(DEEP).encode(),
+    "a field 100,000 deep": f'{{"model": "writer", "x": {nested(DEEP)}}}'.encode(),
+    "empty": b"",
+    "not UTF-8": b'\xff\xfe{"model": "writer"}',
+    "not an object": b"[1, 2]",
+    "truncated": b'{"model": "writer", "prompt": ',
+    "10,000 unknown fields": (
+        "{" + ",".join(f'"field-{i}-{"x" * 30}": 1' for i in range(10_000)) + "}"
+    ).encode(),
+}
+# (route, how it is reached): the replica's own HTTP routes, its handle methods, the gateway's routes.
+TARGETS = [
+    ("generate", "replica /v2/models/writer/generate"),
+    ("generate", "replica /v2/models/writer/generate_stream"),
+    ("infer", "replica /v2/models/writer/infer"),
+    ("completions", "handle complete"),
+    ("completions", "handle complete_stream"),
+    ("chat", "handle complete"),
+    ("chat", "handle complete_stream"),
+    ("completions", "gateway /v1/completions"),
+    ("chat", "gateway /v1/chat/completions"),
+]
+
+
+def hostile_cases() -> list[Any]:
+    cases = []
+    for route, target in TARGETS:
+        for i, template in enumerate(ROUTE_BODIES[route]):
+            for what, value in VALUES.items():
+                cases.append(
+                    pytest.param(
+                        target, route, template.replace(V, value).encode(), id=f"{target}-{i}-{what}"
+                    )
+                )
+        for what, raw in WHOLE_BODIES.items():
+            cases.append(pytest.param(target, route, raw, id=f"{target}-{what}"))
+    return cases
+
+
+async def answer(target: str, route: str, body: bytes) -> tuple[int, str]:
+    """(status, error message) of ``body`` sent to ``target``."""
+    from rayrelay_workloads.textgen import openai_api as oa
+    from tests.unit.textgen_replica import ReplicaHandle, body_of, gateway_for, http_request, replica
+
+    server = replica()
+    kind = oa.CHAT if route == "chat" else oa.COMPLETIONS
+    where, _, name = target.partition(" ")
+    if where == "handle" and name == "complete":
+        out = await server.complete(body, kind)
+        return int(out["status"]), out["body"].get("error", "")
+    if where == "handle":
+        head = await server.complete_stream(body, kind).__anext__()
+        return int(head["status"]), head.get("body", {}).get("error", "")
+    ingress = server if where == "replica" else gateway_for({"writer": ReplicaHandle(server)})
+    response = await ingress(http_request(name, body))
+    doc = json.loads(await body_of(response))
+    return response.status_code, doc.get("error", "") if isinstance(doc, dict) else ""
+
+
+@pytest.mark.parametrize(("target", "route", "body"), hostile_cases())
+def test_every_text_generation_route_answers_a_hostile_body_with_a_short_4xx(
+    target: str, route: str, body: bytes
+) -> None:
+    status, message = asyncio.run(answer(target, route, body))
+    assert 400 <= status < 500, (status, message)
+    assert message and len(message) < 300, message
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (f"/v2/models/{NAME}/infer", v2_body('["a", "b"]', shape=[10**3000, 10**3000])),
+        (f"/v2/models/{NAME}/infer", v2_body('["a"]', shape=[int("9" * 4000)])),
+        (f"/v2/models/{NAME}/infer", b'{"inputs": [], "x": ' + b"1" * 5000 + b"}"),
+        (f"/v1/models/{NAME}:predict", b'{"instances": [' + b"1" * 5000 + b"]}"),
+    ],
+)
+def test_the_classification_routes_answer_huge_numbers_with_a_short_4xx(path: str, body: bytes) -> None:
+    """Python refuses to print an int of over 4,300 digits: such a number (or a product of shape
+    dimensions) must never reach an error message's str()."""
+    status, doc = call_gateway(path, body)
+    assert status in (400, 422), doc
+    assert len(doc["error"]) < 300
+
+
+def test_a_lone_surrogate_is_refused_where_it_would_reach_a_tokenizer_or_an_answer() -> None:
+    """JSON's ``\\ud800`` escape makes a str that UTF-8 cannot encode: a tokenizer raises on it, and
+    an echoed ``id`` made the answer itself fail (a 500)."""
+    with pytest.raises(ProtocolError) as err:
+        parse_v2_infer(v2_body('["ok", "bad \\ud800"]', shape=[2]), LIMITS)
+    assert err.value.status == 422 and "[1] is not valid Unicode" in err.value.message
+    with pytest.raises(ProtocolError) as err:
+        parse_v1_predict(b'{"instances": ["\\udfff"]}', LIMITS)
+    assert err.value.status == 422
+    body = json.dumps(
+        {"id": "\ud800", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}
+    )
+    status, doc = call_gateway(f"/v2/models/{NAME}/infer", body.encode())
+    assert status == 400 and "'id' is not valid Unicode" in doc["error"]

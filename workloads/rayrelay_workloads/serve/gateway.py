@@ -26,8 +26,12 @@ a replica gone, or no model status read yet). A prediction whose replica died wh
 answering (``RayActorError``) is sent once more before it becomes such a 503. Metrics:
 ``metrics.GatewayMetrics`` plus the replicas' series at ``GET /metrics``.
 
+OpenAI's routes of text-generation models (``/v1/completions``,
+``/v1/chat/completions``, ``/v1/models``) name no model in their path, so they
+land here too and go to ``textgen.openai_gateway``.
+
 API keys (``spec.auth``, ``rayrelay_core.apikeys``): every model route here
-(metadata, ready, infer, KServe v1, ``/v1/completions``) answers 401 unless the
+(metadata, ready, infer, KServe v1, the OpenAI routes) answers 401 unless the
 request carries one of the model's keys; health, ``/v2`` and ``/metrics`` stay
 open. The gateway holds no key and no setting of its own: it asks the model's
 replicas which digests they accept (``ModelServer.key_digests``, the ones Serve
@@ -77,6 +81,8 @@ log = logging.getLogger("ray.serve")
 
 _V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?P<rest>/ready|/infer)?/?$")
 _V1_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?P<verb>:predict)?/?$")
+# textgen.openai_gateway.PATHS (not imported here: the gateway loads the text-generation code on use)
+_OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/")
 
 STATUS_TTL_S = 1.0
 KEYS_TTL_S = 1.0  # how long the gateway trusts a model's API key digests before asking again
@@ -350,10 +356,10 @@ class Gateway:
                 return await self._v1_predict(request, state), name
             self._require(method, "GET")
             return _json(200, {"name": name, "ready": state.ready}), name
-        if path == "/v1/completions":  # OpenAI completions of a text-generation model (issue 16)
-            from rayrelay_workloads.textgen.serving import gateway_completions
+        if path in _OPENAI_PATHS:  # OpenAI routes of text-generation models (issues 16, 25)
+            from rayrelay_workloads.textgen import openai_gateway
 
-            return await gateway_completions(self, request)
+            return await openai_gateway.route(self, request, path)
         raise ProtocolError(404, f"no such endpoint: {method} {path}")
 
     _require = staticmethod(ingress.require)

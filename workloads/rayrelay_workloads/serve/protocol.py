@@ -5,11 +5,15 @@ gateway (``gateway.py``) before anything reaches a model replica, so every
 client mistake becomes a :class:`ProtocolError` with a 4xx status and a message
 saying what is wrong, and a replica only ever sees a bounded list of strings.
 
-Statuses: 400 the body cannot be read as a request at all (malformed JSON, not
-an object, a required field missing or of the wrong JSON type); 404 unknown
-model; 413 body larger than ``limits.maxBodyBytes``; 422 a well-formed request
-the model cannot take (wrong datatype, shape not matching the data, empty
-input, non-string items, too many texts, a text over ``limits.maxTextChars``).
+Statuses: 400 the body cannot be read as a request at all (malformed JSON,
+nested too deeply, a number of over 4,300 digits, not an object, a required
+field missing or of the wrong JSON type); 404 unknown model; 413 body larger
+than ``limits.maxBodyBytes``; 422 a well-formed request the model cannot take
+(wrong datatype, shape not matching the data, empty input, non-string items,
+too many texts, a text over ``limits.maxTextChars`` or holding a lone
+surrogate, which no tokenizer takes). The text-generation routes
+(``textgen.protocol``, ``textgen.openai_api``) read bodies with
+:func:`load_object` and quote values with :func:`show` too.
 
 The v2 request may use Triton's binary tensor extension (the
 ``Inference-Header-Content-Length`` header; BYTES elements as 4-byte
@@ -97,9 +101,21 @@ def _load_json(data: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:  # arrays/objects nested thousands deep: a client fault, not a 500
         raise ProtocolError(400, _TOO_DEEP) from None
+    except ValueError:  # not a JSONDecodeError: an integer of over 4,300 digits (Python's int limit)
+        raise ProtocolError(400, "request body is not valid JSON: a number in it is too long") from None
     if not isinstance(doc, dict):
         raise ProtocolError(400, f"request body must be a JSON object, not {_json_type(doc)}")
     return doc
+
+
+def load_object(data: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 saying why not (nesting included): for every route."""
+    return _load_json(data)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A client's value, safe to quote in an error message (short, never recursing)."""
+    return _show(value, limit)
 
 
 # OIP tensor data may be nested row-major arrays, one level per dimension; no real
@@ -116,6 +132,8 @@ def _show(value: Any, limit: int = 60) -> str:
     )
     if not (scalar or short_row):
         return _json_type(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return "a number"  # and repr() of an int over 4,300 digits raises
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -132,6 +150,17 @@ def _json_type(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+_NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate, which JSON can carry)"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_texts(texts: list[Any], where: str, limits: RequestLimits) -> list[str]:
@@ -151,6 +180,8 @@ def _check_texts(texts: list[Any], where: str, limits: RequestLimits) -> list[st
                 422,
                 f"{where}[{i}] has {len(text)} characters; the limit is {limits.max_text_chars}",
             )
+        if not _encodable(text):  # no tokenizer takes one
+            raise ProtocolError(422, f"{where}[{i}] {_NOT_UNICODE}")
         out.append(text)
     return out
 
@@ -219,9 +250,11 @@ def parse_v2_infer(body: bytes, limits: RequestLimits, header_length: str | None
     for dim in shape:
         count *= dim
     if count != len(data):
+        # A product of client dimensions can pass Python's 4,300-digit str() limit: never print it whole.
+        elements = f"{count} elements" if count < 10**18 else "over 10^18 elements"
         raise ProtocolError(
             422,
-            f"input {INPUT_NAME!r} has shape {_show(shape)} ({count} elements) but {len(data)} data elements",
+            f"input {INPUT_NAME!r} has shape {_show(shape)} ({elements}) but {len(data)} data elements",
         )
     texts = _check_texts(data, f"input {INPUT_NAME!r}", limits)
     return V2Request(texts=texts, id=request_id, outputs=_requested_outputs(doc), parameters=parameters)
@@ -248,6 +281,8 @@ def _request_fields(doc: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(400, f"'id' must be a string, not {_json_type(request_id)}")
+    if request_id is not None and not _encodable(request_id):
+        raise ProtocolError(400, f"'id' {_NOT_UNICODE}")  # it is echoed: UTF-8 must encode it
     parameters = doc.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ProtocolError(400, f"'parameters' must be an object, not {_json_type(parameters)}")

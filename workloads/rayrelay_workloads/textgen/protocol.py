@@ -20,7 +20,14 @@ OpenAI ``POST /v1/completions``: ``model``, ``prompt`` (one string), ``max_token
 (default 16), ``temperature`` (default 1), ``top_p`` (default 1), ``stop``
 (string or list), ``stream``, ``seed``, ``n`` (only 1). The answer is a
 ``text_completion`` object with ``usage``; a stream is ``data: {chunk}`` events
-and ``data: [DONE]``.
+and ``data: [DONE]``. OpenAI's chat completions are parsed in ``textgen.openai_api``,
+with the helpers here (``model_name``, ``stream_flag``, the field checks).
+
+Every refusal's message stays short: a client's value is quoted through
+``serve.protocol.show`` (scalars and short rows, cut to 60 characters) and at
+most five unknown fields are named; a body that is no JSON object (nesting too
+deep included) is a 400 from ``serve.protocol.load_object``, and a string with
+a lone surrogate (which no tokenizer takes) a 400 from :func:`check_unicode`.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayrelay_core.api import GenerationLimits
-from rayrelay_workloads.serve.protocol import ProtocolError
+from rayrelay_workloads.serve.protocol import ProtocolError, load_object, show
 
 MAX_STOP_CHARS = 256
+MAX_MODEL_NAME = 63  # a ModelDeployment's name is a DNS label: a longer one names no model
 OIP_PARAMETERS = {"max_tokens", "max_new_tokens", "temperature", "top_p", "stop", "seed"}
 OPENAI_FIELDS = {
     "model",
@@ -69,26 +77,28 @@ class GenerationRequest:
 
 
 def load_json(body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError(400, "request body must be a JSON object")
-    return doc
+    """The body as a JSON object; anything else (bad JSON, nested too deeply, not an object) is a 400."""
+    return load_object(body)
+
+
+def unknown_fields(names: set[str], what: str = "field") -> str:
+    """``unknown field(s) [...]`` naming at most five, each cut short: the message stays short."""
+    shown = [show(n, 40) for n in sorted(names)[:5]]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"unknown {what}(s) [{', '.join(shown)}]{more}"
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProtocolError(400, f"{name} must be a number, got {value!r}")
+        raise ProtocolError(400, f"{name} must be a number, got {show(value)}")
     if not low <= value <= high:
-        raise ProtocolError(400, f"{name} must be between {low:g} and {high:g}, got {value!r}")
+        raise ProtocolError(400, f"{name} must be between {low:g} and {high:g}, got {show(value)}")
     return float(value)
 
 
 def _integer(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(400, f"{name} must be an integer, got {value!r}")
+        raise ProtocolError(400, f"{name} must be an integer, got {show(value)}")
     return value
 
 
@@ -110,10 +120,11 @@ def _stop(value: Any, name: str, limits: GenerationLimits) -> list[str]:
 def _max_tokens(value: Any, name: str, limits: GenerationLimits) -> int:
     tokens = _integer(value, name)
     if tokens < 1:
-        raise ProtocolError(400, f"{name} must be at least 1, got {tokens}")
+        raise ProtocolError(400, f"{name} must be at least 1, got {show(tokens)}")
     if tokens > limits.max_new_tokens:
         raise ProtocolError(
-            400, f"{name} is {tokens}, more than this model's limit of {limits.max_new_tokens} new tokens"
+            400,
+            f"{name} is {show(tokens)}, more than this model's limit of {limits.max_new_tokens} new tokens",
         )
     return tokens
 
@@ -125,25 +136,36 @@ def _prompt(value: Any, name: str, max_chars: int) -> str:
         raise ProtocolError(400, f"{name} is empty")
     if len(value) > max_chars:
         raise ProtocolError(413, f"{name} is {len(value)} characters, more than the limit of {max_chars}")
+    check_unicode(value, name)
     return value
+
+
+def check_unicode(value: str, name: str) -> None:
+    """JSON can carry lone surrogates (``"\\ud800"``), which no tokenizer takes: a 400, not a 500."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(400, f"{name} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def parse_oip_generate(
     body: bytes, limits: GenerationLimits, max_chars: int, default_max_tokens: int = 16
 ) -> GenerationRequest:
     doc = load_json(body)
-    unknown = sorted(set(doc) - {"text_input", "parameters", "id"})
+    unknown = set(doc) - {"text_input", "parameters", "id"}
     if unknown:
-        raise ProtocolError(400, f"unknown field(s) {unknown}; expected text_input and parameters")
+        raise ProtocolError(400, f"{unknown_fields(unknown)}; expected text_input and parameters")
     if "text_input" not in doc:
         raise ProtocolError(400, "text_input is required")
     prompt = _prompt(doc["text_input"], "text_input", max_chars)
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError(400, "parameters must be an object")
-    unknown = sorted(set(params) - OIP_PARAMETERS)
+    unknown = set(params) - OIP_PARAMETERS
     if unknown:
-        raise ProtocolError(400, f"unknown parameter(s) {unknown}; supported: {sorted(OIP_PARAMETERS)}")
+        raise ProtocolError(
+            400, f"{unknown_fields(unknown, 'parameter')}; supported: {sorted(OIP_PARAMETERS)}"
+        )
     raw_max = params.get(
         "max_tokens", params.get("max_new_tokens", min(default_max_tokens, limits.max_new_tokens))
     )
@@ -160,12 +182,10 @@ def parse_oip_generate(
 
 def parse_completions(body: bytes, limits: GenerationLimits, max_chars: int) -> GenerationRequest:
     doc = load_json(body)
-    unknown = sorted(set(doc) - OPENAI_FIELDS)
+    unknown = set(doc) - OPENAI_FIELDS
     if unknown:
-        raise ProtocolError(400, f"unknown field(s) {unknown}")
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise ProtocolError(400, "model is required (the ModelDeployment's name)")
+        raise ProtocolError(400, unknown_fields(unknown))
+    model = model_name(doc)
     prompt = doc.get("prompt")
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -175,9 +195,7 @@ def parse_completions(body: bytes, limits: GenerationLimits, max_chars: int) -> 
         raise ProtocolError(400, "n and best_of: only 1 is supported")
     if doc.get("echo") or doc.get("logprobs") or doc.get("suffix") or doc.get("logit_bias"):
         raise ProtocolError(400, "echo, logprobs, suffix and logit_bias are not supported")
-    stream = doc.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ProtocolError(400, f"stream must be true or false, got {stream!r}")
+    stream = stream_flag(doc)
     return GenerationRequest(
         prompt=_prompt(prompt, "prompt", max_chars),
         max_tokens=_max_tokens(doc.get("max_tokens", min(16, limits.max_new_tokens)), "max_tokens", limits),
@@ -190,12 +208,27 @@ def parse_completions(body: bytes, limits: GenerationLimits, max_chars: int) -> 
     )
 
 
-def model_of_completion(body: bytes) -> str:
-    """The model a /v1/completions body names (what the gateway routes on)."""
-    model = load_json(body).get("model")
+def stream_flag(doc: dict[str, Any]) -> bool:
+    stream = doc.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ProtocolError(400, f"stream must be true or false, got {show(stream)}")
+    return stream
+
+
+def model_name(doc: dict[str, Any]) -> str:
+    """An OpenAI body's ``model``: required, a string; one longer than any ModelDeployment name is 404."""
+    model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise ProtocolError(400, "model is required (the ModelDeployment's name)")
+    if len(model) > MAX_MODEL_NAME:
+        raise ProtocolError(404, f"model {show(model)} not found")
+    check_unicode(model, "model")
     return model
+
+
+def model_of_completion(body: bytes) -> str:
+    """The model a /v1/completions or /v1/chat/completions body names (what the gateway routes on)."""
+    return model_name(load_json(body))
 
 
 def check_prompt_tokens(count: int, limits: GenerationLimits, context: int, max_tokens: int) -> None:

@@ -16,15 +16,17 @@ matters for streaming), and :meth:`TextGenServer.__call__` answers
   prompt, answered greedily with a BYTES ``text_output`` (what ``rayrelay run``'s
   smoke request and stock OIP clients send).
 
-``POST /v1/completions`` (OpenAI) names the model in its body, so the shared
-gateway receives it and calls :func:`gateway_completions`, which forwards the
-body to the replica's :meth:`TextGenServer.complete` or
-:meth:`TextGenServer.complete_stream` by handle.
+``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI) name the
+model in their body, so the shared gateway receives them
+(``textgen.openai_gateway``, which also answers ``GET /v1/models``) and
+forwards the body by handle to the replica's :meth:`TextGenServer.complete` or
+:meth:`TextGenServer.complete_stream`, with the route's kind (``openai_api``
+parses chat requests, applies the chat template and builds both routes' answers).
 
 With ``spec.auth`` every one of these routes asks for an API key
 (``Authorization: Bearer``, ``rayrelay_core.apikeys``): the replica checks its
-own routes with the digests ``reconfigure`` brings, and the gateway checks
-``/v1/completions`` with the digests the replica reports (``key_digests``).
+own routes with the digests ``reconfigure`` brings, and the gateway checks the
+OpenAI routes with the digests the replica reports (``key_digests``).
 
 One request decodes at a time per replica (an ``asyncio.Lock``; others wait
 in the replica's queue, bounded by Serve's ``max_ongoing_requests``); the
@@ -32,9 +34,11 @@ decoding steps run on one worker thread so the event loop keeps streaming.
 Batching several requests' steps together is not done yet.
 
 Limits (``spec.generation``, defaults when omitted): ``maxPromptTokens``,
-``maxNewTokens``, ``maxStopSequences``; the prompt's characters are bounded by
-``spec.limits.maxTextChars`` and the body by ``maxBodyBytes``. Beyond any of
-them a request gets a 4xx naming the limit.
+``maxNewTokens``, ``maxStopSequences``; the prompt's characters (a chat's
+message contents together) are bounded by ``spec.limits.maxTextChars`` and the
+body by ``maxBodyBytes``. Beyond any of them a request gets a 4xx naming the
+limit, and so does any body that is not a request (bad JSON, nesting too deep,
+a lone surrogate): no body makes a 5xx.
 """
 
 from __future__ import annotations
@@ -44,20 +48,20 @@ import concurrent.futures
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from rayrelay_core.api import GenerationLimits, ModelDeploymentSpec, RequestLimits
+from rayrelay_core.api import GenerationLimits, ModelDeploymentSpec
 from rayrelay_core.apikeys import KeyCheck, key_check
 from rayrelay_workloads.serve import ingress
-from rayrelay_workloads.serve.protocol import ProtocolError
+from rayrelay_workloads.serve.protocol import ProtocolError, show
+from rayrelay_workloads.textgen import openai_api as oa
 from rayrelay_workloads.textgen import protocol as gp
 from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, TextStream, decode
 
@@ -133,6 +137,25 @@ class TextGenEngine:
             raise ProtocolError(400, "the prompt has no tokens")
         gp.check_prompt_tokens(len(ids), self.limits, self.context, req.max_tokens)
         return ids
+
+    def chat_ids(self, chat: oa.ChatRequest) -> tuple[gp.GenerationRequest, list[int]]:
+        """The messages as prompt token ids: the tokenizer's chat template, else the plain one.
+
+        With the plain template, generation also stops at ``oa.PLAIN_STOP``; a ``max_tokens``
+        the client left out shrinks to the context the prompt leaves (at least 1)."""
+        req = chat.request
+        if getattr(self.tokenizer, "chat_template", None):
+            ids = oa.template_ids(self.tokenizer, chat.messages)
+        else:
+            encoded = self.tokenizer(req.prompt, add_special_tokens=False, split_special_tokens=True)
+            ids = list(encoded["input_ids"])
+            req = replace(req, stop=[*req.stop, oa.PLAIN_STOP])
+        if not ids:
+            raise ProtocolError(400, "the messages make a prompt of no tokens")
+        if not chat.explicit_max_tokens:
+            req = replace(req, max_tokens=max(1, min(req.max_tokens, self.context - len(ids))))
+        gp.check_prompt_tokens(len(ids), self.limits, self.context, req.max_tokens)
+        return req, ids
 
     def pieces(self, req: gp.GenerationRequest, ids: list[int]) -> Iterator[Piece]:
         """Each token as it is chosen; the last piece carries ``finish_reason``."""
@@ -329,6 +352,11 @@ class TextGenServer:
         if inputs[0].get("datatype") != "BYTES" or not isinstance(data, list) or len(data) != 1:
             raise ProtocolError(400, "inputs[0] must be a BYTES tensor of shape [1] (one prompt)")
         prompt = gp._prompt(data[0], "inputs[0].data[0]", self.spec.limits.max_text_chars)
+        request_id = doc.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise ProtocolError(400, f"id must be a string, got {show(request_id)}")
+        if request_id is not None:
+            gp.check_unicode(request_id, "id")  # echoed in the answer
         req = gp.GenerationRequest(prompt, min(INFER_MAX_TOKENS, self.limits.max_new_tokens))
         text, _, _ = await self._collect(req, self.engine.prompt_ids(req))
         return ingress.json_response(
@@ -336,60 +364,49 @@ class TextGenServer:
             {
                 "model_name": self.name,
                 "model_version": self.version,
-                "id": doc.get("id") or str(uuid.uuid4()),
+                "id": request_id or str(uuid.uuid4()),
                 "outputs": [{"name": "text_output", "shape": [1], "datatype": "BYTES", "data": [text]}],
             },
         )
 
     # ------------------------------------------------------------------ OpenAI, by handle from the gateway
 
-    def _completion_request(self, body: bytes) -> tuple[gp.GenerationRequest, list[int]]:
-        req = gp.parse_completions(body, self.limits, self.spec.limits.max_text_chars)
-        return req, self.engine.prompt_ids(req)
+    def _openai_request(self, body: bytes, kind: str) -> tuple[gp.GenerationRequest, list[int], bool]:
+        """(request, prompt token ids, include_usage) of a ``/v1/completions`` or chat body."""
+        max_chars = self.spec.limits.max_text_chars
+        if kind == oa.CHAT:
+            chat = oa.parse_chat(body, self.limits, max_chars)
+            req, ids = self.engine.chat_ids(chat)
+            return req, ids, chat.include_usage
+        req = gp.parse_completions(body, self.limits, max_chars)
+        return req, self.engine.prompt_ids(req), False
 
-    async def complete(self, body: bytes) -> dict[str, Any]:
+    async def complete(self, body: bytes, kind: str = oa.COMPLETIONS) -> dict[str, Any]:
         """``{"status", "body"}``: a refusal is data, so its 4xx survives the handle call."""
         try:
-            req, ids = self._completion_request(body)
+            req, ids, _ = self._openai_request(body, kind)
         except ProtocolError as exc:
             return {"status": exc.status, "body": {"error": exc.message}}
         text, tokens, finish = await self._collect(req, ids)
-        return {
-            "status": 200,
-            "body": {
-                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": self.name,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
-                "usage": {
-                    "prompt_tokens": len(ids),
-                    "completion_tokens": len(tokens),
-                    "total_tokens": len(ids) + len(tokens),
-                },
-            },
-        }
+        answer = oa.Answer(kind, self.name).whole(text, finish, oa.usage(len(ids), len(tokens)))
+        return {"status": 200, "body": answer}
 
-    async def complete_stream(self, body: bytes) -> AsyncIterator[Any]:
+    async def complete_stream(self, body: bytes, kind: str = oa.COMPLETIONS) -> AsyncIterator[Any]:
         """First ``{"status", "body"?}``, then the SSE chunks (bytes) and ``data: [DONE]``."""
         try:
-            req, ids = self._completion_request(body)
+            req, ids, include_usage = self._openai_request(body, kind)
         except ProtocolError as exc:
             yield {"status": exc.status, "body": {"error": exc.message}}
             return
         yield {"status": 200}
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        async for piece in self._pieces(req, ids):
-            chunk = {
-                "id": cid,
-                "object": "text_completion",
-                "created": created,
-                "model": self.name,
-                "choices": [
-                    {"text": piece.text, "index": 0, "logprobs": None, "finish_reason": piece.finish_reason}
-                ],
-            }
+        answer, produced = oa.Answer(kind, self.name), 0
+        for chunk in answer.first():
             yield gp.sse(chunk)
+        async for piece in self._pieces(req, ids):
+            produced += piece.token is not None
+            yield gp.sse(answer.chunk(piece.text, piece.finish_reason))
+        if include_usage:
+            yield gp.sse(answer.usage_chunk(oa.usage(len(ids), produced)))
         yield gp.sse("[DONE]")
 
     # ------------------------------------------------------------------ what the gateway asks
@@ -426,29 +443,3 @@ class TextGenServer:
 
     async def predict(self, texts: list[str]) -> list[Any]:
         raise ProtocolError(400, f"{self.name} is a text-generation model: use generate or /v1/completions")
-
-
-async def gateway_completions(gateway: Any, request: Request) -> tuple[Response, str]:
-    """``POST /v1/completions`` in the shared gateway: find the model, forward by handle."""
-    ingress.require(request.method, "POST")
-    body = await ingress.read_body(request, RequestLimits())
-    name = gp.model_of_completion(body)
-    state = await gateway._state(name)
-    await gateway._authorize(request, state)
-    info = await gateway._info(state)
-    if info.get("task") != TASK:
-        raise ProtocolError(400, f"model {name!r} is not a text-generation model; /v1/completions needs one")
-    handle = await gateway._handle(state)
-    if gp.load_json(body).get("stream") is not True:
-        out = await asyncio.wait_for(handle.complete.remote(body), ingress.INFER_TIMEOUT_S)
-        return ingress.json_response(int(out["status"]), out["body"]), name
-    stream = handle.options(stream=True).complete_stream.remote(body)
-    head = await stream.__anext__()
-    if int(head["status"]) != 200:
-        return ingress.json_response(int(head["status"]), head["body"]), name
-
-    async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in stream:
-            yield chunk
-
-    return StreamingResponse(chunks(), media_type="text/event-stream"), name
