@@ -1026,6 +1026,35 @@ class GenerationLimits(ApiModel):
         description="Most tokens one request may ask for (max_tokens / max_new_tokens); more gets 400.",
     )
     max_stop_sequences: int = Field(default=4, ge=0, le=64, description="Most stop sequences in one request.")
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description=(
+            "Most requests one replica decodes together (continuous batching: a request joins the "
+            "running batch at the next decode step and leaves it when it ends); more wait in the queue."
+        ),
+    )
+    max_cached_tokens: int = Field(
+        default=8192,
+        ge=16,
+        le=1_048_576,
+        description=(
+            "Most key/value cache positions one replica holds, counted as the batch is laid out: "
+            "requests x the longest one's prompt + max_tokens. A request waits in the queue until it "
+            "fits; one whose prompt + max_tokens alone exceed it gets 400. Memory: about twice this "
+            "x layers x 2 x hidden size x 4 bytes during a step."
+        ),
+    )
+    max_queued_requests: int = Field(
+        default=32,
+        ge=0,
+        le=10_000,
+        description=(
+            "Most requests one replica holds waiting for a place in the batch; beyond, a request "
+            "gets 429 at once (Serve's max_ongoing_requests also bounds what reaches a replica)."
+        ),
+    )
 
 
 class EndpointAuth(ApiModel):

@@ -14,7 +14,6 @@ as in ``test_gateway_resilience.py``) forwards to a real replica.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import tempfile
 from pathlib import Path
@@ -48,11 +47,16 @@ def replica(
     name: str = NAME,
     spec: dict[str, Any] | None = None,
     chat_template: str | None = None,
+    wrap: Any = None,
 ) -> Any:
-    """A ``TextGenServer`` on the tiny decoder; ``spec`` adds to a minimal ModelDeployment spec."""
+    """A ``TextGenServer`` on the tiny decoder; ``spec`` adds to a minimal ModelDeployment spec.
+
+    ``wrap(session)``, when given, stands between the engine and the onnxruntime session (a test
+    can hold a decode step, or run another variant)."""
     from rayrelay_workloads.textgen.serving import TextGenEngine, TextGenServer
 
     session, tokenizer = tiny_decoder()
+    session = session if wrap is None else wrap(session)
     if chat_template is not None:
         tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
         tokenizer.chat_template = chat_template
@@ -68,8 +72,7 @@ def replica(
     server.engine = TextGenEngine(
         session, tokenizer, tokenizer.eos_token_id, CONTEXT, server.limits, max_chars
     )
-    server.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    server.lock = asyncio.Lock()
+    server.scheduler = server.engine.scheduler()
     server.requests = server.tokens = 0
     server.ready = True
     return server

@@ -242,6 +242,12 @@ def check_prompt_tokens(count: int, limits: GenerationLimits, context: int, max_
             f"the prompt ({count} tokens) plus max_tokens ({max_tokens}) exceed the model's context of "
             f"{context} tokens",
         )
+    if count + max_tokens > limits.max_cached_tokens:
+        raise ProtocolError(
+            400,
+            f"the prompt ({count} tokens) plus max_tokens ({max_tokens}) exceed this replica's cache of "
+            f"{limits.max_cached_tokens} tokens (spec.generation.maxCachedTokens)",
+        )
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

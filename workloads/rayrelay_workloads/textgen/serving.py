@@ -28,10 +28,14 @@ With ``spec.auth`` every one of these routes asks for an API key
 own routes with the digests ``reconfigure`` brings, and the gateway checks the
 OpenAI routes with the digests the replica reports (``key_digests``).
 
-One request decodes at a time per replica (an ``asyncio.Lock``; others wait
-in the replica's queue, bounded by Serve's ``max_ongoing_requests``); the
-decoding steps run on one worker thread so the event loop keeps streaming.
-Batching several requests' steps together is not done yet.
+Requests decode together (``textgen.batching``): one decode loop per replica,
+on its own thread, where a request joins the running batch at the next step
+and leaves it when it ends (EOS, a stop sequence, ``max_tokens``, or its client
+gone: the generator's ``finally`` cancels its row); each keeps its own sampling
+parameters and seed, and each token is posted to the request's event loop as
+soon as it is chosen. ``spec.generation``'s ``maxBatchSize`` and
+``maxCachedTokens`` bound the batch; beyond them requests wait in the queue, and
+beyond ``maxQueuedRequests`` waiting a request gets 429.
 
 Limits (``spec.generation``, defaults when omitted): ``maxPromptTokens``,
 ``maxNewTokens``, ``maxStopSequences``; the prompt's characters (a chat's
@@ -44,13 +48,14 @@ a lone surrogate): no body makes a 5xx.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import logging
 import os
 import re
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -63,7 +68,8 @@ from rayrelay_workloads.serve import ingress
 from rayrelay_workloads.serve.protocol import ProtocolError, show
 from rayrelay_workloads.textgen import openai_api as oa
 from rayrelay_workloads.textgen import protocol as gp
-from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, TextStream, decode
+from rayrelay_workloads.textgen.batching import Caps, DecodeBatch, Piece, QueueFull, Row, Scheduler
+from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, TextStream
 
 log = logging.getLogger("ray.serve")
 
@@ -71,15 +77,6 @@ TASK = "text-generation"
 WARMUP_PROMPT = "rayrelay warm-up"
 INFER_MAX_TOKENS = 16
 _V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<rest>/ready|/infer|/generate|/generate_stream)?/?$")
-
-
-@dataclass
-class Piece:
-    """One step of a generation: the token, the text it adds (maybe ""), and why it ended."""
-
-    token: int | None
-    text: str
-    finish_reason: str | None = None
 
 
 class StopMatcher:
@@ -124,6 +121,10 @@ class TextGenEngine:
         max_chars: int,
     ) -> None:
         self.tokenizer = tokenizer
+        # The decode thread detokenises while the event loop tokenises the next prompts; a fast
+        # tokenizer's settings (split_special_tokens, truncation) are mutable Rust state that two
+        # threads must not touch at once ("Already borrowed").
+        self.tokenizer_lock = threading.Lock()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
         self.decoder = OnnxDecoder(session, int(pad))
         self.eos_id = eos_id
@@ -132,7 +133,8 @@ class TextGenEngine:
         self.max_chars = max_chars
 
     def prompt_ids(self, req: gp.GenerationRequest) -> list[int]:
-        ids: list[int] = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
+        with self.tokenizer_lock:
+            ids: list[int] = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ProtocolError(400, "the prompt has no tokens")
         gp.check_prompt_tokens(len(ids), self.limits, self.context, req.max_tokens)
@@ -144,12 +146,13 @@ class TextGenEngine:
         With the plain template, generation also stops at ``oa.PLAIN_STOP``; a ``max_tokens``
         the client left out shrinks to the context the prompt leaves (at least 1)."""
         req = chat.request
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = oa.template_ids(self.tokenizer, chat.messages)
-        else:
-            encoded = self.tokenizer(req.prompt, add_special_tokens=False, split_special_tokens=True)
-            ids = list(encoded["input_ids"])
-            req = replace(req, stop=[*req.stop, oa.PLAIN_STOP])
+        with self.tokenizer_lock:
+            if getattr(self.tokenizer, "chat_template", None):
+                ids = oa.template_ids(self.tokenizer, chat.messages)
+            else:
+                encoded = self.tokenizer(req.prompt, add_special_tokens=False, split_special_tokens=True)
+                ids = list(encoded["input_ids"])
+                req = replace(req, stop=[*req.stop, oa.PLAIN_STOP])
         if not ids:
             raise ProtocolError(400, "the messages make a prompt of no tokens")
         if not chat.explicit_max_tokens:
@@ -157,27 +160,57 @@ class TextGenEngine:
         gp.check_prompt_tokens(len(ids), self.limits, self.context, req.max_tokens)
         return req, ids
 
-    def pieces(self, req: gp.GenerationRequest, ids: list[int]) -> Iterator[Piece]:
-        """Each token as it is chosen; the last piece carries ``finish_reason``."""
+    def row(
+        self, req: gp.GenerationRequest, ids: list[int], emit: Callable[[Piece | BaseException], None]
+    ) -> Row:
+        """The request as a row of the decode batch: its sampling, and a piece per chosen token."""
         sampling = Sampling(req.max_tokens, req.temperature, req.top_p, req.seed)
         text, stops = TextStream(self.tokenizer), StopMatcher(req.stop)
-        for produced, tokens in enumerate(decode(self.decoder, [ids], sampling, self.eos_id), start=1):
-            token = int(tokens[0])
+        produced = 0
+
+        def turn(token: int) -> Piece:
+            nonlocal produced
+            produced += 1
             if self.eos_id is not None and token == self.eos_id:
-                yield Piece(token, stops.flush(), "stop")
-                return
-            out, stopped = stops.feed(text.push(token))
+                return Piece(token, stops.flush(), "stop")
+            with self.tokenizer_lock:
+                new = text.push(token)
+            out, stopped = stops.feed(new)
             if stopped:
-                yield Piece(token, out, "stop")
-                return
+                return Piece(token, out, "stop")
             if produced >= req.max_tokens:
-                yield Piece(token, out + stops.flush(), "length")
+                return Piece(token, out + stops.flush(), "length")
+            return Piece(token, out)
+
+        return Row(ids, sampling, turn, emit)
+
+    def pieces(self, req: gp.GenerationRequest, ids: list[int]) -> Iterator[Piece]:
+        """One request alone, on the calling thread: each token as it is chosen (warm-up, tests)."""
+        out: list[Piece | BaseException] = []
+        batch = DecodeBatch(self.decoder)
+        batch.join([self.row(req, ids, out.append)])
+        while True:
+            for item in out:
+                assert isinstance(item, Piece)
+                yield item
+            out.clear()
+            if not batch.rows:
                 return
-            yield Piece(token, out)
+            batch.step()
+
+    def scheduler(self) -> Scheduler:
+        """The replica's decode loop under ``spec.generation``'s caps."""
+        caps = Caps(
+            self.limits.max_batch_size, self.limits.max_cached_tokens, self.limits.max_queued_requests
+        )
+        return Scheduler(self.decoder, caps)
 
 
-def _next(iterator: Iterator[Piece]) -> Piece | None:
-    return next(iterator, None)
+def _post(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], item: Any) -> None:
+    """Hand a piece from the decode thread to the request's event loop."""
+    # A closed loop (RuntimeError): its request is gone, and its generator cancelled the row.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(queue.put_nowait, item)
 
 
 @serve.deployment(name="ModelServer")
@@ -226,9 +259,7 @@ class TextGenServer:
             self.limits,
             self.spec.limits.max_text_chars,
         )
-        # One decoding thread: the session's cache state belongs to one request at a time.
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="textgen")
-        self.lock = asyncio.Lock()
+        self.scheduler = self.engine.scheduler()
         self.requests = 0
         self.tokens = 0
         warm = list(
@@ -251,7 +282,7 @@ class TextGenServer:
             raise RuntimeError("model not loaded")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """API key digests change in place; batching settings do not apply (one request decodes at a time)."""
+        """API key digests change in place; ``spec.batching`` does not apply (``spec.generation`` caps the batch)."""
         from rayrelay_workloads.serve.model import set_keys
 
         set_keys(self, user_config)
@@ -262,17 +293,34 @@ class TextGenServer:
 
     # ------------------------------------------------------------------ generation
 
+    def _room(self) -> None:
+        """429 before anything is sent when the queue is full (a stream's status is still open)."""
+        try:
+            self.scheduler.check_room()
+        except QueueFull as exc:
+            raise ProtocolError(429, str(exc)) from None
+
     async def _pieces(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[Piece]:
+        """The request's pieces from the decode loop; leaving early (client gone) frees its row.
+
+        The row is queued here, on the first iteration, not before: a response whose body never
+        starts (its client left at once) then never holds a place in the batch."""
         loop = asyncio.get_running_loop()
-        async with self.lock:
-            self.requests += 1
-            iterator = self.engine.pieces(req, ids)
+        queue: asyncio.Queue[Piece | BaseException] = asyncio.Queue()
+        row = self.engine.row(req, ids, lambda item: _post(loop, queue, item))
+        self.requests += 1
+        self.scheduler.submit(row)
+        try:
             while True:
-                piece = await loop.run_in_executor(self.pool, _next, iterator)
-                if piece is None:
-                    return
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise RuntimeError("text generation failed") from item
                 self.tokens += 1
-                yield piece
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.scheduler.cancel(row)
 
     async def _collect(self, req: gp.GenerationRequest, ids: list[int]) -> tuple[str, list[int], str]:
         text, tokens, finish = [], [], "length"
@@ -329,6 +377,7 @@ class TextGenServer:
             return await self._infer(body)
         req = gp.parse_oip_generate(body, self.limits, self.spec.limits.max_text_chars)
         ids = self.engine.prompt_ids(req)
+        self._room()
         if rest == "/generate_stream":
             return StreamingResponse(self._oip_stream(req, ids), media_type="text/event-stream")
         text, tokens, finish = await self._collect(req, ids)
@@ -358,7 +407,9 @@ class TextGenServer:
         if request_id is not None:
             gp.check_unicode(request_id, "id")  # echoed in the answer
         req = gp.GenerationRequest(prompt, min(INFER_MAX_TOKENS, self.limits.max_new_tokens))
-        text, _, _ = await self._collect(req, self.engine.prompt_ids(req))
+        ids = self.engine.prompt_ids(req)
+        self._room()
+        text, _, _ = await self._collect(req, ids)
         return ingress.json_response(
             200,
             {
@@ -377,9 +428,12 @@ class TextGenServer:
         if kind == oa.CHAT:
             chat = oa.parse_chat(body, self.limits, max_chars)
             req, ids = self.engine.chat_ids(chat)
+            self._room()
             return req, ids, chat.include_usage
         req = gp.parse_completions(body, self.limits, max_chars)
-        return req, self.engine.prompt_ids(req), False
+        ids = self.engine.prompt_ids(req)
+        self._room()
+        return req, ids, False
 
     async def complete(self, body: bytes, kind: str = oa.COMPLETIONS) -> dict[str, Any]:
         """``{"status", "body"}``: a refusal is data, so its 4xx survives the handle call."""
@@ -436,7 +490,18 @@ class TextGenServer:
         }
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests, "tokens": self.tokens, "pid": os.getpid()}
+        batch = self.scheduler.stats
+        return {
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "pid": os.getpid(),
+            "running": self.scheduler.running(),
+            "queued": self.scheduler.queued(),
+            "steps": batch.steps,
+            "peakBatch": batch.peak_rows,
+            "peakCachedTokens": batch.peak_cached_tokens,
+            "cancelled": batch.cancelled,
+        }
 
     def metrics_text(self) -> str:
         return ""

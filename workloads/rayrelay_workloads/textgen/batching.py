@@ -1,0 +1,305 @@
+"""Continuous (iteration-level) batching of decode steps for one text-generation replica.
+
+``textgen.serving`` turns each request into a :class:`Row` (its prompt, its own
+sampling parameters and seeded generator, and a ``turn`` function that makes a
+:class:`Piece` of each chosen token: detokenising, stop sequences, EOS,
+``max_tokens``). Rows then run here:
+
+- :class:`DecodeBatch` holds the rows decoding together and their one KV
+  cache over the exported decoder (``textgen.export``'s graph:
+  ``attention_mask`` over past + new and ``position_ids`` are inputs, which is
+  what batching rows of different lengths needs). Rows are right-aligned:
+  each row's cache ends in the last column and is padded on the left with
+  masked zeros, so one step feeds every row's last token and each row keeps
+  its own positions. Joining rows are prefilled together (left-padded) and
+  their cache is merged in; leaving rows are cut out and the columns no row
+  uses any more are trimmed, so the cache is always
+  ``rows x the longest row's length``.
+- :class:`Scheduler` runs one decode loop per replica on its own thread
+  (onnxruntime releases the GIL, so the event loop keeps streaming): at each
+  step boundary it drops cancelled rows (a client gone), admits waiting rows
+  in arrival order while the caps allow (``spec.generation.maxBatchSize``
+  rows, ``maxCachedTokens`` cache positions reserved as ``rows x the largest
+  prompt + max_tokens``), prefills them, then runs one step for all rows.
+  Each token is handed to its row's ``emit`` as soon as it is chosen. Waiting
+  rows beyond ``maxQueuedRequests`` are refused (:class:`QueueFull`, a 429).
+
+Nothing here knows HTTP or Serve; the server posts pieces to its event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, choose, left_pad, positions
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class Piece:
+    """One step of a generation: the token, the text it adds (maybe ""), and why it ended."""
+
+    token: int | None
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(eq=False)
+class Row:
+    """One request in (or waiting for) the batch."""
+
+    prompt: Sequence[int]
+    sampling: Sampling
+    turn: Callable[[int], Piece]  # token -> the piece to send (finish_reason set at the end)
+    emit: Callable[[Piece | BaseException], None]  # called on the decode thread
+    rng: np.random.Generator = field(init=False)
+    last: int = 0  # the token fed at the next step
+    pos: int = 0  # its position id
+    produced: int = 0
+    cancelled: bool = False
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.sampling.seed)
+
+    @property
+    def reserve(self) -> int:
+        """The most cache positions this row can need: prompt + max_tokens."""
+        return len(self.prompt) + self.sampling.max_new_tokens
+
+    def take(self, logits: np.ndarray) -> None:
+        """Choose this row's next token from its logits row and emit its piece."""
+        token = int(choose(logits[None], self.sampling, self.rng)[0])
+        self.produced += 1
+        piece = self.turn(token)
+        self.last, self.pos = token, self.pos + 1
+        self.done = piece.finish_reason is not None
+        self.emit(piece)
+
+
+class DecodeBatch:
+    """The rows decoding together and their KV cache (right-aligned, masked left padding)."""
+
+    def __init__(self, decoder: OnnxDecoder) -> None:
+        self.session = decoder.session
+        self.pad_id = decoder.pad_id
+        self.past_names = decoder.past_names
+        self.output_names = decoder.output_names
+        self.heads, self.head_size = decoder.heads, decoder.head_size
+        self.rows: list[Row] = []
+        self.past: list[np.ndarray] = []
+        self.mask = np.zeros((0, 0), dtype=np.int64)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Cache positions held now, padding included (rows x width)."""
+        return int(self.mask.size)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]) -> Any:
+        feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+        feed.update(zip(self.past_names, past, strict=True))
+        return self.session.run(self.output_names, feed)
+
+    def join(self, rows: list[Row]) -> None:
+        """Prefill ``rows`` together, emit each one's first token, merge the unfinished into the batch."""
+        ids, mask = left_pad([r.prompt for r in rows], self.pad_id)
+        empty = np.zeros((len(rows), self.heads, 0, self.head_size), dtype=np.float32)
+        outs = self._run(ids, mask, positions(mask), [empty] * len(self.past_names))
+        for i, row in enumerate(rows):
+            row.pos = len(row.prompt) - 1
+            row.take(outs[0][i, -1])
+        keep = [i for i, row in enumerate(rows) if not row.done]
+        if not keep:
+            return
+        self._merge([rows[i] for i in keep], mask[keep], [p[keep] for p in outs[1:]])
+
+    def _merge(self, rows: list[Row], mask: np.ndarray, past: list[np.ndarray]) -> None:
+        if not self.rows:
+            self.rows, self.mask, self.past = rows, mask, past
+            self._trim()
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        old = _pad_left(self.mask, self.past, width)
+        new = _pad_left(mask, past, width)
+        self.mask = np.concatenate([old[0], new[0]], axis=0)
+        self.past = [np.concatenate([a, b], axis=0) for a, b in zip(old[1], new[1], strict=True)]
+        self.rows = self.rows + rows
+        self._trim()
+
+    def step(self) -> None:
+        """One decode step of every row: feed its last token, choose and emit the next."""
+        if not self.rows:
+            return
+        ids = np.array([[r.last] for r in self.rows], dtype=np.int64)
+        pos = np.array([[r.pos] for r in self.rows], dtype=np.int64)
+        self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
+        outs = self._run(ids, self.mask, pos, self.past)
+        self.past = list(outs[1:])
+        for i, row in enumerate(self.rows):
+            row.take(outs[0][i, -1])
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut out rows that ended or were cancelled, and the columns no remaining row uses."""
+        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.past, self.mask = [], np.zeros((0, 0), dtype=np.int64)
+            return
+        self.mask = self.mask[keep]
+        self.past = [p[keep] for p in self.past]
+        self._trim()
+
+    def _trim(self) -> None:
+        # Rows are right-aligned, so the columns no row uses lead; cutting them keeps the cache
+        # at rows x the longest row, which is what admission reserves against.
+        first = int(self.mask.any(axis=0).argmax())
+        if first:
+            self.mask = self.mask[:, first:]
+            self.past = [p[:, :, first:, :] for p in self.past]
+
+    def fail(self, exc: BaseException) -> None:
+        """A step failed: every row gets the error and the batch empties."""
+        for row in self.rows:
+            row.done = True
+            row.emit(exc)
+        self.drop()
+
+
+def _pad_left(mask: np.ndarray, past: list[np.ndarray], width: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    extra = width - mask.shape[1]
+    if extra == 0:
+        return mask, past
+    mask = np.pad(mask, ((0, 0), (extra, 0)))
+    return mask, [np.pad(p, ((0, 0), (0, 0), (extra, 0), (0, 0))) for p in past]
+
+
+@dataclass(frozen=True)
+class Caps:
+    """``spec.generation``'s bounds on one replica's batch."""
+
+    max_batch_size: int
+    max_cached_tokens: int
+    max_queued_requests: int
+
+
+class QueueFull(Exception):
+    """The replica's queue holds ``maxQueuedRequests`` already: the request is refused (429)."""
+
+
+@dataclass
+class Stats:
+    steps: int = 0
+    admitted: int = 0
+    cancelled: int = 0
+    peak_rows: int = 0
+    peak_cached_tokens: int = 0
+
+
+class Scheduler:
+    """One decode loop per replica, on its own thread; rows join and leave at step boundaries."""
+
+    def __init__(self, decoder: OnnxDecoder, caps: Caps) -> None:
+        self.batch = DecodeBatch(decoder)
+        self.caps = caps
+        self.cond = threading.Condition()
+        self.waiting: deque[Row] = deque()
+        self.stats = Stats()
+        self.thread: threading.Thread | None = None
+
+    def check_room(self) -> None:
+        """Raise :class:`QueueFull` when a new request would find the queue full."""
+        with self.cond:
+            if len(self.waiting) >= self.caps.max_queued_requests and self._busy():
+                raise QueueFull(
+                    f"the replica is busy: {len(self.waiting)} requests wait already "
+                    f"(spec.generation.maxQueuedRequests: {self.caps.max_queued_requests}); retry later"
+                )
+
+    def _busy(self) -> bool:
+        return len(self.batch.rows) >= self.caps.max_batch_size or bool(self.waiting)
+
+    def submit(self, row: Row) -> None:
+        """Queue ``row``; it joins the batch at the next step boundary it fits in."""
+        with self.cond:
+            self.waiting.append(row)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="textgen-decode", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def cancel(self, row: Row) -> None:
+        """The client is gone: a waiting row leaves now, a running one at the next step boundary."""
+        with self.cond:
+            if row.done or row.cancelled:
+                return
+            row.cancelled = True
+            self.stats.cancelled += 1
+            if row in self.waiting:
+                self.waiting.remove(row)
+
+    def queued(self) -> int:
+        with self.cond:
+            return len(self.waiting)
+
+    def running(self) -> int:
+        return len(self.batch.rows)
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows that fit now, in arrival order (the head blocks those behind it)."""
+        rows = len(self.batch.rows)
+        widest = max((r.reserve for r in self.batch.rows), default=0)
+        out: list[Row] = []
+        while self.waiting and rows < self.caps.max_batch_size:
+            wide = max(widest, self.waiting[0].reserve)
+            if (rows + 1) * wide > self.caps.max_cached_tokens:
+                break
+            out.append(self.waiting.popleft())
+            rows, widest = rows + 1, wide
+        return out
+
+    def _next_joiners(self) -> list[Row]:
+        """Block until there is work; drop cancelled rows; the rows that join now."""
+        with self.cond:
+            while True:
+                self.batch.drop()
+                joiners = self._admit()
+                if joiners or self.batch.rows:
+                    return joiners
+                self.cond.wait()
+
+    def _loop(self) -> None:
+        while True:
+            joiners = self._next_joiners()
+            try:
+                # No lock around the model: submit() and cancel() (the event loop) never wait for a step.
+                if joiners:
+                    self.stats.admitted += len(joiners)
+                    self.batch.join(joiners)
+                self._note()
+                self.batch.step()
+                self.stats.steps += 1
+            except Exception as exc:  # the model failed: every request in the batch gets a 500
+                log.exception("text-generation decode step failed")
+                for row in joiners:
+                    if not row.done:
+                        row.done = True
+                        row.emit(exc)
+                self.batch.fail(exc)
+
+    def _note(self) -> None:
+        """Peaks of the step about to run (its cache is one column wider than now)."""
+        rows = len(self.batch.rows)
+        self.stats.peak_rows = max(self.stats.peak_rows, rows)
+        held = rows * (self.batch.mask.shape[1] + 1) if rows else 0
+        self.stats.peak_cached_tokens = max(self.stats.peak_cached_tokens, held)
