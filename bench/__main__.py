@@ -32,6 +32,7 @@ BENCHMARKS = (
     "endpoint",
     "autoscaling",
     "textgen",
+    "textgen_batching",
     "distillation",
     "pruning",
     "variant_choice",

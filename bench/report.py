@@ -46,6 +46,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "cold_start",
         "autoscaling",
         "textgen",
+        "textgen_batching",
         "distillation",
         "pruning",
         "variant_choice",
@@ -647,6 +648,12 @@ def _textgen_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _textgen_batching_section(doc: dict[str, Any]) -> list[str]:
+    from bench.textgen_batching import report_section  # issue 25: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def _distillation_section(doc: dict[str, Any]) -> list[str]:
     from bench.distillation import report_section  # issue 15: rendered next to its benchmark
 
@@ -715,6 +722,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "cold_start": cold_start_section,
         "autoscaling": functools.partial(autoscaling_section, doc=doc),
         "textgen": _textgen_section,
+        "textgen_batching": _textgen_batching_section,
         "distillation": _distillation_section,
         "pruning": _pruning_section,
         "variant_choice": _variant_choice_section,
@@ -727,7 +735,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     lines += [
         "## Running it",
         "",
-        "- `make bench` (= `.venv/bin/python -m bench`): all ten (the minutes each took are in the run table above); "
+        "- `make bench` (= `.venv/bin/python -m bench`): all eleven (the minutes each took are in the run table above); "
         "writes `bench/results/*.json` and this page.",
         "- `make bench BENCH_ARGS=--quick`: a smoke run of a few minutes (fewer repetitions, shorter "
         "loads, 50 TrainingJobs); writes `bench/.cache/quick-results/` and "

@@ -129,15 +129,11 @@ def kernel(folder: Path, work: Path, batches: list[int], new: int, reps: int) ->
     return {"rows": rows, "sizes": sizes, "greedy_token_agreement_b1": agree}
 
 
-def endpoint_ttft(folder: Path, work: Path, requests_n: int, new: int) -> dict[str, Any]:
-    """Publish the int8 set, serve it with TextGenServer, time generate_stream's first and last event."""
-    import requests
-    from ray import serve
-
-    from rayrelay_core.api import ExportSpec, ModelDeploymentSpec, TrainingJobSpec
+def publish_set(folder: Path, work: Path) -> str:
+    """Export the model with the product's ``export_lm``, publish it to a ``file://`` store: its manifest URI."""
+    from rayrelay_core.api import ExportSpec, TrainingJobSpec
     from rayrelay_core.runs import JobDocument, RunLayout, run_id_for
     from rayrelay_workloads.quality import Int8Decision
-    from rayrelay_workloads.serve.app import ModelAppArgs, model_app
     from rayrelay_workloads.textgen.data import Fields, LoadedLmData, read_lm_examples
     from rayrelay_workloads.textgen.export import export_lm
     from rayrelay_workloads.textgen.pipeline import publish_lm
@@ -164,6 +160,18 @@ def endpoint_ttft(folder: Path, work: Path, requests_n: int, new: int) -> dict[s
         run_uri=RunLayout.for_job(f"file://{work}/store", "bench", "textgen", run_id).base,
     )
     _, manifest_uri = publish_lm(job, result, LoadedLmData(train, val), Int8Decision(True, None, "int8"), {})
+    return str(manifest_uri)
+
+
+def endpoint_ttft(folder: Path, work: Path, requests_n: int, new: int) -> dict[str, Any]:
+    """Publish the int8 set, serve it with TextGenServer, time generate_stream's first and last event."""
+    import requests
+    from ray import serve
+
+    from rayrelay_core.api import ModelDeploymentSpec
+    from rayrelay_workloads.serve.app import ModelAppArgs, model_app
+
+    manifest_uri = publish_set(folder, work)
 
     import ray
 
