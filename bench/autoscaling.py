@@ -75,11 +75,13 @@ def spec_autoscaling(quick: bool) -> dict[str, Any]:
     }
 
 
-def serve_replicas(dashboard: str) -> tuple[int | None, dict[str, int]]:
-    """(target, replicas by state) of the model deployment, from Serve's REST API."""
-    import requests
+def serve_replicas(backend: Any) -> tuple[int | None, dict[str, int]]:
+    """(target, replicas by state) of the model deployment, from Serve's REST API.
 
-    apps = requests.get(f"{dashboard}/api/serve/applications/", timeout=10).json().get("applications") or {}
+    Read through the product's client (``RayBackend.serve_instance``), which sends the head's
+    token: `rayrelay run`'s head requires Ray's token authentication.
+    """
+    apps = backend.serve_instance().get("applications") or {}
     dep = ((apps.get(NAME) or {}).get("deployments") or {}).get("ModelServer") or {}
     states: dict[str, int] = {}
     for replica in dep.get("replicas") or []:
@@ -136,7 +138,7 @@ class Load:
 
 
 async def step_load(
-    url: str, dashboard: str, concurrency: int, idle_s: float, load_s: float, after_s: float
+    url: str, backend: Any, concurrency: int, idle_s: float, load_s: float, after_s: float
 ) -> dict[str, Any]:
     load = Load(url)
     samples: list[dict[str, Any]] = []
@@ -147,7 +149,7 @@ async def step_load(
     def sampler() -> None:
         while not done.is_set():
             try:
-                target, states = serve_replicas(dashboard)
+                target, states = serve_replicas(backend)
             except Exception as exc:  # a slow dashboard: a gap in the timeline, said so
                 log(f"autoscaling: sample failed: {exc}")
                 target, states = None, {}
@@ -213,10 +215,10 @@ def scaling_times(run: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ cold starts
 
 
-def wait_zero(dashboard: str, timeout: float = 120) -> float:
+def wait_zero(backend: Any, timeout: float = 120) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        target, states = serve_replicas(dashboard)
+        target, states = serve_replicas(backend)
         if target == 0 and not states:
             return time.monotonic() - start
         time.sleep(0.25)
@@ -264,11 +266,12 @@ def preloaded_cold_starts(reps: int, manifest_uri: str, endpoint: str, out: Path
         obj["spec"]["autoscaling"] = spec_autoscaling(False)
         obj["spec"]["runtime"] = {"intraOpThreads": 1, "interOpThreads": 1}
         deploy(cluster, obj, timeout=600)
+        os.environ.update(cluster.ray.client_env())  # this driver presents the head's token
         ray.init(address=cluster.ray.address, log_to_driver=False)
         handle = serve.get_app_handle(NAME)
         colds = []
         for i in range(reps):
-            idle = wait_zero(cluster.backend.dashboard_url)
+            idle = wait_zero(cluster.backend)
             time.sleep(0.5)
             cold = cold_start(cluster.url, handle)
             cold["node_cache"] = "warm"
@@ -407,18 +410,18 @@ def main() -> None:
         rollout = deploy(cluster, obj, timeout=600)
         log(f"autoscaling: Ready in {rollout.seconds:.1f}s")
         url = cluster.url
-        dashboard = cluster.backend.dashboard_url
         scaling = obj["spec"]["autoscaling"]
         after_s = scaling["downscaleDelaySeconds"] + scaling["metricsWindowSeconds"] + 15
-        timeline = asyncio.run(step_load(url, dashboard, concurrency, 5.0, load_s, after_s))
+        timeline = asyncio.run(step_load(url, cluster.backend, concurrency, 5.0, load_s, after_s))
         times = scaling_times(timeline)
         log(f"autoscaling: {times}")
 
+        os.environ.update(cluster.ray.client_env())  # this driver presents the head's token
         ray.init(address=cluster.ray.address, log_to_driver=False)
         handle = serve.get_app_handle(NAME)
         colds: list[dict[str, Any]] = []
         for i in range(1 + reps):
-            idle = wait_zero(dashboard)
+            idle = wait_zero(cluster.backend)
             if i == 0:
                 shutil.rmtree(NODE_CACHE, ignore_errors=True)  # the first one downloads
             time.sleep(0.5)

@@ -71,7 +71,13 @@ def start_cluster(num_cpus: int = 4, s3_endpoint: str | None = None, start_timeo
     ray = LocalRay(num_cpus=num_cpus)
     dashboard = ray.start(timeout=start_timeout)
     port = free_port()
-    backend = RayBackend(dashboard, serve_host="127.0.0.1", serve_port=port, python=os.sys.executable)
+    backend = RayBackend(
+        dashboard,
+        serve_host="127.0.0.1",
+        serve_port=port,
+        python=os.sys.executable,
+        auth_token=ray.auth_token,
+    )
     settings = Settings(default_backend="ray", ray_address=dashboard, s3_endpoint_url=s3_endpoint)  # type: ignore[arg-type]
     return Cluster(ray, backend, port, settings)
 

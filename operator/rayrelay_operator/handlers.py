@@ -73,6 +73,7 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
             environ={},
             credentials=secret_credentials_getter(api_client),
             encryption_key=secret_encryption_key_getter(api_client),
+            auth_token=settings.ray_auth_token,
         )
     return ReconcileContext(
         settings=settings,
@@ -82,6 +83,7 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
         store_for=cached_store_for(operator_store_opener(settings)),
         enforce_policy=True,
         secret_labels=secret_labels_getter(api_client),
+        secret_data=secret_data_getter(api_client),
     )
 
 
@@ -164,6 +166,38 @@ def secret_encryption_key_getter(api_client: Any) -> Callable[[str, str], str]:
         if not value:
             raise BackendRejected(f"Secret {namespace}/{name} has no key {ENCRYPTION_KEY_ENV}")
         return base64.b64decode(value).decode("utf-8", errors="replace").strip()
+
+    return read
+
+
+def secret_data_getter(api_client: Any) -> Callable[[str, str], dict[str, str] | None]:
+    """``secret_data(namespace, name)``: a Secret's data, decoded (None when it does not exist).
+
+    Read for ``spec.auth.apiKeysSecret`` only, after the policy checked its opt-in label,
+    on every pass (``get``, which the chart grants already; no ``list``/``watch`` on Secrets):
+    the reconciler keeps the keys' digests and drops the values. Never logged.
+    """
+    import base64
+
+    from kubernetes import client
+
+    from rayrelay_operator.backends.base import MissingPermission
+
+    core = client.CoreV1Api(api_client)
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise MissingPermission(f"the operator may not read Secret {namespace}/{name}") from None
+            raise
+        return {
+            key: base64.b64decode(value).decode("utf-8", errors="replace")
+            for key, value in (secret.data or {}).items()
+        }
 
     return read
 

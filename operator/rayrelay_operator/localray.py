@@ -9,6 +9,14 @@ the head's node does not drain first (``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S``,
 and whatever of its process group outlives it is killed.
 The run then talks to it like to any other cluster, through its dashboard URL
 and the ``ray`` backend (``backends/ray.py``).
+
+The head runs with Ray's token authentication (``RAY_AUTH_MODE=token``, Ray >= 2.52) unless
+``RAYRELAY_RAY_AUTH=0``: a random token per head, in a file of its temp dir readable by this
+user only (``RAY_AUTH_TOKEN_PATH``, which every Ray process of the head inherits), so the
+dashboard, the Job API, Serve's REST API and the GCS refuse whoever does not present it
+(another user of the machine, a process of a container sharing its network). The run
+presents it (``auth_headers``); Serve's HTTP port, the model endpoint, is not Ray's and
+stays open.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import importlib.util
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 SERVE_DEFAULT_PORT = 8000
@@ -98,10 +108,22 @@ def haproxy_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
     }
 
 
+def auth_wanted(env: Mapping[str, str]) -> bool:
+    """Token authentication for the head ``rayrelay run`` starts: on unless ``RAYRELAY_RAY_AUTH=0``."""
+    return env.get("RAYRELAY_RAY_AUTH", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The HTTP header that authenticates to a Ray dashboard with ``token`` (``{}`` without one)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class LocalRay:
     """Start with ``start()``, stop with ``stop()`` (or use as a context manager)."""
 
-    def __init__(self, num_cpus: int | None = None, bin_dir: str | None = None) -> None:
+    def __init__(
+        self, num_cpus: int | None = None, bin_dir: str | None = None, auth: bool | None = None
+    ) -> None:
         self.num_cpus = num_cpus or max(os.cpu_count() or 1, 4)
         # The ray CLI of this very interpreter (a venv), so the head runs our code.
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
@@ -109,6 +131,9 @@ class LocalRay:
         self.dashboard_url = ""
         self.address = ""
         self.haproxy = False  # Serve's HAProxy ingress in front of this head (haproxy_env)
+        self.auth = auth_wanted(os.environ) if auth is None else auth
+        # One token per LocalRay, kept by restart(): a head that comes back takes the old one.
+        self.auth_token: str | None = secrets.token_urlsafe(32) if self.auth else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
         # (GCS, dashboard, dashboard agent, Ray client server): kept for restart().
@@ -156,6 +181,7 @@ class LocalRay:
         env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
         env.update(haproxy_env(env, self.temp_dir))
         self.haproxy = env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+        self._auth_env(env)
         cmd = [
             str(ray_bin), "start", "--head", "--block",
             "--node-ip-address=127.0.0.1",
@@ -187,12 +213,42 @@ class LocalRay:
         self.stop()
         raise LocalRayError(f"the local Ray head's dashboard did not come up within {timeout:.0f}s")
 
+    def _auth_env(self, env: dict[str, str]) -> None:
+        """Ray's token authentication for the head and every process it starts, or off.
+
+        A token the caller's environment carries (``RAY_AUTH_TOKEN``, which outranks a
+        token file in Ray's lookup) is not this head's and is dropped either way.
+        """
+        for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            env.pop(key, None)
+        if not self.auth_token:
+            env["RAY_AUTH_MODE"] = "disabled"
+            return
+        path = Path(self.temp_dir) / "auth_token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.auth_token)
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = str(path)
+
+    def auth_headers(self) -> dict[str, str]:
+        """What a client of this head's dashboard (Job API, Serve REST API) must send."""
+        return bearer(self.auth_token)
+
+    def client_env(self) -> dict[str, str]:
+        """What a process needs in its environment to join this head as a Ray driver
+        (``ray.init(address=...)``, before its first Ray call); ``{}`` without authentication."""
+        if not self.auth_token:
+            return {}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
+
     def _dashboard_up(self) -> bool:
         """The dashboard answers, and so does its Job Submission API (a module of its own,
         which on a loaded machine comes up well after the dashboard's first answers)."""
         try:
             for path in ("/api/version", "/api/jobs/"):
-                with urllib.request.urlopen(f"{self.dashboard_url}{path}", timeout=5) as resp:
+                req = urllib.request.Request(f"{self.dashboard_url}{path}", headers=self.auth_headers())
+                with urllib.request.urlopen(req, timeout=5) as resp:
                     if resp.status != 200:
                         return False
         except OSError:

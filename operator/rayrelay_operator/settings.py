@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from rayrelay_core.api import Backend
 
@@ -88,6 +88,13 @@ class Settings:
     store_max_attempts: int = 2
     store_connect_timeout_seconds: float = 3.0
     store_read_timeout_seconds: float = 10.0
+    # --- Ray's token authentication (RAY_AUTH_MODE=token, Ray >= 2.52; docs/security.md). ---
+    # Every Ray cluster the kuberay backend creates: "token" (KubeRay's spec.authOptions, where
+    # the installed RayJob / RayService CRDs have it: KubeRay >= 1.5.1) or "disabled".
+    ray_cluster_auth: str = "token"
+    # The token of the existing cluster at ray_address (ray backend), sent on every dashboard
+    # call; the chart reads it from a Secret (rayAuthTokenSecret). Never printed.
+    ray_auth_token: str | None = field(default=None, repr=False)
     # --- A NetworkPolicy per Ray cluster (kuberay backend; docs/security.md, finding 5). ---
     # Before each RayJob / RayService, create a NetworkPolicy owned by its resource: the
     # cluster's pods take Ray's own traffic from each other, the head's control ports
@@ -157,6 +164,10 @@ class Settings:
             self.operator_pod_labels()
         except ValueError as exc:
             raise ValueError(f"RAYRELAY_NETWORK_POLICY_OPERATOR_LABELS: {exc}") from None
+        if self.ray_cluster_auth not in ("token", "disabled"):
+            raise ValueError(
+                f"RAYRELAY_RAY_CLUSTER_AUTH must be token or disabled, not {self.ray_cluster_auth!r}"
+            )
         if self.retry_base_delay_seconds <= 0 or not 0 <= self.retry_jitter < 1:
             raise ValueError("RAYRELAY_RETRY_BASE_DELAY_SECONDS must be > 0, RAYRELAY_RETRY_JITTER in [0, 1)")
 

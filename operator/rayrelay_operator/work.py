@@ -70,6 +70,19 @@ class TrainingWork:
     labels: dict[str, str]
 
 
+@dataclass(frozen=True)
+class RayAuth:
+    """Whether the Ray cluster of a piece of work runs with Ray's token authentication.
+
+    Reported by the kuberay backend (the cluster's ``authOptions`` as KubeRay kept them);
+    ``reason`` / ``message`` become the resource's ``RayAuthenticated`` condition.
+    """
+
+    on: bool
+    reason: str
+    message: str
+
+
 @dataclass
 class TrainingObservation:
     state: WorkState
@@ -77,6 +90,7 @@ class TrainingObservation:
     message: str = ""
     dashboard_url: str | None = None
     started_at: str | None = None  # RFC 3339; for StuckInitializing
+    ray_auth: RayAuth | None = None  # the cluster's token authentication, where the backend knows
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,13 @@ class ServingWork:
     # While a new model rolls out: the replicas running the previous one, so that Serve gets
     # room for one new replica beside them (rayrelay_core.serveconfig.surge_autoscaling).
     surge_from: int | None = None
+    # spec.auth: sha256 digests of the endpoint's API keys (rayrelay_core.apikeys), read from
+    # the Secret this pass; they go into Serve's user_config, never into app_args.
+    key_digests: tuple[str, ...] | None = None
+
+    @property
+    def key_digest_list(self) -> list[str] | None:
+        return None if self.key_digests is None else list(self.key_digests)
 
 
 @dataclass
@@ -106,3 +127,6 @@ class ServingObservation:
     target_replicas: int | None = None  # what the autoscaler wants now (None: not reported)
     ongoing_requests: float | None = None  # in flight or queued across the replicas, when known
     variant: VariantChoice | None = None  # what a running replica serves and why, when it reports it
+    # The API key digests in the deployed config (user_config; None: none there or not known).
+    serving_key_digests: list[str] | None = None
+    ray_auth: RayAuth | None = None  # the cluster's token authentication, where the backend knows

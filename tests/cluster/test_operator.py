@@ -205,6 +205,17 @@ def test_chart_operator_all_namespaces_trainingjob_to_rayjob_to_deployment(
         60,
     )
     assert_builder_output_kept(built_rayjob(tj, release.env(op.pod_name)), rj)
+    # KubeRay 1.5.0's CRDs have no authOptions (issue 26): the RayJob is made without Ray's token
+    # authentication, the operator says so once in its log, and the TrainingJob's condition why.
+    assert "authOptions" not in rj["spec"]["rayClusterSpec"]
+    auth = wait_for(
+        "the RayAuthenticated condition",
+        lambda: condition(status_of(plane, "trainingjob", namespace, name), "RayAuthenticated") or None,
+        60,
+    )
+    assert (auth["status"], auth["reason"]) == ("False", "NotSupportedByKubeRay"), auth
+    assert "KubeRay < 1.5.1" in auth["message"], auth
+    assert op.log.count("has no spec.rayClusterSpec.authOptions") == 1, op.log[-3000:]
 
     if plane.has_kuberay:
         # KubeRay's controller accepts it and expands it into a RayCluster and GPU Pods.

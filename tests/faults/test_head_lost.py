@@ -44,12 +44,12 @@ NAME = "headless"
 STATUS_WITHIN_S = 10.0
 
 
-def job_status(dashboard: str) -> str:
+def job_status(dashboard: str, headers: dict[str, str]) -> str:
     from ray.job_submission import JobSubmissionClient
 
     jobs = [
         j
-        for j in JobSubmissionClient(dashboard).list_jobs()
+        for j in JobSubmissionClient(dashboard, headers=headers).list_jobs()
         if (j.metadata or {}).get("rayrelay.dev/name") == NAME
     ]
     return str(getattr(jobs[0].status, "value", jobs[0].status)) if jobs else ""
@@ -59,7 +59,9 @@ def test_head_stopped_is_ray_unavailable_in_the_status(tmp_path: Path) -> None:
     head = LocalRay(num_cpus=1)
     dashboard = head.start()
     try:
-        backend = RayBackend(dashboard, python="python -c 'import time; time.sleep(900)'")
+        backend = RayBackend(
+            dashboard, python="python -c 'import time; time.sleep(900)'", auth_token=head.auth_token
+        )
         settings = Settings(artifacts_uri=f"file://{tmp_path}", retry_base_delay_seconds=2.0)
         ctx = ReconcileContext(
             settings=settings, backends={"ray": backend}, store_for=lambda u, e: LocalStore()
@@ -84,7 +86,7 @@ def test_head_stopped_is_ray_unavailable_in_the_status(tmp_path: Path) -> None:
         deadline = time.monotonic() + 240
         while True:
             before = step()
-            if before.get("attempt") and job_status(dashboard) == "RUNNING":
+            if before.get("attempt") and job_status(dashboard, head.auth_headers()) == "RUNNING":
                 break
             assert time.monotonic() < deadline, f"the attempt never ran: {before}"
             time.sleep(0.5)
@@ -185,7 +187,7 @@ def test_head_back_resubmits_and_resumes_from_the_newest_checkpoint(
     dashboard = head.start()
     store = open_store(s3_bucket, s3_server)
     try:
-        backend = RayBackend(dashboard)
+        backend = RayBackend(dashboard, auth_token=head.auth_token)  # restart() keeps the token
         settings = Settings(
             artifacts_uri=f"{s3_bucket}/runs", s3_endpoint_url=s3_server, retry_base_delay_seconds=2.0
         )
@@ -208,7 +210,7 @@ def test_head_back_resubmits_and_resumes_from_the_newest_checkpoint(
 
         def ours() -> list[str]:
             try:
-                jobs = JobSubmissionClient(dashboard).list_jobs()
+                jobs = JobSubmissionClient(dashboard, headers=head.auth_headers()).list_jobs()
             except Exception:  # the head is down or still starting
                 return []
             return [

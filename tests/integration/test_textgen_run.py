@@ -9,7 +9,16 @@ deploys it and answers the smoke request. Then, over HTTP:
 - ``generate_stream`` (server-sent events) and ``generate`` return the very
   tokens PyTorch's ``generate`` (greedy) writes with the published ``hf/`` model;
 - OpenAI ``/v1/completions`` (plain and streamed) returns the same text;
-- bad requests get 4xx with a message, never 5xx.
+- OpenAI ``/v1/chat/completions`` (plain and streamed, through the official
+  client) writes what ``/v1/completions`` writes for the plain template's
+  prompt (the tiny tokenizer has no chat template), ``models.list()`` names the
+  model, an unknown model is ``NotFoundError`` and a bad body ``BadRequestError``
+  (issue 25), and a deeply nested body is a 400 on every generation route;
+- bad requests get 4xx with a message, never 5xx;
+- the file carries a v1 Secret of API keys and ``spec.auth`` (issue 26): every
+  model route answers 401 without a right key, the official ``openai`` client
+  works with ``api_key`` and is refused (``AuthenticationError``) with a wrong
+  one, and `rayrelay run`'s own smoke request sends a key from the Secret.
 
 The deployment serves ``variant: fp32`` so that the token-for-token comparison
 holds by construction (the int8 variant's own greedy agreement is recorded in
@@ -35,6 +44,10 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PROMPT = "My order has not arrived and"
 NEW_TOKENS = 12
+SYSTEM = "Answer support tickets."
+# The plain chat template (docs/textgen.md): what the messages of chat_body() become.
+RENDERED = f"System: {SYSTEM}\nUser: {PROMPT}\nAssistant:"
+API_KEY = f"rr-textgen-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +72,21 @@ def manifest_file(folder: Path, name: str, model: str) -> Path:
     tj["spec"]["hyperparameters"]["batchSize"] = 32
     md["spec"]["model"]["trainingJobRef"] = {"name": name, "variant": "fp32"}
     md["spec"]["resources"]["cpus"] = 0.5
+    md["spec"]["auth"] = {"apiKeysSecret": f"{name}-keys"}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-keys", "labels": {"rayrelay.dev/credentials": "true"}},
+        "stringData": {"ci": API_KEY},
+    }
     path = folder / "textgen.yaml"
-    path.write_text(yaml.safe_dump_all([tj, md]))
+    path.write_text(yaml.safe_dump_all([secret, tj, md]))
     return path
+
+
+def chat_body(name: str) -> dict[str, Any]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    return {"model": name, "messages": messages, "max_tokens": NEW_TOKENS, "temperature": 0}
 
 
 def sse_events(resp: requests.Response) -> list[Any]:
@@ -148,8 +173,13 @@ def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
     url = f"http://127.0.0.1:{ray_cluster.serve_port}"
     params = {"max_tokens": NEW_TOKENS, "temperature": 0}
     body = {"text_input": PROMPT, "parameters": params}
+    completion = {"model": name, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0}
+    check_keys(url, name, body, completion)
+    # Every request below carries the key (spec.auth), as a client of this endpoint must.
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {API_KEY}"
 
-    with requests.post(f"{url}/v2/models/{name}/generate_stream", json=body, stream=True, timeout=60) as resp:
+    with http.post(f"{url}/v2/models/{name}/generate_stream", json=body, stream=True, timeout=60) as resp:
         assert resp.status_code == 200, resp.text
         assert resp.headers["content-type"].startswith("text/event-stream")
         events = sse_events(resp)
@@ -158,24 +188,38 @@ def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
     assert events[-1]["finish_reason"] in ("stop", "length")
     streamed_text = "".join(e["text_output"] for e in events)
 
-    resp = requests.post(f"{url}/v2/models/{name}/generate", json=body, timeout=60)
+    resp = http.post(f"{url}/v2/models/{name}/generate", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     assert resp.json()["tokens"] == expected
     assert resp.json()["text_output"] == streamed_text
 
-    completion = {"model": name, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0}
-    resp = requests.post(f"{url}/v1/completions", json=completion, timeout=60)
+    resp = http.post(f"{url}/v1/completions", json=completion, timeout=60)
     assert resp.status_code == 200, resp.text
     doc = resp.json()
     assert doc["object"] == "text_completion" and doc["choices"][0]["text"] == streamed_text
     assert doc["usage"]["completion_tokens"] == len(expected)
-    with requests.post(
+    with http.post(
         f"{url}/v1/completions", json={**completion, "stream": True}, stream=True, timeout=60
     ) as resp:
         assert resp.status_code == 200, resp.text
         chunks = sse_events(resp)
     assert chunks[-1] == "[DONE]"
     assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == streamed_text
+
+    # The official OpenAI client, with the key as its api_key (sent as Authorization: Bearer).
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+    answer = client.completions.create(model=name, prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0)
+    assert answer.choices[0].text == streamed_text
+    stream = client.completions.create(
+        model=name, prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in stream) == streamed_text
+    wrong = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key-0123456789abcdef", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.completions.create(model=name, prompt=PROMPT, max_tokens=NEW_TOKENS, temperature=0)
+    check_chat(client, name)
 
     bad = [
         (
@@ -198,13 +242,93 @@ def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
         ("/v1/completions", {**completion, "stream": True, "top_p": 0}, 400, "top_p"),
         ("/v1/completions", {**completion, "model": "no-such-model"}, 404, "not found"),
         ("/v1/completions", {"prompt": PROMPT}, 400, "model is required"),
+        ("/v1/chat/completions", {**chat_body(name), "max_tokens": 1000}, 400, "limit of 64"),
+        (
+            "/v1/chat/completions",
+            {**chat_body(name), "stream": True, "messages": []},
+            400,
+            "messages is required",
+        ),
+        ("/v1/chat/completions", {**chat_body(name), "model": "no-such-model"}, 404, "not found"),
     ]
     for route, payload, status, gist in bad:
-        resp = requests.post(f"{url}{route}", json=payload, timeout=60)
+        resp = http.post(f"{url}{route}", json=payload, timeout=60)
         assert resp.status_code == status, (route, payload, resp.status_code, resp.text)
         assert gist in resp.json()["error"], (route, resp.text)
-    resp = requests.post(f"{url}/v2/models/{name}/generate", data=b"{not json", timeout=60)
+    resp = http.post(f"{url}/v2/models/{name}/generate", data=b"{not json", timeout=60)
     assert resp.status_code == 400 and "JSON" in resp.json()["error"]
+    check_deep_bodies(http, url, name)
+
+
+def check_deep_bodies(http: requests.Session, url: str, name: str) -> None:
+    """Nested 100,000 deep (200 kB): a 400, not issue 25's 500, on the gateway's and the replica's routes."""
+    deep = b'{"model": "%s", "prompt": %s}' % (name.encode(), b"[" * 100_000 + b"]" * 100_000)
+    for route in ("/v1/completions", "/v1/chat/completions", f"/v2/models/{name}/generate"):
+        resp = http.post(f"{url}{route}", data=deep, headers={"Content-Type": "application/json"}, timeout=60)
+        assert resp.status_code == 400, (route, resp.status_code, resp.text)
+        assert resp.json()["error"] == "request body is nested too deeply"
+
+
+def check_chat(client: Any, name: str) -> None:
+    """/v1/chat/completions and /v1/models through the official OpenAI client (issue 25)."""
+    import openai
+
+    plain = client.completions.create(
+        model=name, prompt=RENDERED, max_tokens=NEW_TOKENS, temperature=0, stop=["\nUser:"]
+    )
+    expected = plain.choices[0].text
+    kwargs = chat_body(name)
+    chat = client.chat.completions.create(**kwargs)
+    assert chat.object == "chat.completion" and chat.model == name
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content == expected
+    assert chat.usage.completion_tokens >= 1 and chat.choices[0].finish_reason in ("stop", "length")
+    chunks = list(
+        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].choices == [] and chunks[-1].usage == chat.usage
+    models = client.models.list().data
+    assert name in [m.id for m in models] and all(m.object == "model" for m in models)
+    # The client's exception carries the answer's "error" as its body (its text shows only OpenAI's
+    # {"error": {"message"}} shape; these routes answer KServe's {"error": "..."}, as /v1/completions).
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(**{**kwargs, "model": "no-such-model"})
+    assert missing.value.body == "model 'no-such-model' not found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(**{**kwargs, "messages": [{"role": "narrator", "content": "x"}]})
+    assert "messages[0].role must be system, user or assistant" in str(bad.value.body)
+
+
+def check_keys(url: str, name: str, body: dict[str, Any], completion: dict[str, Any]) -> None:
+    """Without a right key, every model route of the text-generation model answers 401."""
+    routes = [
+        ("POST", f"/v2/models/{name}/generate", body),
+        ("POST", f"/v2/models/{name}/generate_stream", body),
+        (
+            "POST",
+            f"/v2/models/{name}/infer",
+            {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [PROMPT]}]},
+        ),
+        ("GET", f"/v2/models/{name}", None),
+        ("GET", f"/v2/models/{name}/ready", None),
+        ("POST", "/v1/completions", completion),
+        ("GET", f"/v1/models/{name}", None),
+        ("POST", "/v1/chat/completions", chat_body(name)),
+        ("GET", "/v1/models", None),  # a model route too: it lists only the models a key may see
+    ]
+    for method, route, payload in routes:
+        for headers in ({}, {"Authorization": "Bearer wrong-key-0123456789abcdef"}):
+            resp = requests.request(method, f"{url}{route}", json=payload, headers=headers, timeout=60)
+            assert resp.status_code == 401, (route, headers, resp.status_code, resp.text)
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        resp = requests.request(
+            method, f"{url}{route}", json=payload, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+        )
+        assert resp.status_code == 200, (route, resp.text)
+    for route in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+        assert requests.get(f"{url}{route}", timeout=30).status_code == 200, route
 
 
 @pytest.mark.slow

@@ -195,3 +195,14 @@ def with_status(obj: dict[str, Any], status: Any) -> dict[str, Any]:
 
 def artifacts_dir(tmp_path: Path) -> str:
     return str(tmp_path / "store")
+
+
+class NoRayAuthCRD:
+    """ApiextensionsV1Api without KubeRay's CRDs (404): a KubeRayBackend then creates its
+    children without ``authOptions``, as with a KubeRay older than 1.5.1
+    (test_ray_token_units.py covers the field itself)."""
+
+    def read_custom_resource_definition(self, name: str, **kwargs: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        raise ApiException(status=404, reason="Not Found")

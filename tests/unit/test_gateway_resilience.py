@@ -54,7 +54,7 @@ class FakeHandle:
             return [Prediction(1, [0.1, 0.9]) for _ in texts]
 
         async def key_digests() -> list[str] | None:
-            return None  # no spec.auth (tests/unit/test_endpoint_auth.py covers keys)
+            return None  # no spec.auth (tests/unit/test_endpoint_keys.py covers keys)
 
         self.info = _Method(info)
         self.predict = _Method(predict)

@@ -22,6 +22,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reconcile_fakes import NoRayAuthCRD
+
 import k8s_checks
 from rayrelay_core.api import ModelDeployment, TrainingJob
 from rayrelay_operator.backends.base import MissingPermission
@@ -301,6 +303,7 @@ def backend(
     bare = {"image": "i", "endpoint_url": None, "credentials_secret": None}
     b._rayjob_body = lambda work, ray_auth=False: build_rayjob(work, **bare)  # type: ignore[method-assign]
     b._rayservice_body = lambda work, ray_auth=False: build_rayservice(work, **bare)  # type: ignore[method-assign]
+    b.extensions = NoRayAuthCRD()
     return b, b.networking
 
 

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from reconcile_fakes import (
     Clock,
     FakeBackend,
+    NoRayAuthCRD,
     artifacts_dir,
     layout_of,
     make_ctx,
@@ -117,6 +118,7 @@ def kuberay_backend(settings: Settings, custom: Any) -> KubeRayBackend:
     backend = KubeRayBackend(k8s.ApiClient(k8s.Configuration(host="http://127.0.0.1:1")), settings)
     backend.custom = custom
     backend.networking = AcceptingNetworking()
+    backend.extensions = NoRayAuthCRD()
     return backend
 
 

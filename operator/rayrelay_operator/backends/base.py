@@ -40,6 +40,13 @@ class RayUnavailable(BackendUnavailable):
     reason = "RayUnavailable"
 
 
+class RayAuthFailed(BackendUnavailable):
+    """The Ray cluster refused the operator's token, or wanted one it was not given
+    (``RAY_AUTH_MODE=token``); temporary: fixing the operator's token ends it."""
+
+    reason = "RayAuthenticationFailed"
+
+
 class MissingPermission(BackendUnavailable):
     """The operator may not do or read something it needs (temporary: an RBAC fix ends it)."""
 

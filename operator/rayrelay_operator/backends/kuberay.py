@@ -28,15 +28,19 @@ resource fails with the API server's words).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from rayrelay_core.serveconfig import deployed_key_digests
 from rayrelay_operator import naming
 from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, MissingPermission
 from rayrelay_operator.builders.kuberay import (
     ANNOTATION_APP_ARGS,
+    AUTH_MODE_TOKEN,
     PolicyPeers,
     build_rayjob,
     build_rayjob_network_policy,
@@ -45,6 +49,7 @@ from rayrelay_operator.builders.kuberay import (
 )
 from rayrelay_operator.settings import Settings
 from rayrelay_operator.work import (
+    RayAuth,
     ServingObservation,
     ServingState,
     ServingWork,
@@ -61,6 +66,11 @@ RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 # for API clients): a builder field KubeRay's schema lacks fails loudly, never vanishes.
 STRICT = "Strict"
 T = TypeVar("T")
+
+# Where a RayJob / RayService keeps its RayClusterSpec, which holds authOptions (KubeRay >= 1.5.1).
+CLUSTER_SPEC_FIELD = {"rayjobs": "rayClusterSpec", "rayservices": "rayClusterConfig"}
+# How long the answer to "does the installed CRD have authOptions" is kept.
+AUTH_FIELD_TTL_S = 300.0
 
 _IMAGE_PULL = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 _WAITING_DEPLOYMENT = {"", "New", "Initializing", "Waiting", "Retrying", "Scheduling"}
@@ -189,6 +199,7 @@ def serving_observation(rayservice: dict[str, Any], app_name: str, url: str) -> 
     app = apps.get(app_name)
     args_text = (meta.get("annotations") or {}).get(ANNOTATION_APP_ARGS)
     serving_args = json.loads(args_text) if args_text else None
+    key_digests = _serve_config_key_digests(rayservice, app_name)
     cluster = active.get("rayClusterStatus") or {}
     replicas = cluster.get("desiredWorkerReplicas")
     ready = cluster.get("availableWorkerReplicas", cluster.get("readyWorkerReplicas"))
@@ -199,6 +210,7 @@ def serving_observation(rayservice: dict[str, Any], app_name: str, url: str) -> 
             ready_replicas=ready,
             message="waiting for the Ray cluster and the Serve application",
             serving_args=serving_args,
+            serving_key_digests=key_digests,
         )
     state = serving_state(str(app.get("status") or ""))
     messages = [str(app.get("message") or "")]
@@ -212,6 +224,72 @@ def serving_observation(rayservice: dict[str, Any], app_name: str, url: str) -> 
         ready_replicas=ready,
         message="; ".join(m for m in messages if m),
         serving_args=serving_args,
+        serving_key_digests=key_digests,
+    )
+
+
+def _serve_config_key_digests(rayservice: dict[str, Any], app_name: str) -> list[str] | None:
+    """The API key digests (spec.auth) in the RayService's serveConfigV2 for ``app_name``."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((rayservice.get("spec") or {}).get("serveConfigV2") or "") or {}
+    except yaml.YAMLError:
+        return None
+    apps = config.get("applications") if isinstance(config, dict) else None
+    app = next((a for a in apps or [] if isinstance(a, dict) and a.get("name") == app_name), None)
+    return deployed_key_digests(app)
+
+
+def crd_has_auth_options(crd: dict[str, Any], cluster_field: str) -> bool:
+    """Whether a RayJob / RayService CRD's served v1 schema has ``spec.<cluster_field>.authOptions`` (pure)."""
+    for version in (crd.get("spec") or {}).get("versions") or []:
+        if version.get("name") != RAY_VERSION:
+            continue
+        props: Any = ((version.get("schema") or {}).get("openAPIV3Schema") or {}).get("properties") or {}
+        for key in ("spec", cluster_field):
+            props = ((props or {}).get(key) or {}).get("properties") or {}
+        return "authOptions" in props
+    return False
+
+
+def ray_auth_status(
+    child: dict[str, Any], cluster_field: str, *, wanted: bool, installed: bool, network_policy: bool
+) -> RayAuth:
+    """The ``RayAuthenticated`` condition of one RayJob / RayService (pure).
+
+    On when KubeRay kept ``authOptions.mode: token`` in its cluster spec; otherwise the
+    reason says why not: switched off, KubeRay too old for the field, or a child made
+    before the field was installed.
+    """
+    cluster = (child.get("spec") or {}).get(cluster_field) or {}
+    if ((cluster.get("authOptions") or {}).get("mode") or "") == AUTH_MODE_TOKEN:
+        return RayAuth(
+            True,
+            "TokenAuthentication",
+            "the Ray cluster requires Ray's token on its dashboard, Job API and GCS (KubeRay "
+            "authOptions; KubeRay keeps the token in a Secret of the namespace)",
+        )
+    guard = (
+        "its NetworkPolicy admits only the operator and KubeRay to the control ports"
+        if network_policy
+        else "nothing guards its control ports (RAYRELAY_NETWORK_POLICY is off too)"
+    )
+    if not wanted:
+        return RayAuth(
+            False, "Disabled", f"token authentication is off (RAYRELAY_RAY_CLUSTER_AUTH=disabled); {guard}"
+        )
+    if not installed:
+        return RayAuth(
+            False,
+            "NotSupportedByKubeRay",
+            f"the installed KubeRay CRD has no spec.{cluster_field}.authOptions (KubeRay < 1.5.1), so the "
+            f"Ray cluster runs without token authentication; {guard}",
+        )
+    return RayAuth(
+        False,
+        "CreatedWithoutAuth",
+        f"this child was created before KubeRay's CRD had spec.{cluster_field}.authOptions; {guard}",
     )
 
 
@@ -228,6 +306,10 @@ class KubeRayBackend:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        self.extensions = client.ApiextensionsV1Api(api_client)
+        # plural -> (the installed CRD has authOptions, when that was read); warned once each.
+        self._auth_fields: dict[str, tuple[bool, float]] = {}
+        self._auth_warned: set[str] = set()
 
     # ---------------------------------------------------------- network policies
 
@@ -284,9 +366,62 @@ class KubeRayBackend:
         except _NotFound:
             pass
 
+    # ------------------------------------------------------------ Ray token auth
+
+    def _auth_options_installed(self, plural: str) -> bool:
+        """Whether the installed CRD of ``plural`` has ``authOptions`` in its cluster spec.
+
+        Read from the API server (not guessed from a version string), at most every
+        ``AUTH_FIELD_TTL_S``, so that upgrading KubeRay's CRDs takes effect without a
+        restart. A missing CRD counts as no field (creating the child then fails on its own).
+        """
+        now = time.monotonic()
+        known = self._auth_fields.get(plural)
+        if known is not None and now - known[1] < AUTH_FIELD_TTL_S:
+            return known[0]
+        name = f"{plural}.{RAY_GROUP}"
+        try:
+            result = _call(
+                f"get CustomResourceDefinition {name} (verb get on customresourcedefinitions)",
+                lambda: self.extensions.read_custom_resource_definition(name, _preload_content=False),
+            )
+            found = crd_has_auth_options(json.loads(result.data), CLUSTER_SPEC_FIELD[plural])
+        except _NotFound:
+            found = False
+        self._auth_fields[plural] = (found, now)
+        if not found and plural not in self._auth_warned:
+            self._auth_warned.add(plural)
+            log.warning(
+                "the installed %s CRD has no spec.%s.authOptions (KubeRay < 1.5.1): Ray clusters run "
+                "without token authentication; their NetworkPolicy guards the control ports",
+                name,
+                CLUSTER_SPEC_FIELD[plural],
+            )
+        return found
+
+    def _ray_auth_wanted(self, plural: str) -> bool:
+        return self.settings.ray_cluster_auth == "token" and self._auth_options_installed(plural)
+
+    def _ray_auth_of(self, child: dict[str, Any], plural: str) -> RayAuth | None:
+        """What the ``RayAuthenticated`` condition says of a RayJob / RayService as it stands
+        (None, leaving the condition as it was, while the CRD cannot be read)."""
+        wanted = self.settings.ray_cluster_auth == "token"
+        try:
+            installed = wanted and self._auth_options_installed(plural)
+        except BackendUnavailable as exc:
+            log.debug("RayAuthenticated left as it was: %s", exc)
+            return None
+        return ray_auth_status(
+            child,
+            CLUSTER_SPEC_FIELD[plural],
+            wanted=wanted,
+            installed=installed,
+            network_policy=self.settings.network_policy,
+        )
+
     # ----------------------------------------------------------------- training
 
-    def _rayjob_body(self, work: TrainingWork) -> dict[str, Any]:
+    def _rayjob_body(self, work: TrainingWork, ray_auth: bool = False) -> dict[str, Any]:
         spec = work.job.spec
         return build_rayjob(
             work,
@@ -295,10 +430,11 @@ class KubeRayBackend:
             credentials_secret=spec.artifacts.credentials_secret or self.settings.artifacts_secret,
             service_account=self.settings.workload_service_account,
             encryption_secret=spec.artifacts.encryption.key_secret if spec.artifacts.encryption else None,
+            ray_auth=ray_auth,
         )
 
     def submit_training(self, work: TrainingWork) -> None:
-        body = self._rayjob_body(work)
+        body = self._rayjob_body(work, self._ray_auth_wanted("rayjobs"))
         ns = work.job.namespace
         if self.settings.network_policy:
             self._ensure_network_policy(build_rayjob_network_policy(work, self._peers()))
@@ -365,7 +501,8 @@ class KubeRayBackend:
         job_running = status.get("jobStatus") == "RUNNING" or status.get("jobDeploymentStatus") == "Running"
         # KubeRay names the K8sJobMode submitter Job after the RayJob.
         submitter = self._submitter_job(ns, work.child_name) if job_running else None
-        return training_observation(rayjob, pods, submitter)
+        obs = training_observation(rayjob, pods, submitter)
+        return dataclasses.replace(obs, ray_auth=self._ray_auth_of(rayjob, "rayjobs"))
 
     def _delete(self, ns: str, plural: str, name: str) -> None:
         try:
@@ -400,7 +537,7 @@ class KubeRayBackend:
 
     # ------------------------------------------------------------------ serving
 
-    def _rayservice_body(self, work: ServingWork) -> dict[str, Any]:
+    def _rayservice_body(self, work: ServingWork, ray_auth: bool = False) -> dict[str, Any]:
         return build_rayservice(
             work,
             image=work.spec.image or self.settings.workload_image,
@@ -412,10 +549,11 @@ class KubeRayBackend:
             ),
             upgrade_strategy=self.settings.rayservice_upgrade_strategy,
             haproxy=self.settings.serve_haproxy,
+            ray_auth=ray_auth,
         )
 
     def deploy_serving(self, work: ServingWork) -> None:
-        body = self._rayservice_body(work)
+        body = self._rayservice_body(work, self._ray_auth_wanted("rayservices"))
         ns, name = work.namespace, work.child_name
         if self.settings.network_policy:
             self._ensure_network_policy(build_rayservice_network_policy(work, self._peers()))
@@ -452,7 +590,8 @@ class KubeRayBackend:
         if rayservice is None:
             return ServingObservation(ServingState.ABSENT)
         url = naming.serve_url(work.child_name, work.namespace, self.settings.serve_port)
-        return serving_observation(rayservice, work.app_name, url)
+        obs = serving_observation(rayservice, work.app_name, url)
+        return dataclasses.replace(obs, ray_auth=self._ray_auth_of(rayservice, "rayservices"))
 
     def delete_serving(self, work: ServingWork) -> None:
         self._delete(work.namespace, "rayservices", work.child_name)

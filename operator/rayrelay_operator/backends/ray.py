@@ -42,8 +42,9 @@ import requests
 
 import rayrelay_core.variants as variants
 from rayrelay_core.runs import ENCRYPTION_KEY_ENV
+from rayrelay_core.serveconfig import deployed_key_digests
 from rayrelay_operator import naming
-from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, RayUnavailable
+from rayrelay_operator.backends.base import BackendRejected, BackendUnavailable, RayAuthFailed, RayUnavailable
 from rayrelay_operator.work import (
     ServingObservation,
     ServingState,
@@ -277,6 +278,7 @@ def observe_app(instance: dict[str, Any], app_name: str, url: str | None) -> Ser
             app_args_of(details.get("deployed_app_config")) if state is ServingState.RUNNING else None
         ),
         target_replicas=int(target) if isinstance(target, int | float) else None,
+        serving_key_digests=deployed_key_digests(details.get("deployed_app_config")),
     )
 
 
@@ -444,6 +446,7 @@ class RayBackend:
         client_factory: Callable[[str], Any] | None = None,
         credentials: Callable[[str, str], dict[str, str]] | None = None,
         encryption_key: Callable[[str, str], str] | None = None,
+        auth_token: str | None = None,
     ) -> None:
         """
         dashboard_url: http://host:8265 of the cluster's head.
@@ -461,6 +464,10 @@ class RayBackend:
             ``spec.artifacts.encryption.keySecret`` (``RAYRELAY_ENCRYPTION_KEY``), given to the
             training job and the model's Serve application through ``runtime_env`` only.
             Without it an encrypted resource is refused (``BackendRejected``).
+        auth_token: the cluster's Ray token (``RAY_AUTH_MODE=token``), sent as
+            ``Authorization: Bearer`` on every dashboard call (Job API, Serve REST API).
+            A cluster that wants one and gets none or another answers 401 / 403:
+            ``RayAuthFailed``, which says so without quoting any token.
         """
         if "://" not in dashboard_url:
             dashboard_url = f"http://{dashboard_url}"
@@ -479,12 +486,15 @@ class RayBackend:
         self._credentials = credentials
         self._encryption_key = encryption_key
         self._client_factory = client_factory
+        self._headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         self._client: Any = None
         self._client_lock = threading.Lock()
 
     # ------------------------------------------------------------- training
 
     def _jobs(self) -> Any:
+        from ray.exceptions import AuthenticationError
+
         with self._client_lock:
             if self._client is None:
                 try:
@@ -493,16 +503,29 @@ class RayBackend:
                     else:
                         from ray.job_submission import JobSubmissionClient
 
-                        self._client = JobSubmissionClient(self.dashboard_url)
+                        self._client = JobSubmissionClient(self.dashboard_url, headers=dict(self._headers))
+                except AuthenticationError as exc:
+                    raise self._auth_failed("connect") from exc
                 except (ConnectionError, requests.exceptions.RequestException) as exc:
                     raise RayUnavailable(
                         f"Ray dashboard at {self.dashboard_url} is not reachable: {exc}"
                     ) from exc
             return self._client
 
+    def _auth_failed(self, what: str, status: int | str = "401/403") -> RayAuthFailed:
+        given = "a token that it refused" if self._headers else "no token"
+        return RayAuthFailed(
+            f"Ray at {self.dashboard_url} wants token authentication and got {given} ({what}: HTTP "
+            f"{status}); the operator's token is RAYRELAY_RAY_AUTH_TOKEN (chart value rayAuthTokenSecret)"
+        )
+
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        from ray.exceptions import AuthenticationError
+
         try:
             return fn()
+        except AuthenticationError as exc:
+            raise self._auth_failed(what) from exc
         except (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             # Reconnect next time: the head may have restarted on the same address.
             self._client = None
@@ -676,9 +699,11 @@ class RayBackend:
     def _rest(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.dashboard_url}/api/serve/applications/"
         try:
-            resp = requests.request(method, url, json=body, timeout=REST_TIMEOUT_S)
+            resp = requests.request(method, url, json=body, headers=self._headers, timeout=REST_TIMEOUT_S)
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise RayUnavailable(f"Serve REST API at {url} is not reachable: {exc}") from exc
+        if resp.status_code in (401, 403):
+            raise self._auth_failed(f"{method} Serve REST API", resp.status_code)
         if resp.status_code >= 500 or resp.status_code in (404, 429, 503):
             # 404: the dashboard's Serve module is still starting.
             raise BackendUnavailable(f"{method} {url}: HTTP {resp.status_code}: {resp.text[:500]}")
@@ -704,7 +729,8 @@ class RayBackend:
     def deploy_serving(self, work: ServingWork) -> None:
         from rayrelay_core.serveconfig import application_configs
 
-        wanted = application_configs(work.app_args, work.surge_from)
+        # spec.auth: the API keys' digests ride in user_config (serveconfig), never the keys.
+        wanted = application_configs(work.app_args, work.surge_from, work.key_digest_list)
         key_env = self._key_env(work.namespace, work.spec.artifacts.encryption)
         if key_env:
             # The model application's replicas only (the gateway never reads a model). Like a

@@ -60,6 +60,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 HEAD_CPU = "1"
 HEAD_MEMORY = "2Gi"
 DEFAULT_WORKER_MEMORY = "4Gi"
+# KubeRay's RayClusterSpec.authOptions.mode that turns Ray's token authentication on.
+AUTH_MODE_TOKEN = "token"
 SUBMITTER_CPU = "200m"
 SUBMITTER_MEMORY = "256Mi"
 UID = 1000
@@ -84,6 +86,11 @@ def _meta(name: str, namespace: str, labels: dict[str, str], owner: dict[str, An
         "labels": dict(labels),
         "ownerReferences": [dict(owner)] if owner.get("uid") else [],
     }
+
+
+def _auth_options(on: bool) -> dict[str, Any]:
+    """A RayClusterSpec's ``authOptions`` turning Ray's token authentication on, or nothing."""
+    return {"authOptions": {"mode": AUTH_MODE_TOKEN}} if on else {}
 
 
 def _pod_labels(labels: dict[str, str], child_name: str) -> dict[str, str]:
@@ -219,8 +226,14 @@ def build_rayjob(
     credentials_secret: str | None,
     service_account: str | None = None,
     encryption_secret: str | None = None,
+    ray_auth: bool = False,
 ) -> dict[str, Any]:
-    """The RayJob of one attempt: its own RayCluster, shut down when the job ends."""
+    """The RayJob of one attempt: its own RayCluster, shut down when the job ends.
+
+    ``ray_auth``: Ray's token authentication in that cluster (``authOptions``, KubeRay
+    >= 1.5.1, which makes the token Secret and hands it to every Ray container and the
+    submitter); the caller passes it only where the installed CRD has the field.
+    """
     spec = work.job.spec
     res = spec.resources
     env = _env(endpoint_url, credentials_secret, encryption_secret)
@@ -266,6 +279,7 @@ def build_rayjob(
         ),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
+            **_auth_options(ray_auth),
             "headGroupSpec": _head_group(image, env, pod_labels, False, service_account),
             "workerGroupSpecs": [worker],
         },
@@ -283,7 +297,8 @@ def serve_config(work: ServingWork, http_port: int = SERVE_PORT) -> str:
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": http_port},
-        "applications": application_configs(work.app_args, work.surge_from),
+        # spec.auth: the API keys' sha256 digests go into the model's user_config, never a key.
+        "applications": application_configs(work.app_args, work.surge_from, work.key_digest_list),
     }
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -298,6 +313,7 @@ def build_rayservice(
     encryption_secret: str | None = None,
     upgrade_strategy: str = UPGRADE_NEW_CLUSTER,
     haproxy: bool = True,
+    ray_auth: bool = False,
 ) -> dict[str, Any]:
     """The RayService of a deployment: one worker pod per Serve replica, autoscaled.
 
@@ -309,6 +325,9 @@ def build_rayservice(
     ``upgrade_strategy``: what KubeRay does when ``rayClusterConfig`` changes
     (``NewCluster``: a new cluster beside the old one, traffic switched when it
     serves; ``None``: nothing until the RayService is recreated).
+
+    ``ray_auth``: Ray's token authentication in its clusters, as for ``build_rayjob``
+    (KubeRay's controller then polls the dashboard with the token it made).
     """
     if upgrade_strategy not in UPGRADE_STRATEGIES:
         raise ValueError(
@@ -355,6 +374,7 @@ def build_rayservice(
             "upgradeStrategy": {"type": upgrade_strategy},
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
+                **_auth_options(ray_auth),
                 "enableInTreeAutoscaling": True,
                 "autoscalerOptions": {
                     "upscalingMode": "Default",

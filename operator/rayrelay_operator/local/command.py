@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from rayrelay_operator.local.inputs import LocalSecrets, as_uri, prepare, read_r
 from rayrelay_operator.local.loop import RUN_TIMEOUT_S, LocalRun, RunError
 from rayrelay_operator.local.objects import NAMESPACE, TJ, LocalObjects
 from rayrelay_operator.local.report import failures, print_endpoints, summary
-from rayrelay_operator.localray import LocalRay, LocalRayError, serve_port
+from rayrelay_operator.localray import LocalRay, LocalRayError, bearer, serve_port
 from rayrelay_operator.settings import Settings
 
 DEFAULT_ARTIFACTS = "./.rayrelay/artifacts"
@@ -48,9 +49,34 @@ def _dashboard(address: str) -> str:
     return address if "://" in address else f"http://{address}"
 
 
-def _check_dashboard(url: str) -> None:
+def ray_token(env: Mapping[str, str]) -> str | None:
+    """The token for ``--ray-address``'s cluster: ``RAYRELAY_RAY_AUTH_TOKEN``, else Ray's own
+    lookup (``RAY_AUTH_TOKEN``, the file at ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``)."""
+    for key in ("RAYRELAY_RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN"):
+        if env.get(key, "").strip():
+            return env[key].strip()
+    path = (
+        Path(env["RAY_AUTH_TOKEN_PATH"])
+        if env.get("RAY_AUTH_TOKEN_PATH")
+        else Path.home() / ".ray" / "auth_token"
+    )
     try:
-        requests.get(f"{url}/api/version", timeout=10).raise_for_status()
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _check_dashboard(url: str, token: str | None) -> None:
+    try:
+        resp = requests.get(f"{url}/api/version", headers=bearer(token), timeout=10)
+        if resp.status_code in (401, 403):
+            given = "a token it refused" if token else "no token"
+            raise RunError(
+                f"the Ray dashboard at {url} wants token authentication and got {given} (HTTP "
+                f"{resp.status_code}); set RAYRELAY_RAY_AUTH_TOKEN (or Ray's RAY_AUTH_TOKEN) to the "
+                "cluster's token"
+            )
+        resp.raise_for_status()
     except requests.RequestException as exc:
         raise RunError(
             f"cannot reach the Ray dashboard at {url} ({exc.__class__.__name__}); --ray-address takes "
@@ -66,13 +92,14 @@ def _artifacts(args: argparse.Namespace, base: Path) -> tuple[str | None, str]:
     return None, as_uri(DEFAULT_ARTIFACTS, base)
 
 
-def _ray(args: argparse.Namespace, console: Console) -> tuple[str, str, LocalRay | None]:
-    """(dashboard URL, the job's python, the head started for this run or None)."""
+def _ray(args: argparse.Namespace, console: Console) -> tuple[str, str, LocalRay | None, str | None]:
+    """(dashboard URL, the job's python, the head started for this run or None, its token)."""
     if args.ray_address:
         dashboard = _dashboard(args.ray_address)
-        _check_dashboard(dashboard)
+        token = ray_token(os.environ)
+        _check_dashboard(dashboard, token)
         console.print(f"Ray: using the cluster at {dashboard}", markup=False)
-        return dashboard, "python", None
+        return dashboard, "python", None, token
     console.print("Ray: starting a local head for this run ...", markup=False)
     local_ray = LocalRay()
     try:
@@ -80,12 +107,17 @@ def _ray(args: argparse.Namespace, console: Console) -> tuple[str, str, LocalRay
     except LocalRayError as exc:
         local_ray.stop()
         raise RunError(str(exc)) from None
-    console.print(f"Ray: dashboard {dashboard}", markup=False)
-    return dashboard, sys.executable, local_ray
+    auth = "token authentication on" if local_ray.auth_token else "no authentication (RAYRELAY_RAY_AUTH=0)"
+    console.print(f"Ray: dashboard {dashboard} ({auth})", markup=False)
+    return dashboard, sys.executable, local_ray, local_ray.auth_token
 
 
 def _backend_and_settings(
-    dashboard: str, python: str, default_store: str, secrets: LocalSecrets | None = None
+    dashboard: str,
+    python: str,
+    default_store: str,
+    secrets: LocalSecrets | None = None,
+    auth_token: str | None = None,
 ) -> tuple[RayBackend, Settings]:
     # Serve's HTTP port, when this run is the first to start Serve on the cluster:
     # RAYRELAY_SERVE_PORT, else 8000 unless taken, else a free one.
@@ -97,6 +129,7 @@ def _backend_and_settings(
         url_host="127.0.0.1",
         python=python,
         encryption_key=(secrets or LocalSecrets()).encryption_key,
+        auth_token=auth_token,
     )
     settings = Settings(
         default_backend=Backend.RAY,
@@ -148,13 +181,14 @@ def run_command(args: argparse.Namespace) -> int:
     stopper = _Stopper(console)
     previous = stopper.install()
     try:
-        dashboard, python, local_ray = _ray(args, console)
-        backend, settings = _backend_and_settings(dashboard, python, default_store, secrets)
+        dashboard, python, local_ray, token = _ray(args, console)
+        backend, settings = _backend_and_settings(dashboard, python, default_store, secrets, token)
         console.print(f"artifacts: {override or default_store}", markup=False)
         if args.ray_address:
             _forget_finished_jobs(backend, objects)
         display = Display(console)
         run = LocalRun(objects, backend, settings, display)
+        run.ctx.secret_data = secrets.data  # spec.auth.apiKeysSecret: a v1 Secret of FILE
         with display.running():
             run.drive(time.monotonic() + RUN_TIMEOUT_S)
         return _finish(run, console, args.once)

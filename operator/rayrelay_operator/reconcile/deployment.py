@@ -24,6 +24,14 @@ the surge, match that config and keep running) and records the refusal in the
 and why). The refused digest is not deployed again
 until the TrainingJob (or ``manifestUri``) names another model or the spec
 changes (a new generation).
+
+API keys (``spec.auth``): every pass reads the Secret (``read_api_keys``) and
+hands the replicas the keys' sha256 digests in Serve's ``user_config``
+(``ServingWork.key_digests``); a pass that finds other digests deployed than the
+Secret's deploys again, which Serve applies with ``reconfigure`` in place (no
+new replica). A Secret that is missing, empty or holds an unusable entry
+deploys nothing new (``_keys_unusable``): a model that serves keeps the keys it
+was given last (fail closed, never keyless), and the status names the problem.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from rayrelay_core.api import (
     TrainingJobStatus,
     TrainingPhase,
 )
+from rayrelay_core.apikeys import ApiKeysProblem, digests_from_secret
 from rayrelay_core.conditions import find_condition, rfc3339, set_condition
 from rayrelay_core.runs import Manifest, ManifestError, read_manifest, serve_app_args
 from rayrelay_core.store import StoreError
@@ -57,6 +66,7 @@ from rayrelay_operator.reconcile.errors import StoreUnavailable
 from rayrelay_operator.reconcile.status import (
     COND_MODEL_AVAILABLE,
     COND_PROGRESSING,
+    COND_RAY_AUTH,
     COND_READY,
     backend_name,
     invalid_spec_status,
@@ -98,10 +108,33 @@ class DeploymentObserved:
     # While replicas start: why the artifact store did not answer a probe (None: it did, or
     # no probe). A replica waits for the store (issue 14); the status says so meanwhile.
     store_problem: str | None = None
+    # spec.auth: the digests of the Secret's keys, or why they cannot be used (reason, message).
+    key_digests: list[str] | None = None
+    keys_problem: tuple[str, str] | None = None
 
 
-def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings) -> ServingWork:
-    """The Serve application of a deployment for one model (pure)."""
+def read_api_keys(
+    md: ModelDeployment, ctx: ReconcileContext
+) -> tuple[list[str] | None, tuple[str, str] | None]:
+    """(digests, None) of ``spec.auth.apiKeysSecret``'s keys, or (None, (reason, message)).
+
+    The keys themselves go no further than this function: only their digests are kept.
+    """
+    auth = md.spec.auth
+    if auth is None:
+        return None, None
+    ns = md.metadata.namespace or "default"
+    data = ctx.secret_data(ns, auth.api_keys_secret) if ctx.secret_data is not None else None
+    try:
+        return digests_from_secret(auth.api_keys_secret, data), None
+    except ApiKeysProblem as exc:
+        return None, (exc.reason, exc.message)
+
+
+def serving_work(
+    md: ModelDeployment, desired: DesiredModel, settings: Settings, keys: list[str] | None = None
+) -> ServingWork:
+    """The Serve application of a deployment for one model (pure); ``keys``: API key digests."""
     ns = md.metadata.namespace or "default"
     endpoint = md.spec.artifacts.endpoint_url or settings.s3_endpoint_url
     # The digest is what the replica verifies before it loads anything.
@@ -116,6 +149,7 @@ def serving_work(md: ModelDeployment, desired: DesiredModel, settings: Settings)
         app_args=args,
         owner=naming.owner_reference(md.api_version, "ModelDeployment", md.metadata.name, md.metadata.uid),
         labels=naming.modeldeployment_labels(md.metadata.name),
+        key_digests=tuple(keys) if keys is not None and md.spec.auth is not None else None,
     )
 
 
@@ -320,6 +354,9 @@ class DeploymentPass:
         self.s.replicas = self.obs.replicas
         self.s.ready_replicas = self.obs.ready_replicas
         self.s.scaling = scaling_status(self.s.scaling, self.obs, self.md.spec.autoscaling, self.now)
+        if self.obs.ray_auth is not None:
+            auth = self.obs.ray_auth
+            self.cond(COND_RAY_AUTH, auth.on, auth.reason, auth.message)
 
 
 # ------------------------------------------------------------------------ scaling
@@ -423,7 +460,7 @@ def _refuse(p: DeploymentPass, why: str) -> None:
     previous = p.observed.previous
     message = refusal_message(p.desired, why, previous)
     p.actions = [a for a in p.actions if not isinstance(a, Deploy)]  # not the refused one again
-    p.actions.append(Deploy(serving_work(p.md, previous, p.settings)))
+    p.actions.append(Deploy(serving_work(p.md, previous, p.settings, p.observed.key_digests)))
     p.cond(COND_PROGRESSING, False, MODEL_REFUSED, message)
     ready = (p.obs.ready_replicas or 0) > 0
     p.cond(
@@ -473,6 +510,8 @@ def _step_for(p: DeploymentPass) -> Callable[[DeploymentPass], None]:
     """The dispatch: suspended, no model to serve, or a model (then by Serve's state)."""
     if p.md.spec.suspend:
         return _suspended
+    if p.observed.keys_problem is not None:
+        return _keys_unusable
     if p.desired is None:
         return _no_model
     return _with_model
@@ -499,11 +538,32 @@ def _no_model(p: DeploymentPass) -> None:
     p.done(DeploymentPhase.FAILED if permanent else DeploymentPhase.PENDING, reason, message)
 
 
+def _keys_unusable(p: DeploymentPass) -> None:
+    """spec.auth's Secret gives no usable key: deploy nothing new; what serves keeps its last keys."""
+    assert p.observed.keys_problem is not None
+    reason, message = p.observed.keys_problem
+    if p.serving_now is not None and p.obs.state is ServingState.RUNNING:
+        p.fill_serving()
+        p.cond(
+            COND_READY,
+            True,
+            reason,
+            f"serving {p.serving_now.digest} with the API keys it was given last; {message}",
+        )
+        p.done(DeploymentPhase.DEGRADED, reason, message)
+        return
+    p.cond(COND_READY, False, reason, message)
+    p.done(DeploymentPhase.PENDING, reason, message)
+
+
 def _with_model(p: DeploymentPass) -> None:
     desired = p.desired
     assert desired is not None
     p.cond(COND_MODEL_AVAILABLE, True, "ModelResolved", f"{desired.manifest_uri} ({desired.variant})")
-    work = serving_work(p.md, desired, p.settings)
+    work = serving_work(p.md, desired, p.settings, p.observed.key_digests)
+    # spec.auth: the Secret's keys changed (rotation): the same config with other digests in
+    # user_config, which Serve applies to the running replicas in place (reconfigure).
+    keys_changed = work.key_digests is not None and p.obs.serving_key_digests != work.key_digest_list
     older_runs = p.obs.serving_args is not None and p.obs.serving_args != work.app_args
     if older_runs and p.obs.state is ServingState.RUNNING:
         # The new version starts beside the running replicas, which stop only once it runs.
@@ -513,7 +573,9 @@ def _with_model(p: DeploymentPass) -> None:
     # Deploy is idempotent in every backend, so asking again while the backend cannot
     # tell which version it runs (serving_args None) costs a comparison, not a restart;
     # except during a rollout, whose config (with its surge) was deployed already.
-    if p.obs.state is ServingState.ABSENT or (p.obs.serving_args != work.app_args and not p.rollout_started):
+    if p.obs.state is ServingState.ABSENT or (
+        (p.obs.serving_args != work.app_args or keys_changed) and not p.rollout_started
+    ):
         p.actions.append(Deploy(work))
     _BY_STATE[ServingState(p.obs.state)](p)
 
@@ -542,7 +604,7 @@ def _running(p: DeploymentPass) -> None:
     assert d is not None
     p.fill_serving()
     if p.rollout_started:  # rolled out: the spec's own autoscaling again, without the surge
-        p.actions.append(Deploy(serving_work(p.md, d, p.settings)))
+        p.actions.append(Deploy(serving_work(p.md, d, p.settings, p.observed.key_digests)))
     p.s.model = served_model(d, p.obs, p.s.model)
     p.cond(COND_PROGRESSING, False, "RolledOut", f"serving {d.digest}")
     p.cond(
@@ -689,6 +751,8 @@ def plan_modeldeployment(obj: Mapping[str, Any], ctx: ReconcileContext) -> Plan:
     md.metadata.generation = gen
     backend = ctx.backends[backend_name(md.spec.backend, ctx.settings)]
     observed = DeploymentObserved() if md.spec.suspend else resolve_model(md, ctx)
+    if not md.spec.suspend:
+        observed.key_digests, observed.keys_problem = read_api_keys(md, ctx)
     desired = observed.desired
     probe = (
         serving_work(md, desired, ctx.settings) if desired else serving_work_without_model(md, ctx.settings)

@@ -32,6 +32,9 @@ COND_CLEANED = "ChildrenDeleted"  # ttlSecondsAfterFinished done
 COND_READY = "Ready"  # ModelDeployment: the endpoint answers with a verified model
 COND_MODEL_AVAILABLE = "ModelAvailable"  # ModelDeployment: the model to serve is known
 COND_PROGRESSING = "Progressing"  # ModelDeployment: a (new) model is being rolled out
+# Both kinds, kuberay backend: the Ray cluster runs with Ray's token authentication (False: why
+# not, e.g. KubeRay's installed CRDs lack spec.authOptions; the NetworkPolicy still guards it).
+COND_RAY_AUTH = "RayAuthenticated"
 # Both kinds: False while a temporary problem (store or backend unreachable, a missing
 # permission) stops the passes; its reason names the problem, its message what and when.
 COND_RECONCILED = "Reconciled"

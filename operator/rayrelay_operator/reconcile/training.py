@@ -72,6 +72,7 @@ from rayrelay_operator.reconcile.errors import StoreUnavailable, attempt_backoff
 from rayrelay_operator.reconcile.status import (
     COND_CLEANED,
     COND_FAILED,
+    COND_RAY_AUTH,
     COND_RUNNING,
     COND_SUCCEEDED,
     COND_SUSPENDED,
@@ -477,6 +478,8 @@ def _attempt(p: TrainingPass) -> None:
     """The current attempt as the backend sees it: the switch over its state."""
     if p.obs.dashboard_url and p.s.ray_job is not None:
         p.s.ray_job.dashboard_url = p.obs.dashboard_url
+    if p.obs.ray_auth is not None:
+        p.cond(COND_RAY_AUTH, p.obs.ray_auth.on, p.obs.ray_auth.reason, p.obs.ray_auth.message)
     # An older attempt's progress still counts for step/checkpoint: the retry resumes from it.
     _fill_progress(p, p.docs.progress)
     p.obs = _stuck_initializing(p.obs, p.now, p.settings)
