@@ -177,49 +177,40 @@ def _artifacts_refusals(artifacts: Any, namespace: str, settings: Settings) -> I
         )
 
 
+def _opt_in_refusal(
+    field_path: str, secret: str | None, namespace: str, secret_labels: SecretLabels | None
+) -> Refusal | None:
+    """Only a Secret of the resource's namespace that opts in (the kubelet would hand any other)."""
+    if not secret:
+        return None
+    labels = secret_labels(namespace, secret) if secret_labels is not None else None
+    if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
+        return Refusal(
+            CREDENTIALS_NOT_ALLOWED,
+            f"{field_path}: Secret {_quote(secret)} in namespace {namespace} "
+            f'is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
+        )
+    return None
+
+
 def _secret_refusal(
     artifacts: Any, namespace: str, settings: Settings, secret_labels: SecretLabels | None
 ) -> Refusal | None:
-    """Only a Secret of the resource's namespace that opts in (the kubelet would hand any other)."""
+    """The credentials Secret of the Ray pods (the spec's, or the operator's default)."""
     secret = artifacts.credentials_secret or settings.artifacts_secret
-    if secret:
-        labels = secret_labels(namespace, secret) if secret_labels is not None else None
-        if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
-            return Refusal(
-                CREDENTIALS_NOT_ALLOWED,
-                f"spec.artifacts.credentialsSecret: Secret {_quote(secret)} in namespace {namespace} "
-                f'is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
-            )
-    return None
+    return _opt_in_refusal("spec.artifacts.credentialsSecret", secret, namespace, secret_labels)
 
 
 def _key_secret_refusal(artifacts: Any, namespace: str, secret_labels: SecretLabels | None) -> Refusal | None:
     """The encryption key's Secret: the same opt-in as a credentials Secret (its data reaches pods)."""
-    encryption = artifacts.encryption
-    if encryption is None:
-        return None
-    labels = secret_labels(namespace, encryption.key_secret) if secret_labels is not None else None
-    if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
-        return Refusal(
-            CREDENTIALS_NOT_ALLOWED,
-            f"spec.artifacts.encryption.keySecret: Secret {_quote(encryption.key_secret)} in namespace "
-            f'{namespace} is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
-        )
-    return None
+    secret = artifacts.encryption.key_secret if artifacts.encryption is not None else None
+    return _opt_in_refusal("spec.artifacts.encryption.keySecret", secret, namespace, secret_labels)
 
 
 def _api_keys_secret_refusal(auth: Any, namespace: str, secret_labels: SecretLabels | None) -> Refusal | None:
     """The endpoint's API keys Secret: the same opt-in (the operator reads its data for the tenant)."""
-    if auth is None:
-        return None
-    labels = secret_labels(namespace, auth.api_keys_secret) if secret_labels is not None else None
-    if labels is None or str(labels.get(LABEL_CREDENTIALS, "")).lower() != "true":
-        return Refusal(
-            CREDENTIALS_NOT_ALLOWED,
-            f"spec.auth.apiKeysSecret: Secret {_quote(auth.api_keys_secret)} in namespace {namespace} "
-            f'is missing or does not opt in (label {LABEL_CREDENTIALS}: "true")',
-        )
-    return None
+    secret = auth.api_keys_secret if auth is not None else None
+    return _opt_in_refusal("spec.auth.apiKeysSecret", secret, namespace, secret_labels)
 
 
 def _image_refusal(image: str | None, settings: Settings) -> Refusal | None:
