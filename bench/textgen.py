@@ -266,17 +266,11 @@ def report_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.textgen", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-endpoint", action="store_true", help="skip the endpoint's time to first token")
-    args = parser.parse_args(argv)
+def bench_decoder(work: Path, quick: bool) -> tuple[int, int, Path]:
+    """(layers, width, folder) of the benches' decoder: a tiny GPT-2 trained on the shipped texts."""
     from rayrelay_workloads.textgen.tiny import build_tiny_gpt2
 
-    new = 16 if args.quick else 64
-    reps = 2 if args.quick else 5
-    work = Path(tempfile.mkdtemp(prefix="rr-bench-textgen-"))
-    layers, width = (2, 128) if args.quick else (6, 384)
+    layers, width = (2, 128) if quick else (6, 384)
     folder = build_tiny_gpt2(
         work / "model",
         DATA / "textgen-train.jsonl",
@@ -286,6 +280,19 @@ def main(argv: list[str] | None = None) -> int:
         positions=512,
         vocab_size=2048,
     )
+    return layers, width, folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.textgen", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-endpoint", action="store_true", help="skip the endpoint's time to first token")
+    args = parser.parse_args(argv)
+
+    new = 16 if args.quick else 64
+    reps = 2 if args.quick else 5
+    work = Path(tempfile.mkdtemp(prefix="rr-bench-textgen-"))
+    layers, width, folder = bench_decoder(work, args.quick)
     log(f"textgen: model {layers} layers x {width}, {new} new tokens, {reps} repetitions")
     result: dict[str, Any] = {
         "instruction_set": instruction_set(),

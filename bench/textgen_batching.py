@@ -216,21 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    from bench.textgen import publish_set
-    from rayrelay_workloads.textgen.tiny import build_tiny_gpt2
+    from bench.textgen import bench_decoder, publish_set
 
     new, rounds = (16, 2) if args.quick else (64, 4)
-    layers, width = (2, 128) if args.quick else (6, 384)
     work = Path(tempfile.mkdtemp(prefix="rr-bench-textgen-batching-"))
-    folder = build_tiny_gpt2(
-        work / "model",
-        DATA / "textgen-train.jsonl",
-        layers=layers,
-        width=width,
-        heads=6 if width % 6 == 0 else 4,
-        positions=512,
-        vocab_size=2048,
-    )
+    layers, width, folder = bench_decoder(work, args.quick)
     result: dict[str, Any] = {
         "instruction_set": instruction_set(),
         "model": {"layers": layers, "width": width},

@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -33,6 +33,7 @@ from rayrelay_operator.work import ServingObservation, ServingState
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reconcile_fakes import Clock, FakeBackend, make_ctx, sample_manifest, write_manifest
+from textgen_replica import http_request
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_A = "a" * 8 + "-key-alpha-0123456789"
@@ -275,25 +276,7 @@ def test_a_serving_deployment_keeps_its_last_keys_when_the_secret_goes(tmp_path:
 
 
 def req(path: str, headers: dict[str, str], body: bytes = b"", method: str = "POST") -> Request:
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(scope, receive)
+    return cast(Request, http_request(path, body, method, headers))
 
 
 def test_the_gateway_answers_401_on_every_model_route_and_leaves_health_open() -> None:

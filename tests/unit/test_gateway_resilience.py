@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
+from textgen_replica import http_request
 
 from rayrelay_workloads.serve import gateway as gw
 from rayrelay_workloads.serve.gateway import ModelState
@@ -73,24 +74,7 @@ def running() -> dict[str, ModelState]:
 
 
 def request(path: str = f"/v2/models/{NAME}/infer", body: bytes = BODY) -> Request:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(scope, receive)
+    return cast(Request, http_request(path, body))
 
 
 def expire(gateway: Any) -> None:
