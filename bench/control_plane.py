@@ -34,6 +34,15 @@ its 201 came back. Figures per N (a fresh control plane each):
   over the whole run, steady state included;
 - the operator process's RSS when idle and its peak (``VmHWM``).
 
+Then, on the same API server with the operator stopped, KubeRay's own controller
+(``kuberay-operator`` from the envtest archive, its default single reconcile
+worker, watching one fresh namespace): the same N RayJobs the operator made,
+created as prebuilt bodies by a minimal client (the same 16 threads), turned
+into RayClusters. The time those creates take is the *floor*: what this API
+server needs to accept N RayJobs at all. Figures: create -> RayCluster ADDED
+p50/p99, all N RayClusters, KubeRay's CPU per RayJob, and the ratios of the
+operator's "all reconciled" to KubeRay's "all RayClusters" and to the floor.
+
 ``--quick`` runs 50 TrainingJobs (the cluster smoke test runs it); ``--sizes``
 picks others. Results: ``bench/results/control_plane.json``.
 """
@@ -159,6 +168,10 @@ def watch_main(kubeconfig: str, namespace: str, n: int, out: Path, ready: Path, 
     )
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def cpu_s(pid: int) -> float:
     """CPU time (user + system) a process has used so far, seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -200,6 +213,83 @@ def submits(requests: list[dict[str, Any]]) -> Counter[int]:
 
 
 # ------------------------------------------------------------------ one scale
+
+
+def kuberay_phase(plane: Any, api: Any, source_ns: str, timeout_s: float) -> dict[str, Any]:
+    """KubeRay's controller alone on the same API server: the operator's RayJobs, created again
+    by a minimal client in a namespace of their own, turned into RayClusters."""
+    from kubernetes import watch
+
+    ns = "kuberay-bench"
+    listed = api.list_namespaced_custom_object("ray.io", "v1", source_ns, "rayjobs")["items"]
+    bodies = [
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayJob",
+            "metadata": {"name": i["metadata"]["name"]},
+            "spec": i["spec"],
+        }
+        for i in listed
+    ]
+    plane.kubectl("create", "namespace", ns)
+    plane.start_kuberay(f"--watch-namespace={ns}")
+    pid = plane._procs["kuberay-operator"].pid
+    time.sleep(2.0)  # its informers synced
+    cpu_before = cpu_s(pid)
+    cluster_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    def follow() -> None:  # RayCluster ADDED arrivals, by owning RayJob
+        w = watch.Watch()
+        for ev in w.stream(
+            api.list_namespaced_custom_object,
+            "ray.io",
+            "v1",
+            ns,
+            "rayclusters",
+            timeout_seconds=int(timeout_s),
+        ):
+            owner = next(
+                (
+                    o["name"]
+                    for o in ev["object"]["metadata"].get("ownerReferences") or []
+                    if o["kind"] == "RayJob"
+                ),
+                None,
+            )
+            if ev["type"] == "ADDED" and owner:
+                cluster_at.setdefault(owner, time.time())
+            if stop.is_set() or len(cluster_at) >= len(bodies):
+                w.stop()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(1.0)  # the watch is open before the first create
+    created: dict[str, float] = {}
+
+    def create(body: dict[str, Any]) -> None:
+        api.create_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", body)
+        created[body["metadata"]["name"]] = time.time()
+
+    start = time.time()
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(create, bodies))
+    floor_s = time.time() - start
+    follower.join(timeout_s)
+    stop.set()
+    cpu_used = cpu_s(pid) - cpu_before
+    plane.stop_kuberay()
+    latencies = [cluster_at[k] - created[k] for k in created if k in cluster_at]
+    all_s = (max(cluster_at.values()) - start) if len(cluster_at) >= len(bodies) else None
+    return {
+        "rayjobs": len(bodies),
+        "floor_create_s": floor_s,
+        "rayclusters_seen": len(latencies),
+        "create_to_raycluster_p50_s": percentile(latencies, 50),
+        "create_to_raycluster_p99_s": percentile(latencies, 99),
+        "all_rayclusters_s": all_s,
+        "cpu_ms_per_rayjob": 1000 * cpu_used / max(1, len(bodies)),
+    }
 
 
 def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str, Any]:
@@ -325,6 +415,8 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         peak = peak_rss_mib(pid)
         rss_end = rss_mib(pid)
         load_after = load_average()
+        op.stop()  # KubeRay's phase runs alone
+        kuberay = kuberay_phase(plane, api, ns, timeout_s) if plane.has_kuberay else None
         burst_reqs = audit_requests(audit_log, user, burst_start, end)
         steady_reqs = audit_requests(audit_log, user, end, steady_end)
         all_submits = submits(burst_reqs) + submits(steady_reqs)
@@ -366,6 +458,14 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
             "p99_goal_s": GOALS.get(n),
             "p99_goal_met": (percentile(latencies, 99) <= GOALS[n]) if n in GOALS and latencies else None,
             "rss_goal_met": peak <= RSS_GOAL_MIB,
+            "kuberay": kuberay,
+            # > 1: the operator took longer than KubeRay / than the API server's floor.
+            "all_reconciled_vs_kuberay": ratio(all_reconciled - burst_start, kuberay["all_rayclusters_s"])
+            if all_reconciled and kuberay
+            else None,
+            "all_reconciled_vs_floor": ratio(all_reconciled - burst_start, kuberay["floor_create_s"])
+            if all_reconciled and kuberay
+            else None,
         }
     finally:
         if spy is not None and spy.poll() is None:
@@ -409,6 +509,13 @@ def main() -> None:
             f"API requests/TJ {res['api_requests_per_tj']:.1f}, submits/TJ {res['submit_calls_per_tj']:.2f}, "
             f"peak RSS {res['operator_peak_rss_mib']:.0f} MiB, load {res['load_average_after']}"
         )
+        if res["kuberay"]:
+            k = res["kuberay"]
+            log(
+                f"control plane: {n}: KubeRay alone: create->RayCluster p99 {k['create_to_raycluster_p99_s']}, "
+                f"all {k['all_rayclusters_s']}, floor (creates alone) {k['floor_create_s']:.1f}s; operator/KubeRay "
+                f"{res['all_reconciled_vs_kuberay']}, operator/floor {res['all_reconciled_vs_floor']}"
+            )
         results.append(res)
     argv = " ".join(sys.argv[1:])
     _write_result(
@@ -417,7 +524,9 @@ def main() -> None:
             "settings": {
                 "sizes": sizes,
                 "api_server": "kube-apiserver v1.35.4 + etcd (envtest binaries, tests/cluster/controlplane.py), "
-                "loopback, audit log on; KubeRay's CRDs installed, its controller not running",
+                "loopback, audit log on; KubeRay's CRDs installed, its controller not running during the "
+                "operator's burst, then run alone for the side-by-side phase (kuberay-operator, reconcile "
+                "concurrency 1, watching its own namespace)",
                 "operator": "`rayrelay operator --all-namespaces --standalone` as the chart runs it (helm install "
                 "of charts/rayrelay, its env, its ServiceAccount's token), kuberay backend, default timers "
                 f"({TIMER_INTERVAL_S:.0f} s)",

@@ -410,6 +410,43 @@ def training_section(t: dict[str, Any]) -> list[str]:
     return out
 
 
+def _kuberay_rows(results: list[dict[str, Any]]) -> list[str]:
+    """KubeRay's own controller on the same API server, and the floor, beside the operator."""
+    rows = [
+        [
+            str(r["resources"]),
+            _f(r["all_reconciled_s"], 1),
+            _f(k["all_rayclusters_s"], 1),
+            _f(k["create_to_raycluster_p99_s"], 2),
+            _f(k["floor_create_s"], 1),
+            _f(k["cpu_ms_per_rayjob"], 1),
+            f"{_f(r['all_reconciled_vs_kuberay'], 2)}x / {_f(r['all_reconciled_vs_floor'], 2)}x",
+        ]
+        for r in results
+        if (k := r.get("kuberay"))
+    ]
+    if not rows:
+        return ["(No KubeRay side-by-side run in these results.)", ""]
+    return [
+        "Side by side on the same API server: KubeRay's own controller (`kuberay-operator`, one reconcile "
+        "worker, run alone after the operator's burst) turning the same RayJobs, created as prebuilt bodies "
+        "by a minimal client, into RayClusters; the *floor* is how long those creates alone took.",
+        "",
+        *_table(
+            [
+                "RayJobs",
+                "rayrelay all reconciled s",
+                "KubeRay all RayClusters s",
+                "KubeRay create→RayCluster p99 s",
+                "floor s",
+                "KubeRay CPU ms/RayJob",
+                "rayrelay / KubeRay, rayrelay / floor",
+            ],
+            rows,
+        ),
+    ]
+
+
 def control_plane_section(c: dict[str, Any]) -> list[str]:
     s = c["settings"]
     isa = ", ".join(s.get("instruction_set") or []) or "unknown"
@@ -463,6 +500,7 @@ def control_plane_section(c: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+    out += _kuberay_rows(c["results"])
     big = max(c["results"], key=lambda r: r["resources"])
     kinds = ", ".join(f"{k} {v / big['resources']:.2f}" for k, v in big["api_requests_by_kind"].items())
     out += [f"Requests per TrainingJob at {big['resources']}, by verb and resource: {kinds}.", ""]

@@ -142,8 +142,8 @@ class ControlPlane:
             self._terminate(name)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start_kuberay(self) -> None:
-        """Run KubeRay's real controller (its CRDs must be installed first)."""
+    def start_kuberay(self, *extra: str) -> None:
+        """Run KubeRay's real controller (its CRDs must be installed first); ``extra``: more flags."""
         if "kuberay-operator" in self._procs and self._procs["kuberay-operator"].poll() is None:
             return
         self._spawn(
@@ -154,6 +154,7 @@ class ControlPlane:
                 "--enable-leader-election=false",
                 f"--metrics-addr=127.0.0.1:{free_port()}",
                 f"--health-probe-bind-address=127.0.0.1:{free_port()}",
+                *extra,
             ],
         )
 

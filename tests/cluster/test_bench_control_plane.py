@@ -49,3 +49,8 @@ def test_quick_control_plane_benchmark(tmp_path: Path) -> None:
     assert res["api_requests_by_kind"].get("create rayjobs") == 50, res["api_requests_by_kind"]
     assert 2 <= res["api_requests_per_tj"] < 20, res["api_requests_by_kind"]
     assert res["operator_peak_rss_mib"] <= 250, res
+    # KubeRay's own controller, alone on the same API server: the same 50 RayJobs into RayClusters.
+    kuberay = res["kuberay"]
+    assert kuberay is not None and kuberay["rayjobs"] == 50, kuberay
+    assert kuberay["rayclusters_seen"] == 50 and kuberay["all_rayclusters_s"] > 0, kuberay
+    assert kuberay["floor_create_s"] > 0 and res["all_reconciled_vs_kuberay"] > 0, res
