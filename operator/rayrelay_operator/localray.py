@@ -50,6 +50,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket stays bound until all are chosen (``free_port`` called
+    n times may hand the same port back twice, and Ray refuses a head whose components share one)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         try:
@@ -94,12 +104,13 @@ def haproxy_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
         return {}
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     maxconn = 20000 if hard == resource.RLIM_INFINITY else max(256, min(20000, (hard - 256) // 3))
+    stats_port, metrics_port = free_ports(2)
     base = Path(temp_dir) / "hap"  # Ray adds the node id (56 characters); sockets need < 108
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_MAXCONN": str(maxconn),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
@@ -141,7 +152,8 @@ class LocalRay:
 
     def start(self, timeout: float = 300.0) -> str:
         """Start the head and wait for its dashboard; returns the dashboard URL."""
-        self._ports = (free_port(), free_port(), free_port(), free_port())
+        gcs, dash, agent, client = free_ports(4)
+        self._ports = (gcs, dash, agent, client)
         return self._launch(timeout)
 
     def restart(self, timeout: float = 300.0) -> str:
