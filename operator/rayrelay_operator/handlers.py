@@ -285,7 +285,9 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, time
         metrics.DURATION.labels(kind).observe(time.monotonic() - started)
     for field, value in result.patch.items():
         patch.status[field] = value
-    metrics.record_phase(kind, f"{meta.get('namespace')}/{meta.get('name')}", str(result.status.phase))
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    metrics.record_phase(kind, key, str(result.status.phase))
+    metrics.record_status(kind, key, result.status)
     if result.error is None:
         metrics.RECONCILES.labels(kind, "ok").inc()
         return
@@ -377,6 +379,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if memo.get("ctx") is None:
             memo["ctx"] = default_context(ours)
         metrics.serve(memo.get("metrics_port", ours.metrics_port))
+        metrics.track_leadership()
 
     _register_trainingjob(registry, interval, idle)
     _register_modeldeployment(registry, interval, idle)

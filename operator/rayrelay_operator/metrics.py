@@ -8,11 +8,26 @@ operator's contract (dashboards and alerts use them):
 - ``rayrelay_reconcile_errors_total{kind,reason}``
 - ``rayrelay_reconcile_duration_seconds{kind}`` (histogram)
 - ``rayrelay_resources{kind,phase}`` -- resources by phase, as last reconciled
+- ``rayrelay_resource_phase{kind,resource_namespace,resource_name,phase}`` -- 1 per
+  resource, labelled with its phase as last reconciled (one series per resource, gone with
+  it; not ``namespace``, which Prometheus sets to the operator's own namespace on scrape)
+- ``rayrelay_trainingjob_progress_ratio{resource_namespace,resource_name}`` -- step / total
+  steps (0 to 1) and ``rayrelay_trainingjob_attempt{...}`` -- the attempt number, from status
+- ``rayrelay_modeldeployment_replicas{resource_namespace,resource_name,state}`` -- state:
+  wanted (Serve's autoscaler target), existing, ready; from status
+- ``rayrelay_operator_leader`` -- 1 while this replica reconciles (standalone, or the
+  kopf peering leader), 0 while it stands by behind a peer of higher priority
+
+The error and pass counters of the reasons alerts watch (``StoreUnavailable``) and of
+every result start at 0, so that ``rate()`` and ``increase()`` have a series to read
+before the first error. docs/observability.md is the reference, with the alerts.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -32,6 +47,47 @@ DURATION = Histogram(
     registry=REGISTRY,
 )
 RESOURCES = Gauge("rayrelay_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
+RESOURCE_PHASE = Gauge(
+    "rayrelay_resource_phase",
+    "1 for each resource, labelled with its phase as last reconciled.",
+    ["kind", "resource_namespace", "resource_name", "phase"],
+    registry=REGISTRY,
+)
+PROGRESS = Gauge(
+    "rayrelay_trainingjob_progress_ratio",
+    "Training progress of a TrainingJob: step / total steps, 0 to 1.",
+    ["resource_namespace", "resource_name"],
+    registry=REGISTRY,
+)
+ATTEMPT = Gauge(
+    "rayrelay_trainingjob_attempt",
+    "Attempt number of a TrainingJob (1 for the first; retries resume from the last checkpoint).",
+    ["resource_namespace", "resource_name"],
+    registry=REGISTRY,
+)
+REPLICAS = Gauge(
+    "rayrelay_modeldeployment_replicas",
+    "Replicas of a ModelDeployment by state: wanted (autoscaler target), existing, ready.",
+    ["resource_namespace", "resource_name", "state"],
+    registry=REGISTRY,
+)
+# The per-resource gauges besides RESOURCE_PHASE, whose series go when their resource goes.
+_PER_RESOURCE = {"TrainingJob": (PROGRESS, ATTEMPT), "ModelDeployment": (REPLICAS,)}
+LEADER = Gauge(
+    "rayrelay_operator_leader",
+    "1 while this operator replica reconciles (standalone or peering leader), 0 while it stands by.",
+    registry=REGISTRY,
+)
+
+KINDS = ("TrainingJob", "ModelDeployment")
+RESULTS = ("ok", "temporary", "permanent")
+# Error reasons an alert reads with rate(): present (0) from the start.
+ALERTED_REASONS = ("StoreUnavailable",)
+for _kind in KINDS:
+    for _result in RESULTS:
+        RECONCILES.labels(_kind, _result)
+    for _reason in ALERTED_REASONS:
+        ERRORS.labels(_kind, _reason)
 
 _phases: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
@@ -55,6 +111,74 @@ def record_phase(kind: str, key: str, phase: str | None) -> None:
                 RESOURCES.labels(*labels).set(0)
         for p, n in counts.items():
             RESOURCES.labels(kind, p).set(n)
+        namespace, _, name = key.partition("/")
+        for labels in list(RESOURCE_PHASE._metrics):
+            if labels[:3] == (kind, namespace, name) and labels[3] != phase:
+                RESOURCE_PHASE.remove(*labels)
+        if phase is not None:
+            RESOURCE_PHASE.labels(kind, namespace, name, phase).set(1)
+            return
+        for gauge in _PER_RESOURCE.get(kind, ()):
+            for labels in list(gauge._metrics):
+                if labels[:2] == (namespace, name):
+                    gauge.remove(*labels)
+
+
+def record_status(kind: str, key: str, status: Any) -> None:
+    """Export a resource's progress and attempt (TrainingJob) or replicas (ModelDeployment).
+
+    ``status`` is the computed ``TrainingJobStatus`` / ``ModelDeploymentStatus``; a value
+    it does not know yet exports nothing (no series rather than a made-up 0).
+    """
+    namespace, _, name = key.partition("/")
+    with _lock:
+        if kind == "TrainingJob":
+            percent = getattr(getattr(status, "progress", None), "percent", None)
+            if percent is not None:
+                PROGRESS.labels(namespace, name).set(percent / 100.0)
+            if getattr(status, "attempt", 0):
+                ATTEMPT.labels(namespace, name).set(status.attempt)
+        elif kind == "ModelDeployment":
+            wanted = getattr(getattr(status, "scaling", None), "target_replicas", None)
+            for state, value in (
+                ("wanted", wanted),
+                ("existing", getattr(status, "replicas", None)),
+                ("ready", getattr(status, "ready_replicas", None)),
+            ):
+                if value is not None:
+                    REPLICAS.labels(namespace, name, state).set(value)
+
+
+# kopf (1.45) says when peering pauses this replica for a peer of higher priority and when
+# it resumes, in these log lines of its peering engine, and exposes the state no other way.
+PEERING_LOGGER = "kopf._core.engines.peering"
+_PAUSED = ("Pausing operations", "Pausing all operators")
+_RESUMED = "Resuming operations"
+
+
+class _LeadershipFilter(logging.Filter):
+    """Follows kopf's peering pauses into ``rayrelay_operator_leader``; drops no record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_PAUSED):
+            LEADER.set(0)
+        elif message.startswith(_RESUMED):
+            LEADER.set(1)
+        return True
+
+
+_leadership = _LeadershipFilter()
+
+
+def track_leadership() -> None:
+    """This replica reconciles from now on until kopf's peering pauses it (idempotent)."""
+    LEADER.set(1)
+    logger = logging.getLogger(PEERING_LOGGER)
+    if not logger.isEnabledFor(logging.INFO):  # a logger's filters see only what it emits
+        logger.setLevel(logging.INFO)
+    if _leadership not in logger.filters:
+        logger.addFilter(_leadership)
 
 
 def serve(port: int) -> None:

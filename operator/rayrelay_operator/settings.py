@@ -108,6 +108,11 @@ class Settings:
     # KubeRay's operator pods, the other peer: namespace and label app.kubernetes.io/name.
     network_policy_kuberay_namespace: str = "kuberay-system"
     network_policy_kuberay_name: str = "kuberay-operator"
+    # The Prometheus pods that scrape Ray's own metrics port (8080) on the Ray pods: their
+    # namespace and labels ("k=v,k=v"; empty: any pod there). Unset: that port stays closed to
+    # them. rayrelay's serving metrics (Serve's port, /metrics) need no peer: that port is open.
+    network_policy_metrics_namespace: str | None = None
+    network_policy_metrics_labels: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -137,6 +142,10 @@ class Settings:
         """``network_policy_operator_labels`` as a mapping (``k=v,k=v``; empty when unset)."""
         return parse_labels(self.network_policy_operator_labels or "")
 
+    def metrics_scraper_labels(self) -> dict[str, str]:
+        """``network_policy_metrics_labels`` as a mapping (``k=v,k=v``; empty when unset)."""
+        return parse_labels(self.network_policy_metrics_labels or "")
+
     def check(self) -> None:
         """Reject values that cannot work, naming the variable."""
         if self.log_format not in ("json", "text"):
@@ -164,6 +173,10 @@ class Settings:
             self.operator_pod_labels()
         except ValueError as exc:
             raise ValueError(f"RAYRELAY_NETWORK_POLICY_OPERATOR_LABELS: {exc}") from None
+        try:
+            self.metrics_scraper_labels()
+        except ValueError as exc:
+            raise ValueError(f"RAYRELAY_NETWORK_POLICY_METRICS_LABELS: {exc}") from None
         if self.ray_cluster_auth not in ("token", "disabled"):
             raise ValueError(
                 f"RAYRELAY_RAY_CLUSTER_AUTH must be token or disabled, not {self.ray_cluster_auth!r}"

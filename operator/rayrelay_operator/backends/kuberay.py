@@ -320,6 +320,8 @@ class KubeRayBackend:
             kuberay_name=s.network_policy_kuberay_name,
             operator_namespace=s.network_policy_operator_namespace,
             operator_labels=s.operator_pod_labels(),
+            metrics_namespace=s.network_policy_metrics_namespace,
+            metrics_labels=s.metrics_scraper_labels(),
         )
 
     def _ensure_network_policy(self, body: dict[str, Any]) -> None:

@@ -30,7 +30,8 @@ worth knowing:
   ``rayrelay.dev/ray-cluster: <child name>``, and ``build_network_policy`` makes
   the child's NetworkPolicy selecting on it: Ray's own traffic between the
   cluster's pods, the head's control ports (GCS, dashboard, client) from the
-  operator and KubeRay's operator only, Serve's port (RayService) from anyone.
+  operator and KubeRay's operator only, Serve's port (RayService) from anyone,
+  and Ray's metrics port from the monitoring pods named in ``PolicyPeers`` (if any).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ UID = 1000
 SERVE_PORT = 8000
 # The head's control ports: dashboard (Job API, Serve REST API), GCS, Ray client.
 CONTROL_PORTS = (8265, 6379, 10001)
+# Ray's own Prometheus export (ray_* series) on every Ray pod: KubeRay's default
+# metrics-export-port, which it declares as the container port named "metrics".
+RAY_METRICS_PORT = 8080
 NETWORKING_API_VERSION = "networking.k8s.io/v1"
 # The label Kubernetes puts on every namespace (1.21+): how a policy names a peer's namespace.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -399,13 +403,17 @@ class PolicyPeers:
     passes its namespace and selector labels); left empty (an operator run outside
     the cluster) the operator is no peer. ``kuberay_namespace`` + ``kuberay_name``
     (label ``app.kubernetes.io/name``): KubeRay's operator, which polls the
-    dashboard for job and Serve status.
+    dashboard for job and Serve status. ``metrics_namespace`` + ``metrics_labels``: the
+    Prometheus pods that scrape Ray's metrics port (empty labels: any pod of that
+    namespace); left empty, that port takes only the cluster's own pods.
     """
 
     kuberay_namespace: str = "kuberay-system"
     kuberay_name: str = "kuberay-operator"
     operator_namespace: str | None = None
     operator_labels: dict[str, str] = field(default_factory=dict)
+    metrics_namespace: str | None = None
+    metrics_labels: dict[str, str] = field(default_factory=dict)
 
 
 def build_network_policy(
@@ -422,8 +430,10 @@ def build_network_policy(
     It selects the pods labelled ``rayrelay.dev/ray-cluster: <child_name>`` (every
     pod template the builders write) and admits: anything from those same pods
     (Ray's own traffic uses many ports); the control ports from ``peers``; with
-    ``serve`` (a RayService), Serve's port from anyone -- the endpoint stays open.
-    Everything else is dropped, where the CNI enforces NetworkPolicies.
+    ``serve`` (a RayService), Serve's port from anyone -- the endpoint stays open, and
+    with it rayrelay's own serving metrics at ``/metrics``; Ray's metrics port from the
+    scraper in ``peers``, when one is named. Everything else is dropped, where the CNI
+    enforces NetworkPolicies.
     """
     own = {naming.LABEL_RAY_CLUSTER: child_name}
     control_from: list[dict[str, Any]] = []
@@ -446,6 +456,13 @@ def build_network_policy(
     ]
     if serve:
         ingress.append({"ports": [{"port": SERVE_PORT, "protocol": "TCP"}]})
+    if peers.metrics_namespace:
+        scraper: dict[str, Any] = {
+            "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: peers.metrics_namespace}}
+        }
+        if peers.metrics_labels:
+            scraper["podSelector"] = {"matchLabels": dict(peers.metrics_labels)}
+        ingress.append({"from": [scraper], "ports": [{"port": RAY_METRICS_PORT, "protocol": "TCP"}]})
     return {
         "apiVersion": NETWORKING_API_VERSION,
         "kind": "NetworkPolicy",
