@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv quickstart test test-fast test-cluster faults lint crds chart bench images e2e clean
+.PHONY: help venv quickstart test test-fast test-cluster faults lint crds chart prometheus bench images e2e clean
 
 help:
 	@echo "make quickstart   train, deploy and query the quickstart model locally"
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)
+
+# prometheus and promtool (Debian's package, pinned; cached) for the monitoring tests; where
+# they cannot be had it says why and those tests skip with that reason.
+prometheus: $(STAMP)
+	$(BIN)/python hack/install_prometheus.py $(BIN)
 
 quickstart: $(STAMP)
 	$(BIN)/rayrelay run -f examples/quickstart.yaml --once
@@ -43,7 +48,7 @@ chart: $(STAMP)
 # tests/cluster runs on a real kube-apiserver + etcd (+ KubeRay's controller) whose
 # binaries hack/envtest.sh finds or unpacks and prints (KUBEBUILDER_ASSETS); a corrupt
 # archive stops the target here instead of skipping the layer.
-test: $(STAMP) lint
+test: $(STAMP) lint prometheus
 	$(BIN)/rayrelay crds --check
 	$(BIN)/python hack/sync_chart_crds.py --check
 	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
@@ -52,7 +57,7 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra -m "not slow" tests/unit
 
-test-cluster: $(STAMP)
+test-cluster: $(STAMP) prometheus
 	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
 	  $(BIN)/python -m pytest -q -ra --timeout=900 tests/cluster
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "rayrelay"
 VALUES_DIR = ROOT / "tests" / "data" / "chart-values"
 NAMESPACE = "rayrelay-system"
-GOOD_VALUES = ["default", "namespaced", "ha", "ray-backend", "servicemonitor", "e2e"]
+GOOD_VALUES = ["default", "namespaced", "ha", "ray-backend", "servicemonitor", "monitoring", "e2e"]
 # bad values file -> text the schema's error must contain
 BAD_VALUES = {
     "bad-type": "at '/replicaCount': got string, want integer",
@@ -44,7 +44,7 @@ BAD_VALUES = {
     "bad-ray-without-address": "at '/rayAddress'",
 }
 # Kinds that are custom resources: no built-in schema, checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
 
 
 def _helm_binary() -> str | None:

@@ -32,6 +32,15 @@ app.kubernetes.io/component: operator
 {{- join "," $pairs }}
 {{- end }}
 
+{{/* A mapping of labels as "k=v,k=v", sorted (empty for none). */}}
+{{- define "rayrelay.labelList" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- $pairs = append $pairs (printf "%s=%v" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "rayrelay.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "rayrelay.selectorLabels" . }}
