@@ -1,6 +1,6 @@
-"""Benchmark 2, endpoint: the rayrelay endpoint against a naive Flask + PyTorch server.
+"""Benchmark 2, endpoint: the rayrelay endpoint against KServe, MLServer and a naive Flask server.
 
-Contenders, both up for the whole run and serving the same fine-tuned model:
+Contenders, all up for the whole timed run and serving the same fine-tuned model:
 
 - ``rayrelay``: a ModelDeployment (int8 variant, 2 replicas of 1 CPU each, so
   1 onnxruntime thread each by the product's rule; batching up to 32 texts /
@@ -10,8 +10,18 @@ Contenders, both up for the whole run and serving the same fine-tuned model:
   requests go from HAProxy straight to a model replica's own HTTP server on
   the model's route (KServe v2 ``/v2/models/{name}/infer``, one BYTES text per
   request). ``--no-haproxy`` measures Serve's Python proxy instead.
+- ``kserve`` and ``mlserver`` (``bench.peers``): KServe's Python
+  ``ModelServer`` and Seldon MLServer, what a team would run instead, each in
+  a venv of its own made by the bench, serving the same published ONNX file
+  (``--variant``) with the same tokenizer and onnxruntime threads, over the
+  same OIP v2 request. Each peer first runs a small sweep of its own
+  documented settings (``bench.peers.SWEEPS``: three levels, shorter loads)
+  and takes part with the one that won (the highest geometric mean of req/s
+  over the levels). Before any timing every peer setting must give the same
+  answers as rayrelay for the same texts (labels equal, probabilities within
+  ``ANSWER_TOLERANCE``). ``--peers`` picks them (``--peers`` alone: none).
 - ``naive``: ``bench/naive_server.py``, one Flask process, one PyTorch eager
-  fp32 forward per request, no batching, 2 torch threads.
+  fp32 forward per request, no batching, 2 torch threads (the seed's baseline).
 
 Load: ``bench/loadgen.py`` in a separate process on loopback, closed loop, one
 text per request, a fixed request count and a time bound per level, at
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -63,6 +74,12 @@ os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 CONCURRENCY = (1, 8, 32)
+ANSWER_TEXTS = 24  # validation texts each contender must answer as rayrelay does
+ANSWER_TOLERANCE = 1e-4  # largest difference of a probability allowed between contenders
+PEER_SERVERS = {
+    "kserve": "KServe Python ModelServer (kserve 0.21.0), a kserve.Model subclass (bench/peer_kserve.py)",
+    "mlserver": "Seldon MLServer 1.7.1, a custom MLModel runtime (bench/peer_mlserver.py)",
+}
 
 
 def loadgen(url: str, protocol: str, concurrency: int, requests: int, duration_s: float) -> dict[str, Any]:
@@ -101,6 +118,124 @@ def start_naive(hf_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
     wait_until(up, 180, 0.5, "the naive Flask server")
     return proc, f"{base}/predict"
+
+
+def texts(n: int) -> list[str]:
+    lines = (DATA / "validation.jsonl").read_text().splitlines()
+    return [json.loads(line)["text"] for line in lines if line.strip()][:n]
+
+
+def answers(url: str, items: list[str]) -> list[tuple[list[int], list[float]]]:
+    """(label ids, probabilities) of one OIP v2 request per text, sent one after the other."""
+    from bench.loadgen import payload
+    from bench.peer_model import v2_answer
+
+    out = []
+    for text in items:
+        req = urllib.request.Request(
+            url, json.dumps(payload("v2", text)).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            out.append(v2_answer(json.loads(resp.read())))
+    return out
+
+
+def compare_answers(
+    reference: list[tuple[list[int], list[float]]], other: list[tuple[list[int], list[float]]]
+) -> dict[str, Any]:
+    """How far ``other`` is from ``reference``: labels that differ, largest probability difference."""
+    if len(other) != len(reference):
+        raise ValueError(f"{len(other)} answers for {len(reference)} texts")
+    labels_differ = sum(a[0] != b[0] for a, b in zip(reference, other, strict=True))
+    diff = 0.0
+    for a, b in zip(reference, other, strict=True):
+        if len(a[1]) != len(b[1]):
+            diff = float("inf")  # a different number of probabilities: not the same model
+            break
+        diff = max([diff, *(abs(x - y) for x, y in zip(a[1], b[1], strict=True))])
+    return {"texts": len(reference), "labels_differ": labels_differ, "max_abs_probability_diff": diff}
+
+
+def same_answers(check: dict[str, Any]) -> bool:
+    return bool(check["labels_differ"] == 0 and check["max_abs_probability_diff"] <= ANSWER_TOLERANCE)
+
+
+def geomean(values: list[float]) -> float:
+    vals = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if len(vals) == len(values) and vals else 0.0
+
+
+def sweep_peer(
+    peer: str,
+    model: Any,
+    reference: list[tuple[list[int], list[float]]],
+    requests: int,
+    duration_s: float,
+    scratch: Path,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Each of the peer's sweep settings in turn: answers checked, then a short load per level.
+
+    Returns the winning setting (highest geometric mean of req/s over the levels) and every row."""
+    from bench import peers
+
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, Any] | None = None
+    for setting in peers.SWEEPS[peer]:
+        running = peers.start(setting, model, scratch)
+        try:
+            check = compare_answers(reference, answers(running.url, texts(len(reference))))
+            if not same_answers(check):
+                raise RuntimeError(f"{peer} ({setting.label}) answers differ from rayrelay's: {check}")
+            loadgen(running.url, "v2", 8, 40, 30.0)  # warm-up
+            levels = {c: loadgen(running.url, "v2", c, requests, duration_s) for c in CONCURRENCY}
+        finally:
+            running.stop()
+        score = geomean([r["throughput_rps"] for r in levels.values()])
+        rows.append(
+            {
+                "peer": peer,
+                "setting": setting.label,
+                "workers": setting.workers,
+                "threads_per_worker": setting.threads,
+                "options": setting.options,
+                "answers": check,
+                "geomean_rps": score,
+                "levels": {
+                    str(c): {k: r[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")}
+                    for c, r in levels.items()
+                },
+            }
+        )
+        log(
+            f"endpoint: sweep {peer} ({setting.label}): "
+            + ", ".join(
+                f"c{c} {r['throughput_rps']:.0f} req/s p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f}"
+                for c, r in levels.items()
+            )
+            + f", errors {sum(r['errors'] for r in levels.values())}"
+        )
+        if best is None or score > best[0]:
+            best = (score, setting)
+    assert best is not None
+    return best[1], rows
+
+
+def print_table(table: list[dict[str, Any]], names: list[str], winners: dict[str, Any]) -> None:
+    """The side-by-side table on stdout (the page gets it from the result file)."""
+    print(f"\nendpoint, CPU: {', '.join(instruction_set())}; load average {os.getloadavg()}")
+    for name, setting in winners.items():
+        print(f"  {name}: {setting.label}")
+    head = ["c"] + [f"{n} req/s (p50/p99 ms)" for n in names] + ["rayrelay / best peer"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in table:
+        cells = [str(r["concurrency"])]
+        for n in names:
+            x = r[n]
+            cells.append(f"{x['throughput_rps']:.0f} ({x['p50_ms']:.1f} / {x['p99_ms']:.1f}) e{x['errors']}")
+        cells.append(f"{r['peer_throughput_ratio']:.2f}x" if "peer_throughput_ratio" in r else "-")
+        print("| " + " | ".join(cells) + " |")
+    sys.stdout.flush()
 
 
 def instruction_set() -> list[str]:
@@ -174,6 +309,16 @@ def main() -> None:
         action="store_true",
         help="also measure the two-hop path (proxy -> gateway -> model) of the same deployment",
     )
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=["kserve", "mlserver"],
+        choices=["kserve", "mlserver"],
+        help="the peer servers to compare with (default both; the flag alone: none)",
+    )
+    parser.add_argument(
+        "--variant", default="int8", choices=["int8", "fp32"], help="the ONNX file every contender serves"
+    )
     parser.add_argument("--name", default="endpoint", help="result file name (bench/results/NAME.json)")
     parser.add_argument("--note", action="append", default=[], help="a paragraph for the page (repeatable)")
     parser.add_argument(
@@ -184,25 +329,50 @@ def main() -> None:
     requests, duration_s, reps = (60, 6.0, 1) if args.quick else (400, 15.0, 3)
     reps = args.reps or reps
 
+    from bench import peers
     from bench.model import ensure_run, hf_dir
     from bench.serving import deploy, md_object, start_cluster, undeploy
 
     if args.no_haproxy:
         os.environ["RAYRELAY_SERVE_HAPROXY"] = "0"  # read by LocalRay when it starts the head
     run = ensure_run()
+    for peer in args.peers:  # made (once) before anything is timed
+        peers.ensure_venv(peer)
     naive_proc, naive_url = start_naive(hf_dir(run))
     cluster = None
     obj: dict[str, Any] | None = None
+    scratch = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    running: list[Any] = []
+    sweeps: list[dict[str, Any]] = []
+    checks: dict[str, dict[str, Any]] = {}
+    winners: dict[str, Any] = {}
     try:
-        log("endpoint: starting a local Ray head and deploying the ModelDeployment (int8)")
+        log(f"endpoint: starting a local Ray head and deploying the ModelDeployment ({args.variant})")
         cluster = start_cluster(start_timeout=600)  # a loaded machine starts Ray slowly
-        obj = md_object("bench-endpoint", f"file://{run / 'manifest.json'}", "int8")
+        obj = md_object("bench-endpoint", f"file://{run / 'manifest.json'}", args.variant)
         configure(obj, args)
         rollout = deploy(cluster, obj)
         rr_url = f"{cluster.url}/v2/models/bench-endpoint/infer"
         ingress = "HAProxy" if cluster.ray.haproxy else "Serve's Python proxy"
         log(f"endpoint: Ready after {rollout.seconds:.1f}s at {rr_url} (ingress: {ingress})")
-        contenders = {"rayrelay": (rr_url, "v2"), "naive": (naive_url, "naive")}
+        contenders = {"rayrelay": (rr_url, "v2")}
+        reference = answers(rr_url, texts(ANSWER_TEXTS))
+        if args.peers:
+            model = peers.Model.from_run("bench-endpoint", run, args.variant)
+            for peer in args.peers:
+                winners[peer], rows = sweep_peer(
+                    peer, model, reference, max(20, requests // 2), duration_s / 2, scratch
+                )
+                sweeps += rows
+                log(f"endpoint: {peer} takes part with {winners[peer].label}")
+            for peer in args.peers:
+                started = peers.start(winners[peer], model, scratch)
+                running.append(started)
+                checks[peer] = compare_answers(reference, answers(started.url, texts(ANSWER_TEXTS)))
+                if not same_answers(checks[peer]):
+                    raise RuntimeError(f"{peer} answers differ from rayrelay's: {checks[peer]}")
+                contenders[peer] = (started.url, "v2")
+        contenders["naive"] = (naive_url, "naive")
         if args.gateway_path:
             # The versioned OIP path is not the model's own route: Serve sends it to the gateway,
             # which calls the model by handle (the two-hop path every request took before).
@@ -236,6 +406,8 @@ def main() -> None:
                 except Exception as exc:  # teardown: the head goes anyway
                     log(f"endpoint: undeploy failed: {exc}")
             cluster.stop()
+        for started in running:
+            started.stop()
         naive_proc.send_signal(signal.SIGTERM)
         naive_proc.wait(timeout=30)
 
@@ -256,6 +428,16 @@ def main() -> None:
         row["throughput_ratio"] = ratio(row["rayrelay"]["throughput_rps"], row["naive"]["throughput_rps"])
         row["p99_ratio"] = ratio(row["rayrelay"]["p99_ms"], row["naive"]["p99_ms"])
         row["p50_delta_ms"] = row["rayrelay"]["p50_ms"] - row["naive"]["p50_ms"]
+        if args.peers:
+            best = max(args.peers, key=lambda p: row[p]["throughput_rps"])
+            row["best_peer"] = best
+            row["peer_throughput_ratio"] = ratio(
+                row["rayrelay"]["throughput_rps"], row[best]["throughput_rps"]
+            )
+            row["peer_p50_delta_ms"] = row["rayrelay"]["p50_ms"] - min(row[p]["p50_ms"] for p in args.peers)
+            row["peer_p99_ratio"] = ratio(
+                row["rayrelay"]["p99_ms"], min(row[p]["p99_ms"] for p in args.peers)
+            )
         if "rayrelay-gateway" in row:
             row["gateway_path_throughput_ratio"] = ratio(
                 row["rayrelay-gateway"]["throughput_rps"], row["naive"]["throughput_rps"]
@@ -266,6 +448,7 @@ def main() -> None:
         record_lever(args.lever, table)
     levers_file = RESULTS / "endpoint_levers.json"
     levers = json.loads(levers_file.read_text()) if levers_file.is_file() else []
+    print_table(table, list(contenders), winners)
     write_result(
         args.name,
         {
@@ -278,7 +461,7 @@ def main() -> None:
                 "instruction_set": instruction_set(),
                 "command": " ".join(["python", "-m", "bench.endpoint", *sys.argv[1:]]),
                 "rayrelay": {
-                    "variant": "int8",
+                    "variant": args.variant,
                     "replicas": args.replicas,
                     "cpus_per_replica": args.cpus,
                     "max_batch_size": args.max_batch,
@@ -294,12 +477,26 @@ def main() -> None:
                     "runtime": "PyTorch eager fp32",
                     "threads": THREADS,
                 },
+                "peers": {
+                    peer: {
+                        "server": PEER_SERVERS[peer],
+                        "pins": list(peers.pins(peer)),
+                        "setting": winners[peer].label,
+                        "workers": winners[peer].workers,
+                        "threads_per_worker": winners[peer].threads,
+                        "options": winners[peer].options,
+                        "answers": checks[peer],
+                    }
+                    for peer in args.peers
+                },
+                "answer_tolerance": ANSWER_TOLERANCE,
                 "loadgen": "bench/loadgen.py: asyncio streams, pre-encoded HTTP/1.1 requests, keep-alive",
                 "quick": args.quick,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             "notes": args.note,
             "table": table,
+            "peer_sweep": sweeps,
             # Each lever's own run (``--lever``), for the lever table of docs/performance.md.
             "levers": levers,
             "runs": {n: {str(c): v for c, v in d.items()} for n, d in runs.items()},

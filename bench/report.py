@@ -79,6 +79,14 @@ def headlines(docs: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"- **Endpoint**: rayrelay (int8, batching) vs the naive Flask server, throughput {', '.join(parts)}."
         )
+        if e["settings"].get("peers"):
+            vs = ", ".join(
+                f"{_x(r.get('peer_throughput_ratio'))} at c{r['concurrency']} (best: {r.get('best_peer')})"
+                for r in e["table"]
+            )
+            lines.append(
+                f"- **Endpoint vs KServe ModelServer / MLServer** (same ONNX file): req/s ratio {vs}."
+            )
     t = docs.get("training")
     if t:
         s = t["summary"]
@@ -274,6 +282,7 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+    out += peers_section(e)
     out += [
         "How the endpoint is built for speed (issue #13):",
         "",
@@ -366,6 +375,98 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
                 "command",
             ],
             lever_rows,
+        )
+    return out
+
+
+def peers_section(e: dict[str, Any]) -> list[str]:
+    """rayrelay against the servers users would run instead (issue #30), from the same run."""
+    s = e["settings"]
+    peers = s.get("peers") or {}
+    if not peers:
+        return []
+    names = ["rayrelay", *peers]
+    out = [
+        "### Against KServe's ModelServer and MLServer",
+        "",
+        "The same published "
+        f"{s['rayrelay']['variant']} ONNX file, tokenizer (`tokenizer.json`, truncation at the manifest's "
+        "length, padding to the longest text) and onnxruntime settings (one intra-op thread per core a "
+        "process gets, 1 inter-op thread, no spinning) in every contender; the same OIP v2 request "
+        "(`/v2/models/{name}/infer`, one BYTES text) from the same load generator, interleaved per "
+        f"repetition. Before timing, each peer setting answered {_f(next(iter(peers.values()))['answers']['texts'], 0)} "
+        "validation texts with rayrelay's labels and probabilities (largest difference in the table below, "
+        f"tolerance {s.get('answer_tolerance')}). Each peer runs from its own venv made by the bench "
+        "(`bench/peers.py`, pins hashed into the folder name) and takes part with the setting that won its "
+        "sweep (highest geometric mean of req/s over the three levels, sweep table further down). "
+        f"CPU instruction set: **{', '.join(s.get('instruction_set') or []) or 'unknown'}**.",
+        "",
+    ]
+    for name, p in peers.items():
+        out.append(
+            f"- {name}: {p['server']}; setting **{p['setting']}** ({p['workers']} process(es) × "
+            f"{p['threads_per_worker']} onnxruntime thread(s)); pins {', '.join(p['pins'])}; answers: "
+            f"{p['answers']['labels_differ']} labels differ, largest probability difference "
+            f"{p['answers']['max_abs_probability_diff']:.1e}."
+        )
+    out.append("")
+    rows = []
+    for r in e["table"]:
+        cells = [str(r["concurrency"])]
+        for n in names:
+            x = r.get(n)
+            cells.append(
+                "n/a"
+                if x is None
+                else f"{_f(x['throughput_rps'], 0)} ({_f(x['p50_ms'])} / {_f(x['p99_ms'])})"
+            )
+        cells += [
+            str(r.get("best_peer", "n/a")),
+            f"**{_x(r.get('peer_throughput_ratio'))}**",
+            _f(r.get("peer_p50_delta_ms"), 2),
+            _x(r.get("peer_p99_ratio")),
+            " / ".join(str(r[n]["errors"]) for n in names if n in r),
+        ]
+        rows.append(cells)
+    out += _table(
+        ["concurrency"]
+        + [f"{n} req/s (p50 / p99 ms)" for n in names]
+        + [
+            "best peer (req/s)",
+            "rayrelay / best peer req/s",
+            "rayrelay p50 − lowest peer p50, ms",
+            "rayrelay p99 / lowest peer p99",
+            "errors (" + " / ".join(names) + ")",
+        ],
+        rows,
+    )
+    sweep = e.get("peer_sweep") or []
+    if sweep:
+        out += ["Each peer's sweep (shorter loads, one repetition, the same load generator):", ""]
+        out += _table(
+            [
+                "peer",
+                "setting",
+                "c1 req/s (p50 / p99)",
+                "c8",
+                "c32",
+                "geometric mean req/s",
+                "answers: max diff",
+            ],
+            [
+                [
+                    w["peer"],
+                    w["setting"],
+                    *(
+                        f"{_f(w['levels'][c]['throughput_rps'], 0)} ({_f(w['levels'][c]['p50_ms'])} / "
+                        f"{_f(w['levels'][c]['p99_ms'])})"
+                        for c in ("1", "8", "32")
+                    ),
+                    _f(w["geomean_rps"], 0),
+                    f"{w['answers']['max_abs_probability_diff']:.1e}",
+                ]
+                for w in sweep
+            ],
         )
     return out
 
