@@ -29,7 +29,7 @@ from typing import Any
 import kopf
 
 from rayrelay_core.api import GROUP, VERSION
-from rayrelay_operator import metrics, naming
+from rayrelay_operator import metrics, naming, persistence
 from rayrelay_operator.reconcile import Event, ReconcileContext, classify, delete_pass, run_pass
 from rayrelay_operator.reconcile.context import cached_store_for
 from rayrelay_operator.settings import Settings
@@ -365,12 +365,10 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.finalizer = naming.FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix=naming.ANNOTATION_PREFIX
-        )
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration"
-        )
+        # What was handled is the status's observedGeneration; retries live in memory: no
+        # metadata PATCH per object (``persistence``).
+        settings.persistence.progress_storage = persistence.MemoryProgressStorage(naming.ANNOTATION_PREFIX)
+        settings.persistence.diffbase_storage = persistence.GenerationDiffBaseStorage()
         settings.posting.level = logging.INFO
         # Sync handlers block a worker thread on API calls; a few run side by side.
         settings.execution.max_workers = 8

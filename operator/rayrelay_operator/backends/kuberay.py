@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -309,6 +310,7 @@ class KubeRayBackend:
         self.extensions = client.ApiextensionsV1Api(api_client)
         # plural -> (the installed CRD has authOptions, when that was read); warned once each.
         self._auth_fields: dict[str, tuple[bool, float]] = {}
+        self._auth_lock = threading.Lock()
         self._auth_warned: set[str] = set()
 
     # ---------------------------------------------------------- network policies
@@ -377,6 +379,13 @@ class KubeRayBackend:
         ``AUTH_FIELD_TTL_S``, so that upgrading KubeRay's CRDs takes effect without a
         restart. A missing CRD counts as no field (creating the child then fails on its own).
         """
+        # One reader at a time: a burst's worker threads all miss an empty cache at once, and
+        # each read parses KubeRay's whole CRD (a sixth of the operator's CPU in a 50-job
+        # burst, py-spy in bench/control_plane.py); the others then find the answer cached.
+        with self._auth_lock:
+            return self._auth_options_read(plural)
+
+    def _auth_options_read(self, plural: str) -> bool:
         now = time.monotonic()
         known = self._auth_fields.get(plural)
         if known is not None and now - known[1] < AUTH_FIELD_TTL_S:

@@ -127,22 +127,40 @@ class TrainingObserved:
     teacher_waiting: str | None = None
 
 
-def observe_run(store: Store, layout: RunLayout) -> RunDocs:
-    """Read progress, failure and manifest of a run; ``StoreUnavailable`` when the store fails."""
+def observe_run(store: Store, layout: RunLayout, attempt_docs: bool = True) -> RunDocs:
+    """Read the manifest of a run, and its progress and failure when ``attempt_docs`` (or when
+    a manifest is there: its progress fills the status); ``StoreUnavailable`` when the store fails."""
+    docs = RunDocs()
     try:
-        docs = RunDocs(
-            progress=read_doc(store, layout.progress, ProgressDoc),
-            failure=read_doc(store, layout.failure, FailureDoc),
-        )
-        docs.manifest, docs.manifest_digest = read_manifest(store, layout.manifest)
-    except ManifestError as exc:
-        if isinstance(exc.__cause__, NotFound):
-            return docs  # not published yet: the normal case while training
-        # A manifest that exists but does not parse is a failed publish, not "not yet".
-        docs.failure = docs.failure or FailureDoc(reason="InvalidManifest", message=str(exc), retryable=True)
+        try:
+            docs.manifest, docs.manifest_digest = read_manifest(store, layout.manifest)
+        except ManifestError as exc:
+            if not isinstance(exc.__cause__, NotFound):
+                # A manifest that exists but does not parse is a failed publish, not "not yet".
+                docs.failure = FailureDoc(reason="InvalidManifest", message=str(exc), retryable=True)
+                attempt_docs = True
+        if attempt_docs or docs.manifest is not None:
+            docs.progress = read_doc(store, layout.progress, ProgressDoc)
+            docs.failure = read_doc(store, layout.failure, FailureDoc) or docs.failure
     except StoreError as exc:
         raise StoreUnavailable(layout.base, exc) from exc
     return docs
+
+
+def store_reads_for(work: TrainingObservation | None) -> str:
+    """Which of the run's documents a pass reads, from what the backend sees of the attempt (pure).
+
+    ``none`` while the attempt waits for its cluster: nothing of this attempt can be in the
+    store yet, and the status already holds what earlier attempts wrote. ``manifest`` when
+    there is no attempt to observe (the first pass, a new run, a suspension, a backoff) or it
+    is gone: a published run is done whatever else is seen, also after a restart. ``all``
+    while it runs or once it ended: progress, failure and manifest.
+    """
+    if work is None or work.state is WorkState.ABSENT:
+        return "manifest"
+    if work.state is WorkState.WAITING:
+        return "none"
+    return "all"
 
 
 def artifacts_uri_for(tj: TrainingJob, settings: Settings) -> str | None:
@@ -239,13 +257,16 @@ def observe_trainingjob(
     if phase in TERMINAL_TRAINING and same_run:
         return observed  # only the ttl is left to watch, and it needs no I/O
     observed.teacher, observed.teacher_waiting = observe_teacher(tj, ctx)
-    layout = run_layout_for(tj, ctx.settings)
-    store = ctx.store_for(layout.base, tj.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
-    observed.docs = observe_run(store, layout)
     work = current_work(tj, previous, ctx.settings, observed.teacher)
     backing_off = previous.next_attempt_time is not None  # the recorded work has failed
     if work is not None and phase is not TrainingPhase.SUSPENDED and same_run and not backing_off:
         observed.work = backend.observe_training(work)
+    # The backend first: what it sees decides which documents are worth a store request.
+    reads = store_reads_for(observed.work)
+    if reads != "none":
+        layout = run_layout_for(tj, ctx.settings)
+        store = ctx.store_for(layout.base, tj.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
+        observed.docs = observe_run(store, layout, attempt_docs=reads == "all")
     return observed
 
 

@@ -1,0 +1,141 @@
+"""kopf's diff-base from ``status.observedGeneration`` and its handler progress in memory.
+
+Pure tests of ``rayrelay_operator.persistence`` against kopf's own cause detection
+(``kopf._core.intents.causes.detect_changing_cause``, the function kopf's reactor calls with
+these storages' answers): a new generation is a creation (the reconcile handler runs), a
+handled one is nothing, a restarted operator reaches the same answers from the same
+status, and neither storage writes anything into kopf's patch on the way.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+from kopf._cogs.structs import bodies, diffs, patches
+from kopf._core.intents import causes
+
+from rayrelay_operator.persistence import (
+    MAX_RECORDS,
+    GenerationDiffBaseStorage,
+    MemoryProgressStorage,
+    handled_generation,
+)
+
+SPEC_FIELD = [("spec",)]  # the extra field kopf derives from on.update(field="spec")
+
+
+def tj(generation: int, observed: int | None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "rayrelay.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": "sst2",
+            "namespace": "ml",
+            "uid": "uid-1",
+            "generation": generation,
+            "labels": {"team": "a"},
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"model": {"source": "bert"}, **spec},
+    }
+    if observed is not None:
+        body["status"] = {"observedGeneration": observed, "phase": "Pending"}
+    return body
+
+
+def reason_for(storage: GenerationDiffBaseStorage, raw: dict[str, Any]) -> causes.Reason:
+    """What kopf's reactor decides for one event (processing._detect_causes, reduced)."""
+    body = bodies.Body(raw)
+    old = storage.fetch(body=body)
+    new = storage.build(body=body, extra_fields=SPEC_FIELD)
+    cause = causes.detect_changing_cause(
+        finalizer="rayrelay.dev/finalizer",
+        raw_event={"type": "MODIFIED", "object": raw},
+        resource=None,
+        indices=None,
+        logger=None,
+        patch=patches.Patch(),
+        body=body,
+        old=old,
+        new=new,
+        diff=diffs.diff(old, new),
+        memo=None,
+        initial=False,
+    )
+    return cause.reason
+
+
+def test_handled_generation_reads_observed_generation() -> None:
+    assert not handled_generation(tj(1, None))
+    assert not handled_generation(tj(2, 1))
+    assert handled_generation(tj(2, 2))
+    assert handled_generation({"metadata": {}, "status": {"observedGeneration": 1}})
+
+
+def test_a_new_object_is_a_creation_and_a_handled_one_is_nothing() -> None:
+    storage = GenerationDiffBaseStorage()
+    assert reason_for(storage, tj(1, None)) is causes.Reason.CREATE
+    assert reason_for(storage, tj(1, 1)) is causes.Reason.NOOP
+    # A spec change bumps the generation past the status: the reconcile handler runs again.
+    assert reason_for(storage, tj(2, 1, suspend=True)) is causes.Reason.CREATE
+    assert reason_for(storage, tj(2, 2, suspend=True)) is causes.Reason.NOOP
+
+
+def test_a_restarted_operator_decides_the_same_from_the_status() -> None:
+    for raw, expected in ((tj(3, 3), causes.Reason.NOOP), (tj(3, 2), causes.Reason.CREATE)):
+        assert reason_for(GenerationDiffBaseStorage(), raw) is expected
+
+
+def test_label_changes_do_not_run_the_handler() -> None:
+    storage = GenerationDiffBaseStorage()
+    raw = tj(1, 1)
+    raw["metadata"]["labels"] = {"team": "b"}  # no generation bump for metadata
+    assert reason_for(storage, raw) is causes.Reason.NOOP
+
+
+def test_store_writes_nothing_and_build_leaves_metadata_and_status_out() -> None:
+    storage = GenerationDiffBaseStorage()
+    raw = tj(1, None)
+    before = copy.deepcopy(raw)
+    patch = patches.Patch()
+    essence = storage.build(body=bodies.Body(raw), extra_fields=SPEC_FIELD)
+    storage.store(body=bodies.Body(raw), patch=patch, essence=essence)
+    assert not patch and raw == before
+    assert essence == {"metadata": {"labels": {"team": "a"}}, "spec": {"model": {"source": "bert"}}}
+    # The same as kopf's own essence (which copies the whole body first).
+    assert essence == kopf.AnnotationsDiffBaseStorage(prefix="rayrelay.dev").build(
+        body=bodies.Body(raw), extra_fields=SPEC_FIELD
+    )
+
+
+def test_progress_lives_in_memory_per_object_and_handler() -> None:
+    storage = MemoryProgressStorage("rayrelay.dev")
+    one, other = bodies.Body(tj(1, None)), bodies.Body({**tj(1, None), "metadata": {"uid": "uid-2"}})
+    patch = patches.Patch()
+    storage.store(key=kopf.HandlerId("h"), record={"retries": 2, "delayed": "x"}, body=one, patch=patch)
+    assert not patch  # nothing written to the object
+    assert storage.fetch(key=kopf.HandlerId("h"), body=one) == {"retries": 2, "delayed": "x"}
+    assert storage.fetch(key=kopf.HandlerId("h"), body=other) is None
+    assert storage.fetch(key=kopf.HandlerId("g"), body=one) is None
+    storage.purge(key=kopf.HandlerId("h"), body=one, patch=patch)
+    assert storage.fetch(key=kopf.HandlerId("h"), body=one) is None and not patch and len(storage) == 0
+
+
+def test_touch_still_writes_an_annotation_to_wake_a_retry() -> None:
+    storage = MemoryProgressStorage("rayrelay.dev")
+    patch = patches.Patch()
+    storage.touch(body=bodies.Body(tj(1, None)), patch=patch, value="2026-01-01T00:00:00")
+    annotations = patch["metadata"]["annotations"]
+    assert annotations["rayrelay.dev/touch-dummy"] == "2026-01-01T00:00:00"
+
+
+def test_records_are_bounded() -> None:
+    storage = MemoryProgressStorage("rayrelay.dev")
+    patch = patches.Patch()
+    for i in range(MAX_RECORDS + 5):
+        body = bodies.Body({"metadata": {"uid": f"u{i}"}})
+        storage.store(key=kopf.HandlerId("h"), record={"retries": 1}, body=body, patch=patch)
+    assert len(storage) == MAX_RECORDS
+    assert storage.fetch(key=kopf.HandlerId("h"), body=bodies.Body({"metadata": {"uid": "u0"}})) is None
