@@ -126,6 +126,7 @@ class Variant(StrEnum):
     AUTO = "auto"
     FP32 = "fp32"
     INT8 = "int8"
+    BF16 = "bf16"
 
 
 class ExportTarget(StrEnum):
@@ -428,6 +429,18 @@ class QualityGate(ApiModel):
             "Largest accuracy drop of int8 vs ONNX fp32; a larger drop rejects the int8 "
             "model (fp32 is served instead). Only with export.quantize: int8. "
             "sequence-classification only."
+        ),
+    )
+    max_bf16_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "Largest accuracy drop of the bf16 variant (OpenVINO running the fp32 ONNX in bf16, "
+            "measured on the validation set at export) vs ONNX fp32; a larger drop rejects bf16, "
+            "and variant auto never serves it. Unset: any drop is accepted, but a bf16 the export "
+            "could not measure (OpenVINO missing) is never accepted. sequence-classification only "
+            "(text-generation publishes no bf16 variant)."
         ),
     )
     max_val_perplexity: float | None = Field(
@@ -830,8 +843,9 @@ class TrainingJobRef(ApiModel):
         default=Variant.AUTO,
         description=(
             "auto (the default) = the fastest variant that passed its quality gate, timed by each "
-            "replica on its own CPU/GPU at start (int8's gain depends on the CPU; on a GPU fp32 "
-            "runs on the CUDA provider); or force fp32 or int8, never timed."
+            "replica on its own CPU/GPU at start (int8's gain depends on the CPU; bf16, OpenVINO "
+            "in bf16, is timed only on CPUs with bf16 instructions such as AMX; on a GPU fp32 "
+            "runs on the CUDA provider); or force fp32, int8 or bf16, never timed."
         ),
     )
 
@@ -864,7 +878,7 @@ class ModelRef(ApiModel):
         default=None,
         description=(
             "Variant to serve from manifestUri (default auto: the fastest accepted one, timed by "
-            "each replica on its own hardware; as trainingJobRef.variant)."
+            "each replica on its own hardware; fp32, int8 or bf16 forced; as trainingJobRef.variant)."
         ),
     )
 
@@ -1205,7 +1219,7 @@ class ServedModel(ApiModel):
     variant: str | None = Field(
         default=None,
         description=(
-            "fp32 or int8: what a replica reports it serves (with auto, the fastest it timed); "
+            "fp32, int8 or bf16: what a replica reports it serves (with auto, the fastest it timed); "
             "the manifest's recommendation until one reports (and on the kuberay backend)."
         ),
     )
@@ -1220,6 +1234,17 @@ class ServedModel(ApiModel):
     variant_timings_ms: dict[str, float] = Field(
         default_factory=dict,
         description="auto: milliseconds per timing batch of each accepted variant, measured by the replica.",
+    )
+    runtime: str | None = Field(
+        default=None,
+        description="The runtime of the served variant: onnxruntime (fp32, int8) or openvino (bf16).",
+    )
+    precision: str | None = Field(
+        default=None,
+        description=(
+            "The precision it runs in: fp32, int8, bf16, or bf16-emulated (forced bf16 on a CPU "
+            "without bf16 instructions)."
+        ),
     )
 
 

@@ -230,6 +230,26 @@ class VariantInfo(Doc):
     accepted: bool = True
     reason: str | None = None
     size: int | None = None
+    runtime: str | None = Field(
+        default=None, description="The runtime that serves it, when not onnxruntime (bf16: openvino)."
+    )
+    measured: str | None = Field(
+        default=None,
+        description=(
+            "What ran when the export measured it, when that is not plain onnxruntime: e.g. "
+            "'openvino 2026.4.1, bf16' or 'openvino 2026.4.1, bf16-emulated' (the export host "
+            "lacks bf16 instructions and OpenVINO emulated them; the numerics are bf16's)."
+        ),
+    )
+    max_abs_logit_diff: float | None = Field(
+        default=None, description="Largest |logit difference| to PyTorch on the validation set."
+    )
+    max_abs_logit_diff_fp32: float | None = Field(
+        default=None, description="Largest |logit difference| to ONNX fp32 on the validation set."
+    )
+    labels_equal_fp32: float | None = Field(
+        default=None, description="Fraction of validation texts given the same label as ONNX fp32."
+    )
 
 
 class Parity(Doc):
@@ -301,7 +321,10 @@ class Manifest(Doc):
     created_at: str
     files: list[FileEntry]
     variants: dict[str, VariantInfo] = Field(
-        description="pytorch, fp32, int8, and with export.targets ort: fp32-ort, int8-ort (.ort files)."
+        description=(
+            "pytorch, fp32, int8, bf16 (OpenVINO running fp32's file in bf16), and with "
+            "export.targets ort: fp32-ort, int8-ort (.ort files)."
+        )
     )
     recommended_variant: str = Field(
         description="int8 when accepted, else fp32: what an auto replica loads first, then times against the rest."

@@ -2,15 +2,20 @@
 
 The training job publishes every variant that passed its quality gate
 (``runs.Manifest.variants``: ``fp32`` always, ``int8`` when its accuracy drop was
-small enough) and recommends one (``recommendedVariant``: int8 when accepted). How
-fast each runs depends on the replica's hardware, not the trainer's: dynamic int8
-is 2-4x fp32 on a CPU with VNNI or AMX, much less on an AVX2-only one, and does
-not run on onnxruntime's CUDA provider at all. So with ``variant: auto`` a replica
+small enough, ``bf16`` when OpenVINO measured it within ``maxBf16AccuracyDrop``)
+and recommends one (``recommendedVariant``: int8 when accepted). How fast each runs
+depends on the replica's hardware, not the trainer's: dynamic int8 is 2-4x fp32 on
+a CPU with VNNI, much less on an AVX2-only one, and does not run on onnxruntime's
+CUDA provider at all; on a CPU with AMX, OpenVINO running the fp32 graph in bf16
+beats both (:data:`RUNTIMES`: which runtime and precision each variant runs in). So with ``variant: auto`` a replica
 (``rayrelay_workloads.serve.model``) times the accepted variants on its own
 hardware, a few batches each in turns under a total time budget, and serves the
 fastest (the recommended one unless another is clearly faster, :func:`choose`):
 
 - a variant its quality gate rejected is never a candidate;
+- a candidate this host cannot run well (``unavailable``: bf16 without OpenVINO in the
+  image, or on a CPU without bf16 instructions, where OpenVINO only emulates it) is
+  never loaded nor timed, and the reason says so;
 - a forced variant (``fp32``/``int8``) is served as asked, never timed;
 - with a GPU (CUDA provider available and ``resources.gpus`` > 0) the candidates
   are the variants that run there: fp32 only, chosen without timing.
@@ -39,13 +44,30 @@ AUTO = "auto"
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 # Variants a replica can time and serve, in order of preference when timings tie.
-CPU_VARIANTS = ("int8", "fp32")
+CPU_VARIANTS = ("int8", "bf16", "fp32")
 # onnxruntime's CUDA provider runs no dynamically quantized (int8) graph.
 GPU_VARIANTS = ("fp32",)
 
+# The runtime and precision each variant runs in. bf16 has no file of its own: OpenVINO
+# reads the fp32 ONNX with a bf16 precision hint (rayrelay_workloads.openvino_runtime).
+ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
+RUNTIMES = {"fp32": (ONNXRUNTIME, "fp32"), "int8": (ONNXRUNTIME, "int8"), "bf16": (OPENVINO, "bf16")}
+
 # The /metrics contract between a replica and the operator.
 INFO_METRIC = "rayrelay_variant_info"
-INFO_LABELS = ("model", "replica", "requested", "variant", "isa", "provider", "batch", "timed")
+INFO_LABELS = (
+    "model",
+    "replica",
+    "requested",
+    "variant",
+    "isa",
+    "provider",
+    "batch",
+    "timed",
+    "runtime",
+    "precision",
+    "not_timed",
+)
 # ``timed``: who measured the timings: this replica, an earlier replica on the same node
 # (the node memo, below), or nobody (forced, or a lone candidate).
 TIMED_HERE, TIMED_ON_NODE, NOT_TIMED = "here", "node", "no"
@@ -57,18 +79,40 @@ TIMING_LABELS = ("model", "replica", "variant")
 class VariantChoice:
     """What a replica serves and why."""
 
-    requested: str  # auto, fp32 or int8 (the spec)
+    requested: str  # auto, fp32, int8 or bf16 (the spec)
     variant: str  # what it serves
     isa: str  # the CPU's vector instruction set (rayrelay_workloads.hardware)
-    provider: str  # the onnxruntime provider the served session runs on
+    provider: str  # the onnxruntime provider of the replica's onnxruntime sessions
     batch: int = 0  # texts per timing batch (0: not timed)
     timings_s: dict[str, float] = field(default_factory=dict)  # seconds per batch, by variant
-    skipped: dict[str, str] = field(default_factory=dict)  # candidates not timed, and why
+    skipped: dict[str, str] = field(default_factory=dict)  # candidates that failed to load or run, and why
     timed: str = NOT_TIMED  # TIMED_HERE, TIMED_ON_NODE or NOT_TIMED
+    # The served variant's runtime and the precision it runs in ("" = RUNTIMES' entry); a bf16
+    # the CPU only emulates is "bf16-emulated" (rayrelay_workloads.openvino_runtime).
+    runtime: str = ""
+    precision: str = ""
+    # Accepted candidates this host cannot run well, never timed, and why (not failures).
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        runtime, precision = RUNTIMES.get(self.variant, (ONNXRUNTIME, self.variant))
+        object.__setattr__(self, "runtime", self.runtime or runtime)
+        object.__setattr__(self, "precision", self.precision or precision)
 
     @property
     def reason(self) -> str:
-        text = describe(self.requested, self.variant, self.timings_s, self.isa, self.provider, self.batch)
+        text = describe(
+            self.requested,
+            self.variant,
+            self.timings_s,
+            self.isa,
+            self.provider,
+            self.batch,
+            self.runtime,
+            self.precision,
+        )
+        for name, why in sorted(self.unavailable.items()):
+            text += f"; {name} not timed: {why}"
         return text + " (timed by an earlier replica on this node)" if self.timed == TIMED_ON_NODE else text
 
     def memo(self) -> dict[str, object]:
@@ -76,25 +120,56 @@ class VariantChoice:
         return {"variant": self.variant, "batch": self.batch, "timingsS": dict(self.timings_s)}
 
 
+def not_timed_label(unavailable: Mapping[str, str]) -> str:
+    """``VariantChoice.unavailable`` as one label value, ``bf16: why; ...`` (:func:`parse_not_timed`)."""
+    return "; ".join(f"{name}: {why.replace(';', ',')}" for name, why in sorted(unavailable.items()))
+
+
+def parse_not_timed(label: str) -> dict[str, str]:
+    """The inverse of :func:`not_timed_label`."""
+    pairs = (part.split(": ", 1) for part in label.split("; ") if ": " in part)
+    return {name: why for name, why in pairs}
+
+
 def from_memo(
-    memo: Mapping[str, object], manifest: Manifest, isa: str, provider: str
+    memo: Mapping[str, object],
+    manifest: Manifest,
+    isa: str,
+    provider: str,
+    unavailable: Mapping[str, str] | None = None,
 ) -> VariantChoice | None:
     """An earlier replica's auto choice on this node, or None when it no longer applies here
     (not an auto candidate of this manifest, or not a well-formed record)."""
     variant, batch, timings = memo.get("variant"), memo.get("batch"), memo.get("timingsS")
     if not (isinstance(variant, str) and isinstance(batch, int) and isinstance(timings, dict)):
         return None
-    if variant not in auto_candidates(manifest, provider == CUDA_PROVIDER) or len(timings) < 2:
+    gone = dict(unavailable or {})
+    candidates = [c for c in auto_candidates(manifest, provider == CUDA_PROVIDER) if c not in gone]
+    if variant not in candidates or len(timings) < 2:
         return None
     seconds = {str(k): float(v) for k, v in timings.items() if isinstance(v, int | float)}
-    return VariantChoice(AUTO, variant, isa, provider, batch, seconds, timed=TIMED_ON_NODE)
+    not_timed = {k: v for k, v in gone.items() if k in auto_candidates(manifest, provider == CUDA_PROVIDER)}
+    return VariantChoice(
+        AUTO, variant, isa, provider, batch, seconds, timed=TIMED_ON_NODE, unavailable=not_timed
+    )
 
 
 def describe(
-    requested: str, variant: str, timings_s: Mapping[str, float], isa: str, provider: str, batch: int
+    requested: str,
+    variant: str,
+    timings_s: Mapping[str, float],
+    isa: str,
+    provider: str,
+    batch: int,
+    runtime: str = ONNXRUNTIME,
+    precision: str = "",
 ) -> str:
-    """The reason for people, e.g. ``auto: int8 fastest on avx2 (CPUExecutionProvider), ...``."""
-    where = f"{isa} ({provider})" if provider != CUDA_PROVIDER else f"the GPU ({provider}, CPU {isa})"
+    """The reason for people, e.g. ``auto: int8 fastest on avx2 (CPUExecutionProvider), ...``
+    or ``auto: bf16 fastest on amx (OpenVINO, bf16), ...``."""
+    if runtime == OPENVINO:
+        where = f"{isa} (OpenVINO, {precision or variant})"
+    else:
+        where = f"{isa} ({provider})" if provider != CUDA_PROVIDER else f"the GPU ({provider}, CPU {isa})"
     if requested not in (AUTO, "", None):
         return f"{variant} forced by the spec (not timed); running on {where}"
     if not timings_s:
@@ -144,6 +219,7 @@ def choose(
     budget_s: float,
     margin: float = 0.1,
     clock: Callable[[], float] = time.perf_counter,
+    unavailable: Mapping[str, str] | None = None,
 ) -> VariantChoice:
     """Time the candidates and pick the fastest: ``load(variant)`` readies one (raising when it
     cannot run), ``run(variant)`` times one batch of it in seconds.
@@ -154,14 +230,19 @@ def choose(
     variant's time is its fastest batch. The first candidate (the recommended one) is
     kept unless another is faster by more than ``margin`` (a fraction): timings on shared
     cores are noisy, and the recommendation should not flip on noise. A candidate that
-    cannot be loaded or run is skipped with the error as its reason.
+    cannot be loaded or run is skipped with the error as its reason. ``unavailable``:
+    accepted variants this host cannot run well (name -> why), never loaded nor timed.
     """
     gpu = provider == CUDA_PROVIDER
     if requested not in (AUTO, "", None):
         return VariantChoice(requested, manifest.servable_variant(requested), isa, provider)
-    candidates = auto_candidates(manifest, gpu)
+    accepted = auto_candidates(manifest, gpu)
+    gone = {name: why for name, why in (unavailable or {}).items() if name in accepted}
+    candidates = [name for name in accepted if name not in gone]
+    if not candidates:
+        raise ManifestError(f"no accepted variant of this artifact set runs on this host: {gone}")
     if len(candidates) == 1:
-        return VariantChoice(AUTO, candidates[0], isa, provider)
+        return VariantChoice(AUTO, candidates[0], isa, provider, unavailable=gone)
     start = clock()
     skipped: dict[str, str] = {}
     ready: list[str] = []
@@ -189,7 +270,7 @@ def choose(
     first = next(name for name in candidates if name in timings)
     fastest = min(timings, key=lambda name: timings[name])
     best = fastest if timings[fastest] < timings[first] * (1 - margin) else first
-    return VariantChoice(AUTO, best, isa, provider, batch, timings, skipped, timed=TIMED_HERE)
+    return VariantChoice(AUTO, best, isa, provider, batch, timings, skipped, TIMED_HERE, unavailable=gone)
 
 
 def _why(exc: Exception) -> str:

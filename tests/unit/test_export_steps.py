@@ -107,7 +107,8 @@ def test_export_all_on_a_tiny_checkpoint(tiny_model: str, tmp_path: Path) -> Non
     assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.int8.onnx", "model.onnx"]
     assert (out / "hf" / "config.json").is_file() and (out / "hf" / "tokenizer_config.json").is_file()
     assert result.fp32_file == "onnx/model.onnx" and result.int8_file == "onnx/model.int8.onnx"
-    assert set(result.accuracy) == {"pytorch", "fp32", "int8"} and result.samples == 20
+    # bf16: OpenVINO on the fp32 graph (openvino_runtime), measured like every variant.
+    assert set(result.accuracy) == {"pytorch", "fp32", "int8", "bf16"} and result.samples == 20
     assert result.max_diff_fp32 < 1e-3 and result.max_diff_int8 is not None
     assert result.accuracy["fp32"] == result.accuracy["pytorch"]
     assert result.input_names[:2] == ["input_ids", "attention_mask"]
@@ -115,6 +116,44 @@ def test_export_all_on_a_tiny_checkpoint(tiny_model: str, tmp_path: Path) -> Non
         assert result.metrics[key] > 0, key
     assert result.metrics["onnx_fused_served"] == float(result.fused_used)
     assert result.metrics["bench_batch"] == 8 and result.metrics["bench_seq_len"] == 32
+    # The bf16 record says what ran: real bf16 on a CPU with bf16 instructions, else OpenVINO's
+    # emulation (same numerics, not timed). Either way its logits are bf16's, not fp32's.
+    from rayrelay_workloads.openvino_runtime import capability
+
+    cap = capability()
+    ran = "bf16" if cap.hardware_bf16 else "bf16-emulated"
+    assert result.bf16 is not None and result.bf16_missing is None
+    assert result.bf16.runtime == "openvino" and result.bf16.measured == f"openvino {cap.version}, {ran}"
+    assert result.metrics["bf16_emulated"] == float(not cap.hardware_bf16)
+    assert ("openvino_bf16_ms" in result.metrics) == cap.hardware_bf16
+    assert 0 < result.bf16.max_diff_fp32 < 0.5 and result.bf16.max_diff_pytorch > 0
+    assert 0.8 <= result.bf16.labels_equal_fp32 <= 1.0
+    assert result.metrics["max_abs_logit_diff_bf16"] == result.bf16.max_diff_pytorch
+
+
+def test_export_without_openvino_records_bf16_as_not_measured(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export image without OpenVINO (the probe stubbed to say so) publishes no bf16 figure,
+    and the gate never accepts a variant nobody measured."""
+    from rayrelay_core.api import ExportSpec, QualityGate
+    from rayrelay_workloads import openvino_runtime
+    from rayrelay_workloads.data import Example
+    from rayrelay_workloads.export import export_all
+    from rayrelay_workloads.quality import bf16_decision
+
+    missing = openvino_runtime.Capability(False, error="ModuleNotFoundError: No module named 'openvino'")
+    monkeypatch.setattr(openvino_runtime, "capability", lambda: missing)
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model").symlink_to(tiny_model, target_is_directory=True)
+    validation = [Example(f"text {i}", "ab"[i % 2], i + 1) for i in range(8)]
+    spec = ExportSpec.model_validate({"optimize": False, "quantize": "none"})
+    result = export_all(checkpoint, tiny_model, tmp_path / "out", spec, 16, validation, ["a", "b"], 1, 1)
+    assert result.bf16 is None and "bf16" not in result.accuracy
+    assert result.bf16_missing is not None and "OpenVINO is not installed" in result.bf16_missing
+    decision = bf16_decision(QualityGate(), result.accuracy["fp32"], None, result.bf16_missing)
+    assert not decision.accepted and "not measured" in (decision.reason or "")
 
 
 def test_attention_is_fused_on_what_transformers_exports(tiny_model: str, tmp_path: Path) -> None:

@@ -164,6 +164,9 @@ BOUNDED_LABELS = {
     "provider",
     "batch",
     "timed",
+    "runtime",  # onnxruntime, openvino
+    "precision",  # fp32, int8, bf16, bf16-emulated
+    "not_timed",  # the variants a replica could not time and why (a few fixed reasons)
 }
 
 

@@ -383,3 +383,162 @@ def test_replica_times_the_variants_of_an_encrypted_set_in_memory(
     assert server.info()["variantChoice"]["timed"] == "here"
     cached = {p.name: p.read_bytes() for p in (tmp_path / "cache").rglob("*.onnx")}
     assert set(cached) == {"model.onnx", "model.int8.onnx"} and cached["model.onnx"] != plain
+
+
+# ----------------------------------------------------------------- bf16 (OpenVINO), fake timing
+
+
+def manifest_bf16(bf16_accepted: bool = True, int8_accepted: bool = True) -> Manifest:
+    """``manifest()`` with the bf16 variant (fp32's file, served by OpenVINO in bf16)."""
+    m = manifest(int8_accepted=int8_accepted)
+    m.variants["bf16"] = VariantInfo(
+        file="onnx/model.onnx",
+        runtime="openvino",
+        accepted=bf16_accepted,
+        reason=None if bf16_accepted else "bf16 accuracy 0.900 is 0.090 below fp32 0.990, more than ...",
+    )
+    return m
+
+
+# Seconds per batch as measured on an AMX host (issue 31: MiniLM 8 x 128, 2 threads).
+AMX = {"bf16": 0.0302, "int8": 0.0645, "fp32": 0.1255}
+
+
+def test_auto_picks_bf16_when_it_is_the_fastest() -> None:
+    timing = FakeTiming(AMX)
+    choice = choose(manifest_bf16(), "auto", timing, isa="amx")
+    assert choice.variant == "bf16" and choice.runtime == "openvino" and choice.precision == "bf16"
+    assert choice.timings_s == AMX and timing.loaded == ["int8", "bf16", "fp32"]
+    assert timing.runs == ["int8", "bf16", "fp32"] * 3  # in turns, the recommended one first
+    assert choice.reason == (
+        "auto: bf16 fastest on amx (OpenVINO, bf16): bf16 30.2 ms, int8 64.5 ms, fp32 125.5 ms per batch of 8"
+    )
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [AMX, {"bf16": 0.001, "int8": 0.5, "fp32": 0.9}, {"bf16": 0.001, "int8": 0.002, "fp32": 0.0011}],
+)
+def test_auto_never_picks_a_bf16_the_gate_refused(seconds: dict[str, float]) -> None:
+    """Whatever the timings, a refused bf16 is never loaded, timed nor chosen."""
+    timing = FakeTiming(seconds)
+    choice = choose(manifest_bf16(bf16_accepted=False), "auto", timing, isa="amx")
+    assert choice.variant != "bf16" and "bf16" not in timing.loaded + timing.runs
+    assert "bf16" not in choice.timings_s and choice.runtime == "onnxruntime"
+    # Forced, it is refused with the gate's reason, as a refused int8 is.
+    with pytest.raises(ManifestError, match="rejected by the quality gate"):
+        choose(manifest_bf16(bf16_accepted=False), "bf16", FakeTiming(seconds))
+
+
+def test_a_host_without_bf16_never_times_it_and_says_why() -> None:
+    why = "this CPU has no bf16 instructions (OpenVINO would emulate bf16, about 20x slower than fp32)"
+    timing = FakeTiming({"bf16": 0.001, "int8": 0.03, "fp32": 0.05})
+    choice = choose(manifest_bf16(), "auto", timing, isa="avx512_vnni", unavailable={"bf16": why})
+    assert choice.variant == "int8" and "bf16" not in timing.loaded + timing.runs
+    assert choice.unavailable == {"bf16": why} and choice.reason.endswith(f"; bf16 not timed: {why}")
+    # Only fp32 left (int8 refused): served untimed, the reason still says why bf16 was not timed.
+    lone = choose(manifest_bf16(int8_accepted=False), "auto", FakeTiming({}), unavailable={"bf16": why})
+    assert lone.variant == "fp32" and "the only candidate" in lone.reason and "bf16 not timed" in lone.reason
+
+
+def test_a_forced_bf16_is_served_by_openvino_untimed() -> None:
+    timing = FakeTiming(AMX)
+    choice = choose(manifest_bf16(), "bf16", timing, isa="amx")
+    assert (choice.variant, choice.runtime, choice.precision) == ("bf16", "openvino", "bf16")
+    assert (
+        timing.loaded == []
+        and choice.reason == "bf16 forced by the spec (not timed); running on amx (OpenVINO, bf16)"
+    )
+
+
+def test_the_node_memo_of_a_bf16_choice_holds_only_where_bf16_is_available() -> None:
+    first = choose(manifest_bf16(), "auto", FakeTiming(AMX), isa="amx")
+    later = variants.from_memo(first.memo(), manifest_bf16(), "amx", variants.CPU_PROVIDER)
+    assert later is not None and later.variant == "bf16" and later.timed == variants.TIMED_ON_NODE
+    gone = {"bf16": "OpenVINO is not installed in this image"}
+    assert variants.from_memo(first.memo(), manifest_bf16(), "amx", variants.CPU_PROVIDER, gone) is None
+    assert variants.from_memo(first.memo(), manifest_bf16(False), "amx", variants.CPU_PROVIDER) is None
+
+
+def test_the_runtime_and_precision_reach_status_model_through_metrics() -> None:
+    """``/metrics`` carries runtime, precision and why a candidate was not timed; the operator's
+    parser reads them back and ``status.model`` shows them."""
+    from rayrelay_operator.backends.ray import served_variant
+    from rayrelay_operator.reconcile.deployment import DesiredModel, served_model
+    from rayrelay_operator.work import ServingObservation, ServingState
+    from rayrelay_workloads.serve.metrics import ReplicaMetrics
+
+    bf16 = choose(manifest_bf16(), "auto", FakeTiming(AMX), isa="amx")
+    metrics = ReplicaMetrics("m", "r1")
+    metrics.set_variant(bf16)
+    text = metrics.text()
+    assert 'runtime="openvino"' in text and 'precision="bf16"' in text
+    assert served_variant(text, "m") == bf16
+    desired = DesiredModel("s3://b/run/manifest.json", "sha256:" + "a" * 64, "int8")
+    status = served_model(desired, ServingObservation(ServingState.RUNNING, variant=bf16), None)
+    assert (status.variant, status.runtime, status.precision) == ("bf16", "openvino", "bf16")
+    assert status.variant_reason == bf16.reason and status.variant_timings_ms["bf16"] == 30.2
+    # A host without bf16: the reason in the status says why bf16 was not timed.
+    why = "this CPU has no bf16 instructions (OpenVINO would emulate bf16, about 20x slower than fp32)"
+    int8 = choose(manifest_bf16(), "auto", FakeTiming(AMX), unavailable={"bf16": why})
+    again = ReplicaMetrics("m", "r2")
+    again.set_variant(int8)
+    parsed = served_variant(again.text(), "m")
+    assert parsed == int8 and parsed is not None and parsed.reason.endswith(f"bf16 not timed: {why}")
+    status = served_model(desired, ServingObservation(ServingState.RUNNING, variant=parsed), None)
+    assert (status.runtime, status.precision) == ("onnxruntime", "int8")
+
+
+# ----------------------------------------------------------------- bf16, the replica on real runtimes
+
+
+def with_bf16(uri: str) -> str:
+    """``small_set``'s manifest with the bf16 variant (fp32's file, OpenVINO), as publish lists it."""
+    path = Path(uri)
+    m = Manifest.model_validate_json(path.read_bytes())
+    m.variants["bf16"] = VariantInfo(file="onnx/model.onnx", runtime="openvino", accuracy=1.0)
+    path.write_text(m.to_json())
+    return uri
+
+
+def test_replica_serves_a_forced_bf16_through_openvino(tmp_path: Path) -> None:
+    """The real OpenVINO runtime: what ran is reported (emulated on a CPU without bf16 instructions)."""
+    from rayrelay_workloads.openvino_runtime import OpenVinoSession, capability
+
+    uri = with_bf16(small_set(tmp_path / "set", slow="int8"))
+    server = replica(uri, tmp_path / "cache", "bf16")
+    info = server.info()
+    ran = "bf16" if capability().hardware_bf16 else "bf16-emulated"
+    assert info["variant"] == "bf16" and info["providers"] == ["OpenVINO:CPU"]
+    assert isinstance(server.session, OpenVinoSession) and server.artifacts.model_path.name == "model.onnx"
+    assert (info["variantChoice"]["runtime"], info["variantChoice"]["precision"]) == ("openvino", ran)
+    assert info["variantChoice"]["reason"].startswith("bf16 forced by the spec (not timed)")
+    assert 'runtime="openvino"' in server.metrics_text() and f'precision="{ran}"' in server.metrics_text()
+    fp32 = replica(uri, tmp_path / "cache", "fp32")
+    texts = ["my order arrived two days late", "send a replacement please"]
+    a, b = server._run(texts), fp32._run(texts)
+    assert a.shape == b.shape == (2, 2) and np.abs(a - b).max() < 0.05  # bf16 rounding, not another model
+
+
+def test_replica_auto_times_bf16_only_where_the_cpu_runs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without bf16 instructions auto leaves bf16 out and says why; allowed to time an emulated
+    bf16 (RAYRELAY_BF16_EMULATED=1, what an AMX host does for real) it times all three."""
+    from rayrelay_workloads.openvino_runtime import ALLOW_EMULATED_ENV, capability
+
+    uri = with_bf16(small_set(tmp_path / "set", slow="fp32"))
+    monkeypatch.delenv(ALLOW_EMULATED_ENV, raising=False)
+    choice = replica(uri, tmp_path / "cache", None).info()["variantChoice"]
+    if capability().hardware_bf16:
+        assert set(choice["timingsMs"]) == {"int8", "fp32", "bf16"} and choice["notTimed"] == {}
+    else:
+        assert set(choice["timingsMs"]) == {"int8", "fp32"} and "bf16 not timed: this CPU" in choice["reason"]
+        assert choice["variant"] == "int8" and choice["timed"] == "here"
+    monkeypatch.setenv(ALLOW_EMULATED_ENV, "1")
+    timed = replica(uri, tmp_path / "cache2", None)
+    choice = timed.info()["variantChoice"]
+    assert set(choice["timingsMs"]) == {"int8", "fp32", "bf16"} and choice["notTimed"] == {}
+    assert choice["variant"] == "int8"  # the light graph; bf16 runs fp32's heavy one
+    later = replica(uri, tmp_path / "cache2", None).info()["variantChoice"]
+    assert later["timed"] == "node" and later["timingsMs"] == choice["timingsMs"]

@@ -483,7 +483,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
         MD,
         {"spec.model.trainingJobRef.variant": "fp16"},
         "spec.model.trainingJobRef.variant",
-        "must be one of: auto, fp32, int8",
+        "must be one of: auto, fp32, int8, bf16",
         True,
     ),
     (

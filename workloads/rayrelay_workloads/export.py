@@ -13,7 +13,14 @@ uploads:
   onnxruntime's mobile (ORT) format of the two, and ``ort/required_operators.config``,
   the operator list a reduced onnxruntime build takes (:func:`convert_to_ort`).
   They are loaded back in onnxruntime and accuracy-checked on the validation set
-  with the other variants (``fp32-ort``, ``int8-ort`` in the manifest).
+  with the other variants (``fp32-ort``, ``int8-ort`` in the manifest);
+- no file for ``bf16``: OpenVINO reads ``onnx/model.onnx`` with a bf16 precision
+  hint (``openvino_runtime``), and the validation set runs through exactly that
+  (:func:`bf16_variant`), so the manifest records bf16's accuracy, its logit
+  difference to PyTorch and to fp32, and what actually ran: ``bf16`` on a CPU with
+  bf16 instructions, ``bf16-emulated`` where OpenVINO emulates them (same numerics,
+  ~20x slower; not timed then). Without OpenVINO the variant is recorded as not
+  measured, and the quality gate never accepts it.
 
 Fusion: what transformers 5 exports (eager attention) defeats onnxruntime's
 BERT attention fusion in two small ways (the scores scaled by a ``Mul`` where
@@ -84,6 +91,20 @@ class ExportResult:
     metrics: dict[str, float] = field(default_factory=dict)
     # Variants in other formats (export.targets): name -> file relative to out_dir.
     extra_files: dict[str, str] = field(default_factory=dict)
+    # The bf16 variant (OpenVINO on fp32's file): what ran and its figures, or why it was not measured.
+    bf16: RuntimeVariant | None = None
+    bf16_missing: str | None = None
+
+
+@dataclass
+class RuntimeVariant:
+    """A variant served by another runtime from an exported file (bf16: OpenVINO on the fp32 ONNX)."""
+
+    runtime: str
+    measured: str  # e.g. "openvino 2026.4.1, bf16-emulated": what ran on the export host
+    max_diff_pytorch: float = 0.0
+    max_diff_fp32: float = 0.0
+    labels_equal_fp32: float = 0.0
 
 
 def load_checkpoint_model(checkpoint_dir: str | Path) -> Any:
@@ -472,6 +493,29 @@ def ort_variants(
     return files, metrics
 
 
+def bf16_variant(
+    fp32_path: Path, threads: int, bench: dict[str, Any], repeats: int
+) -> tuple[Any, RuntimeVariant | None, dict[str, float], str | None]:
+    """OpenVINO reading the served fp32 graph with a bf16 hint: its session, record, timing, or why not.
+
+    The session is the one a replica would create (``openvino_runtime.OpenVinoSession``). An
+    emulated bf16 (no bf16 instructions here) is measured for accuracy but not timed."""
+    from rayrelay_workloads import openvino_runtime as ovr
+
+    cap = ovr.capability()
+    if not cap.installed:
+        return None, None, {}, f"OpenVINO is not installed where the export ran ({cap.error})"
+    try:
+        sess = ovr.OpenVinoSession(str(fp32_path), threads, "bf16")
+    except Exception as exc:  # a graph OpenVINO cannot compile: bf16 is simply not offered
+        return None, None, {}, f"OpenVINO could not compile the fp32 graph: {type(exc).__name__}: {exc}"[:300]
+    record = RuntimeVariant(ovr.RUNTIME, f"{ovr.RUNTIME} {sess.version}, {sess.precision_label}")
+    metrics = {"bf16_emulated": float(sess.emulated)}
+    if not sess.emulated:
+        metrics["openvino_bf16_ms"] = time_ms(functools.partial(onnx_logits, sess, bench), repeats)
+    return sess, record, metrics, None
+
+
 def variant_logits(ref: Reference, sessions: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     """Logits of PyTorch and of each ONNX session over ``texts``, batch by batch."""
     import numpy as np
@@ -525,16 +569,24 @@ def export_all(
     if ExportTarget.ORT in spec.targets:
         extra_files, ort_metrics = ort_variants(sessions, fp32_path, threads, bench, bench_repeats)
         metrics |= ort_metrics
+    bf16_sess, bf16, bf16_metrics, bf16_missing = bf16_variant(fp32_path, threads, bench, bench_repeats)
+    metrics |= bf16_metrics
+    if bf16_sess is not None:
+        sessions["bf16"] = bf16_sess
     metrics |= {"bench_batch": BENCH_BATCH, "bench_seq_len": max_len, "bench_threads": threads}
 
     label_ids = {name: i for i, name in enumerate(labels)}
-    figures = parity(
-        variant_logits(ref, sessions, [ex.text for ex in validation]),
-        np.array([label_ids[ex.label] for ex in validation]),
-    )
+    logits = variant_logits(ref, sessions, [ex.text for ex in validation])
+    figures = parity(logits, np.array([label_ids[ex.label] for ex in validation]))
     check_parity(figures, spec.parity_tolerance)
     for name in extra_files:
         metrics[f"max_abs_logit_diff_{name}"] = figures.max_diff.get(name, 0.0)
+    if bf16 is not None:
+        bf16.max_diff_pytorch = figures.max_diff["bf16"]
+        bf16.max_diff_fp32 = float(np.abs(logits["bf16"] - logits["fp32"]).max())
+        same = logits["bf16"].argmax(-1) == logits["fp32"].argmax(-1)
+        bf16.labels_equal_fp32 = round(float(same.mean()), 6)
+        metrics["max_abs_logit_diff_bf16"] = bf16.max_diff_pytorch
     return ExportResult(
         out_dir=out,
         labels=labels,
@@ -549,4 +601,6 @@ def export_all(
         lower_case=getattr(ref.tokenizer, "do_lower_case", None),
         metrics=metrics,
         extra_files=extra_files,
+        bf16=bf16,
+        bf16_missing=bf16_missing,
     )

@@ -37,7 +37,7 @@ from rayrelay_workloads.prune import (
     prune_checkpoint,
 )
 from rayrelay_workloads.publish import publish
-from rayrelay_workloads.quality import QualityGateError, check_min_accuracy, int8_decision
+from rayrelay_workloads.quality import QualityGateError, bf16_decision, check_min_accuracy, int8_decision
 from rayrelay_workloads.storewait import StoreWait
 from rayrelay_workloads.train import METRIC, TrainingError, TrainResult, run_training
 
@@ -148,9 +148,17 @@ def run_pipeline(
         say(f"export: accuracy {result.accuracy}, parity {result.max_diff_fp32:.2e}")
         check_min_accuracy(spec.quality_gate, result.accuracy["pytorch"])
         decision = int8_decision(spec.quality_gate, result.accuracy["fp32"], result.accuracy.get("int8"))
+        bf16 = bf16_decision(
+            spec.quality_gate, result.accuracy["fp32"], result.accuracy.get("bf16"), result.bf16_missing
+        )
+        if result.bf16 is not None:
+            say(
+                f"bf16: {result.bf16.measured}, accepted {bf16.accepted}"
+                + (f" ({bf16.reason})" if bf16.reason else "")
+            )
         progress.stage("Publishing")
         waited = StoreWait()
-        manifest, uri = publish(job, result, data, decision, pruning=pruning, wait=waited)
+        manifest, uri = publish(job, result, data, decision, pruning=pruning, wait=waited, bf16=bf16)
         if waited.retries:
             say(f"publish: waited {waited.waited_s:.1f}s for the store ({waited.retries} retries)")
         progress.stage("Succeeded", f"manifest at {uri}")

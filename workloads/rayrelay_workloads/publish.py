@@ -60,7 +60,7 @@ from rayrelay_core.store import join, open_store, sha256_file, sse_args
 from rayrelay_workloads import envelope
 from rayrelay_workloads.data import LoadedData
 from rayrelay_workloads.export import ExportResult
-from rayrelay_workloads.quality import Int8Decision
+from rayrelay_workloads.quality import Int8Decision, VariantDecision
 from rayrelay_workloads.storewait import StoreWait, hold
 
 
@@ -97,8 +97,13 @@ def build_manifest(
     decision: Int8Decision,
     files: list[FileEntry],
     root: str = "",
+    bf16: VariantDecision | None = None,
 ) -> Manifest:
-    """The manifest of ``files``; ``root`` is the publication's folder (relative to the run)."""
+    """The manifest of ``files``; ``root`` is the publication's folder (relative to the run).
+
+    ``bf16``: the gate's decision on the bf16 variant (``quality.bf16_decision``); it is
+    listed with fp32's file, the runtime that serves it and what ran when it was measured,
+    or, when the export could not measure it, as not accepted with the reason."""
 
     def rel(path: str) -> str:
         return join(root, path) if root else path
@@ -117,6 +122,20 @@ def build_manifest(
             accepted=decision.accepted,
             reason=decision.reason,
             size=sizes.get(int8_file),
+        )
+    if bf16 is not None and (result.bf16 is not None or result.bf16_missing):
+        ran = result.bf16
+        variants["bf16"] = VariantInfo(
+            file=fp32_file if ran is not None else None,
+            accuracy=result.accuracy.get("bf16"),
+            accepted=bf16.accepted and ran is not None,
+            reason=bf16.reason,
+            size=sizes.get(fp32_file) if ran is not None else None,
+            runtime=ran.runtime if ran is not None else "openvino",
+            measured=ran.measured if ran is not None else None,
+            max_abs_logit_diff=ran.max_diff_pytorch if ran is not None else None,
+            max_abs_logit_diff_fp32=ran.max_diff_fp32 if ran is not None else None,
+            labels_equal_fp32=ran.labels_equal_fp32 if ran is not None else None,
         )
     for name, extra in result.extra_files.items():  # other formats (export.targets), e.g. fp32-ort
         path = rel(extra)
@@ -172,13 +191,15 @@ def publish(
     environ: dict[str, str] | None = None,
     pruning: PruningInfo | None = None,
     wait: StoreWait | None = None,
+    bf16: VariantDecision | None = None,
 ) -> tuple[Manifest, str]:
     """Upload the artifact files into a new publication folder, then the manifest.
 
     Returns the manifest and its URI (the run's ``manifest.json``). ``token`` names
     the publication (random when not given; tests pass their own). ``environ``: where
     the encryption key is read (default ``os.environ``). ``wait`` (optional) sums the
-    retries and the seconds spent waiting for the store (``storewait.hold``).
+    retries and the seconds spent waiting for the store (``storewait.hold``). ``bf16``: the
+    gate's decision on the bf16 variant (``build_manifest``).
     """
     layout = RunLayout(job.run_uri)
     store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
@@ -211,7 +232,7 @@ def publish(
     finally:
         if sealed_dir is not None:
             shutil.rmtree(sealed_dir, ignore_errors=True)
-    manifest = build_manifest(job, result, data, decision, files, root)
+    manifest = build_manifest(job, result, data, decision, files, root, bf16=bf16)
     manifest.encryption = info
     manifest.pruning = pruning  # spec.optimization.pruning's record (prune.py), None without it
     body = manifest.to_json().encode()

@@ -2,9 +2,11 @@
 
 ``pipeline.py`` calls :func:`check_min_accuracy` after training/export (a miss
 fails the job with reason ``QualityGateFailed`` and a message naming the number
-and by how much) and :func:`int8_decision` to decide whether the int8 model is
-accepted; ``publish.py`` records the decision in the manifest's variants and
-``recommendedVariant``.
+and by how much), :func:`int8_decision` to decide whether the int8 model is
+accepted and :func:`bf16_decision` for the bf16 variant (OpenVINO in bf16);
+``publish.py`` records the decisions in the manifest's variants and
+``recommendedVariant``. A rejected variant is never served by ``variant: auto``
+(``rayrelay_core.variants``) and refused when forced.
 """
 
 from __future__ import annotations
@@ -49,3 +51,29 @@ def int8_decision(gate: QualityGate, fp32_accuracy: float, int8_accuracy: float 
             "fp32",
         )
     return Int8Decision(True, None, "int8")
+
+
+@dataclass(frozen=True)
+class VariantDecision:
+    accepted: bool
+    reason: str | None
+
+
+def bf16_decision(
+    gate: QualityGate, fp32_accuracy: float, bf16_accuracy: float | None, missing: str | None = None
+) -> VariantDecision:
+    """Accept bf16 unless it was not measured or drops more than maxBf16AccuracyDrop below fp32.
+
+    ``missing`` says why the export did not measure it (then it is never accepted: a variant
+    whose accuracy nobody measured is not served)."""
+    if bf16_accuracy is None:
+        return VariantDecision(False, f"bf16 not measured at export: {missing or 'no figure'}")
+    limit = gate.max_bf16_accuracy_drop
+    drop = fp32_accuracy - bf16_accuracy
+    if limit is not None and drop > limit + 1e-12:
+        return VariantDecision(
+            False,
+            f"bf16 accuracy {bf16_accuracy:.3f} is {drop:.3f} below fp32 {fp32_accuracy:.3f}, "
+            f"more than qualityGate.maxBf16AccuracyDrop {limit:g}",
+        )
+    return VariantDecision(True, None)

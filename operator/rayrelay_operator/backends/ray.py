@@ -331,6 +331,9 @@ def served_variant(metrics_text: str, model: str) -> variants.VariantChoice | No
         batch=int(batch) if batch.isdigit() else 0,
         timings_s=timings.get(info.get("replica", ""), {}),
         timed=info.get("timed", variants.NOT_TIMED),
+        runtime=info.get("runtime", ""),
+        precision=info.get("precision", ""),
+        unavailable=variants.parse_not_timed(info.get("not_timed", "")),
     )
 
 

@@ -630,6 +630,7 @@ def served_model(desired: DesiredModel, obs: ServingObservation, previous: Serve
         model.variant_reason = report.reason
         model.instruction_set = report.isa
         model.variant_timings_ms = {k: round(v * 1000, 2) for k, v in report.timings_s.items()}
+        model.runtime, model.precision = report.runtime or None, report.precision or None
     return model
 
 

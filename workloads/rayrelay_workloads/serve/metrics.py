@@ -10,7 +10,7 @@ which Ray's own libraries may also write to):
   the replica to the start of its batch) and inference latency, labelled with
   its replica id, and the variant it serves: ``rayrelay_variant_info`` (1, with
   the requested and served variant, the CPU instruction set, the onnxruntime
-  provider and the timing batch as labels) and, when ``variant: auto`` timed the
+  provider, the timing batch, and the runtime and precision that serve as labels) and, when ``variant: auto`` timed the
   candidates at start, ``rayrelay_variant_batch_seconds`` per variant
   (``rayrelay_core.variants``; the operator reads both into ``status.model``).
 
@@ -197,7 +197,8 @@ class ReplicaMetrics:
         self._model, self._replica = model, replica
         self.variant_info = Gauge(
             variants.INFO_METRIC,
-            "The variant this replica serves (1), with the instruction set and provider it was chosen for.",
+            "The variant this replica serves (1), with the instruction set and provider it was chosen for "
+            "and the runtime (onnxruntime, openvino) and precision (fp32, int8, bf16) it runs in.",
             list(variants.INFO_LABELS),
             registry=self.registry,
         )
@@ -217,6 +218,9 @@ class ReplicaMetrics:
             choice.provider,
             str(choice.batch),
             choice.timed,
+            choice.runtime,
+            choice.precision,
+            variants.not_timed_label(choice.unavailable),
         )
         self.variant_info.labels(self._model, self._replica, *labels).set(1)
         for name, seconds in choice.timings_s.items():

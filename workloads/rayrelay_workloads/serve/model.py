@@ -37,8 +37,12 @@ next to the set in the node cache (``.variant-choice-<key>.json``); a later repl
 on the node with the same instruction set, providers, threads and batch loads that
 variant directly and times nothing. With a GPU (``resources.gpus``
 and a CUDA build of onnxruntime) auto serves fp32 on the CUDA provider, untimed:
-dynamic int8 does not run there. The choice, its timings and the CPU instruction
-set go to :meth:`info`, the log and ``/metrics`` (``ReplicaMetrics.set_variant``).
+dynamic int8 does not run there. The ``bf16`` variant runs in OpenVINO, not
+onnxruntime (``rayrelay_workloads.openvino_runtime``: the fp32 file compiled with a
+bf16 precision hint); auto times it beside the others only on a CPU with bf16
+instructions (AMX, AVX-512 BF16) and an image with OpenVINO, and says why not
+otherwise. The choice, its timings, the runtime and precision that serve and the CPU
+instruction set go to :meth:`info`, the log and ``/metrics`` (``ReplicaMetrics.set_variant``).
 Metrics: ``metrics.ReplicaMetrics``; :meth:`stats` returns
 the batch-size counts so tests assert batching from records, not timing.
 """
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -67,6 +72,7 @@ import rayrelay_core.variants as variants
 from rayrelay_core.api import ExecutionProvider, ModelDeploymentSpec, RequestLimits
 from rayrelay_core.apikeys import USER_CONFIG_KEY, KeyCheck, key_check
 from rayrelay_core.variants import VariantChoice
+from rayrelay_workloads import openvino_runtime
 from rayrelay_workloads.hardware import instruction_set
 from rayrelay_workloads.serve import ingress, protocol
 from rayrelay_workloads.serve.artifacts import (
@@ -183,7 +189,7 @@ class ModelServer:
         self._choose_providers()
         self._load_artifacts(args)
         t_session = time.perf_counter()
-        self._bind(self._new_session(self.artifacts.model_source))
+        self._bind(self._new_session(self.artifacts.model_source, self.artifacts.variant))
         self._timings["session_s"] = time.perf_counter() - t_session
         try:
             replica = serve.get_replica_context().replica_id.unique_id
@@ -264,10 +270,13 @@ class ModelServer:
         """The variant to load: the forced one, an earlier replica's choice on this node, or auto's first."""
         provider = self.session_providers[0]
         self._memo_choice = None
+        self._manifest = manifest  # the memo's key depends on its variants (_memo_path)
         if self.requested_variant in (variants.AUTO, ""):
             try:
                 memo = json.loads(self._memo_path(digest).read_text())
-                self._memo_choice = variants.from_memo(memo, manifest, self.isa, provider)
+                self._memo_choice = variants.from_memo(
+                    memo, manifest, self.isa, provider, self._unavailable(manifest)
+                )
             except (OSError, ValueError):
                 pass  # none yet (or unreadable): time here
             if self._memo_choice is not None:
@@ -282,7 +291,7 @@ class ModelServer:
         threads = session_threads(
             runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
         )
-        settings = [
+        settings: list[Any] = [
             self.isa,
             self.session_providers,
             threads,
@@ -290,8 +299,24 @@ class ModelServer:
             TIMING_TEXT,
             _ort_version(),
         ]
+        if "bf16" in self._manifest_variants():
+            cap = openvino_runtime.capability()  # bf16 is a candidate: its runtime counts too
+            settings += [cap.version, cap.hardware_bf16, cap.unavailable()]
         key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         return cache_root(self._cache_dir) / digest / f".variant-choice-{key}.json"
+
+    def _manifest_variants(self) -> list[str]:
+        """The variants of the set being served (or being prepared: ``_first_variant``)."""
+        manifest = getattr(self, "_manifest", None)
+        return list(manifest.variants) if manifest is not None else []
+
+    def _unavailable(self, manifest: Any) -> dict[str, str]:
+        """Accepted variants this replica's host cannot run well, and why (``variants.choose``)."""
+        info = manifest.variants.get("bf16")
+        if info is None or not info.accepted:
+            return {}
+        why = openvino_runtime.capability().unavailable()
+        return {"bf16": why} if why else {}
 
     def _remember(self, choice: VariantChoice) -> None:
         path = self._memo_path(self.artifacts.digest)
@@ -320,14 +345,18 @@ class ModelServer:
             log.warning("%s: %s", self.name, note)
         self.session_providers = providers
 
-    def _new_session(self, model_source: str | bytes) -> Any:
+    def _new_session(self, model_source: str | bytes, variant: str = "") -> Any:
+        """An onnxruntime session of ``model_source``, or OpenVINO's for the bf16 variant."""
         import onnxruntime as ort
 
         runtime = self.spec.runtime
-        options = ort.SessionOptions()
         intra, inter = session_threads(
             runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
         )
+        if variants.RUNTIMES.get(variant, ("",))[0] == variants.OPENVINO:
+            self.threads = (intra, inter)
+            return openvino_runtime.OpenVinoSession(model_source, intra, variants.RUNTIMES[variant][1])
+        options = ort.SessionOptions()
         options.intra_op_num_threads = intra
         options.inter_op_num_threads = inter
         # Idle pool threads sleep instead of spinning: a replica shares its cores with the
@@ -362,7 +391,7 @@ class ModelServer:
         every one but the chosen is dropped before the replica takes requests. An earlier
         replica's choice on this node (``_first_variant``) is loaded already: nothing to time."""
         if self._memo_choice is not None:
-            return self._memo_choice
+            return self._as_run(self._memo_choice)
         batch = self._timing_batch()
         feeds = self._feeds([TIMING_TEXT] * batch)
         loaded = self.artifacts
@@ -373,7 +402,7 @@ class ModelServer:
                 ready[variant] = (self.session, loaded)
                 return
             prepared = prepare_variant(loaded, variant)
-            session = self._new_session(prepared.model_source)
+            session = self._new_session(prepared.model_source, variant)
             # The untimed first run, which also checks what the variant answers.
             self._check_output(self._infer(session, feeds), batch, f"{variant} timing batch")
             ready[variant] = (session, prepared)
@@ -394,6 +423,7 @@ class ModelServer:
             batch=batch,
             rounds=TIMING_ROUNDS,
             budget_s=TIMING_BUDGET_S,
+            unavailable=self._unavailable(loaded.manifest),
         )
         for variant, why in choice.skipped.items():
             log.warning("%s: variant %s not timed: %s", self.name, variant, why)
@@ -403,7 +433,12 @@ class ModelServer:
         ready.clear()
         if choice.timed == variants.TIMED_HERE and not choice.skipped:
             self._remember(choice)
-        return choice
+        return self._as_run(choice)
+
+    def _as_run(self, choice: VariantChoice) -> VariantChoice:
+        """``choice`` with the precision the served session really runs in (an emulated bf16 says so)."""
+        label = getattr(self.session, "precision_label", None)
+        return dataclasses.replace(choice, precision=label) if label else choice
 
     # ------------------------------------------------------------------ config
 
@@ -544,6 +579,9 @@ class ModelServer:
                 "provider": self.variant_choice.provider,
                 "timingsMs": {k: round(v * 1000, 3) for k, v in self.variant_choice.timings_s.items()},
                 "timed": self.variant_choice.timed,
+                "runtime": self.variant_choice.runtime,
+                "precision": self.variant_choice.precision,
+                "notTimed": dict(self.variant_choice.unavailable),
             },
         }
 
