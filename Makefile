@@ -8,13 +8,14 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv quickstart test test-fast test-cluster faults lint crds chart prometheus bench images e2e clean
+.PHONY: help venv quickstart test test-fast test-cluster faults lint crds chart prometheus litert bench images e2e clean
 
 help:
 	@echo "make quickstart   train, deploy and query the quickstart model locally"
 	@echo "make test         lint, CRD and chart drift checks, and the whole test suite"
 	@echo "make test-cluster only the real-API-server layer (tests/cluster, hack/envtest.sh)"
 	@echo "make faults       every injected-fault case (the long ones too), then docs/reliability.md"
+	@echo "make litert       the LiteRT converter and edge environments (.venv/litert, .venv/litert-edge)"
 	@echo "make lint | crds | chart | bench | images | e2e"
 
 $(STAMP): pyproject.toml
@@ -30,6 +31,14 @@ venv: $(STAMP)
 # they cannot be had it says why and those tests skip with that reason.
 prometheus: $(STAMP)
 	$(BIN)/python hack/install_prometheus.py $(BIN)
+
+# The LiteRT converter (litert-torch, pinned in hack/litert-requirements.txt; its pydantic pin
+# conflicts with the project's) in an overlay venv on .venv, and the edge environment that
+# `rayrelay edge-check` is tested in (hack/edge-requirements.txt); cached, rebuilt only when a
+# pin or .venv's torch changes (docs/litert.md).
+litert: $(STAMP)
+	$(BIN)/python hack/litert_env.py
+	$(BIN)/python hack/litert_env.py --edge
 
 quickstart: $(STAMP)
 	$(BIN)/rayrelay run -f examples/quickstart.yaml --once
@@ -48,7 +57,7 @@ chart: $(STAMP)
 # tests/cluster runs on a real kube-apiserver + etcd (+ KubeRay's controller) whose
 # binaries hack/envtest.sh finds or unpacks and prints (KUBEBUILDER_ASSETS); a corrupt
 # archive stops the target here instead of skipping the layer.
-test: $(STAMP) lint prometheus
+test: $(STAMP) lint prometheus litert
 	$(BIN)/rayrelay crds --check
 	$(BIN)/python hack/sync_chart_crds.py --check
 	assets=$$(hack/envtest.sh) && KUBEBUILDER_ASSETS="$$assets" PATH=$(CURDIR)/$(BIN):$$PATH \
@@ -72,7 +81,7 @@ faults: $(STAMP)
 	  $(BIN)/python -m pytest -q -ra --timeout=3600 -m faults tests
 	$(BIN)/python -m tests.faults.report
 
-bench: $(STAMP)
+bench: $(STAMP) litert
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench $(BENCH_ARGS)
 
 images:

@@ -1,9 +1,10 @@
-"""The ``rayrelay`` command: validate, crds, run and operator.
+"""The ``rayrelay`` command: validate, crds, run, operator and edge-check.
 
 ``validate`` and ``crds`` only need ``rayrelay_core`` (pydantic, PyYAML). ``run``
 (``rayrelay_operator.local``) and ``operator`` (``rayrelay_operator.runner``) pull
 in Ray, torch or kopf, so they are imported only when those subcommands run:
-``rayrelay validate`` stays fast and works in a light install.
+``rayrelay validate`` stays fast and works in a light install. ``edge-check`` starts
+``rayrelay_workloads/edge_check.py`` with the LiteRT environment's Python (``make litert``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,19 @@ def _operator(args: argparse.Namespace) -> int:
     return int(operator_command(args))
 
 
+def _edge_check(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from rayrelay_workloads import litert  # stdlib only at import; finds the LiteRT environment
+
+    try:
+        python = args.python or str(litert.litert_python())
+    except litert.LiteRTUnavailable as exc:
+        print(f"edge-check: {exc}", file=sys.stderr)
+        return 1
+    return subprocess.call([python, str(litert.EDGE_SCRIPT), args.manifest, *args.edge_args])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rayrelay",
@@ -152,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verbose", "-v", action="store_true", help="verbose logging")
     p.set_defaults(func=_operator)
+
+    p = sub.add_parser(
+        "edge-check",
+        help="run a run's model.tflite with the LiteRT interpreter alone: predictions and latency",
+        description=(
+            "Runs rayrelay_workloads/edge_check.py (ai-edge-litert, tokenizers and numpy only) with the "
+            "LiteRT environment's Python (make litert), or --python. Arguments after MANIFEST go to it: "
+            "--variant fp32-tflite|int8-tflite, --text ..., --jsonl FILE, --threads N, --repeats N, --json."
+        ),
+    )
+    p.add_argument("manifest", help="the run's manifest.json (a path or file:// URI)")
+    p.add_argument("--python", help="a Python with ai-edge-litert, tokenizers and numpy")
+    p.add_argument("edge_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_edge_check)
     return parser
 
 

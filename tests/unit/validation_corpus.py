@@ -152,6 +152,8 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         ),
     ),
     ("md-generation-limits", mutate(MD, {"spec.generation": {"maxPromptTokens": 256, "maxNewTokens": 64}})),
+    ("tj-tflite", mutate(TJ, {"spec.export.targets": ["onnx", "ort", "tflite"]})),
+    ("tj-tflite-fp32-only", mutate(TJ, {"spec.export": {"quantize": "none", "targets": ["onnx", "tflite"]}})),
     (
         "tj-pruning",
         mutate(TJ, {"spec.optimization": {"pruning": {"heads": 0.25, "ffn": 0.5, "recoverySteps": 50}}}),
@@ -530,9 +532,17 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
     (
         "export-target-unknown",
         TJ,
-        {"spec.export.targets": ["onnx", "tflite"]},
+        {"spec.export.targets": ["onnx", "coreml"]},
         "spec.export.targets[1]",
-        "must be one of: onnx, ort",
+        "must be one of: onnx, ort, tflite",
+        True,
+    ),
+    (
+        "export-tflite-text-generation",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.export.targets": ["onnx", "tflite"]},
+        "spec.export.targets",
+        "tflite is only for task sequence-classification",
         True,
     ),
     (
@@ -1147,6 +1157,34 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
             "TrainingJob",
             model={"source": "m", "task": "text-generation"},
             optimization={"pruning": {"heads": 0.5}},
+        ),
+        False,
+    ),
+    # LiteRT export: classification only (litert-torch cannot trace the decoder's KV cache)
+    (
+        "TrainingJob",
+        "spec",
+        "export.targets tflite is only for task sequence-classification",
+        spec_with("TrainingJob", export={"targets": ["onnx", "tflite"]}),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "export.targets tflite is only for task sequence-classification",
+        spec_with(
+            "TrainingJob", model={"source": "m", "task": "text-generation"}, export={"targets": ["onnx"]}
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "export.targets tflite is only for task sequence-classification",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            export={"targets": ["onnx", "tflite"]},
         ),
         False,
     ),

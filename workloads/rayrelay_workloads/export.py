@@ -43,6 +43,15 @@ validation set (:func:`variant_logits`). Timing and parity figures are computed
 by ``export_checks.py``: max |logit difference| of ONNX fp32 vs PyTorch must
 stay within ``export.parityTolerance`` (else ``ParityError``); the accuracy of
 every variant is measured on the same rows.
+
+With ``export.targets`` ``tflite``: ``tflite/model.tflite`` (fp32) and, with
+``export.quantize: int8``, ``tflite/model.int8.tflite`` (dynamic range),
+converted by ``litert-torch`` in its own environment (``litert.py``) at batch
+1 and the maximum sequence length; their logits come from the LiteRT
+interpreter over the same validation rows (``fp32-tflite``, ``int8-tflite``),
+``fp32-tflite`` is held to ``export.parityTolerance`` like ONNX fp32 (a
+``ParityError`` names it), and the int8 gate decides ``int8-tflite`` on its
+own accuracy (``publish.py``). Without the target nothing of this runs.
 """
 
 from __future__ import annotations
@@ -569,6 +578,14 @@ def export_all(
     if ExportTarget.ORT in spec.targets:
         extra_files, ort_metrics = ort_variants(sessions, fp32_path, threads, bench, bench_repeats)
         metrics |= ort_metrics
+    tflite_logits: dict[str, Any] = {}
+    if ExportTarget.TFLITE in spec.targets:  # LiteRT, in its own environment (litert.py)
+        from rayrelay_workloads.litert import tflite_variants
+
+        rows = ref.encode([ex.text for ex in validation], padding="max_length")
+        tflite = tflite_variants(ref.model, rows, out, spec.quantize == Quantize.INT8, threads, bench_repeats)
+        extra_files |= tflite.files
+        tflite_logits, metrics = tflite.logits, metrics | tflite.metrics
     bf16_sess, bf16, bf16_metrics, bf16_missing = bf16_variant(fp32_path, threads, bench, bench_repeats)
     metrics |= bf16_metrics
     if bf16_sess is not None:
@@ -576,7 +593,7 @@ def export_all(
     metrics |= {"bench_batch": BENCH_BATCH, "bench_seq_len": max_len, "bench_threads": threads}
 
     label_ids = {name: i for i, name in enumerate(labels)}
-    logits = variant_logits(ref, sessions, [ex.text for ex in validation])
+    logits = variant_logits(ref, sessions, [ex.text for ex in validation]) | tflite_logits
     figures = parity(logits, np.array([label_ids[ex.label] for ex in validation]))
     check_parity(figures, spec.parity_tolerance)
     for name in extra_files:

@@ -8,7 +8,9 @@ the unit tests check the figures the manifest records:
   when measurably faster than the plain export, never on noise);
 - :func:`parity`: the accuracy of every variant and the largest |logit
   difference| of ONNX fp32 and int8 against PyTorch, on the same rows;
-- :func:`check_parity`: :class:`ParityError` when fp32 is beyond the tolerance.
+- :func:`check_parity`: :class:`ParityError` when an fp32 variant (ONNX fp32, and
+  LiteRT's ``fp32-tflite`` with ``export.targets`` tflite) is beyond the tolerance,
+  naming the variant and the difference.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ WARMUP_CALLS = 2
 
 
 class ParityError(RuntimeError):
-    """ONNX fp32 disagrees with PyTorch beyond the tolerance."""
+    """An fp32 variant (ONNX or LiteRT) disagrees with PyTorch beyond the tolerance."""
 
 
 def time_ms(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -68,9 +70,16 @@ def parity(logits: Mapping[str, np.ndarray], target: np.ndarray) -> ParityFigure
     return ParityFigures(accuracy, max_fp32, max_int8, len(target), max_diff)
 
 
+# The fp32 variants held to export.parityTolerance, and how a failure names them.
+PARITY_CHECKED = {"fp32": "ONNX fp32", "fp32-tflite": "LiteRT fp32 (fp32-tflite)"}
+
+
 def check_parity(figures: ParityFigures, tolerance: float) -> None:
-    if figures.max_diff_fp32 > tolerance:
-        raise ParityError(
-            f"ONNX fp32 logits differ from PyTorch by up to {figures.max_diff_fp32:.3g} on the validation "
-            f"set (export.parityTolerance is {tolerance:g})"
-        )
+    """ParityError naming the first fp32 variant (ONNX, then LiteRT) beyond the tolerance."""
+    for name, label in PARITY_CHECKED.items():
+        diff = figures.max_diff_fp32 if name == "fp32" else figures.max_diff.get(name)
+        if diff is not None and diff > tolerance:
+            raise ParityError(
+                f"{label} logits differ from PyTorch by up to {diff:.3g} on the validation "
+                f"set (export.parityTolerance is {tolerance:g})"
+            )

@@ -57,7 +57,7 @@ from rayrelay_core.runs import (
     spec_hash,
 )
 from rayrelay_core.store import join, open_store, sha256_file, sse_args
-from rayrelay_workloads import envelope
+from rayrelay_workloads import envelope, quality
 from rayrelay_workloads.data import LoadedData
 from rayrelay_workloads.export import ExportResult
 from rayrelay_workloads.quality import Int8Decision, VariantDecision
@@ -139,13 +139,19 @@ def build_manifest(
         )
     for name, extra in result.extra_files.items():  # other formats (export.targets), e.g. fp32-ort
         path = rel(extra)
-        # A format of int8 is as good as int8 itself: the same gate decides.
+        # A format of int8 is as good as int8 itself: the same gate decides. LiteRT's int8 is a
+        # quantisation of its own (ai-edge-quantizer), so the gate judges its own accuracy
+        # against LiteRT fp32's.
         int8_based = name.startswith("int8")
+        gate = decision
+        if name == "int8-tflite":
+            fp32_tflite = result.accuracy.get("fp32-tflite", result.accuracy.get("fp32", 0.0))
+            gate = quality.int8_decision(job.spec.quality_gate, fp32_tflite, result.accuracy.get(name))
         variants[name] = VariantInfo(
             file=path,
             accuracy=result.accuracy.get(name),
-            accepted=decision.accepted if int8_based else True,
-            reason=decision.reason if int8_based else None,
+            accepted=gate.accepted if int8_based else True,
+            reason=gate.reason if int8_based else None,
             size=sizes.get(path),
         )
     spec = job.spec
@@ -218,7 +224,7 @@ def publish(
     files: list[FileEntry] = []
     sealed_dir = Path(tempfile.mkdtemp(prefix="rr-sealed-")) if data_key else None
     try:
-        for folder in ("hf", "onnx", "ort"):
+        for folder in ("hf", "onnx", "ort", "tflite"):
             for path in sorted((result.out_dir / folder).rglob("*")):
                 if not path.is_file():
                     continue
