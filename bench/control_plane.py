@@ -32,7 +32,10 @@ its 201 came back. Figures per N (a fresh control plane each):
   and over one timer interval after that (the steady state);
 - ``submit`` calls per TrainingJob: the operator's RayJob creates (201 + 409)
   over the whole run, steady state included;
-- the operator process's RSS when idle and its peak (``VmHWM``).
+- the operator process's RSS when idle and its peak (``VmHWM``);
+- store requests per TrainingJob, by method, from the store's own request log (a
+  WSGI wrapper around moto's server: what reached the store), in the burst and in
+  the steady state (per TrainingJob per minute).
 
 Then, on the same API server with the operator stopped, KubeRay's own controller
 (``kuberay-operator`` from the envtest archive, its default single reconcile
@@ -42,6 +45,12 @@ into RayClusters. The time those creates take is the *floor*: what this API
 server needs to accept N RayJobs at all. Figures: create -> RayCluster ADDED
 p50/p99, all N RayClusters, KubeRay's CPU per RayJob, and the ratios of the
 operator's "all reconciled" to KubeRay's "all RayClusters" and to the floor.
+
+Last, the operator's own *ceiling*: the burst's TrainingJobs removed (the operator
+stopped), N new ones created while no operator runs, then the operator started on
+them: the time from its process start until all are reconciled, its CPU per
+TrainingJob after it was ready, its requests and submits per TrainingJob, and that
+time over the floor above (the issue's goal: at most 1.5x).
 
 ``--quick`` runs 50 TrainingJobs (the cluster smoke test runs it); ``--sizes``
 picks others. Results: ``bench/results/control_plane.json``.
@@ -181,6 +190,30 @@ def cpu_s(pid: int) -> float:
 # ------------------------------------------------------------------ audit log
 
 
+class StoreLog:
+    """The artifact store's own request log: every request moto's server answers, with its time.
+
+    Installed as a WSGI wrapper around the server's application, so it counts what reached
+    the store (from any client), not what the operator thinks it sent.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self.entries: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        app = server._server.app  # werkzeug's server reads .app per request
+
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            with self._lock:
+                self.entries.append((time.time(), str(environ.get("REQUEST_METHOD"))))
+            return app(environ, start_response)
+
+        server._server.app = counted
+
+    def between(self, since: float, until: float) -> Counter[str]:
+        with self._lock:
+            return Counter(method for at, method in self.entries if since <= at < until)
+
+
 def audit_requests(path: Path, user: str, since: float, until: float) -> list[dict[str, Any]]:
     """The requests USER made that the API server received in [since, until), one per audit ID."""
     from datetime import datetime
@@ -213,6 +246,117 @@ def submits(requests: list[dict[str, Any]]) -> Counter[int]:
 
 
 # ------------------------------------------------------------------ one scale
+
+
+def start_watcher(plane: Any, ns: str, n: int, out: Path, timeout_s: float) -> subprocess.Popen[bytes]:
+    """The watcher subprocess (``watch_main``) on namespace ``ns``, once its watches are open."""
+    ready = out.with_suffix(".ready")
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "bench.control_plane", "--watch", str(plane.kubeconfig), ns, str(n)]
+        + [str(out), str(ready), str(timeout_s)],
+        cwd=ROOT,
+        env=bench_env(),
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if watcher.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the watcher did not start")
+        time.sleep(0.1)
+    return watcher
+
+
+def create_trainingjobs(api: Any, ns: str, n: int) -> dict[str, float]:
+    """N TrainingJobs (examples/trainingjob.yaml, renamed) from CREATE_THREADS threads: name -> when its 201 came."""
+    from tests.cluster.chart_operator import trainingjob
+
+    bodies = []
+    for i in range(n):
+        body = trainingjob(f"tj-{i:04d}", gpus=0, workers=2)
+        body["metadata"]["namespace"] = ns
+        bodies.append(body)
+    created: dict[str, float] = {}
+
+    def create(body: dict[str, Any]) -> None:
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", body)
+        created[body["metadata"]["name"]] = time.time()
+
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(create, bodies))
+    return created
+
+
+def remove_trainingjobs(api: Any, ns: str) -> None:
+    """Delete every TrainingJob of ``ns`` while no operator runs (their finalizers dropped first)."""
+    names = [
+        i["metadata"]["name"]
+        for i in api.list_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs")["items"]
+    ]
+
+    def remove(name: str) -> None:
+        patch = {"metadata": {"finalizers": None}}
+        api.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name, patch)
+        api.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name)
+
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(remove, names))
+
+
+def ceiling_phase(
+    plane: Any,
+    api: Any,
+    release: Any,
+    audit_log: Path,
+    user: str,
+    burst_ns: str,
+    n: int,
+    work: Path,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """The operator's own ceiling: started on N TrainingJobs that already exist, until all are reconciled.
+
+    The burst's TrainingJobs are removed first, so that the started operator has these N
+    to do and nothing else; the creates are not in the figure (they all came before).
+    """
+    from tests.cluster.chart_operator import start_operator
+
+    ns = "ceiling"
+    remove_trainingjobs(api, burst_ns)
+    plane.kubectl("create", "namespace", ns)
+    create_trainingjobs(api, ns, n)
+    out = work / "ceiling.json"
+    watcher = start_watcher(plane, ns, n, out, timeout_s)
+    op = None
+    try:
+        started = time.time()
+        op = start_operator(release)
+        assert op.proc is not None
+        pid = op.proc.pid
+        op.wait_ready()
+        ready_s, cpu_ready = time.time() - started, cpu_s(pid)
+        watcher.wait(timeout_s)
+        cpu_end = cpu_s(pid)
+        seen = json.loads(out.read_text())
+        reconciled_at = seen["reconciled_at"]
+        done = max(reconciled_at.values()) if len(reconciled_at) >= n else None
+        reqs = audit_requests(audit_log, user, started, done or time.time())
+        made = submits(reqs)
+        return {
+            "trainingjobs": n,
+            "reconciled": len(reconciled_at),
+            "operator_ready_s": ready_s,
+            "all_reconciled_s": (done - started) if done else None,
+            "all_reconciled_after_ready_s": (done - started - ready_s) if done else None,
+            "cpu_ms_per_tj_after_ready": 1000 * (cpu_end - cpu_ready) / n,
+            "api_requests_per_tj": len(reqs) / n,
+            "submit_calls_per_tj": sum(made.values()) / n,
+            "rayjobs_per_tj_max": max(seen["rayjobs_per_tj"].values(), default=0),
+        }
+    finally:
+        if watcher.poll() is None:
+            watcher.terminate()
+            watcher.wait(30)
+        if op is not None:
+            op.stop()
 
 
 def kuberay_phase(plane: Any, api: Any, source_ns: str, timeout_s: float) -> dict[str, Any]:
@@ -303,7 +447,6 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         install_chart,
         s3_values,
         start_operator,
-        trainingjob,
     )
     from tests.cluster.controlplane import ControlPlane
 
@@ -325,6 +468,7 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         plane.wait_crds_established(["trainingjobs.rayrelay.dev", "modeldeployments.rayrelay.dev"])
         plane.install_kuberay_crds()
         moto.start()
+        store_log = StoreLog(moto)
         host, port = moto.get_host_and_port()
         endpoint, bucket = f"http://{host}:{port}", f"rr-bench-{uuid.uuid4().hex[:8]}"
         import boto3
@@ -341,18 +485,8 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         pid = op.proc.pid
         user = f"system:serviceaccount:{system_ns}:{release.service_account}"
 
-        out, ready = work / "watch.json", work / "watch.ready"
-        watcher = subprocess.Popen(
-            [sys.executable, "-m", "bench.control_plane", "--watch", str(plane.kubeconfig), ns, str(n)]
-            + [str(out), str(ready), str(timeout_s)],
-            cwd=ROOT,
-            env=bench_env(),
-        )
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if watcher.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the watcher did not start")
-            time.sleep(0.1)
+        out = work / "watch.json"
+        watcher = start_watcher(plane, ns, n, out, timeout_s)
         time.sleep(2.0)  # the operator's first passes over nothing are done
         rss_idle = rss_mib(pid)
         # CPU seconds per process: a figure that holds on a shared machine better than latencies do.
@@ -369,6 +503,7 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
                     "speedscope",
                     "--nonblocking",
                     "--threads",
+                    "--gil",  # samples that hold the GIL: CPU, not threads waiting on sockets
                 ]
                 + ["--rate", "50", "-o", str(profile / f"operator-{n}.speedscope.json")]
             )
@@ -378,21 +513,10 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         config.load_kube_config(str(plane.kubeconfig), client_configuration=cfg)
         cfg.connection_pool_maxsize = CREATE_THREADS
         api = client.CustomObjectsApi(client.ApiClient(cfg))
-        bodies = []
-        for i in range(n):
-            body = trainingjob(f"tj-{i:04d}", gpus=0, workers=2)
-            body["metadata"]["namespace"] = ns
-            bodies.append(body)
-        created: dict[str, float] = {}
-
-        def create(body: dict[str, Any]) -> None:
-            api.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", body)
-            created[body["metadata"]["name"]] = time.time()
 
         log(f"control plane: creating {n} TrainingJobs ({CREATE_THREADS} threads)")
         burst_start = time.time()
-        with ThreadPoolExecutor(CREATE_THREADS) as pool:
-            list(pool.map(create, bodies))
+        created = create_trainingjobs(api, ns, n)
         burst_s = time.time() - burst_start
         try:
             watcher.wait(timeout_s)
@@ -417,8 +541,11 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         load_after = load_average()
         op.stop()  # KubeRay's phase runs alone
         kuberay = kuberay_phase(plane, api, ns, timeout_s) if plane.has_kuberay else None
+        log(f"control plane: the operator started on {n} TrainingJobs that exist already")
+        ceiling = ceiling_phase(plane, api, release, audit_log, user, ns, n, work, timeout_s)
         burst_reqs = audit_requests(audit_log, user, burst_start, end)
         steady_reqs = audit_requests(audit_log, user, end, steady_end)
+        store_burst, store_steady = store_log.between(burst_start, end), store_log.between(end, steady_end)
         all_submits = submits(burst_reqs) + submits(steady_reqs)
         sub_after = sum(submits(steady_reqs).values())
         by_kind = Counter(request_kind(ev) for ev in burst_reqs)
@@ -449,6 +576,12 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
             "submit_calls_by_code": {str(k): v for k, v in sorted(all_submits.items())},
             "submit_calls_after_all_reconciled": sub_after,
             "rayjobs_per_tj_max": max(seen["rayjobs_per_tj"].values(), default=0),
+            "store_requests_per_tj": sum(store_burst.values()) / n,
+            "store_requests_by_method": dict(store_burst.most_common()),
+            "steady_store_requests_per_tj_per_minute": sum(store_steady.values())
+            / n
+            * 60
+            / (steady_end - end),
             "cpu_ms_per_tj_until_reconciled": {k: 1000 * v / n for k, v in cpu_used.items()},
             "operator_rss_idle_mib": rss_idle,
             "operator_peak_rss_mib": peak,
@@ -465,6 +598,11 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
             else None,
             "all_reconciled_vs_floor": ratio(all_reconciled - burst_start, kuberay["floor_create_s"])
             if all_reconciled and kuberay
+            else None,
+            "ceiling": ceiling,
+            # The operator's own ceiling over the floor (goal <= 1.5): from its process start.
+            "ceiling_vs_floor": ratio(ceiling["all_reconciled_s"], kuberay["floor_create_s"])
+            if kuberay
             else None,
         }
     finally:
@@ -503,11 +641,25 @@ def main() -> None:
     for n in sizes:
         log(f"control plane: {n} TrainingJobs")
         res = one_scale(n, args.timeout, args.profile)
+        cpu = res["cpu_ms_per_tj_until_reconciled"]
         log(
             f"control plane: {n}: create->RayJob p50 {res['create_to_rayjob_p50_s']:.2f}s p99 "
             f"{res['create_to_rayjob_p99_s']:.2f}s, all reconciled {res['all_reconciled_s']}, "
             f"API requests/TJ {res['api_requests_per_tj']:.1f}, submits/TJ {res['submit_calls_per_tj']:.2f}, "
             f"peak RSS {res['operator_peak_rss_mib']:.0f} MiB, load {res['load_average_after']}"
+        )
+        log(
+            f"control plane: {n}: CPU ms/TJ operator {cpu['operator']:.1f} kube-apiserver "
+            f"{cpu['kube-apiserver']:.1f} etcd {cpu['etcd']:.1f}; store requests/TJ {res['store_requests_per_tj']:.2f} "
+            f"{res['store_requests_by_method']}; steady: API {res['steady_api_requests_by_kind']} per "
+            f"{TIMER_INTERVAL_S + 2:.0f} s, store {res['steady_store_requests_per_tj_per_minute']:.2f}/TJ/min"
+        )
+        c = res["ceiling"]
+        log(
+            f"control plane: {n}: ceiling: started on {n} existing TrainingJobs, ready {c['operator_ready_s']:.1f}s, "
+            f"all reconciled {c['all_reconciled_s']} s from start ({c['all_reconciled_after_ready_s']} after ready), "
+            f"{c['cpu_ms_per_tj_after_ready']:.1f} CPU ms/TJ, {c['api_requests_per_tj']:.1f} API requests/TJ, "
+            f"submits/TJ {c['submit_calls_per_tj']:.2f}; ceiling/floor {res['ceiling_vs_floor']}"
         )
         if res["kuberay"]:
             k = res["kuberay"]

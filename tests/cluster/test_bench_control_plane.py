@@ -6,7 +6,9 @@ writes ``bench/results/control_plane.json`` -- into a temporary results folder.
 It checks what must hold at any load: every TrainingJob got exactly one RayJob
 and one ``submit`` (the operator's creates, counted in the audit log), every
 one was reconciled, the requests were counted, and the operator stayed under
-the memory goal. Latencies are reported by the benchmark, not asserted: this
+the memory goal; the store's own log saw one read per TrainingJob (its manifest);
+and the operator started on 50 TrainingJobs that existed already reconciled each
+with one RayJob. Latencies are reported by the benchmark, not asserted: this
 machine is shared.
 """
 
@@ -54,3 +56,10 @@ def test_quick_control_plane_benchmark(tmp_path: Path) -> None:
     assert kuberay is not None and kuberay["rayjobs"] == 50, kuberay
     assert kuberay["rayclusters_seen"] == 50 and kuberay["all_rayclusters_s"] > 0, kuberay
     assert kuberay["floor_create_s"] > 0 and res["all_reconciled_vs_kuberay"] > 0, res
+    # The store's own request log: the first pass of each reads its run's manifest, nothing more.
+    assert res["store_requests_by_method"] == {"GET": 50}, res["store_requests_by_method"]
+    # The operator's ceiling: started on 50 TrainingJobs that exist already, one RayJob each.
+    ceiling = res["ceiling"]
+    assert ceiling["reconciled"] == 50 and ceiling["all_reconciled_s"] > 0, ceiling
+    assert ceiling["submit_calls_per_tj"] == 1.0 and ceiling["rayjobs_per_tj_max"] == 1, ceiling
+    assert res["ceiling_vs_floor"] > 0, res
