@@ -1226,6 +1226,22 @@ class TrainingJobStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
 
 
+class GenerationCaps(ApiModel):
+    """The batch caps of one text-generation replica, as deployed (``spec.generation`` and Serve's bound)."""
+
+    max_batch_size: int = Field(description="Requests one replica decodes together.")
+    max_cached_tokens: int = Field(description="Key/value cache positions one replica holds at most.")
+    max_queued_requests: int = Field(
+        description="Requests one replica holds waiting; one more gets 429 at once."
+    )
+    max_ongoing_requests: int = Field(
+        description=(
+            "Serve's max_ongoing_requests per replica: above maxBatchSize + maxQueuedRequests, so "
+            "the replica's own queue and its 429 are what bound a request, not Serve's queue."
+        )
+    )
+
+
 class ServedModel(ApiModel):
     """The model a ModelDeployment serves."""
 
@@ -1260,6 +1276,13 @@ class ServedModel(ApiModel):
             "The precision it runs in: fp32, int8, bf16, or bf16-emulated (forced bf16 on a CPU "
             "without bf16 instructions)."
         ),
+    )
+    task: str | None = Field(
+        default=None, description="The manifest's task: sequence-classification or text-generation."
+    )
+    generation: GenerationCaps | None = Field(
+        default=None,
+        description="text-generation: the caps each replica decodes under (from spec.generation).",
     )
 
 

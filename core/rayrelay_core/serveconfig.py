@@ -31,7 +31,7 @@ import math
 import re
 from typing import Any
 
-from rayrelay_core.api import ModelDeploymentSpec
+from rayrelay_core.api import GenerationCaps, GenerationLimits, ModelDeploymentSpec
 from rayrelay_core.apikeys import USER_CONFIG_KEY
 
 GATEWAY_APP_NAME = "rayrelay-gateway"
@@ -39,6 +39,7 @@ GATEWAY_DEPLOYMENT = "Gateway"
 MODEL_DEPLOYMENT = "ModelServer"
 GATEWAY_IMPORT_PATH = "rayrelay_workloads.serve.app:gateway_app"
 MODEL_IMPORT_PATH = "rayrelay_workloads.serve.app:model_app"
+TEXT_GENERATION = "text-generation"
 
 # The gateway only parses JSON and forwards; it must not take a CPU that a model
 # replica could use (Serve's own proxy does the same).
@@ -78,15 +79,40 @@ def batching_user_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
     }
 
 
-def max_ongoing_requests(spec: ModelDeploymentSpec) -> int:
+# Requests beyond a text-generation replica's batch and queue that Serve still hands it: the
+# ones it answers 429 at once, and the gateway's calls (metadata, stats) beside the streams.
+TEXTGEN_ONGOING_HEADROOM = 8
+
+
+def max_ongoing_requests(spec: ModelDeploymentSpec, task: str | None = None) -> int:
     """Requests a replica accepts at once.
 
     Above the autoscaling target (twice it), so the autoscaler sees queueing
     before requests are refused, and at least a full batch, so that dynamic
     batching can fill ``maxBatchSize`` from concurrent requests.
+
+    A text-generation replica (``task``) bounds its work itself (``spec.generation``: the
+    decode batch, then its own queue, then 429), so Serve hands it the batch, the queue and
+    :data:`TEXTGEN_ONGOING_HEADROOM` more: the replica's scheduler, not Serve's queue, is the
+    limit a client meets, and the 429 is what fires when it is full.
     """
     target = spec.autoscaling.target_ongoing_requests
-    return max(2 * math.ceil(target), spec.batching.max_batch_size, 2)
+    base = max(2 * math.ceil(target), spec.batching.max_batch_size, 2)
+    if task != TEXT_GENERATION:
+        return base
+    gen = spec.generation or GenerationLimits()
+    return max(base, gen.max_batch_size + gen.max_queued_requests + TEXTGEN_ONGOING_HEADROOM)
+
+
+def generation_caps(spec: ModelDeploymentSpec) -> GenerationCaps:
+    """``status.model.generation``: the caps a text-generation replica decodes under, as deployed."""
+    gen = spec.generation or GenerationLimits()
+    return GenerationCaps(
+        max_batch_size=gen.max_batch_size,
+        max_cached_tokens=gen.max_cached_tokens,
+        max_queued_requests=gen.max_queued_requests,
+        max_ongoing_requests=max_ongoing_requests(spec, TEXT_GENERATION),
+    )
 
 
 def metrics_push_interval(window_s: float) -> float:
@@ -125,7 +151,7 @@ def autoscaling_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
 
 
 def model_deployment_options(
-    spec: ModelDeploymentSpec, key_digests: list[str] | None = None
+    spec: ModelDeploymentSpec, key_digests: list[str] | None = None, task: str | None = None
 ) -> dict[str, Any]:
     """Serve deployment options of ``ModelServer`` (the same keys as the config schema).
 
@@ -142,7 +168,7 @@ def model_deployment_options(
     return {
         "autoscaling_config": autoscaling_config(spec),
         "ray_actor_options": actor,
-        "max_ongoing_requests": max_ongoing_requests(spec),
+        "max_ongoing_requests": max_ongoing_requests(spec, task),
         "user_config": user_config(spec, key_digests),
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
@@ -216,7 +242,8 @@ def model_application(
             raise ValueError(f"serve application args lack {key!r}")
     spec = ModelDeploymentSpec.model_validate(app_args["spec"])
     name = str(app_args["name"])
-    options = model_deployment_options(spec, key_digests)
+    task = app_args.get("task")
+    options = model_deployment_options(spec, key_digests, str(task) if task else None)
     if surge_from is not None:
         options["autoscaling_config"] = surge_autoscaling(options["autoscaling_config"], surge_from)
     if name == GATEWAY_APP_NAME:
@@ -225,9 +252,7 @@ def model_application(
         "name": name,
         # A text-generation replica answers all of /v2/models/{name}/... itself (issue 16:
         # generate, generate_stream streamed in one hop; rayrelay_workloads.textgen.serving).
-        "route_prefix": f"/v2/models/{name}"
-        if app_args.get("task") == "text-generation"
-        else model_route_prefix(name),
+        "route_prefix": f"/v2/models/{name}" if task == TEXT_GENERATION else model_route_prefix(name),
         "import_path": MODEL_IMPORT_PATH,
         "args": dict(app_args),
         "deployments": [{"name": MODEL_DEPLOYMENT, **options}],

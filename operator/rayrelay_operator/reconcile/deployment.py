@@ -48,6 +48,7 @@ from rayrelay_core.api import (
     Backend,
     DeploymentPhase,
     ModelDeployment,
+    ModelDeploymentSpec,
     ModelDeploymentStatus,
     ScalingStatus,
     ServedModel,
@@ -57,6 +58,7 @@ from rayrelay_core.api import (
 from rayrelay_core.apikeys import ApiKeysProblem, digests_from_secret
 from rayrelay_core.conditions import find_condition, rfc3339, set_condition
 from rayrelay_core.runs import Manifest, ManifestError, read_manifest, serve_app_args
+from rayrelay_core.serveconfig import TEXT_GENERATION, generation_caps
 from rayrelay_core.store import StoreError
 from rayrelay_core.variants import AUTO as AUTO_VARIANT
 from rayrelay_core.variants import VariantChoice
@@ -605,7 +607,7 @@ def _running(p: DeploymentPass) -> None:
     p.fill_serving()
     if p.rollout_started:  # rolled out: the spec's own autoscaling again, without the surge
         p.actions.append(Deploy(serving_work(p.md, d, p.settings, p.observed.key_digests)))
-    p.s.model = served_model(d, p.obs, p.s.model)
+    p.s.model = served_model(d, p.obs, p.s.model, p.md.spec)
     p.cond(COND_PROGRESSING, False, "RolledOut", f"serving {d.digest}")
     p.cond(
         COND_READY, True, "Serving", f"digest verified, model loaded and warmed up: {d.digest} ({d.variant})"
@@ -613,18 +615,32 @@ def _running(p: DeploymentPass) -> None:
     p.done(DeploymentPhase.READY, "Ready", f"serving {d.digest}")
 
 
-def served_model(desired: DesiredModel, obs: ServingObservation, previous: ServedModel | None) -> ServedModel:
+def served_model(
+    desired: DesiredModel,
+    obs: ServingObservation,
+    previous: ServedModel | None,
+    spec: ModelDeploymentSpec | None = None,
+) -> ServedModel:
     """``status.model``: the manifest served and the variant a replica reports (``rayrelay_core.variants``).
 
     Each replica chooses on its own hardware and the scrape reaches one of them, so the first
     report of a choice stays until a replica reports another one (no status churn between
-    replicas' timings); without a report, the manifest's recommendation as resolved.
+    replicas' timings); without a report, the manifest's recommendation as resolved. A
+    text-generation model also shows the caps its replicas decode under (from ``spec``).
     """
-    model = ServedModel(manifest_uri=desired.manifest_uri, digest=desired.digest, variant=desired.variant)
+    caps = generation_caps(spec) if spec is not None and desired.task == TEXT_GENERATION else None
+    model = ServedModel(
+        manifest_uri=desired.manifest_uri,
+        digest=desired.digest,
+        variant=desired.variant,
+        task=desired.task,
+        generation=caps,
+    )
     report = obs.variant
     same = previous is not None and previous.digest == desired.digest and previous.variant_reason is not None
     if same and previous is not None and (report is None or _same_choice(report, previous)):
-        return previous.model_copy(update={"manifest_uri": desired.manifest_uri})
+        update = {"manifest_uri": desired.manifest_uri, "task": desired.task, "generation": caps}
+        return previous.model_copy(update=update)
     if report is not None:
         model.variant = report.variant
         model.variant_reason = report.reason

@@ -54,7 +54,7 @@ class GatewayArgs(BaseModel):
 
 
 def model_app(args: ModelAppArgs) -> Application:
-    options = model_deployment_options(args.spec)
+    options = model_deployment_options(args.spec, task=args.task)
     wire = args.model_dump(by_alias=True, exclude_none=True, mode="json")
     if args.task == "text-generation":  # issue 16: the decoder's replica (textgen/serving.py)
         from rayrelay_workloads.textgen.serving import TextGenServer
