@@ -149,9 +149,9 @@ def test_a_client_gone_mid_stream_frees_its_slot_at_the_next_step() -> None:
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
-            if message.get("body"):
-                events.append(message["body"])
-            if len(events) == 2:
+            # Tokens ready together leave in one body chunk: count the events, not the chunks.
+            events.extend(e for e in message.get("body", b"").split(b"\n\n") if e.startswith(b"data: "))
+            if len(events) >= 2:
                 gone.set()  # the client reads two tokens, then leaves
 
         stream = asyncio.create_task(response({"type": "http"}, receive, send))
@@ -170,6 +170,85 @@ def test_a_client_gone_mid_stream_frees_its_slot_at_the_next_step() -> None:
     assert rows[0].produced in (2, 3), f"{rows[0].produced} tokens of 100 were decoded"
     assert status == 200 and len(answer["tokens"]) >= 1, "the waiting request got the freed slot"
     assert server.scheduler.stats.peak_rows == 1 and server.scheduler.stats.cancelled == 1
+
+
+def sse_events(chunk: bytes) -> list[dict[str, Any]]:
+    return [json.loads(e[6:]) for e in chunk.split(b"\n\n") if e.startswith(b"data: ")]
+
+
+def test_a_lone_stream_sends_each_token_before_the_next_is_computed() -> None:
+    server = replica(wrap=Gate)
+    gate = server.engine.decoder.session
+    tokens = 6
+
+    async def scenario() -> list[bytes]:
+        gate.shut()
+        response = await server(http_request(STREAM, doc("Where is my order", tokens)))
+        chunks: list[bytes] = []
+        arrived = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                chunks.append(message["body"])
+                arrived.set()
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client stays
+            return {"type": "http.disconnect"}
+
+        stream = asyncio.create_task(response({"type": "http"}, receive, send))
+        for k in range(tokens):
+            arrived.clear()
+            gate.permits(1)  # one model run: the prefill, then one step each
+            await asyncio.wait_for(arrived.wait(), 30)
+            # The token is out while the decode thread waits before computing the next one.
+            if k < tokens - 1:
+                await until(lambda: gate.held, "the decode thread waits at the gate")
+            assert len(chunks) == k + 1
+        gate.permits(None)
+        await stream
+        return chunks
+
+    chunks = asyncio.run(scenario())
+    assert [len(sse_events(c)) for c in chunks] == [1] * tokens, "one event per chunk, one chunk per token"
+    assert sse_events(chunks[-1])[0]["finish_reason"] == "length"
+
+
+def test_tokens_a_slow_reader_fell_behind_by_leave_in_one_chunk() -> None:
+    """While the reader is busy the decode loop goes on; what it made meanwhile leaves together,
+    still one server-sent event per token, and the text is the one /generate writes."""
+    server = replica()
+    rows: list[Any] = []
+    make_row = server.engine.row
+    server.engine.row = lambda *args: rows.append(make_row(*args)) or rows[-1]
+    body = doc("Where is my order", 12)
+
+    async def scenario() -> tuple[list[bytes], tuple[int, Any]]:
+        response = await server(http_request(STREAM, body))
+        chunks: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                chunks.append(message["body"])
+                if len(chunks) == 1:  # a slow client: busy until the whole answer was decoded
+                    await until(lambda: rows[0].done, "the row decoded every token")
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        await response({"type": "http"}, receive, send)
+        return chunks, await generate(server, body)
+
+    chunks, (status, whole) = asyncio.run(scenario())
+    events = [e for c in chunks for e in sse_events(c)]
+    assert status == 200 and len(events) == len(whole["tokens"]) == 12
+    # The first chunk leaves with what was ready then (a token or a few, on a busy machine);
+    # the rest, made while the reader was busy, in the second.
+    assert len(chunks) == 2 and len(sse_events(chunks[1])) > 1, [len(sse_events(c)) for c in chunks]
+    assert [e["token_id"] for e in events] == whole["tokens"]
+    assert "".join(e["text_output"] for e in events) == whole["text_output"]
+    assert events[-1]["finish_reason"] == whole["finish_reason"] and server.tokens == 24
 
 
 def test_a_full_queue_gets_429_and_a_queued_request_waits_its_turn() -> None:

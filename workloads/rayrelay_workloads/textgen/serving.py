@@ -53,7 +53,9 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -70,8 +72,12 @@ from rayrelay_workloads.textgen import openai_api as oa
 from rayrelay_workloads.textgen import protocol as gp
 from rayrelay_workloads.textgen.batching import Caps, DecodeBatch, Piece, QueueFull, Row, Scheduler
 from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, TextStream
+from rayrelay_workloads.textgen.tokenizer import light_text_tokenizer
 
 log = logging.getLogger("ray.serve")
+
+# When this module was imported in the replica process (the cold-start breakdown).
+MODULE_IMPORTED_AT = time.time()
 
 TASK = "text-generation"
 WARMUP_PROMPT = "rayrelay warm-up"
@@ -206,21 +212,77 @@ class TextGenEngine:
         return Scheduler(self.decoder, caps)
 
 
-def _post(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], item: Any) -> None:
-    """Hand a piece from the decode thread to the request's event loop."""
-    # A closed loop (RuntimeError): its request is gone, and its generator cancelled the row.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+def load_text_tokenizer(folder: Any) -> Any:
+    """The set's tokenizer: the light one where it writes what transformers writes, else transformers'.
+
+    Importing transformers took most of a text-generation replica's own start
+    (``textgen.tokenizer``; docs/textgen.md, "Cold start")."""
+    light = light_text_tokenizer(folder)
+    if light is not None:
+        return light
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+class LoopPost:
+    """Hands pieces from the decode thread to one event loop: one wake-up per burst, not per piece.
+
+    A decode step emits one piece per row; the first piece of a burst schedules one
+    ``_flush`` on the loop, and every piece posted before it runs (the step's other rows,
+    or later steps while the loop is busy) rides along, so a step of eight streams costs
+    the loop one wake-up instead of eight."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[tuple[asyncio.Queue[Any], Any]] = []
+
+    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self.lock:
+            first = not self.pending
+            self.pending.append((queue, item))
+        if first:
+            # A closed loop (RuntimeError): its requests are gone, and their generators
+            # cancelled their rows.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self.lock:
+            items, self.pending = self.pending, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_POSTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPost] = weakref.WeakKeyDictionary()
+
+
+def loop_post(loop: asyncio.AbstractEventLoop) -> LoopPost:
+    """The :class:`LoopPost` of ``loop`` (one per loop: Serve runs a replica's requests on one)."""
+    post = _POSTS.get(loop)
+    if post is None:
+        post = _POSTS[loop] = LoopPost(loop)
+    return post
+
+
+def drain(queue: asyncio.Queue[Any], first: Any) -> list[Any]:
+    """``first`` and whatever else the queue holds now: the pieces a slow reader fell behind by."""
+    items = [first]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 @serve.deployment(name="ModelServer")
 class TextGenServer:
     def __init__(self, args: dict[str, Any]) -> None:
+        started_at, t0 = time.time(), time.perf_counter()
+        timings: dict[str, float] = {}  # where the start goes: info()["coldStart"]
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         from rayrelay_workloads.serve.artifacts import prepare
-        from rayrelay_workloads.serve.model import session_threads
+        from rayrelay_workloads.serve.model import cold_start_record, session_threads
 
         self.name: str = args["name"]
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
@@ -234,12 +296,17 @@ class TextGenServer:
             cache_dir=args.get("cacheDir"),
             endpoint_url=endpoint,
             expected_digest=args.get("digest"),
+            timings=timings,
         )
+        timings["prepare_s"] = time.perf_counter() - t0
         manifest = self.artifacts.manifest
         if manifest.task != TASK:
             raise RuntimeError(f"{args['manifestUri']} is a {manifest.task} artifact set, not {TASK}")
         generation = manifest.generation or {}
-        tokenizer = AutoTokenizer.from_pretrained(str(self.artifacts.tokenizer_dir), local_files_only=True)
+        t_tok = time.perf_counter()
+        tokenizer = load_text_tokenizer(self.artifacts.tokenizer_dir)
+        timings["tokenizer_s"] = time.perf_counter() - t_tok
+        t_session = time.perf_counter()
         options = ort.SessionOptions()
         runtime = self.spec.runtime
         intra, inter = session_threads(
@@ -250,6 +317,7 @@ class TextGenServer:
         session = ort.InferenceSession(
             str(self.artifacts.model_path), options, providers=["CPUExecutionProvider"]
         )
+        timings["session_s"] = time.perf_counter() - t_session
         self.limits = self.spec.generation or GenerationLimits()
         self.engine = TextGenEngine(
             session,
@@ -262,6 +330,7 @@ class TextGenServer:
         self.scheduler = self.engine.scheduler()
         self.requests = 0
         self.tokens = 0
+        t_warm = time.perf_counter()
         warm = list(
             self.engine.pieces(
                 gp.GenerationRequest(WARMUP_PROMPT, 2),
@@ -270,8 +339,17 @@ class TextGenServer:
         )
         if not warm:
             raise RuntimeError("warm-up generation produced nothing")
+        timings["warmup_s"] = time.perf_counter() - t_warm
+        self.cold_start = cold_start_record(started_at, MODULE_IMPORTED_AT, timings, time.perf_counter() - t0)
+        self.cold_start["tokenizer"] = type(tokenizer).__name__
         self.ready = True
-        log.info("%s ready: text-generation, %s variant %s", self.name, self.version, self.artifacts.variant)
+        log.info(
+            "%s ready: text-generation, %s variant %s; cold start %s",
+            self.name,
+            self.version,
+            self.artifacts.variant,
+            self.cold_start,
+        )
 
     @property
     def version(self) -> str:
@@ -300,35 +378,43 @@ class TextGenServer:
         except QueueFull as exc:
             raise ProtocolError(429, str(exc)) from None
 
-    async def _pieces(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[Piece]:
-        """The request's pieces from the decode loop; leaving early (client gone) frees its row.
+    async def _pieces(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[list[Piece]]:
+        """The request's pieces from the decode loop, as they come; leaving early (client gone) frees its row.
 
+        Each item is every piece ready now: one while the reader keeps up (each token goes out
+        as soon as it is chosen), several when it fell behind the decode loop, which then go
+        out together (one chunk, one Serve message) instead of one message per token.
         The row is queued here, on the first iteration, not before: a response whose body never
         starts (its client left at once) then never holds a place in the batch."""
-        loop = asyncio.get_running_loop()
+        post = loop_post(asyncio.get_running_loop())
         queue: asyncio.Queue[Piece | BaseException] = asyncio.Queue()
-        row = self.engine.row(req, ids, lambda item: _post(loop, queue, item))
+        row = self.engine.row(req, ids, lambda item: post.post(queue, item))
         self.requests += 1
         self.scheduler.submit(row)
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise RuntimeError("text generation failed") from item
-                self.tokens += 1
-                yield item
-                if item.finish_reason is not None:
+                ready: list[Piece] = []
+                for item in drain(queue, await queue.get()):
+                    if isinstance(item, BaseException):
+                        raise RuntimeError("text generation failed") from item
+                    ready.append(item)
+                    if item.finish_reason is not None:
+                        break
+                self.tokens += len(ready)
+                yield ready
+                if ready[-1].finish_reason is not None:
                     return
         finally:
             self.scheduler.cancel(row)
 
     async def _collect(self, req: gp.GenerationRequest, ids: list[int]) -> tuple[str, list[int], str]:
         text, tokens, finish = [], [], "length"
-        async for piece in self._pieces(req, ids):
-            text.append(piece.text)
-            if piece.token is not None:
-                tokens.append(piece.token)
-            finish = piece.finish_reason or finish
+        async for ready in self._pieces(req, ids):
+            for piece in ready:
+                text.append(piece.text)
+                if piece.token is not None:
+                    tokens.append(piece.token)
+                finish = piece.finish_reason or finish
         return "".join(text), tokens, finish
 
     def _oip_event(self, piece: Piece) -> bytes:
@@ -343,8 +429,9 @@ class TextGenServer:
         return gp.sse(event)
 
     async def _oip_stream(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[bytes]:
-        async for piece in self._pieces(req, ids):
-            yield self._oip_event(piece)
+        # One event per token as before; the events ready together leave as one chunk.
+        async for ready in self._pieces(req, ids):
+            yield b"".join(self._oip_event(piece) for piece in ready)
 
     # ------------------------------------------------------------------ HTTP (one hop)
 
@@ -456,9 +543,9 @@ class TextGenServer:
         answer, produced = oa.Answer(kind, self.name), 0
         for chunk in answer.first():
             yield gp.sse(chunk)
-        async for piece in self._pieces(req, ids):
-            produced += piece.token is not None
-            yield gp.sse(answer.chunk(piece.text, piece.finish_reason))
+        async for ready in self._pieces(req, ids):
+            produced += sum(piece.token is not None for piece in ready)
+            yield b"".join(gp.sse(answer.chunk(piece.text, piece.finish_reason)) for piece in ready)
         if include_usage:
             yield gp.sse(answer.usage_chunk(oa.usage(len(ids), produced)))
         yield gp.sse("[DONE]")
@@ -487,6 +574,7 @@ class TextGenServer:
             "task": TASK,
             "providers": ["CPUExecutionProvider"],
             "ready": getattr(self, "ready", False),
+            "coldStart": getattr(self, "cold_start", {}),
         }
 
     def stats(self) -> dict[str, Any]:
