@@ -36,8 +36,8 @@ from rayrelay_operator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Handler ids are constants: kopf keeps progress under them in annotations, so
-# renaming one would make a restarted operator forget what it had done.
+# Handler ids are constants: kopf keys each handler's progress (retries; kept in memory,
+# ``persistence``) and its log lines by them.
 TJ_RECONCILE = "reconcile-trainingjob"
 TJ_DELETE = "delete-trainingjob"
 TJ_TIMER = "observe-trainingjob"
@@ -75,12 +75,17 @@ def default_context(settings: Settings, api_client: Any | None = None) -> Reconc
             encryption_key=secret_encryption_key_getter(api_client),
             auth_token=settings.ray_auth_token,
         )
+    # One S3 client per endpoint for every pass, with the operator's short timeouts.
+    store_for = cached_store_for(operator_store_opener(settings))
+    if settings.artifacts_uri:
+        # Made now, not by the first pass of a burst: building a boto3 client costs ~0.3 s of CPU
+        # (its service models), which the first TrainingJobs would wait for. No request is sent.
+        store_for(settings.artifacts_uri, settings.s3_endpoint_url)
     return ReconcileContext(
         settings=settings,
         backends=backends,
         get_trainingjob=trainingjob_getter(api_client),
-        # One S3 client per endpoint for every pass, with the operator's short timeouts.
-        store_for=cached_store_for(operator_store_opener(settings)),
+        store_for=store_for,
         enforce_policy=True,
         secret_labels=secret_labels_getter(api_client),
         secret_data=secret_data_getter(api_client),
