@@ -30,6 +30,7 @@ BENCHMARKS = (
     "control_plane",
     "cold_start",
     "endpoint",
+    "request_path",
     "autoscaling",
     "textgen",
     "textgen_batching",
@@ -37,7 +38,16 @@ BENCHMARKS = (
     "pruning",
     "variant_choice",
 )
-NEEDS_MODEL = {"kernel", "endpoint", "cold_start", "autoscaling", "distillation", "pruning", "variant_choice"}
+NEEDS_MODEL = {
+    "kernel",
+    "endpoint",
+    "request_path",
+    "cold_start",
+    "autoscaling",
+    "distillation",
+    "pruning",
+    "variant_choice",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
     for name in (
         "kernel",
         "endpoint",
+        "request_path",
         "training",
         "control_plane",
         "cold_start",
@@ -189,10 +190,12 @@ def kernel_section(k: dict[str, Any]) -> list[str]:
         ["contender", "accuracy", "max |Δlogit| vs PyTorch"],
         [
             [c, f"{k['accuracy'][c]:.4f}", f"{k['max_abs_logit_diff_vs_pytorch'][c]:.2e}"]
-            for c in ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
+            for c in k.get("contenders")
+            or ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
             if c in k["accuracy"]
         ],
     )
+    out += _auto_lines(k)
     ops = k["op_counts"]
 
     def fmt(counts: dict[str, int]) -> str:
@@ -224,6 +227,24 @@ def kernel_section(k: dict[str, Any]) -> list[str]:
         "",
     ]
     return out
+
+
+def _auto_lines(k: dict[str, Any]) -> list[str]:
+    """The kernel section's rows left out on this host and what ``variant: auto`` would serve here."""
+    lines: list[str] = []
+    for contender, why in sorted((k.get("unavailable") or {}).items()):
+        lines.append(f"- `{contender}` not run on this host: {why}.")
+    auto = k.get("auto")
+    if auto:
+        lines.append(
+            f"- **`variant: auto` would serve `{auto['variant']}`** here ({auto['runtime']}, "
+            f"{auto['precision']}; instruction set {k.get('instruction_set', '?')}): {auto['reason']} "
+            f"(the p50s at {auto['timed_shape']}, fed to the replica's own rule). At 8×128 it is "
+            f"{_x(auto['speedup_vs_pytorch_8x128'])} PyTorch and {auto['vs_fastest_8x128']:.2f}× the "
+            f"fastest contender (`{auto['fastest_8x128']}`); accuracy {auto['accuracy']:.4f}, "
+            f"{100 * auto['accuracy_vs_fp32']:+.1f} pt vs onnxruntime fp32."
+        )
+    return [*lines, ""] if lines else []
 
 
 def endpoint_section(e: dict[str, Any]) -> list[str]:
@@ -467,6 +488,58 @@ def peers_section(e: dict[str, Any]) -> list[str]:
                 ]
                 for w in sweep
             ],
+        )
+    return out
+
+
+def request_path_section(r: dict[str, Any]) -> list[str]:
+    """Where a lone request's time goes (issue #30, section 2)."""
+    s = r["settings"]
+    out = [
+        "### Where a lone request's time goes (one-hop route)",
+        "",
+        "`python -m bench.request_path`: the replica's own steps timed one by one in one process, on the "
+        f"product's `ModelServer` class ({s['replica']['variant']}, {s['replica']['threads'][0]} intra-op "
+        f"thread, the first validation text, {s['requests_per_step']} calls each, p50), then a live run at "
+        "concurrency 1 through HAProxy to the endpoint benchmark's deployment (2 replicas × 1 CPU), with "
+        "the CPU each process group spent per request (`/proc`, user + system). "
+        f"CPU instruction set: **{', '.join(s.get('instruction_set') or []) or 'unknown'}**; load average "
+        f"at the end {', '.join(f'{x:.1f}' for x in r.get('load_average_at_end', []))}.",
+        "",
+    ]
+    out += _table(
+        ["step", "p50 ms", "mean ms"],
+        [[name, _f(v["p50_ms"], 3), _f(v["mean_ms"], 3)] for name, v in r["steps"].items()],
+    )
+    e2e = r.get("end_to_end_c1_p50_ms") or {}
+    if e2e:
+        out += [
+            f"The model's own steps (tokenize + onnxruntime + softmax) take {_f(r['model_ms'], 2)} ms and "
+            f"the whole handler {_f(r['handler_ms'], 2)} ms. End-to-end p50 at concurrency 1 in the endpoint "
+            "benchmark, and what the timed steps leave unexplained (rayrelay: the route outside the handler; "
+            "a peer, running the same model code: its whole framework):",
+            "",
+        ]
+        out += _table(
+            ["contender", "p50 ms at c1", "unexplained ms"],
+            [
+                [n, _f(v, 2), _f((r.get("outside_ms") or {}).get(n), 2)]
+                for n, v in e2e.items()
+                if n != "naive"
+            ],
+        )
+    live = r.get("live_c1")
+    if live:
+        out += [
+            f"Live at concurrency 1 ({live['requests']} requests, p50 {_f(live['p50_ms'], 2)} ms, p99 "
+            f"{_f(live['p99_ms'], 2)} ms, {live['errors']} errors): CPU ms per request by process group "
+            "(`other` is whatever else ran on the machine, left out of the route's sum):",
+            "",
+        ]
+        out += _table(
+            ["process group", "CPU ms per request"],
+            [[g, _f(v, 2)] for g, v in live["cpu_ms_per_request"].items()]
+            + [["**route total (without other)**", f"**{_f(live['route_cpu_ms_per_request'], 2)}**"]],
         )
     return out
 
@@ -897,6 +970,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
     sections = {
         "kernel": kernel_section,
         "endpoint": endpoint_section,
+        "request_path": request_path_section,
         "training": training_section,
         "control_plane": control_plane_section,
         "cold_start": cold_start_section,
