@@ -541,6 +541,37 @@ def request_path_section(r: dict[str, Any]) -> list[str]:
             [[g, _f(v, 2)] for g, v in live["cpu_ms_per_request"].items()]
             + [["**route total (without other)**", f"**{_f(live['route_cpu_ms_per_request'], 2)}**"]],
         )
+    levers = r.get("levers") or []
+    if levers:
+        out += [
+            "Levers on the request path (`python -m bench.request_path --no-steps --lever LABEL --ray-env "
+            "KEY=VALUE`), each a live run at concurrency 1 of its own, in the order tried; CPU ms per request "
+            "of the model replicas is the figure that holds on a loaded machine, latency much less:",
+            "",
+        ]
+        out += _table(
+            [
+                "lever",
+                "Ray env",
+                "p50 ms",
+                "p99 ms",
+                "model replicas CPU ms/req",
+                "route CPU ms/req",
+                "load avg",
+            ],
+            [
+                [
+                    lv["lever"],
+                    " ".join(f"`{x}`" for x in lv.get("ray_env") or []) or "(none)",
+                    _f(lv["p50_ms"], 2),
+                    _f(lv["p99_ms"], 1),
+                    _f(lv["cpu_ms_per_request"].get("model replicas"), 2),
+                    _f(lv["route_cpu_ms_per_request"], 2),
+                    _f((lv.get("load_average_at_end") or [None])[0], 1),
+                ]
+                for lv in levers
+            ],
+        )
     return out
 
 

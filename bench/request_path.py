@@ -262,6 +262,32 @@ def live_c1(run: Any, requests: int, profile: Path | None) -> dict[str, Any]:
     }
 
 
+def record_lever(label: str, ray_env: list[str], live: dict[str, Any]) -> None:
+    """One row of the request path's lever table: this live run, replacing an older row of the label."""
+    from bench.common import rnd
+    from bench.endpoint import instruction_set
+
+    path = RESULTS / "request_path_levers.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    row = {
+        "lever": label,
+        "ray_env": ray_env,
+        "p50_ms": live["p50_ms"],
+        "p99_ms": live["p99_ms"],
+        "requests": live["requests"],
+        "errors": live["errors"],
+        "cpu_ms_per_request": live["cpu_ms_per_request"],
+        "route_cpu_ms_per_request": live["route_cpu_ms_per_request"],
+        "instruction_set": instruction_set(),
+        "load_average_at_end": list(os.getloadavg()),
+        "command": " ".join(["python", "-m", "bench.request_path", *sys.argv[1:]]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    rows = [r for r in rows if r["lever"] != label] + [row]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rnd(rows), indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -276,6 +302,10 @@ def main() -> None:
         help="an environment variable for the Ray head of the live run (a lever to measure; repeatable)",
     )
     parser.add_argument("--name", default="request_path", help="result file name (bench/results/NAME.json)")
+    parser.add_argument(
+        "--lever",
+        help="record the live run under this label in bench/results/request_path_levers.json (the page's lever table)",
+    )
     parser.add_argument(
         "--live-requests", type=int, help="requests of the live run (default 1000, quick 200)"
     )
@@ -314,6 +344,8 @@ def main() -> None:
     log(
         f"request_path: model steps {model_ms:.3f} ms, whole handler {handler_ms:.3f} ms, end to end c1 {e2e}"
     )
+    if args.lever and live is not None:
+        record_lever(args.lever, args.ray_env, live)
     write_result(
         args.name,
         {
@@ -333,6 +365,10 @@ def main() -> None:
             # (HAProxy, Serve's replica server and wrapper, the client); for a peer its whole framework.
             "outside_ms": outside,
             "live_c1": live,
+            # Each lever's own live run (``--lever``), for the page's lever table.
+            "levers": json.loads(levers.read_text())
+            if (levers := RESULTS / "request_path_levers.json").is_file()
+            else [],
         },
     )
 

@@ -135,9 +135,24 @@ def test_the_request_path_table() -> None:
             "route_cpu_ms_per_request": 4.2,
         },
         "load_average_at_end": [1.0],
+        "levers": [
+            {
+                "lever": "user code on Serve's loop",
+                "ray_env": ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0"],
+                "p50_ms": 3.9,
+                "p99_ms": 8.0,
+                "cpu_ms_per_request": {"model replicas": 3.5},
+                "route_cpu_ms_per_request": 3.9,
+                "load_average_at_end": [2.0],
+            }
+        ],
     }
     page = "\n".join(request_path_section(result))
     assert "| onnxruntime | 1.500 | 1.500 |" in page
     assert "| rayrelay | 4.20 | 2.30 |" in page and "| kserve | 2.40 | 0.85 |" in page
     assert "naive" not in page.split("unexplained ms")[1].split("Live")[0]  # the baseline row is left out
     assert "| model replicas | 4.00 |" in page and "**4.20**" in page
+    assert (
+        "| user code on Serve's loop | `RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0` | 3.90 | 8.0 | 3.50 | 3.90 | 2.0 |"
+        in page
+    )
