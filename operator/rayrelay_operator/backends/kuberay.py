@@ -28,12 +28,13 @@ resource fails with the API server's words).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from rayrelay_core.serveconfig import deployed_key_digests
@@ -72,6 +73,9 @@ T = TypeVar("T")
 CLUSTER_SPEC_FIELD = {"rayjobs": "rayClusterSpec", "rayservices": "rayClusterConfig"}
 # How long the answer to "does the installed CRD have authOptions" is kept.
 AUTH_FIELD_TTL_S = 300.0
+# How long a RayJob seen on the operator's watch stands for the API server's copy; past that a
+# pass GETs it once more (a deletion missed while the watch reconnected ends there).
+RAYJOB_CACHE_REFRESH_S = 120.0
 
 _IMAGE_PULL = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 _WAITING_DEPLOYMENT = {"", "New", "Initializing", "Waiting", "Retrying", "Scheduling"}
@@ -294,8 +298,81 @@ def ray_auth_status(
     )
 
 
+def rayjob_summary(rayjob: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``observe_training`` reads of a RayJob: its creation time, status and auth mode (pure).
+
+    A RayJob carries its whole cluster spec (pod templates); a cache of thousands keeps
+    only this.
+    """
+    meta = rayjob.get("metadata") or {}
+    cluster = (rayjob.get("spec") or {}).get(CLUSTER_SPEC_FIELD["rayjobs"]) or {}
+    summary: dict[str, Any] = {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "creationTimestamp") if k in meta},
+        "status": copy.deepcopy(dict(rayjob.get("status") or {})),
+    }
+    if "authOptions" in cluster:
+        summary["spec"] = {CLUSTER_SPEC_FIELD["rayjobs"]: {"authOptions": dict(cluster["authOptions"])}}
+    return summary
+
+
+class RayJobCache:
+    """The operator's RayJobs as its watch last saw them, so that a pass needs no GET.
+
+    Fed by a kopf ``on.event`` handler on RayJobs (``handlers``): every ADDED/MODIFIED
+    event stores the RayJob's summary, DELETED removes it. ``get`` answers None -- ask
+    the API server -- for a RayJob not seen, or not heard of for ``refresh_s`` (a watch
+    that reconnected does not replay deletions); ``put`` records what that GET found.
+    A RayJob the operator just created and whose ADDED has not arrived yet is simply
+    read with a GET, so nothing here can make a pass see "absent" wrongly.
+    """
+
+    def __init__(
+        self, refresh_s: float = RAYJOB_CACHE_REFRESH_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._items: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(rayjob: Mapping[str, Any]) -> tuple[str, str]:
+        meta = rayjob.get("metadata") or {}
+        return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+    def seen(self, event_type: str | None, rayjob: Mapping[str, Any]) -> None:
+        """One watch event (``None``: kopf's initial listing)."""
+        key = self._key(rayjob)
+        with self._lock:
+            if event_type == "DELETED":
+                self._items.pop(key, None)
+            else:
+                self._items[key] = (rayjob_summary(rayjob), self._clock())
+
+    def put(self, rayjob: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._items[self._key(rayjob)] = (rayjob_summary(rayjob), self._clock())
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._items.get((namespace, name))
+        if entry is None or self._clock() - entry[1] > self.refresh_s:
+            return None
+        return copy.deepcopy(entry[0])
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._items.pop((namespace, name), None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class KubeRayBackend:
-    """Backend over KubeRay; ``api_client`` is a configured ``kubernetes.client.ApiClient``."""
+    """Backend over KubeRay; ``api_client`` is a configured ``kubernetes.client.ApiClient``.
+
+    ``rayjobs`` holds the RayJobs the operator's watch has seen (``RayJobCache``); the
+    handlers feed it, and ``observe_training`` reads it before it asks the API server.
+    """
 
     name = "kuberay"
 
@@ -311,6 +388,7 @@ class KubeRayBackend:
         # plural -> (the installed CRD has authOptions, when that was read); warned once each.
         self._auth_fields: dict[str, tuple[bool, float]] = {}
         self._auth_lock = threading.Lock()
+        self.rayjobs = RayJobCache()
         self._auth_warned: set[str] = set()
 
     # ---------------------------------------------------------- network policies
@@ -503,9 +581,12 @@ class KubeRayBackend:
 
     def observe_training(self, work: TrainingWork) -> TrainingObservation:
         ns = work.job.namespace
-        rayjob = self._get(ns, "rayjobs", work.child_name)
+        rayjob = self.rayjobs.get(ns, work.child_name)
         if rayjob is None:
-            return TrainingObservation(WorkState.ABSENT)
+            rayjob = self._get(ns, "rayjobs", work.child_name)
+            if rayjob is None:
+                return TrainingObservation(WorkState.ABSENT)
+            self.rayjobs.put(rayjob)
         status = rayjob.get("status") or {}
         cluster = status.get("rayClusterName")
         pods = self._pods(ns, f"ray.io/cluster={cluster}") if cluster else []
@@ -529,6 +610,7 @@ class KubeRayBackend:
 
     def stop_training(self, work: TrainingWork) -> None:
         # Deleting the RayJob stops the job and tears its cluster down; checkpoints stay in the store.
+        self.rayjobs.forget(work.job.namespace, work.child_name)
         self._delete(work.job.namespace, "rayjobs", work.child_name)
         self._delete_network_policy(work.job.namespace, work.child_name)
 
@@ -543,6 +625,7 @@ class KubeRayBackend:
         for item in listed.get("items") or []:
             labels = (item.get("metadata") or {}).get("labels") or {}
             if labels.get(naming.LABEL_TRAININGJOB) == naming.dns_name(name):  # see _pods
+                self.rayjobs.forget(namespace, item["metadata"]["name"])
                 self._delete(namespace, "rayjobs", item["metadata"]["name"])
                 self._delete_network_policy(namespace, item["metadata"]["name"])
 
