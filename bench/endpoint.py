@@ -276,8 +276,15 @@ def record_lever(label: str, table: list[dict[str, Any]]) -> None:
 
 
 def configure(obj: dict[str, Any], args: argparse.Namespace) -> None:
-    """Apply the command line's replica settings to the ModelDeployment (None = the product's default)."""
+    """Apply the command line's replica settings to the ModelDeployment (None = the product's default).
+
+    ``--product-defaults``: none at all (no batching, autoscaling, resources or runtime in the
+    spec), the deployment a user who writes none of them gets."""
     spec = obj["spec"]
+    if args.product_defaults:
+        for key in ("batching", "autoscaling", "resources", "runtime"):
+            spec.pop(key, None)
+        return
     spec["batching"] = {"maxBatchSize": args.max_batch, "batchWaitTimeoutMs": args.wait_ms}
     spec["autoscaling"] = {"minReplicas": args.replicas, "maxReplicas": args.replicas}
     spec["resources"] = {"cpus": args.cpus}
@@ -289,6 +296,24 @@ def configure(obj: dict[str, Any], args: argparse.Namespace) -> None:
     spec["runtime"] = runtime
 
 
+def deployed_settings(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Replicas, CPUs and batching as deployed (the API's defaults with ``--product-defaults``)."""
+    from rayrelay_core.api import ModelDeploymentSpec
+
+    parsed = ModelDeploymentSpec.model_validate(spec)
+    scaling = parsed.autoscaling
+    replicas: Any = scaling.min_replicas
+    if scaling.max_replicas != scaling.min_replicas:
+        replicas = f"{scaling.min_replicas}-{scaling.max_replicas} (autoscaling)"
+    return {
+        "product_defaults": args.product_defaults,
+        "replicas": replicas,
+        "cpus_per_replica": parsed.resources.cpus,
+        "max_batch_size": parsed.batching.max_batch_size,
+        "batch_wait_timeout_ms": parsed.batching.batch_wait_timeout_ms,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -296,6 +321,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--wait-ms", type=float, default=5)
     parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument(
+        "--product-defaults",
+        action="store_true",
+        help="rayrelay as a user gets it who writes no batching/autoscaling/resources/runtime (overrides those flags)",
+    )
     parser.add_argument("--cpus", type=float, default=1, help="resources.cpus of each replica")
     parser.add_argument(
         "--no-haproxy",
@@ -462,10 +492,7 @@ def main() -> None:
                 "command": " ".join(["python", "-m", "bench.endpoint", *sys.argv[1:]]),
                 "rayrelay": {
                     "variant": args.variant,
-                    "replicas": args.replicas,
-                    "cpus_per_replica": args.cpus,
-                    "max_batch_size": args.max_batch,
-                    "batch_wait_timeout_ms": args.wait_ms,
+                    **deployed_settings(spec, args),
                     "intra_op_threads": args.threads if args.threads is not None else "default rule",
                     "runtime": spec.get("runtime", {}),
                     "protocol": "KServe v2 (OIP) JSON on the model's own route",
