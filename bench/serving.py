@@ -126,6 +126,13 @@ def deploy(
             )
         if clock() - start > timeout:
             raise TimeoutError(f"ModelDeployment not Ready after {timeout}s: {obj['status']}")
+        head = getattr(cluster.ray, "_proc", None)  # LocalRay's `ray start --head --block`
+        if head is not None and head.poll() is not None:
+            # On a loaded machine a head component can time out and `ray start` stops them all;
+            # the passes would only see temporary errors until the timeout.
+            raise RuntimeError(
+                f"the local Ray head exited (code {head.returncode}); see {cluster.ray.temp_dir}/head.log"
+            )
         retries += int(result.temporary)
         sleep(result.delay if result.temporary and result.delay is not None else interval)
 
