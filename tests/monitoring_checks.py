@@ -17,11 +17,15 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +144,86 @@ def prometheus_binaries() -> tuple[str | None, str | None, str]:
     note = venv_bin.parent / ".prometheus-missing"
     why = note.read_text().strip() if note.exists() else "run `make prometheus` (hack/install_prometheus.py)"
     return prom, tool, f"prometheus/promtool not installed: {why}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(what: str, probe: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = probe()
+        if got:
+            return got
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Prometheus:
+    """A real Prometheus server on loopback, queried through its HTTP API."""
+
+    def __init__(self, workdir: Path, targets: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
+        binary = prometheus_binaries()[0]
+        assert binary is not None
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "rules.yaml").write_text(yaml.safe_dump({"groups": rules}, sort_keys=False))
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "rule_files": ["rules.yaml"],
+            "scrape_configs": targets,
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.log = workdir / "prometheus.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address={self.url.removeprefix('http://')}",
+                ],
+                cwd=workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait("Prometheus ready", self._ready, 60)
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = r.json()
+        assert r.status_code == 200 and body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def alerts(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"][
+            "alerts"
+        ]
+        return out
+
+    def targets_up(self) -> bool:
+        active = requests.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        return bool(active) and all(t["health"] == "up" for t in active)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def selectors(expr: str) -> list[str]:
+    """The vector selectors of an expression, as queries of their own."""
+    return [m.group(0) for m in re.finditer(r"\brayrelay_[a-zA-Z0-9_]+\s*(\{[^}]*\})?", expr)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 
 from rayrelay_core.api import TrainingJobSpec
@@ -37,6 +35,7 @@ from rayrelay_core.store import S3Settings, S3Store
 from tests.cluster.chart_operator import (
     FAST_TIMERS,
     Operators,
+    assert_kept,
     create_s3_secret,
     install_chart,
     rayjobs_of,
@@ -44,7 +43,7 @@ from tests.cluster.chart_operator import (
     trainingjob,
     wait_for,
 )
-from tests.cluster.controlplane import ControlPlane, free_port
+from tests.cluster.controlplane import ControlPlane
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import monitoring_checks as mc
@@ -55,72 +54,6 @@ pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason=MISSING)
 OPERATOR_SERIES = re.compile(
     r"rayrelay_(resources|resource_phase|trainingjob_\w+|reconcile\w*|operator_leader)\b"
 )
-
-
-class Prometheus:
-    """A real Prometheus server on loopback, queried through its HTTP API."""
-
-    def __init__(self, workdir: Path, targets: list[dict[str, Any]], rules: list[dict[str, Any]]) -> None:
-        assert PROMETHEUS is not None
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "rules.yaml").write_text(yaml.safe_dump({"groups": rules}, sort_keys=False))
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": ["rules.yaml"],
-            "scrape_configs": targets,
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = workdir / "prometheus.log"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={workdir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={workdir / 'data'}",
-                    f"--web.listen-address={self.url.removeprefix('http://')}",
-                ],
-                cwd=workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for("Prometheus ready", self._ready, 60)
-
-    def _ready(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        try:
-            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        r = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
-        body = r.json()
-        assert r.status_code == 200 and body["status"] == "success", (expr, body)
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def alerts(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"][
-            "alerts"
-        ]
-        return out
-
-    def targets_up(self) -> bool:
-        active = requests.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-        return bool(active) and all(t["health"] == "up" for t in active)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def selectors(expr: str) -> list[str]:
-    """The vector selectors of an expression, as queries of their own."""
-    return [m.group(0) for m in re.finditer(r"\brayrelay_[a-zA-Z0-9_]+\s*(\{[^}]*\})?", expr)]
 
 
 def metrics_port(pid: int) -> int:
@@ -176,7 +109,7 @@ def test_prometheus_scrapes_the_operator_and_alerts_on_a_failed_trainingjob(
             {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": release_namespace, "pod": op.pod_name}}
         ],
     }
-    prom = Prometheus(prometheus_dir, [target], rules)
+    prom = mc.Prometheus(prometheus_dir, [target], rules)
     try:
         wait_for("the operator target up", prom.targets_up, 30)
 
@@ -261,7 +194,7 @@ def test_prometheus_scrapes_the_operator_and_alerts_on_a_failed_trainingjob(
         empty = []
         for expr in exprs + panels:
             prom.query(expr)
-            for sel in selectors(expr):
+            for sel in mc.selectors(expr):
                 if sel.startswith(
                     (
                         "rayrelay_request",
@@ -299,3 +232,38 @@ def test_prometheus_scrapes_the_operator_and_alerts_on_a_failed_trainingjob(
         assert time.monotonic() - started < 60
     finally:
         prom.stop()
+
+
+MONITORING_CRDS = mc.ROOT / "tests" / "data" / "prometheus-operator-crds"
+
+
+def test_monitoring_objects_accepted_by_prometheus_operators_crds(
+    control_plane: ControlPlane, release_namespace: str
+) -> None:
+    """The chart's ServiceMonitor, PodMonitor and PrometheusRule (tests/data/chart-values/
+    monitoring.yaml) applied with kubectl to the real API server with prometheus-operator
+    v0.93.0's CRDs installed: accepted (kubectl's strict field validation refuses a field
+    the CRDs do not know) and stored with every field the chart wrote (nothing pruned or changed). Needs no Prometheus."""
+    plane = control_plane
+    plane.kubectl("apply", "--server-side", "-f", str(MONITORING_CRDS))
+    plane.wait_crds_established(
+        [
+            "servicemonitors.monitoring.coreos.com",
+            "podmonitors.monitoring.coreos.com",
+            "prometheusrules.monitoring.coreos.com",
+        ]
+    )
+    rendered = mc.render_for(
+        release_namespace, mc.ROOT / "tests" / "data" / "chart-values" / "monitoring.yaml"
+    )
+    objs = [o for o in rendered if o["kind"] in ("ServiceMonitor", "PodMonitor", "PrometheusRule")]
+    assert sorted(o["kind"] for o in objs) == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    plane.apply(objs)
+    for obj in objs:
+        stored = plane.get(obj["kind"].lower(), obj["metadata"]["name"], "-n", release_namespace)
+        assert_kept(obj["spec"], stored["spec"], obj["kind"])  # the CRDs' defaults may add, not drop
+    # The check can fail: a field PodMonitor does not have is refused.
+    (pm,) = [o for o in objs if o["kind"] == "PodMonitor"]
+    bad = {**pm, "spec": {**pm["spec"], "podMetricsEndpoint": []}}
+    proc = plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
+    assert proc.returncode != 0 and "podMetricsEndpoint" in proc.stderr, proc.stderr
