@@ -16,7 +16,22 @@ with the product's own functions (``rayrelay_workloads.export``):
 - ``ortfmt-fp32`` / ``ortfmt-int8``: ``convert_to_ort`` (``export.targets: ort``,
   onnxruntime's mobile format for the arm target, fixed optimisations baked in) of
   ``ort-fp32`` and ``ort-int8``, loaded from the ``.ort`` files; file sizes of all
-  variants are in ``op_counts.files_mib``.
+  variants are in ``op_counts.files_mib``;
+- ``ov-fp32`` / ``ov-bf16``: OpenVINO (``rayrelay_workloads.openvino_runtime``, what a
+  replica serves the ``bf16`` variant with) reading the plain fp32 graph with an f32 /
+  bf16 precision hint. ``ov-bf16`` runs only on a CPU with bf16 instructions (AMX,
+  AVX-512 BF16): elsewhere OpenVINO emulates bf16 at ~20x fp32's time, which is no
+  contender (``unavailable`` in the results says so; ``--emulated-bf16`` runs it anyway).
+  Without OpenVINO installed both are listed as unavailable.
+
+Every runtime x precision the host offers is a row. ``auto`` in the results is what
+``variant: auto`` would serve on this host: ``rayrelay_core.variants.choose`` (the
+replica's own rule, margin included) fed the p50 of each candidate at batch 8 x
+sequence 32 (the shape nearest the replica's timing batch of 8 short texts) through
+a fake timing source: int8 = ``ort-int8``, fp32 = ``ort-fp32``, bf16 = ``ov-bf16``,
+with the candidates the run's manifest accepted (bf16 accepted when the bench measured
+its accuracy, the gate's default). Its speed-up over PyTorch and its ratio to the
+fastest contender are reported at 8 x 128 as well.
 
 Every contender runs with 2 intra-op threads (``torch.set_num_threads`` /
 ``intra_op_num_threads``). For each batch x sequence shape (inputs: validation
@@ -43,12 +58,53 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CACHE, DATA, THREADS, apply_env, log, median, percentile, ratio, write_result
-from rayrelay_workloads.hardware import cpu_flags
+from rayrelay_workloads.hardware import cpu_flags, instruction_set
 
 apply_env()
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
-CONTENDERS = ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
+ORT_CONTENDERS = ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
+OV_CONTENDERS = ("ov-fp32", "ov-bf16")
+# variant: auto's candidates and the contender that runs each the way a replica does.
+AUTO_CONTENDERS = {"int8": "ort-int8", "fp32": "ort-fp32", "bf16": "ov-bf16"}
+
+
+def openvino_contenders(emulated_bf16: bool) -> tuple[list[str], dict[str, str]]:
+    """The OpenVINO rows this host offers, and the others with the reason they are left out."""
+    from rayrelay_workloads.openvino_runtime import capability
+
+    cap = capability()
+    if not cap.installed:
+        return [], {c: f"OpenVINO is not installed ({cap.error})" for c in OV_CONTENDERS}
+    why = cap.unavailable(allow_emulated=emulated_bf16)
+    return (["ov-fp32", "ov-bf16"], {}) if why is None else (["ov-fp32"], {"ov-bf16": why})
+
+
+def auto_choice(manifest: dict[str, Any], p50_s: dict[str, float], unavailable: dict[str, str]) -> Any:
+    """What ``variant: auto`` would serve here: the replica's rule on the measured p50s (fake timing)."""
+    from rayrelay_core import variants
+    from rayrelay_core.runs import Manifest, VariantInfo
+
+    m = Manifest.model_validate(manifest)
+    if "bf16" not in m.variants and "ov-bf16" in p50_s:  # a run published before the bf16 variant
+        m.variants["bf16"] = VariantInfo(file=m.variants["fp32"].file, runtime="openvino")
+    gone = {"bf16": unavailable["ov-bf16"]} if "ov-bf16" in unavailable else {}
+
+    def run(variant: str) -> float:
+        return p50_s[AUTO_CONTENDERS[variant]]
+
+    return variants.choose(
+        m,
+        variants.AUTO,
+        lambda variant: p50_s[AUTO_CONTENDERS[variant]],
+        run,
+        isa=instruction_set(),
+        provider=variants.CPU_PROVIDER,
+        batch=8,
+        rounds=1,
+        budget_s=1.0,
+        unavailable=gone,
+    )
 
 
 def model_flops(config: Any, batch: int, seq: int, num_labels: int) -> float:
@@ -160,6 +216,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--run", help="run folder (default: bench.model.ensure_run())")
+    parser.add_argument(
+        "--emulated-bf16", action="store_true", help="time ov-bf16 even where the CPU only emulates bf16"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -186,6 +245,15 @@ def main() -> None:
         "ortfmt-fp32": session(work / "ort" / "plain.ort", THREADS),
         "ortfmt-int8": session(work / "ort" / "int8.ort", THREADS),
     }
+    ov_rows, unavailable = openvino_contenders(args.emulated_bf16)
+    if ov_rows:
+        from rayrelay_workloads.openvino_runtime import OpenVinoSession
+
+        for name in ov_rows:
+            sessions[name] = OpenVinoSession(str(work / "plain.onnx"), THREADS, name.removeprefix("ov-"))
+    precisions = {name: getattr(sessions[name], "precision_label", "") for name in ov_rows}
+    CONTENDERS = (*ORT_CONTENDERS, *ov_rows)
+    log(f"kernel: contenders {', '.join(CONTENDERS)}; left out: {unavailable or 'none'}")
     input_names = [i.name for i in sessions["ort-fp32"].get_inputs()]
 
     def runner(name: str, enc: dict[str, np.ndarray]) -> Any:
@@ -286,6 +354,27 @@ def main() -> None:
                 + ", ".join(f"{c} {percentile(lat[c], 50) * 1000:.1f}" for c in CONTENDERS)
             )
 
+    def p50s(batch: int, seq: int) -> dict[str, float]:
+        return {r["contender"]: r["p50_ms"] / 1000 for r in grid if (r["batch"], r["seq"]) == (batch, seq)}
+
+    choice = auto_choice(manifest, p50s(8, 32), unavailable)
+    at_128 = p50s(8, 128)
+    served = at_128[AUTO_CONTENDERS[choice.variant]]
+    fastest = min(at_128, key=lambda c: at_128[c])
+    auto = {
+        "variant": choice.variant,
+        "runtime": choice.runtime,
+        "precision": choice.precision,
+        "reason": choice.reason,
+        "timed_shape": "8x32",
+        "speedup_vs_pytorch_8x128": ratio(at_128["pytorch"], served),
+        "vs_fastest_8x128": ratio(at_128[fastest], served),
+        "fastest_8x128": fastest,
+        "accuracy": accuracy[AUTO_CONTENDERS[choice.variant]],
+        "accuracy_vs_fp32": accuracy[AUTO_CONTENDERS[choice.variant]] - accuracy["ort-fp32"],
+    }
+    log(f"kernel: auto would serve {choice.variant} here: {choice.reason}")
+
     peak = max(max(g.values()) for g in gemm_samples)
     for row in grid:
         # Best call against the best GEMM sample: both the least disturbed by other load.
@@ -318,6 +407,11 @@ def main() -> None:
                 "samples": len(gemm_samples),
             },
             "cpu_flags": cpu_flags(),
+            "instruction_set": instruction_set(),
+            "contenders": list(CONTENDERS),
+            "unavailable": unavailable,
+            "openvino_precisions": precisions,
+            "auto": auto,
             "accuracy": accuracy,
             "max_abs_logit_diff_vs_pytorch": max_diff,
             "validation_samples": len(texts),

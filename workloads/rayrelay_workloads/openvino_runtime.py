@@ -114,7 +114,8 @@ class OpenVinoSession:
         core = ov.Core()
         read = core.read_model(model=model)
         config = {
-            "INFERENCE_PRECISION_HINT": precision,
+            # OpenVINO spells the precisions f32 / bf16 / f16.
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "fp16": "f16"}.get(precision, precision),
             "INFERENCE_NUM_THREADS": max(1, int(threads)),
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
