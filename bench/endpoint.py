@@ -361,7 +361,7 @@ def main() -> None:
 
     from bench import peers
     from bench.model import ensure_run, hf_dir
-    from bench.serving import deploy, md_object, start_cluster, undeploy
+    from bench.serving import md_object, start_and_deploy, undeploy
 
     if args.no_haproxy:
         os.environ["RAYRELAY_SERVE_HAPROXY"] = "0"  # read by LocalRay when it starts the head
@@ -378,10 +378,9 @@ def main() -> None:
     winners: dict[str, Any] = {}
     try:
         log(f"endpoint: starting a local Ray head and deploying the ModelDeployment ({args.variant})")
-        cluster = start_cluster(start_timeout=600)  # a loaded machine starts Ray slowly
         obj = md_object("bench-endpoint", f"file://{run / 'manifest.json'}", args.variant)
         configure(obj, args)
-        rollout = deploy(cluster, obj)
+        cluster, rollout = start_and_deploy(obj)  # a loaded machine starts Ray slowly
         rr_url = f"{cluster.url}/v2/models/bench-endpoint/infer"
         ingress = "HAProxy" if cluster.ray.haproxy else "Serve's Python proxy"
         log(f"endpoint: Ready after {rollout.seconds:.1f}s at {rr_url} (ingress: {ingress})")

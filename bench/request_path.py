@@ -202,15 +202,14 @@ def live_c1(run: Any, requests: int, profile: Path | None) -> dict[str, Any]:
     a shared machine) are ``other`` and left out of the sum. With ``profile``, py-spy samples
     the model replicas during the load (a flame graph in SVG)."""
     from bench.endpoint import loadgen
-    from bench.serving import deploy, md_object, start_cluster, undeploy
+    from bench.serving import md_object, start_and_deploy, undeploy
 
-    cluster = start_cluster(start_timeout=600)
     obj = md_object("bench-endpoint", f"file://{run / 'manifest.json'}", "int8")
     obj["spec"].update(
         autoscaling={"minReplicas": 2, "maxReplicas": 2}, resources={"cpus": 1}, runtime={}, batching={}
     )
+    cluster, _ = start_and_deploy(obj)
     try:
-        deploy(cluster, obj)
         url = f"{cluster.url}/v2/models/bench-endpoint/infer"
         loadgen(url, "v2", 1, 100, 30.0)  # warm-up
         groups = process_groups()

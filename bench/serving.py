@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import THREADS, free_port
+from bench.common import THREADS, free_port, log
 
 
 def md_object(
@@ -130,11 +130,37 @@ def deploy(
         if head is not None and head.poll() is not None:
             # On a loaded machine a head component can time out and `ray start` stops them all;
             # the passes would only see temporary errors until the timeout.
-            raise RuntimeError(
-                f"the local Ray head exited (code {head.returncode}); see {cluster.ray.temp_dir}/head.log"
-            )
+            raise HeadExited(f"the local Ray head exited (code {head.returncode})")
         retries += int(result.temporary)
         sleep(result.delay if result.temporary and result.delay is not None else interval)
+
+
+class HeadExited(RuntimeError):
+    """The local Ray head stopped while a deployment was rolling out (see :func:`deploy`)."""
+
+
+def start_and_deploy(
+    obj: dict[str, Any], tries: int = 3, start_timeout: float = 600
+) -> tuple[Cluster, Rollout]:
+    """:func:`start_cluster` and :func:`deploy`, on a fresh head again when the head exited meanwhile.
+
+    On a loaded machine one of a head's components can time out at start (the Ray client
+    server waiting for its node) and ``ray start --block`` then stops them all; a benchmark
+    starts over on a new head rather than fail the run."""
+    for attempt in range(1, tries + 1):
+        cluster = start_cluster(start_timeout=start_timeout)
+        try:
+            return cluster, deploy(cluster, obj)
+        except HeadExited as exc:
+            cluster.stop()
+            obj.pop("status", None)
+            if attempt == tries:
+                raise
+            log(f"serving: {exc}; starting a new head (attempt {attempt + 1} of {tries})")
+        except BaseException:
+            cluster.stop()
+            raise
+    raise AssertionError("unreachable")
 
 
 def undeploy(cluster: Cluster, obj: dict[str, Any]) -> None:
