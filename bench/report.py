@@ -1041,6 +1041,11 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "(`rayrelay_workloads.pipeline.run_pipeline`: 1 epoch over the 3,000 shipped texts, 2 Ray "
         "Train workers, sequence ≤ 128, ONNX export, int8, quality gate, manifest) and cached in "
         "`bench/.cache/run/` (git-ignored), or copied from a finished run under `.rayrelay/artifacts`.",
+        "- The endpoint benchmark's peers (KServe's ModelServer, MLServer) run from venvs the bench makes "
+        "with pip the first time (`bench/peers.py`: `bench/.cache/peers/<peer>-<hash of the pins>`, a "
+        "minute or two each, then reused); `python -m bench.endpoint --peers` (the flag alone) leaves "
+        "them out, `--peers kserve` takes one, `--variant fp32` serves the fp32 file in every contender, "
+        "`--product-defaults` deploys rayrelay with no batching/autoscaling/resources in the spec.",
         "- Every Ray instance is the benchmark's own (`ray.init` in a benchmark process, or a head "
         "started by `rayrelay_operator.localray.LocalRay` on free ports and stopped by SIGTERM); "
         "all traffic stays on loopback.",
