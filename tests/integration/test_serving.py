@@ -397,6 +397,8 @@ def test_concurrent_requests_are_batched(endpoint: str) -> None:
         variant="fp32",
         variant_reason=f"fp32 forced by the spec (not timed); running on {instruction_set()} (CPUExecutionProvider)",
         instruction_set=instruction_set(),
+        runtime="onnxruntime",
+        precision="fp32",
     )
 
 
