@@ -251,6 +251,61 @@ def test_tokens_a_slow_reader_fell_behind_by_leave_in_one_chunk() -> None:
     assert events[-1]["finish_reason"] == whole["finish_reason"] and server.tokens == 24
 
 
+def test_streams_sharing_the_batch_send_at_most_once_per_flush_interval(monkeypatch: Any) -> None:
+    """Two streams decode together: each sends its first token at once, then what is ready
+    once per interval (set long here); the tokens and text are those of each stream alone."""
+    from rayrelay_workloads.textgen import serving
+
+    monkeypatch.setattr(serving, "STREAM_FLUSH_S", 1.0)
+    server = replica(wrap=Gate)
+    gate = server.engine.decoder.session
+    bodies = [doc("Where is my order", 8), doc("Thanks for the help with", 8)]
+
+    arrivals: dict[int, list[float]] = {0: [], 1: []}
+
+    async def one(body: bytes, chunks: list[bytes]) -> None:
+        response = await server(http_request(STREAM, body))
+        times = arrivals[bodies.index(body)]
+
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                chunks.append(message["body"])
+                times.append(time.monotonic())
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        await response({"type": "http"}, receive, send)
+
+    async def scenario() -> tuple[list[list[bytes]], list[Any]]:
+        alone = [await generate(server, b) for b in bodies]
+        gate.shut()
+        chunks: list[list[bytes]] = [[], []]
+        tasks = [asyncio.create_task(one(b, c)) for b, c in zip(bodies, chunks, strict=True)]
+        await until(lambda: gate.held and server.requests == 4, "both streams are queued")
+        gate.permits(2)  # the two prefills (one each, or one for both and a step)
+        await until(lambda: all(chunks), "each stream sent its first token at once")
+        await until(lambda: gate.held, "the decode thread waits at the gate")
+        gate.permits(1)  # one step of both: a token each, which waits for the interval
+        await asyncio.sleep(0.3)
+        assert [len(c) for c in chunks] == [1, 1], "a stream sharing the batch waits out the interval"
+        gate.permits(None)
+        await asyncio.gather(*tasks)
+        return chunks, alone
+
+    chunks, alone = asyncio.run(scenario())
+    assert server.scheduler.stats.peak_rows == 2
+    for i, (stream, (_, whole)) in enumerate(zip(chunks, alone, strict=True)):
+        events = [e for c in stream for e in sse_events(c)]
+        assert [e["token_id"] for e in events] == whole["tokens"] and len(events) == 8
+        # The first chunk leaves with what is ready at once; the next waits out the interval
+        # while the other stream still decodes (the last token of each leaves at once).
+        assert 2 <= len(stream) <= 3, [len(sse_events(c)) for c in stream]
+        gaps = [b - a for a, b in zip(arrivals[i], arrivals[i][1:], strict=False)]
+        assert any(g >= 0.9 for g in gaps), gaps
+
+
 def test_a_full_queue_gets_429_and_a_queued_request_waits_its_turn() -> None:
     server = replica(spec={"generation": {"maxBatchSize": 1, "maxQueuedRequests": 1}}, wrap=Gate)
     gate = server.engine.decoder.session

@@ -80,6 +80,9 @@ log = logging.getLogger("ray.serve")
 MODULE_IMPORTED_AT = time.time()
 
 TASK = "text-generation"
+# While several streams decode together, each sends what is ready at most this often (its
+# first token and its last at once); a stream decoding alone sends each token as it comes.
+STREAM_FLUSH_S = 0.02
 WARMUP_PROMPT = "rayrelay warm-up"
 INFER_MAX_TOKENS = 16
 _V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<rest>/ready|/infer|/generate|/generate_stream)?/?$")
@@ -381,9 +384,11 @@ class TextGenServer:
     async def _pieces(self, req: gp.GenerationRequest, ids: list[int]) -> AsyncIterator[list[Piece]]:
         """The request's pieces from the decode loop, as they come; leaving early (client gone) frees its row.
 
-        Each item is every piece ready now: one while the reader keeps up (each token goes out
-        as soon as it is chosen), several when it fell behind the decode loop, which then go
-        out together (one chunk, one Serve message) instead of one message per token.
+        Each item is every piece ready now: one while the reader keeps up and the row decodes
+        alone (each token goes out as soon as it is chosen), several when the reader fell
+        behind the decode loop or, while other rows share the batch, what the last
+        :data:`STREAM_FLUSH_S` made: they go out together (one chunk, one Serve message)
+        instead of one message per token.
         The row is queued here, on the first iteration, not before: a response whose body never
         starts (its client left at once) then never holds a place in the batch."""
         post = loop_post(asyncio.get_running_loop())
@@ -391,10 +396,19 @@ class TextGenServer:
         row = self.engine.row(req, ids, lambda item: post.post(queue, item))
         self.requests += 1
         self.scheduler.submit(row)
+        sent_at: float | None = None
         try:
             while True:
+                first = await queue.get()
+                if sent_at is not None and isinstance(first, Piece) and first.finish_reason is None:
+                    # Several streams decode together: this one sends at most every
+                    # STREAM_FLUSH_S, with every token ready by then (fewer messages through
+                    # Serve, which cost more CPU per token than the step). Alone, at once.
+                    wait = STREAM_FLUSH_S - (time.monotonic() - sent_at)
+                    if wait > 0 and self.scheduler.running() > 1:
+                        await asyncio.sleep(wait)
                 ready: list[Piece] = []
-                for item in drain(queue, await queue.get()):
+                for item in drain(queue, first):
                     if isinstance(item, BaseException):
                         raise RuntimeError("text generation failed") from item
                     ready.append(item)
@@ -402,6 +416,7 @@ class TextGenServer:
                         break
                 self.tokens += len(ready)
                 yield ready
+                sent_at = time.monotonic()
                 if ready[-1].finish_reason is not None:
                     return
         finally:
