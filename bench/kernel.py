@@ -86,7 +86,8 @@ def auto_choice(manifest: dict[str, Any], p50_s: dict[str, float], unavailable: 
     from rayrelay_core.runs import Manifest, VariantInfo
 
     m = Manifest.model_validate(manifest)
-    if "bf16" not in m.variants and "ov-bf16" in p50_s:  # a run published before the bf16 variant
+    if "bf16" not in m.variants and ("ov-bf16" in p50_s or "ov-bf16" in unavailable):
+        # A run published before the bf16 variant: as the gate's default would list it.
         m.variants["bf16"] = VariantInfo(file=m.variants["fp32"].file, runtime="openvino")
     gone = {"bf16": unavailable["ov-bf16"]} if "ov-bf16" in unavailable else {}
 
