@@ -37,6 +37,7 @@ BENCHMARKS = (
     "distillation",
     "pruning",
     "variant_choice",
+    "edge",
 )
 NEEDS_MODEL = {
     "kernel",
@@ -47,6 +48,7 @@ NEEDS_MODEL = {
     "distillation",
     "pruning",
     "variant_choice",
+    "edge",
 }
 
 

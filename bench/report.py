@@ -51,6 +51,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "distillation",
         "pruning",
         "variant_choice",
+        "edge",
         "run",
     ):
         path = results / f"{name}.json"
@@ -966,6 +967,12 @@ def _variant_choice_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _edge_section(doc: dict[str, Any]) -> list[str]:
+    from bench.edge import report_section  # issue 29: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -1021,6 +1028,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "distillation": _distillation_section,
         "pruning": _pruning_section,
         "variant_choice": _variant_choice_section,
+        "edge": _edge_section,
     }
     for name, fn in sections.items():
         if name in docs:

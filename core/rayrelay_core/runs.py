@@ -323,7 +323,8 @@ class Manifest(Doc):
     variants: dict[str, VariantInfo] = Field(
         description=(
             "pytorch, fp32, int8, bf16 (OpenVINO running fp32's file in bf16), and with "
-            "export.targets ort: fp32-ort, int8-ort (.ort files)."
+            "export.targets ort: fp32-ort, int8-ort (.ort files); with tflite: fp32-tflite, "
+            "int8-tflite (LiteRT .tflite files, never served by the endpoint: for edge devices)."
         )
     )
     recommended_variant: str = Field(
