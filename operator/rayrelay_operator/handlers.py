@@ -384,7 +384,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if memo.get("ctx") is None:
             memo["ctx"] = default_context(ours)
         metrics.serve(memo.get("metrics_port", ours.metrics_port))
-        metrics.track_leadership()
+        metrics.track_leadership(peering=bool(settings.peering.mandatory))
 
     _register_trainingjob(registry, interval, idle)
     _register_modeldeployment(registry, interval, idle)

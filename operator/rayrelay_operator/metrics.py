@@ -16,7 +16,7 @@ operator's contract (dashboards and alerts use them):
 - ``rayrelay_modeldeployment_replicas{resource_namespace,resource_name,state}`` -- state:
   wanted (Serve's autoscaler target), existing, ready; from status
 - ``rayrelay_operator_leader`` -- 1 while this replica reconciles (standalone, or the
-  kopf peering leader), 0 while it stands by behind a peer of higher priority
+  kopf peering leader), 0 while it stands by (kopf's peering starts paused)
 
 The error and pass counters of the reasons alerts watch (``StoreUnavailable``) and of
 every result start at 0, so that ``rate()`` and ``increase()`` have a series to read
@@ -171,9 +171,15 @@ class _LeadershipFilter(logging.Filter):
 _leadership = _LeadershipFilter()
 
 
-def track_leadership() -> None:
-    """This replica reconciles from now on until kopf's peering pauses it (idempotent)."""
-    LEADER.set(1)
+def track_leadership(*, peering: bool) -> None:
+    """Follow this replica's leadership from now on (idempotent).
+
+    Standalone, it reconciles from the start. With (mandatory) peering kopf starts every
+    replica paused and resumes the one no live peer outranks, so a replica is no leader
+    until kopf says it resumes (a standby started after the leader logs nothing at all).
+    With one peering object per watched namespace, the last message of any of them wins.
+    """
+    LEADER.set(0 if peering else 1)
     logger = logging.getLogger(PEERING_LOGGER)
     if not logger.isEnabledFor(logging.INFO):  # a logger's filters see only what it emits
         logger.setLevel(logging.INFO)

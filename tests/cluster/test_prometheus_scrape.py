@@ -267,3 +267,62 @@ def test_monitoring_objects_accepted_by_prometheus_operators_crds(
     bad = {**pm, "spec": {**pm["spec"], "podMetricsEndpoint": []}}
     proc = plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
     assert proc.returncode != 0 and "podMetricsEndpoint" in proc.stderr, proc.stderr
+
+
+def test_leader_metric_follows_real_peering(
+    crds_installed: ControlPlane,
+    kuberay_crds: ControlPlane,
+    release_namespace: str,
+    s3_server: str,
+    s3_bucket: str,
+    operators: Operators,
+    prometheus_dir: Path,
+) -> None:
+    """Two replicas as the chart runs them (``replicaCount: 2``, kopf peering), both scraped:
+    exactly one reports ``rayrelay_operator_leader 1`` (the one kopf resumes; the other starts
+    paused and stays so), ``sum`` is 1 so neither leadership alert holds; the leader
+    SIGKILLed, the standby reports 1 once kopf resumes it (after the peering lifetime)."""
+    plane = crds_installed
+    create_s3_secret(plane, release_namespace)
+    values = {**s3_values(s3_server, f"{s3_bucket}/runs"), **FAST_TIMERS, "replicaCount": 2}
+    release = install_chart(plane, release_namespace, values)
+    first, second = operators.start(release, "7c9d4"), operators.start(release, "x2k8q")
+    first.wait_ready()
+    second.wait_ready()
+    assert first.proc is not None and second.proc is not None
+    pods = {first.pod_name: first, second.pod_name: second}
+    targets = [
+        {
+            "job_name": f"op-{i}",
+            "static_configs": [
+                {
+                    "targets": [f"127.0.0.1:{metrics_port(op.proc.pid)}"],  # type: ignore[union-attr]
+                    "labels": {"namespace": release_namespace, "pod": op.pod_name},
+                }
+            ],
+        }
+        for i, op in enumerate((first, second))
+    ]
+    prom = mc.Prometheus(prometheus_dir, targets, [])
+    selector = f'rayrelay_operator_leader{{namespace="{release_namespace}"}}'
+
+    def leaders() -> dict[str, str] | None:
+        series = prom.query(selector)
+        got = {s["metric"]["pod"]: s["value"][1] for s in series}
+        return got if len(got) == 2 and sorted(got.values()) == ["0", "1"] else None
+
+    try:
+        wait_for("both targets up", prom.targets_up, 30)
+        state = wait_for("one leader and one standby", leaders, 90)
+        leader = pods[next(p for p, v in state.items() if v == "1")]
+        standby = pods[next(p for p, v in state.items() if v == "0")]
+        assert [s["value"][1] for s in prom.query(f"sum({selector})")] == ["1"]
+        leader.kill()
+
+        def standby_leads() -> bool:
+            series = prom.query(f'{selector[:-1]}, pod="{standby.pod_name}"}} == 1')
+            return bool(series)
+
+        wait_for("the standby to report itself leader", standby_leads, 60)
+    finally:
+        prom.stop()

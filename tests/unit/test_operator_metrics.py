@@ -79,10 +79,13 @@ def test_alerted_counters_start_at_zero() -> None:
 
 
 def test_leader_follows_kopf_peering_pauses() -> None:
-    metrics.track_leadership()
-    metrics.track_leadership()  # idempotent: one filter
+    metrics.track_leadership(peering=False)
+    assert value("rayrelay_operator_leader") == 1  # standalone: it reconciles from the start
+    metrics.track_leadership(peering=True)  # idempotent: one filter
     logger = logging.getLogger(metrics.PEERING_LOGGER)
     assert logger.filters.count(metrics._leadership) == 1
+    assert value("rayrelay_operator_leader") == 0  # peering: paused until kopf resumes it
+    logger.info("Resuming operations after the pause. Conflicting operators with the same priority are gone.")
     assert value("rayrelay_operator_leader") == 1
     logger.info("Pausing operations in favour of [Peer(identity='rayrelay-1', priority=10)].")
     assert value("rayrelay_operator_leader") == 0
@@ -92,4 +95,4 @@ def test_leader_follows_kopf_peering_pauses() -> None:
     assert value("rayrelay_operator_leader") == 0
     logger.info("Keep-alive in 'rayrelay' cluster-wide: ok.")  # anything else changes nothing
     assert value("rayrelay_operator_leader") == 0
-    metrics.track_leadership()
+    metrics.track_leadership(peering=False)
