@@ -71,7 +71,10 @@ def install(bin_dir: Path, cache: Path) -> str | None:
         return None
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         return "apt-get / dpkg-deb not found (Debian's prometheus package is the pinned source)"
-    arch = _arch()
+    try:
+        arch = _arch()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"dpkg --print-architecture failed: {exc}"
     if arch not in SHA256:
         return f"no pinned {PACKAGE} package for architecture {arch}"
     try:
@@ -90,6 +93,7 @@ def install(bin_dir: Path, cache: Path) -> str | None:
 
 def main(bin_dir: str) -> int:
     target = Path(bin_dir)
+    target.mkdir(parents=True, exist_ok=True)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rayrelay" / "debs"
     note = target.parent / MISSING_NOTE
     reason = install(target, cache)
