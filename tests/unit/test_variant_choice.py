@@ -542,3 +542,24 @@ def test_replica_auto_times_bf16_only_where_the_cpu_runs_it(
     assert choice["variant"] == "int8"  # the light graph; bf16 runs fp32's heavy one
     later = replica(uri, tmp_path / "cache2", None).info()["variantChoice"]
     assert later["timed"] == "node" and later["timingsMs"] == choice["timingsMs"]
+
+
+def test_a_replica_rules_bf16_out_from_the_cpu_flags_without_importing_openvino(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing OpenVINO costs a replica's start ~0.4 s: CPU flags without amx_bf16/avx512_bf16
+    settle it; with them, OpenVINO's own capability decides (stubbed here: this host has neither)."""
+    from rayrelay_workloads import openvino_runtime as ovr
+
+    def must_not_probe() -> ovr.Capability:
+        raise AssertionError("OpenVINO probed although the CPU flags rule bf16 out")
+
+    monkeypatch.delenv(ovr.ALLOW_EMULATED_ENV, raising=False)
+    monkeypatch.setattr(ovr, "capability", must_not_probe)
+    vnni = "flags\t\t: avx2 avx512f avx512_vnni\n"
+    assert ovr.serving_unavailable(vnni) == ovr.NO_BF16
+    amx = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+    monkeypatch.setattr(ovr, "capability", lambda: ovr.Capability(True, "2026.4.1", hardware_bf16=True))
+    assert ovr.serving_unavailable(amx) is None
+    monkeypatch.setattr(ovr, "capability", lambda: ovr.Capability(False, error="No module named 'openvino'"))
+    assert "OpenVINO is not installed" in (ovr.serving_unavailable(amx) or "")

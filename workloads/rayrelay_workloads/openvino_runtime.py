@@ -38,6 +38,7 @@ PROVIDER = "OpenVINO:CPU"  # what get_providers() reports, beside onnxruntime's 
 EMULATED = "bf16-emulated"  # the precision label of a bf16 that the CPU emulates
 # Time an emulated bf16 too (tests on hosts without bf16 instructions; never worth it in production).
 ALLOW_EMULATED_ENV = "RAYRELAY_BF16_EMULATED"
+NO_BF16 = "this CPU has no bf16 instructions (OpenVINO would emulate bf16, about 20x slower than fp32)"
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,31 @@ class Capability:
         if allow_emulated is None:
             allow_emulated = os.environ.get(ALLOW_EMULATED_ENV, "") == "1"
         if not self.hardware_bf16 and not allow_emulated:
-            return (
-                "this CPU has no bf16 instructions (OpenVINO would emulate bf16, about 20x slower than fp32)"
-            )
+            return NO_BF16
         return None
 
 
 _capability: Capability | None = None
 _lock = threading.Lock()
+# The CPU flags (/proc/cpuinfo) behind OpenVINO's BF16 capability on x86.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def serving_unavailable(cpuinfo: str | None = None) -> str | None:
+    """:meth:`Capability.unavailable` for a replica, without importing OpenVINO where the CPU
+    flags already rule bf16 out (importing it costs a replica's start ~0.4 s)."""
+    from rayrelay_workloads.hardware import cpu_flags
+
+    allow_emulated = os.environ.get(ALLOW_EMULATED_ENV, "") == "1"
+    if not allow_emulated and not set(BF16_FLAGS) & set(cpu_flags(cpuinfo)):
+        return NO_BF16
+    return capability().unavailable(allow_emulated)
+
+
+def serving_key() -> list[object]:
+    """What of OpenVINO a replica's node memo of the auto choice depends on."""
+    why = serving_unavailable()
+    return [why] if why == NO_BF16 else [capability().version, capability().hardware_bf16, why]
 
 
 def capability() -> Capability:

@@ -300,8 +300,7 @@ class ModelServer:
             _ort_version(),
         ]
         if "bf16" in self._manifest_variants():
-            cap = openvino_runtime.capability()  # bf16 is a candidate: its runtime counts too
-            settings += [cap.version, cap.hardware_bf16, cap.unavailable()]
+            settings += openvino_runtime.serving_key()  # bf16 is a candidate: its runtime counts too
         key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         return cache_root(self._cache_dir) / digest / f".variant-choice-{key}.json"
 
@@ -315,7 +314,7 @@ class ModelServer:
         info = manifest.variants.get("bf16")
         if info is None or not info.accepted:
             return {}
-        why = openvino_runtime.capability().unavailable()
+        why = openvino_runtime.serving_unavailable()
         return {"bf16": why} if why else {}
 
     def _remember(self, choice: VariantChoice) -> None:
