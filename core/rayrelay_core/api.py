@@ -408,6 +408,15 @@ class ExportSpec(ApiModel):
             "the validation set in its own runtime."
         ),
     )
+    bf16: bool = Field(
+        default=True,
+        description=(
+            "Measure the bf16 variant (OpenVINO running onnx/model.onnx in bf16) on the validation "
+            "set, so that replicas on CPUs with bf16 instructions (AMX) may serve it. On an export "
+            "host without them OpenVINO emulates bf16 and the pass takes many times fp32's; false "
+            "publishes no bf16 variant."
+        ),
+    )
 
     @model_validator(mode="after")
     def _onnx_target(self) -> ExportSpec:

@@ -170,3 +170,20 @@ def test_attention_is_fused_on_what_transformers_exports(tiny_model: str, tmp_pa
     export_onnx(model, AutoTokenizer.from_pretrained(tiny_model), plain, 17, 32)
     counts = optimize_onnx(plain, tmp_path / "fused.onnx", model.config)
     assert counts.get("Attention") == model.config.num_hidden_layers, counts
+
+
+def test_export_bf16_false_publishes_no_bf16_variant(tiny_model: str, tmp_path: Path) -> None:
+    """``export.bf16: false`` (an export host without bf16 instructions would emulate it, slowly):
+    no OpenVINO pass, no figure, and publish lists no bf16 variant."""
+    from rayrelay_core.api import ExportSpec
+    from rayrelay_workloads.data import Example
+    from rayrelay_workloads.export import export_all
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model").symlink_to(tiny_model, target_is_directory=True)
+    validation = [Example(f"text {i}", "ab"[i % 2], i + 1) for i in range(8)]
+    spec = ExportSpec.model_validate({"optimize": False, "quantize": "none", "bf16": False})
+    result = export_all(checkpoint, tiny_model, tmp_path / "out", spec, 16, validation, ["a", "b"], 1, 1)
+    assert result.bf16 is None and result.bf16_missing is None
+    assert set(result.accuracy) == {"pytorch", "fp32"} and "bf16_emulated" not in result.metrics

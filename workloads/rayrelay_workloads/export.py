@@ -586,7 +586,11 @@ def export_all(
         tflite = tflite_variants(ref.model, rows, out, spec.quantize == Quantize.INT8, threads, bench_repeats)
         extra_files |= tflite.files
         tflite_logits, metrics = tflite.logits, metrics | tflite.metrics
-    bf16_sess, bf16, bf16_metrics, bf16_missing = bf16_variant(fp32_path, threads, bench, bench_repeats)
+    # export.bf16: false publishes no bf16 variant at all.
+    no_bf16: tuple[Any, RuntimeVariant | None, dict[str, float], str | None] = (None, None, {}, None)
+    bf16_sess, bf16, bf16_metrics, bf16_missing = (
+        bf16_variant(fp32_path, threads, bench, bench_repeats) if spec.bf16 else no_bf16
+    )
     metrics |= bf16_metrics
     if bf16_sess is not None:
         sessions["bf16"] = bf16_sess
