@@ -8,9 +8,15 @@ Serve; the load is a bounded asyncio client (aiohttp) on loopback, in this
 process: ``c`` workers each send ``generate_stream`` requests back to back
 (greedy, ``NEW`` new tokens, prompts of different lengths cut from the
 validation texts) for ``ROUNDS`` requests each, for c in 1, 2, 4, 8. Per level:
-aggregate tokens/s (tokens received / wall time of the level), p50 time between
-tokens (gaps between consecutive server-sent events of one stream) and time to
-first token (p50, p99).
+aggregate tokens/s (tokens received / wall time of the level), p50 time per
+token of a stream ((last - first event) / (events - 1), which events that arrive
+together in one read cannot shorten), the gaps between consecutive events, how
+many events one read brought, and time to first token (p50, p99).
+
+Ceiling: the replica's decode loop alone (``TextGenEngine`` and its
+``Scheduler`` on the same int8 decoder and thread count, no HTTP, no Serve), c
+closed-loop workers as above; what the endpoint loses against it is the
+serving path's per-token cost.
 
 Baseline: PyTorch ``generate`` (eager fp32, greedy, ``min_new_tokens`` =
 ``max_new_tokens``) on the same prompts batched the same way (c rows, left
@@ -56,20 +62,60 @@ def prompt_texts(count: int) -> list[str]:
 
 
 async def one_stream(session: Any, url: str, prompt: str, new: int) -> dict[str, Any]:
-    """One ``generate_stream`` request: arrival times of its events, relative to the request."""
+    """One ``generate_stream`` request: arrival times of its events (relative to the request) and
+    how many reads brought them (events that were ready together arrive in one chunk)."""
     body = {"text_input": prompt, "parameters": {"max_tokens": new, "temperature": 0}}
     start = time.perf_counter()
     times: list[float] = []
+    reads, buffer = 0, b""
     async with session.post(url, json=body) as resp:
         resp.raise_for_status()
-        async for line in resp.content:
-            if line.startswith(b"data: "):
-                times.append(time.perf_counter() - start)
-                json.loads(line[6:])
-    return {"times": times}
+        async for data in resp.content.iter_any():
+            now = time.perf_counter() - start
+            reads += 1
+            *events, buffer = (buffer + data).split(b"\n\n")
+            for event in events:
+                if event.startswith(b"data: "):
+                    times.append(now)
+                    json.loads(event[6:])
+    return {"times": times, "reads": reads}
 
 
-async def level(url: str, concurrency: int, rounds: int, new: int) -> dict[str, Any]:
+def per_token_ms(times: list[float]) -> float | None:
+    """A stream's time per output token after the first: (last - first) / (tokens - 1), in ms.
+
+    Unlike the gaps between events, this does not shrink when events arrive together."""
+    return (times[-1] - times[0]) / (len(times) - 1) * 1000 if len(times) > 1 else None
+
+
+def cpu_seconds(procs: dict[str, Any]) -> dict[str, float]:
+    """User + system CPU seconds each process used so far."""
+    out = {}
+    for name, proc in procs.items():
+        times = proc.cpu_times()
+        out[name] = times.user + times.system
+    return out
+
+
+def serving_processes(replica_pid: int) -> dict[str, Any]:
+    """The replica's process, Serve's HTTP proxy beside it (same raylet), and this client.
+
+    Their CPU time per token is the serving path's cost, which a loaded machine stretches
+    less than it stretches wall time."""
+    import psutil
+
+    replica = psutil.Process(replica_pid)
+    procs: dict[str, Any] = {"replica": replica, "client": psutil.Process()}
+    raylet = replica.parent()
+    for child in raylet.children() if raylet is not None else []:
+        if "ProxyActor" in " ".join(child.cmdline()):
+            procs["proxy"] = child
+    return procs
+
+
+async def level(
+    url: str, concurrency: int, rounds: int, new: int, procs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``concurrency`` workers, ``rounds`` streams each, back to back."""
     import aiohttp
 
@@ -82,18 +128,25 @@ async def level(url: str, concurrency: int, rounds: int, new: int) -> dict[str, 
             for r in range(rounds):
                 results.append(await one_stream(session, url, prompts[(w + r) % len(prompts)], new))
 
+        cpu_before = cpu_seconds(procs or {})
         start = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         wall = time.perf_counter() - start
+        cpu_after = cpu_seconds(procs or {})
     tokens = sum(len(r["times"]) for r in results)
+    cpu_ms_per_token = {k: (cpu_after[k] - cpu_before[k]) * 1000 / max(tokens, 1) for k in cpu_after}
     gaps = [b - a for r in results for a, b in zip(r["times"], r["times"][1:], strict=False)]
     ttft = [r["times"][0] for r in results if r["times"]]
+    tpot = [t for t in (per_token_ms(r["times"]) for r in results) if t is not None]
     return {
         "concurrency": concurrency,
         "streams": len(results),
         "tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall,
+        "tokens_per_read": ratio(tokens, sum(r["reads"] for r in results)),
+        "cpu_ms_per_token": cpu_ms_per_token,
+        "tpot_ms_p50": percentile(tpot, 50),
         "gap_ms_p50": percentile(gaps, 50) * 1000,
         "gap_ms_p99": percentile(gaps, 99) * 1000,
         "ttft_ms_p50": percentile(ttft, 50) * 1000,
@@ -131,6 +184,64 @@ def serve_int8(manifest_uri: str, work: Path, new: int) -> str:
     return f"http://127.0.0.1:{port}/v2/models/textgen/generate_stream"
 
 
+def decode_loop_alone(folder: Path, work: Path, new: int, rounds: int) -> list[dict[str, Any]]:
+    """The replica's decode loop without HTTP or Serve: the ceiling of the serving path.
+
+    The published int8 decoder with the replica's thread count, the product's
+    ``TextGenEngine`` and ``Scheduler`` (detokenising, stop handling and the caps included), c
+    closed-loop workers of ``rounds`` requests each (the next one submitted when the last one
+    ends), no EOS so that every request makes ``new`` tokens."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from rayrelay_core.api import GenerationLimits
+    from rayrelay_workloads.textgen import protocol as gp
+    from rayrelay_workloads.textgen.export import session
+    from rayrelay_workloads.textgen.serving import TextGenEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    sess = session(next((work / "store").rglob("model.int8.onnx")), REPLICA_CPUS)
+    limits = GenerationLimits(max_new_tokens=new, max_prompt_tokens=128, max_batch_size=max(LEVELS))
+    engine = TextGenEngine(sess, tokenizer, None, 512, limits, 100_000)
+    prompts = prompt_texts(max(LEVELS))
+
+    def run(c: int, count: int) -> tuple[int, float]:
+        scheduler = engine.scheduler()
+        finished, produced, left = threading.Event(), [0], [c]
+
+        def start(worker: int, r: int) -> None:
+            req = gp.GenerationRequest(prompts[(worker + r) % len(prompts)], new)
+
+            def emit(item: Any) -> None:  # on the decode thread, as the replica's rows
+                if isinstance(item, BaseException):
+                    raise item
+                produced[0] += 1
+                if item.finish_reason is None:
+                    return
+                if r + 1 < count:
+                    start(worker, r + 1)
+                else:
+                    left[0] -= 1
+                    if not left[0]:
+                        finished.set()
+
+            scheduler.submit(engine.row(req, engine.prompt_ids(req), emit))
+
+        began = time.perf_counter()
+        for worker in range(c):
+            start(worker, 0)
+        assert finished.wait(600), "the decode loop did not finish"
+        return produced[0], time.perf_counter() - began
+
+    run(2, 1)  # warm-up
+    rows = []
+    for c in LEVELS:
+        tokens, wall = run(c, rounds)
+        rows.append({"concurrency": c, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall})
+    return rows
+
+
 def torch_baseline(folder: Path, new: int, rounds: int) -> list[dict[str, Any]]:
     """PyTorch ``generate`` on the same prompts, c rows per call (left padded), the replica's threads."""
     import torch
@@ -159,21 +270,31 @@ def torch_baseline(folder: Path, new: int, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def summary(levels: list[dict[str, Any]], torch_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(
+    levels: list[dict[str, Any]], torch_rows: list[dict[str, Any]], loop_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
     by_c = {row["concurrency"]: row for row in levels}
     base = {row["concurrency"]: row for row in torch_rows}
+    loop = {row["concurrency"]: row for row in loop_rows}
     top = max(LEVELS)
     return {
         "tokens_per_s_ratio_8_vs_1": ratio(by_c[top]["tokens_per_s"], by_c[1]["tokens_per_s"]),
+        # Time between tokens per stream, (last - first) / (tokens - 1): events that arrive
+        # together do not make it look shorter (the gaps between events would).
+        "tpot_p50_ratio_8_vs_1": ratio(by_c[top]["tpot_ms_p50"], by_c[1]["tpot_ms_p50"]),
         "gap_p50_ratio_8_vs_1": ratio(by_c[top]["gap_ms_p50"], by_c[1]["gap_ms_p50"]),
         "ttft_ms_p99_at_8": by_c[top]["ttft_ms_p99"],
         "vs_pytorch_at_8": ratio(by_c[top]["tokens_per_s"], base[top]["tokens_per_s"]),
+        "loop_tokens_per_s_ratio_8_vs_1": ratio(loop[top]["tokens_per_s"], loop[1]["tokens_per_s"]),
+        "endpoint_vs_loop_at_1": ratio(by_c[1]["tokens_per_s"], loop[1]["tokens_per_s"]),
+        "endpoint_vs_loop_at_8": ratio(by_c[top]["tokens_per_s"], loop[top]["tokens_per_s"]),
     }
 
 
 def report_section(doc: dict[str, Any]) -> list[str]:
     """The ``textgen_batching`` section of docs/performance.md (``bench.report``)."""
     s, torch_rows = doc["summary"], {r["concurrency"]: r for r in doc["pytorch"]}
+    loop_rows = {r["concurrency"]: r for r in doc.get("decode_loop", [])}  # absent in older results
     lines = [
         "## Text generation: continuous batching (issue 25)",
         "",
@@ -182,27 +303,42 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         f"`generate_stream`, greedy, {doc['new_tokens']} new tokens, prompts of 4 to 25 words; c "
         f"workers on one asyncio loop (aiohttp, loopback), {doc['rounds']} streams each, back to back. "
         f"Baseline: PyTorch `generate` (fp32 eager, {doc['replica_cpus']} thread) on the same prompts, "
-        f"c rows per call. Instruction set **{doc['instruction_set']}**; load average before "
-        f"{doc['load_average_before']}, after {doc['load_average_at_end']}. Command: "
+        f"c rows per call. Decode loop alone: the replica's engine and scheduler in one process, no "
+        f"HTTP or Serve (the ceiling of the serving path). Time per token: a stream's (last - first "
+        f"token) / (tokens - 1); between events: gaps between consecutive events (events that were "
+        f"ready together arrive in one read). Instruction set **{doc['instruction_set']}**; load "
+        f"average before {doc['load_average_before']}, after {doc['load_average_at_end']}. Command: "
         "`python -m bench --only textgen_batching`.",
         "",
-        "| streams | tokens/s | p50 between tokens ms | p99 between tokens ms | TTFT p50 ms | TTFT p99 ms "
+        "| streams | tokens/s | decode loop alone tokens/s | time per token p50 ms | p50 between events ms "
+        "| tokens per read | CPU ms per token: replica, proxy, client | TTFT p50 ms | TTFT p99 ms "
         "| PyTorch generate tokens/s | vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(value: Any, digits: int = 1) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
     for row in doc["levels"]:
-        base = torch_rows[row["concurrency"]]["tokens_per_s"]
+        c = row["concurrency"]
+        base = torch_rows[c]["tokens_per_s"]
+        cpu = row.get("cpu_ms_per_token") or {}
+        cpu_text = ", ".join(num(cpu.get(k), 3) for k in ("replica", "proxy", "client"))
         lines.append(
-            f"| {row['concurrency']} | {row['tokens_per_s']:.1f} | {row['gap_ms_p50']:.1f} | "
-            f"{row['gap_ms_p99']:.1f} | {row['ttft_ms_p50']:.1f} | {row['ttft_ms_p99']:.1f} | {base:.1f} | "
+            f"| {c} | {row['tokens_per_s']:.1f} | {num(loop_rows.get(c, {}).get('tokens_per_s'))} | "
+            f"{num(row.get('tpot_ms_p50'), 2)} | {row['gap_ms_p50']:.1f} | {num(row.get('tokens_per_read'), 2)} | "
+            f"{cpu_text} | {row['ttft_ms_p50']:.1f} | {row['ttft_ms_p99']:.1f} | {base:.1f} | "
             f"{ratio(row['tokens_per_s'], base):.2f}x |"
         )
     lines += [
         "",
-        f"Goals (issue 25): tokens/s at 8 streams vs 1 **{s['tokens_per_s_ratio_8_vs_1']:.2f}x** (goal >= 4x); "
-        f"p50 time between tokens at 8 vs 1 **{s['gap_p50_ratio_8_vs_1']:.2f}x** (goal <= 2x); TTFT p99 at 8 "
-        f"**{s['ttft_ms_p99_at_8']:.0f} ms** (goal <= 500 ms); vs PyTorch generate at 8 "
-        f"**{s['vs_pytorch_at_8']:.2f}x** (goal >= 2x). The replica's largest batch: "
+        f"Goals (issue 25): tokens/s at 8 streams vs 1 **{s['tokens_per_s_ratio_8_vs_1']:.2f}x** (goal >= 4x; "
+        f"the decode loop alone: {num(s.get('loop_tokens_per_s_ratio_8_vs_1'), 2)}x); p50 time per token at 8 "
+        f"vs 1 **{num(s.get('tpot_p50_ratio_8_vs_1'), 2)}x** (goal <= 2x; between events "
+        f"{s['gap_p50_ratio_8_vs_1']:.2f}x); TTFT p99 at 8 **{s['ttft_ms_p99_at_8']:.0f} ms** (goal <= 500 ms); "
+        f"vs PyTorch generate at 8 **{s['vs_pytorch_at_8']:.2f}x** (goal >= 2x). The endpoint makes "
+        f"{num(s.get('endpoint_vs_loop_at_1'), 2)}x (1 stream) and {num(s.get('endpoint_vs_loop_at_8'), 2)}x "
+        "(8 streams) of the decode loop's tokens/s. The replica's largest batch: "
         f"{doc['replica_stats'].get('peakBatch')} streams, {doc['replica_stats'].get('peakCachedTokens')} cached "
         "positions at most.",
         "",
@@ -230,19 +366,36 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_average(),
         "pytorch": torch_baseline(folder, new, rounds),
     }
-    url = serve_int8(publish_set(folder, work), work, new)
+    manifest_uri = publish_set(folder, work)
+    result["decode_loop"] = decode_loop_alone(folder, work, new, rounds)  # before Ray starts
+    url = serve_int8(manifest_uri, work, new)
     asyncio.run(level(url, 2, 1, new))  # warm-up
-    result["levels"] = [asyncio.run(level(url, c, rounds, new)) for c in LEVELS]
     from ray import serve
 
+    handle = serve.get_app_handle("textgen")
+    procs = serving_processes(int(handle.stats.remote().result()["pid"]))
+    result["levels"] = [asyncio.run(level(url, c, rounds, new, procs)) for c in LEVELS]
     # The replica's own figures: how many streams really decoded together, and its cache peak.
-    result["replica_stats"] = serve.get_app_handle("textgen").stats.remote().result()
+    result["replica_stats"] = handle.stats.remote().result()
+    loop = {row["concurrency"]: row["tokens_per_s"] for row in result["decode_loop"]}
+    torch_at = {row["concurrency"]: row["tokens_per_s"] for row in result["pytorch"]}
+    log(
+        "  streams | endpoint tokens/s | decode loop alone | PyTorch generate | time/token p50 ms | "
+        "TTFT p99 ms | CPU ms/token replica, proxy, client"
+    )
     for row in result["levels"]:
+        c, cpu = row["concurrency"], row["cpu_ms_per_token"]
         log(
-            f"  {row['concurrency']} streams: {row['tokens_per_s']:.1f} tokens/s, gap p50 {row['gap_ms_p50']:.1f} ms"
+            f"  {c:7d} | {row['tokens_per_s']:17.1f} | {loop[c]:17.1f} | {torch_at[c]:16.1f} | "
+            f"{row['tpot_ms_p50']:17.2f} | {row['ttft_ms_p99']:11.1f} | "
+            f"{cpu.get('replica', 0):.3f}, {cpu.get('proxy', 0):.3f}, {cpu.get('client', 0):.3f}"
         )
-    result["summary"] = summary(result["levels"], result["pytorch"])
+    result["summary"] = summary(result["levels"], result["pytorch"], result["decode_loop"])
     log(f"textgen_batching: {result['summary']}")
+    log(
+        f"textgen_batching: instruction set {result['instruction_set']}, load average before "
+        f"{result['load_average_before']}, now {load_average()}"
+    )
     log(f"textgen_batching: wrote {write_result('textgen_batching', result)}")
     return 0
 
