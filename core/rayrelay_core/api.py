@@ -408,13 +408,14 @@ class ExportSpec(ApiModel):
             "the validation set in its own runtime."
         ),
     )
-    bf16: bool = Field(
-        default=True,
+    bf16: bool | None = Field(
+        default=None,
         description=(
             "Measure the bf16 variant (OpenVINO running onnx/model.onnx in bf16) on the validation "
-            "set, so that replicas on CPUs with bf16 instructions (AMX) may serve it. On an export "
-            "host without them OpenVINO emulates bf16 and the pass takes many times fp32's; false "
-            "publishes no bf16 variant."
+            "set, so that replicas on CPUs with bf16 instructions (AMX) may serve it. Unset: "
+            "measured where the export host has bf16 instructions, else recorded as not measured "
+            "(auto then never serves it); true: measured everywhere, emulated by OpenVINO on a "
+            "host without them (the pass takes many times fp32's); false: no bf16 variant."
         ),
     )
 

@@ -94,7 +94,7 @@ def test_export_all_on_a_tiny_checkpoint(tiny_model: str, tmp_path: Path) -> Non
         checkpoint,
         tiny_model,
         tmp_path / "out",
-        ExportSpec.model_validate({"optimize": True, "quantize": "int8"}),
+        ExportSpec.model_validate({"optimize": True, "quantize": "int8", "bf16": True}),
         max_len=32,
         validation=validation,
         labels=["a", "b"],
@@ -107,7 +107,8 @@ def test_export_all_on_a_tiny_checkpoint(tiny_model: str, tmp_path: Path) -> Non
     assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.int8.onnx", "model.onnx"]
     assert (out / "hf" / "config.json").is_file() and (out / "hf" / "tokenizer_config.json").is_file()
     assert result.fp32_file == "onnx/model.onnx" and result.int8_file == "onnx/model.int8.onnx"
-    # bf16: OpenVINO on the fp32 graph (openvino_runtime), measured like every variant.
+    # bf16 (export.bf16: true): OpenVINO on the fp32 graph (openvino_runtime), measured like every
+    # variant, emulated on a host without bf16 instructions.
     assert set(result.accuracy) == {"pytorch", "fp32", "int8", "bf16"} and result.samples == 20
     assert result.max_diff_fp32 < 1e-3 and result.max_diff_int8 is not None
     assert result.accuracy["fp32"] == result.accuracy["pytorch"]
@@ -148,7 +149,7 @@ def test_export_without_openvino_records_bf16_as_not_measured(
     checkpoint.mkdir()
     (checkpoint / "model").symlink_to(tiny_model, target_is_directory=True)
     validation = [Example(f"text {i}", "ab"[i % 2], i + 1) for i in range(8)]
-    spec = ExportSpec.model_validate({"optimize": False, "quantize": "none"})
+    spec = ExportSpec.model_validate({"optimize": False, "quantize": "none", "bf16": True})
     result = export_all(checkpoint, tiny_model, tmp_path / "out", spec, 16, validation, ["a", "b"], 1, 1)
     assert result.bf16 is None and "bf16" not in result.accuracy
     assert result.bf16_missing is not None and "OpenVINO is not installed" in result.bf16_missing
@@ -187,3 +188,35 @@ def test_export_bf16_false_publishes_no_bf16_variant(tiny_model: str, tmp_path: 
     result = export_all(checkpoint, tiny_model, tmp_path / "out", spec, 16, validation, ["a", "b"], 1, 1)
     assert result.bf16 is None and result.bf16_missing is None
     assert set(result.accuracy) == {"pytorch", "fp32"} and "bf16_emulated" not in result.metrics
+
+
+def test_export_bf16_unset_measures_only_where_the_host_has_bf16(
+    tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export.bf16`` unset: the CPU flags decide. Here the flags are read from a cpuinfo text
+    (standing in for /proc/cpuinfo on the two kinds of host), and the export is the real one."""
+    from rayrelay_core.api import ExportSpec
+    from rayrelay_workloads import export, hardware
+    from rayrelay_workloads.data import Example
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model").symlink_to(tiny_model, target_is_directory=True)
+    validation = [Example(f"text {i}", "ab"[i % 2], i + 1) for i in range(8)]
+    spec = ExportSpec.model_validate({"optimize": False, "quantize": "none"})
+    assert spec.bf16 is None
+    real_flags = hardware.cpu_flags
+    for flags, measured in (
+        ("avx2 fma avx512f avx512_vnni", False),
+        ("avx2 avx512f amx_tile amx_bf16", True),
+    ):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None, f=flags: real_flags(f"flags : {f}"))
+        result = export.export_all(
+            checkpoint, tiny_model, tmp_path / flags.split()[-1], spec, 16, validation, ["a", "b"], 1, 1
+        )
+        if measured:
+            assert result.bf16 is not None and result.bf16_missing is None and "bf16" in result.accuracy
+        else:
+            assert result.bf16 is None and "bf16" not in result.accuracy
+            assert result.bf16_missing is not None and "no bf16 instructions" in result.bf16_missing
+            assert "export.bf16" in result.bf16_missing

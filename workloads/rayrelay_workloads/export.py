@@ -525,6 +525,19 @@ def bf16_variant(
     return sess, record, metrics, None
 
 
+def export_host_lacks_bf16() -> str | None:
+    """Why an export with ``export.bf16`` unset does not measure bf16 here, or None when it does."""
+    from rayrelay_workloads.hardware import cpu_flags
+    from rayrelay_workloads.openvino_runtime import BF16_FLAGS
+
+    if set(BF16_FLAGS) & set(cpu_flags()):
+        return None
+    return (
+        "the export host has no bf16 instructions (amx_bf16, avx512_bf16) and export.bf16 is "
+        "unset; set it to true to measure bf16 in emulation"
+    )
+
+
 def variant_logits(ref: Reference, sessions: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     """Logits of PyTorch and of each ONNX session over ``texts``, batch by batch."""
     import numpy as np
@@ -586,11 +599,15 @@ def export_all(
         tflite = tflite_variants(ref.model, rows, out, spec.quantize == Quantize.INT8, threads, bench_repeats)
         extra_files |= tflite.files
         tflite_logits, metrics = tflite.logits, metrics | tflite.metrics
-    # export.bf16: false publishes no bf16 variant at all.
+    # export.bf16: false publishes no bf16 variant at all; unset measures it only where this host
+    # runs bf16 natively (emulated, the pass costs ~17x fp32's: a quickstart would wait minutes).
     no_bf16: tuple[Any, RuntimeVariant | None, dict[str, float], str | None] = (None, None, {}, None)
-    bf16_sess, bf16, bf16_metrics, bf16_missing = (
-        bf16_variant(fp32_path, threads, bench, bench_repeats) if spec.bf16 else no_bf16
-    )
+    if spec.bf16 is False:
+        bf16_sess, bf16, bf16_metrics, bf16_missing = no_bf16
+    elif spec.bf16 is None and (why := export_host_lacks_bf16()):
+        bf16_sess, bf16, bf16_metrics, bf16_missing = None, None, {}, why
+    else:
+        bf16_sess, bf16, bf16_metrics, bf16_missing = bf16_variant(fp32_path, threads, bench, bench_repeats)
     metrics |= bf16_metrics
     if bf16_sess is not None:
         sessions["bf16"] = bf16_sess
