@@ -159,29 +159,50 @@ def replica_steps(run: Any, n: int) -> tuple[dict[str, dict[str, float]], dict[s
     return steps, info
 
 
-def process_groups() -> dict[int, str]:
-    """Every process on the machine by group: the route's parts by name, the rest as ``other``."""
-    groups: dict[int, str] = {}
+def _parents() -> dict[int, int]:
+    out = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+        if proc.name.isdigit():
+            try:
+                out[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def process_groups(head: int) -> dict[int, str]:
+    """Every process on the machine by group: the parts of the route under this benchmark's Ray head
+    (``head``: the ``ray start --block`` process; its descendants are GCS, raylet, dashboard,
+    Serve's actors and HAProxy) by name, the load generator, and everything else as ``other``
+    (another Ray cluster on a shared machine included)."""
+    parents = _parents()
+    ours = {head}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    groups: dict[int, str] = {}
+    for pid in parents:
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "ServeReplica" in cmd and "ModelServer" in cmd:
+        if "bench.loadgen" in cmd:
+            group = "load generator"
+        elif pid not in ours:
+            group = "other"
+        elif "ServeReplica" in cmd and "ModelServer" in cmd:
             group = "model replicas"
         elif "ServeReplica" in cmd:
             group = "gateway replica"
         elif cmd.startswith("haproxy") or "/haproxy " in cmd:
             group = "HAProxy"
-        elif "ray::" in cmd or "/ray/" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-            group = "rest of Ray (controller, HAProxy manager, raylet, GCS, dashboard)"
-        elif "bench.loadgen" in cmd:
-            group = "load generator"
         else:
-            group = "other"
-        groups[int(proc.name)] = group
+            group = "rest of Ray (controller, HAProxy manager, raylet, GCS, dashboard)"
+        groups[pid] = group
     return groups
 
 
@@ -211,8 +232,11 @@ def live_c1(run: Any, requests: int, profile: Path | None) -> dict[str, Any]:
     cluster, _ = start_and_deploy(obj)
     try:
         url = f"{cluster.url}/v2/models/bench-endpoint/infer"
-        loadgen(url, "v2", 1, 100, 30.0)  # warm-up
-        groups = process_groups()
+        warm = loadgen(url, "v2", 1, 100, 30.0)
+        if warm["errors"]:
+            raise RuntimeError(f"the warm-up had errors: {warm['error_kinds']}")
+        head = cluster.ray._proc.pid  # LocalRay's `ray start --head --block`
+        groups = process_groups(head)
         before = {pid: cpu_seconds(pid) for pid in groups}
         spy = None
         if profile is not None:
@@ -237,7 +261,7 @@ def live_c1(run: Any, requests: int, profile: Path | None) -> dict[str, Any]:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
-        after = {pid: cpu_seconds(pid) for pid in process_groups()}
+        after = {pid: cpu_seconds(pid) for pid in process_groups(head)}
     finally:
         try:
             undeploy(cluster, obj)
@@ -253,6 +277,7 @@ def live_c1(run: Any, requests: int, profile: Path | None) -> dict[str, Any]:
     return {
         "requests": res["requests_ok"],
         "errors": res["errors"],
+        "error_kinds": res["error_kinds"],
         "p50_ms": res["p50_ms"],
         "p99_ms": res["p99_ms"],
         "throughput_rps": res["throughput_rps"],
