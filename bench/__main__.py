@@ -34,6 +34,7 @@ BENCHMARKS = (
     "autoscaling",
     "textgen",
     "textgen_batching",
+    "textgen_cold_start",
     "distillation",
     "pruning",
     "variant_choice",

@@ -48,6 +48,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "autoscaling",
         "textgen",
         "textgen_batching",
+        "textgen_cold_start",
         "distillation",
         "pruning",
         "variant_choice",
@@ -955,6 +956,12 @@ def _textgen_batching_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _textgen_cold_start_section(doc: dict[str, Any]) -> list[str]:
+    from bench.textgen_cold_start import report_section  # issue 25 §3: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def _distillation_section(doc: dict[str, Any]) -> list[str]:
     from bench.distillation import report_section  # issue 15: rendered next to its benchmark
 
@@ -1031,6 +1038,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "autoscaling": functools.partial(autoscaling_section, doc=doc),
         "textgen": _textgen_section,
         "textgen_batching": _textgen_batching_section,
+        "textgen_cold_start": _textgen_cold_start_section,
         "distillation": _distillation_section,
         "pruning": _pruning_section,
         "variant_choice": _variant_choice_section,

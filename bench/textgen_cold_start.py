@@ -16,8 +16,9 @@ published as a ``file://`` artifact set (int8), then:
    replica running and routes the held request). The node cache is warm (the files were
    fetched when the first replica started).
 
-``python -m bench.textgen_cold_start [--quick]``; the figures are in docs/textgen.md
-("Cold start").
+``python -m bench --only textgen_cold_start`` (or ``python -m bench.textgen_cold_start
+[--quick]``); the table goes to docs/performance.md, the before/after figures are in
+docs/textgen.md ("Cold start").
 """
 
 from __future__ import annotations
@@ -164,6 +165,39 @@ def from_zero(manifest_uri: str, work: Path, reps: int, quick: bool) -> list[dic
         serve.shutdown()
         ray.shutdown()
     return out
+
+
+def report_section(doc: dict[str, Any]) -> list[str]:
+    """The ``textgen_cold_start`` section of docs/performance.md (``bench.report``)."""
+    s = doc["summary"]
+
+    def sec(value: Any) -> str:
+        return f"{value:.2f} s" if isinstance(value, int | float) and value == value else "-"
+
+    tokenizers = sorted({str(r.get("tokenizer")) for r in doc["from_zero"] if r.get("tokenizer")})
+    imported = any(r.get("transformersImported") for r in doc["replica"])
+    return [
+        "## Text generation: cold start (issue 25)",
+        "",
+        f"TextGenServer on the {doc['model']['layers']} x {doc['model']['width']} bench decoder (int8, "
+        f"1 CPU, warm node cache). Instruction set **{doc['instruction_set']}**; load average before "
+        f"{doc['load_average_before']}, after {doc['load_average_at_end']}. Command: "
+        "`python -m bench --only textgen_cold_start`.",
+        "",
+        "| step | median |",
+        "|---|---|",
+        f"| imports of the replica's module (Ray Serve included), fresh process | {sec(s['replica_imports_s'])} |",
+        f"| constructor, fresh process | {sec(s['replica_constructor_s'])} |",
+        f"| tokenizer load ({', '.join(tokenizers) or '-'}; transformers imported: {imported}) "
+        f"| {sec(s['replica_tokenizer_s'])} |",
+        f"| **first generate after scale-to-zero, sent -> answered** | **{sec(s['from_zero_s'])}** |",
+        f"| of which Serve: sent -> constructor starts | {sec(s['from_zero_serve_until_constructor_s'])} |",
+        f"| of which the constructor | {sec(s['from_zero_constructor_s'])} |",
+        f"| of which ready -> answered | {sec(s['from_zero_ready_to_answer_s'])} |",
+        "",
+        "Goal (issue 25): first request after scale-to-zero <= 3 s.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
