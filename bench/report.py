@@ -360,14 +360,15 @@ def endpoint_section(e: dict[str, Any]) -> list[str]:
         "3,000 lone submits, 64-83 µs per submit as it is, 88-91 µs with the caller-run path: the hop's cost "
         "is the thread the model runs in, which both keep); continuous batching already starts a lone "
         "request at once.",
-        "- **Lever measured, not yet the default** (issue #30): Serve running user code on its main event "
-        "loop instead of a thread of its own (`RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`) with access "
-        "log lines flushed in batches (`RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000`), two of the settings of "
-        "Ray's `RAY_SERVE_THROUGHPUT_OPTIMIZED` mode: in two alternating pairs of live runs at concurrency 1 "
-        "the model replicas' CPU per request fell from 5.5-5.8 to 5.1-5.2 ms and p50 from 5.9-6.4 to "
-        "5.3-5.7 ms (request path lever table). It applies to every replica of a head, the text-generation "
-        "server's too, whose decode loop must then never block the event loop; that check comes before "
-        "making it the default of `rayrelay run`'s head and of RayService pods.",
+        "- **Serve's request path in the replica** (issue #30): where HAProxy is on, the replicas run "
+        "user code on their main event loop instead of a thread of their own "
+        "(`RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`) and write access-log lines in batches "
+        "(`RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000`), two of the settings of Ray's "
+        "`RAY_SERVE_THROUGHPUT_OPTIMIZED` mode (`serveconfig.SERVE_REQUEST_PATH_ENV`). In two alternating "
+        "pairs of live runs at concurrency 1 the model replicas' CPU per request fell from 5.5-5.8 to "
+        "5.1-5.2 ms and p50 from 5.9-6.4 to 5.3-5.7 ms (request path lever table; the endpoint table above "
+        "was measured before this default). Every rayrelay replica keeps blocking work off that loop (the "
+        "model runs in a worker thread, text generation decodes in a thread of its own).",
         "",
     ]
     levers = e.get("levers") or []

@@ -37,6 +37,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from rayrelay_core.serveconfig import SERVE_REQUEST_PATH_ENV
+
 SERVE_DEFAULT_PORT = 8000
 
 
@@ -94,7 +96,10 @@ def haproxy_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
     is this head's own, so several heads share a machine: the stats and metrics
     ports (fixed 8404 / 9101 by default) are picked free, its files live in the
     head's temp dir, and its ``maxconn`` fits the file-descriptor limit (HAProxy
-    needs ~2.5 per connection and refuses to start above the hard limit).
+    needs ~2.5 per connection and refuses to start above the hard limit). With it go
+    the replicas' request-path settings of ``serveconfig.SERVE_REQUEST_PATH_ENV`` (user
+    code on the replica's main loop, batched access-log writes), each unless ``env``
+    sets it already.
     """
     if env.get("RAYRELAY_SERVE_HAPROXY", "1").strip().lower() in ("0", "false", "no", "off"):
         return {}
@@ -116,6 +121,7 @@ def haproxy_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+        **{k: v for k, v in SERVE_REQUEST_PATH_ENV.items() if k not in env},
     }
 
 

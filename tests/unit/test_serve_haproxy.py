@@ -78,3 +78,18 @@ def test_rayservice_pods_run_haproxy_unless_switched_off() -> None:
     assert not any(HAPROXY in env for env in pod_envs(KubeRayBackend(None, off)._rayservice_body(work(off))))
     default = KubeRayBackend(None, SETTINGS)._rayservice_body(work())
     assert all(HAPROXY in env for env in pod_envs(default))
+
+
+def test_the_replicas_request_path_settings_go_with_haproxy(tmp_path: Path) -> None:
+    """Serve's user code on the replica's main loop and batched access-log writes (measured
+    on the one-hop route: docs/performance.md, request path levers), where HAProxy is on."""
+    env = haproxy_env({}, str(tmp_path))
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert env["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] == "1000"
+    mine = haproxy_env({"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"}, str(tmp_path))
+    assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD" not in mine  # the caller's own value stays
+    assert mine["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] == "1000"
+    assert haproxy_env({"RAYRELAY_SERVE_HAPROXY": "0"}, str(tmp_path)) == {}
+    same_loop = {"name": "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "value": "0"}
+    assert all(same_loop in env for env in pod_envs(build()))
+    assert not any(same_loop in env for env in pod_envs(build(haproxy=False)))

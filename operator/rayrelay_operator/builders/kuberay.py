@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from rayrelay_core.runs import ENCRYPTION_KEY_ENV
-from rayrelay_core.serveconfig import application_configs
+from rayrelay_core.serveconfig import SERVE_REQUEST_PATH_ENV, application_configs
 from rayrelay_operator import naming
 from rayrelay_operator.work import ServingWork, TrainingWork
 
@@ -341,6 +341,7 @@ def build_rayservice(
     env = _env(endpoint_url, credentials_secret, encryption_secret)
     if haproxy:
         env.append({"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"})
+        env += [{"name": k, "value": v} for k, v in SERVE_REQUEST_PATH_ENV.items()]
     gpus = int(math.ceil(spec.resources.gpus))
     # Headroom for Serve's proxy and the replica's process beyond what the replica reserves.
     cpus = max(1.0, spec.resources.cpus + 0.5)
