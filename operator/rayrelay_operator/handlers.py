@@ -296,6 +296,7 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, time
     metrics.record_phase(kind, key, str(result.status.phase))
     metrics.record_status(kind, key, result.status)
     if result.error is None:
+        metrics.record_submit(kind, body, result.status, time.time())
         metrics.RECONCILES.labels(kind, "ok").inc()
         return
     metrics.ERRORS.labels(kind, result.error.reason).inc()

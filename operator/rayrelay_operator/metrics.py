@@ -13,6 +13,8 @@ operator's contract (dashboards and alerts use them):
   it; not ``namespace``, which Prometheus sets to the operator's own namespace on scrape)
 - ``rayrelay_trainingjob_progress_ratio{resource_namespace,resource_name}`` -- step / total
   steps (0 to 1) and ``rayrelay_trainingjob_attempt{...}`` -- the attempt number, from status
+- ``rayrelay_trainingjob_submit_delay_seconds`` (histogram) -- a TrainingJob's creation to
+  its first attempt's RayJob submitted by this operator
 - ``rayrelay_modeldeployment_replicas{resource_namespace,resource_name,state}`` -- state:
   wanted (Serve's autoscaler target), existing, ready; from status
 - ``rayrelay_operator_leader`` -- 1 while this replica reconciles (standalone, or the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -44,6 +47,13 @@ DURATION = Histogram(
     "Time of one reconcile pass (observe, compute, apply).",
     ["kind"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+SUBMIT_DELAY = Histogram(
+    "rayrelay_trainingjob_submit_delay_seconds",
+    "From a TrainingJob's creation to its first attempt's RayJob (or Ray job) submitted by this "
+    "operator: what a sweep waits on the control plane.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
     registry=REGISTRY,
 )
 RESOURCES = Gauge("rayrelay_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
@@ -147,6 +157,26 @@ def record_status(kind: str, key: str, status: Any) -> None:
             ):
                 if value is not None:
                     REPLICAS.labels(namespace, name, state).set(value)
+
+
+def record_submit(kind: str, body: Any, status: Any, now: float) -> None:
+    """Observe the submit delay when this pass submitted a TrainingJob's first attempt.
+
+    ``body`` is the resource as the pass read it (its stored status has no Ray job yet),
+    ``status`` the status the pass computed, ``now`` the wall clock (seconds since the epoch).
+    """
+    if (
+        kind != "TrainingJob"
+        or getattr(status, "attempt", 0) != 1
+        or getattr(status, "ray_job", None) is None
+    ):
+        return
+    if ((body.get("status") or {}).get("rayJob")) or not (body.get("metadata") or {}).get(
+        "creationTimestamp"
+    ):
+        return
+    created = datetime.fromisoformat(str(body["metadata"]["creationTimestamp"]).replace("Z", "+00:00"))
+    SUBMIT_DELAY.observe(max(0.0, now - created.timestamp()))
 
 
 # kopf (1.45) says when peering pauses this replica for a peer of higher priority and when

@@ -72,6 +72,31 @@ def test_training_progress_and_attempt() -> None:
     assert 'resource_name="t28"' not in exposition()
 
 
+def test_submit_delay_is_observed_once_when_the_first_attempt_is_submitted() -> None:
+    def count() -> float:
+        return value("rayrelay_trainingjob_submit_delay_seconds_count") or 0.0
+
+    def bucket(le: str) -> float:
+        return value("rayrelay_trainingjob_submit_delay_seconds_bucket", le=le) or 0.0
+
+    created = "2026-12-07T00:00:00Z"
+    body = {"metadata": {"name": "s28", "namespace": "ml", "creationTimestamp": created}, "status": {}}
+    submitted = TrainingJobStatus.model_validate({"attempt": 1, "rayJob": {"jobId": "s28-1"}})
+    before, under_5, under_2 = count(), bucket("5.0"), bucket("2.0")
+    metrics.record_submit("TrainingJob", body, submitted, 1796601603.0)  # created + 3 s
+    assert count() == before + 1
+    assert bucket("5.0") == under_5 + 1 and bucket("2.0") == under_2
+    # Later passes (the stored status has its Ray job), retries and the other kind: nothing.
+    metrics.record_submit(
+        "TrainingJob", {**body, "status": {"rayJob": {"jobId": "s28-1"}}}, submitted, 1796601700.0
+    )
+    retry = TrainingJobStatus.model_validate({"attempt": 2, "rayJob": {"jobId": "s28-2"}})
+    metrics.record_submit("TrainingJob", body, retry, 1796601700.0)
+    metrics.record_submit("TrainingJob", body, TrainingJobStatus(), 1796601700.0)
+    metrics.record_submit("ModelDeployment", body, submitted, 1796601700.0)
+    assert count() == before + 1
+
+
 def test_alerted_counters_start_at_zero() -> None:
     for kind in ("TrainingJob", "ModelDeployment"):
         assert value("rayrelay_reconcile_errors_total", kind=kind, reason="StoreUnavailable") is not None
