@@ -237,7 +237,8 @@ class LoopPost:
     the loop one wake-up instead of eight."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weakly: _POSTS keys on the loop, and a strong reference here would keep every loop.
+        self.loop = weakref.ref(loop)
         self.lock = threading.Lock()
         self.pending: list[tuple[asyncio.Queue[Any], Any]] = []
 
@@ -245,11 +246,12 @@ class LoopPost:
         with self.lock:
             first = not self.pending
             self.pending.append((queue, item))
-        if first:
+        loop = self.loop()
+        if first and loop is not None:
             # A closed loop (RuntimeError): its requests are gone, and their generators
             # cancelled their rows.
             with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self._flush)
+                loop.call_soon_threadsafe(self._flush)
 
     def _flush(self) -> None:
         with self.lock:
