@@ -284,7 +284,15 @@ def test_leader_metric_follows_real_peering(
     SIGKILLed, the standby reports 1 once kopf resumes it (after the peering lifetime)."""
     plane = crds_installed
     create_s3_secret(plane, release_namespace)
-    values = {**s3_values(s3_server, f"{s3_bucket}/runs"), **FAST_TIMERS, "replicaCount": 2}
+    values = {
+        **s3_values(s3_server, f"{s3_bucket}/runs"),
+        **FAST_TIMERS,
+        "replicaCount": 2,
+        # A peering object of its own: the ClusterKopfPeering is cluster-scoped and owned by
+        # the release that made it, and tests/cluster/test_operator_ha.py's release (same
+        # control plane) keeps the chart's default name.
+        "leaderElection": {"peeringName": f"rayrelay-{release_namespace[-6:]}"},
+    }
     release = install_chart(plane, release_namespace, values)
     first, second = operators.start(release, "7c9d4"), operators.start(release, "x2k8q")
     first.wait_ready()
