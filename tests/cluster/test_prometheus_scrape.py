@@ -128,34 +128,28 @@ def test_prometheus_scrapes_the_operator_and_alerts_on_a_failed_trainingjob(
             ProgressDoc(stage="Training", step=25, total_steps=100, epoch=1.0, loss=0.5).to_json().encode(),
         )
         status = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
-        plane.kubectl(
-            "patch",
-            "rayjob",
-            rj["metadata"]["name"],
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps({"status": status}),
-        )
+
+        def set_rayjob_status(status: dict[str, Any]) -> None:  # what KubeRay would write
+            plane.kubectl(
+                "patch",
+                "rayjob",
+                rj["metadata"]["name"],
+                "-n",
+                namespace,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                json.dumps({"status": status}),
+            )
+
+        set_rayjob_status(status)
         wait_for(
             "progress 0.25 in Prometheus",
             lambda: prom.query(f'rayrelay_trainingjob_progress_ratio{{resource_name="{name}"}} == 0.25'),
             90,
         )
         failed = {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "message": "driver exited with 1"}
-        plane.kubectl(
-            "patch",
-            "rayjob",
-            rj["metadata"]["name"],
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps({"status": failed}),
-        )
+        set_rayjob_status(failed)
 
         def firing() -> dict[str, Any] | None:
             for a in prom.alerts():
