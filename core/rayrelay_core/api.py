@@ -98,6 +98,7 @@ class StrEnum(str, enum.Enum):
 class Task(StrEnum):
     SEQUENCE_CLASSIFICATION = "sequence-classification"
     TEXT_GENERATION = "text-generation"
+    SENTENCE_EMBEDDING = "sentence-embedding"
 
 
 class DataFormat(StrEnum):
@@ -191,7 +192,9 @@ class ModelSource(ApiModel):
             "The fine-tuning task: sequence-classification (an encoder with a label head, served "
             "by OIP infer) or text-generation (causal-LM fine-tuning of a GPT-style decoder, "
             "exported with its KV cache, served by OIP generate/generate_stream and OpenAI "
-            "/v1/completions)."
+            "/v1/completions) or sentence-embedding (an encoder trained on anchor/positive pairs "
+            "with in-batch negatives, mean-pooled and normalised, served by OpenAI /v1/embeddings "
+            "and OIP infer)."
         ),
     )
     num_labels: int | None = Field(
@@ -265,6 +268,29 @@ class DataSpec(ApiModel):
         min_length=1,
         max_length=128,
         description="text-generation only: field holding the completion of promptField. Default 'completion'.",
+    )
+    anchor_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="sentence-embedding only: field holding a pair's anchor text. Default 'anchor'.",
+    )
+    positive_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "sentence-embedding only: field holding the text that matches the anchor. Default 'positive'."
+        ),
+    )
+    negative_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "sentence-embedding only: field holding an optional hard negative (a text that does not "
+            "match the anchor); rows may leave it out. Default 'negative'."
+        ),
     )
 
     @model_validator(mode="after")
@@ -473,6 +499,33 @@ class QualityGate(ApiModel):
         description=(
             "text-generation only: largest relative rise of the int8 model's validation perplexity "
             "over ONNX fp32 (0.05 = 5%); a larger rise rejects int8 (fp32 is served instead)."
+        ),
+    )
+    min_recall_at1: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "sentence-embedding only: fail the job when the trained model's recall@1 on the validation "
+            "pairs is lower (each anchor's own positive must rank first among every validation positive)."
+        ),
+    )
+    min_mrr: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "sentence-embedding only: fail the job when the trained model's mean reciprocal rank on the "
+            "validation pairs is lower."
+        ),
+    )
+    min_int8_cosine: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description=(
+            "sentence-embedding only: smallest cosine similarity allowed between an int8 embedding and "
+            "PyTorch's of the same validation text; a lower one rejects int8 (fp32 is served instead)."
         ),
     )
 
@@ -708,7 +761,7 @@ class TrainingJobSpec(ApiModel):
             ".qualityGate.maxInt8AccuracyDrop",
         ),
         CelRule(
-            "self.model.task != 'text-generation' || !has(self.model.numLabels)",
+            "self.model.task == 'sequence-classification' || !has(self.model.numLabels)",
             "model.numLabels is only for task sequence-classification",
             ".model.numLabels",
         ),
@@ -732,17 +785,17 @@ class TrainingJobSpec(ApiModel):
             ".data",
         ),
         CelRule(
-            "self.model.task != 'text-generation' || !has(self.distillation)",
+            "self.model.task == 'sequence-classification' || !has(self.distillation)",
             "distillation is only for task sequence-classification (a teacher's logits are label scores)",
             ".distillation",
         ),
         CelRule(
-            "self.model.task != 'text-generation' || !has(self.model.numLayers)",
+            "self.model.task == 'sequence-classification' || !has(self.model.numLayers)",
             "model.numLayers is only for task sequence-classification",
             ".model.numLayers",
         ),
         CelRule(
-            "self.model.task != 'text-generation' || !has(self.optimization) || "
+            "self.model.task == 'sequence-classification' || !has(self.optimization) || "
             "!has(self.optimization.pruning)",
             "optimization.pruning is only for task sequence-classification",
             ".optimization.pruning",
@@ -751,6 +804,33 @@ class TrainingJobSpec(ApiModel):
             "self.model.task != 'text-generation' || !has(self.export) || !has(self.export.targets) || "
             "!('tflite' in self.export.targets)",
             "export.targets tflite is only for task sequence-classification",
+            ".export.targets",
+        ),
+        CelRule(
+            "self.model.task != 'sentence-embedding' || !has(self.qualityGate) || "
+            "(!has(self.qualityGate.minEvalAccuracy) && !has(self.qualityGate.maxInt8AccuracyDrop) && "
+            "!has(self.qualityGate.maxBf16AccuracyDrop))",
+            "qualityGate.minEvalAccuracy, maxInt8AccuracyDrop and maxBf16AccuracyDrop are for "
+            "sequence-classification; sentence-embedding uses minRecallAt1, minMrr and minInt8Cosine",
+            ".qualityGate",
+        ),
+        CelRule(
+            "self.model.task == 'sentence-embedding' || !has(self.qualityGate) || "
+            "(!has(self.qualityGate.minRecallAt1) && !has(self.qualityGate.minMrr) && "
+            "!has(self.qualityGate.minInt8Cosine))",
+            "qualityGate.minRecallAt1, minMrr and minInt8Cosine are only for task sentence-embedding",
+            ".qualityGate",
+        ),
+        CelRule(
+            "self.model.task == 'sentence-embedding' || "
+            "(!has(self.data.anchorField) && !has(self.data.positiveField) && !has(self.data.negativeField))",
+            "data.anchorField, positiveField and negativeField are only for task sentence-embedding",
+            ".data",
+        ),
+        CelRule(
+            "self.model.task != 'sentence-embedding' || !has(self.export) || !has(self.export.targets) || "
+            "self.export.targets.all(t, t == 'onnx')",
+            "export.targets other than onnx are not supported for task sentence-embedding",
             ".export.targets",
         ),
     )
@@ -813,7 +893,9 @@ class TrainingJobSpec(ApiModel):
     @model_validator(mode="after")
     def _task_fields(self) -> TrainingJobSpec:
         gate, generation = self.quality_gate, self.model.task == Task.TEXT_GENERATION
-        if generation and self.model.num_labels is not None:
+        # What holds for text generation about classification's fields holds for every other task.
+        other = self.model.task != Task.SEQUENCE_CLASSIFICATION
+        if other and self.model.num_labels is not None:
             raise RuleError(
                 ("model", "numLabels"), "model.numLabels is only for task sequence-classification"
             )
@@ -834,16 +916,16 @@ class TrainingJobSpec(ApiModel):
             raise RuleError(
                 ("data",), "data.promptField and data.completionField are only for task text-generation"
             )
-        if generation and self.distillation is not None:
+        if other and self.distillation is not None:
             raise RuleError(
                 ("distillation",),
                 "distillation is only for task sequence-classification (a teacher's logits are label scores)",
             )
-        if generation and self.model.num_layers is not None:
+        if other and self.model.num_layers is not None:
             raise RuleError(
                 ("model", "numLayers"), "model.numLayers is only for task sequence-classification"
             )
-        if generation and self.optimization is not None and self.optimization.pruning is not None:
+        if other and self.optimization is not None and self.optimization.pruning is not None:
             raise RuleError(
                 ("optimization", "pruning"), "optimization.pruning is only for task sequence-classification"
             )
@@ -852,7 +934,42 @@ class TrainingJobSpec(ApiModel):
             raise RuleError(
                 ("export", "targets"), "export.targets tflite is only for task sequence-classification"
             )
+        self._embedding_fields()
         return self
+
+    def _embedding_fields(self) -> None:
+        """The sentence-embedding task's fields, and the other tasks' fields it does not take."""
+        gate, data = self.quality_gate, self.data
+        embedding = self.model.task == Task.SENTENCE_EMBEDDING
+        if embedding and (
+            gate.min_eval_accuracy is not None
+            or gate.max_int8_accuracy_drop is not None
+            or gate.max_bf16_accuracy_drop is not None
+        ):
+            raise RuleError(
+                ("qualityGate",),
+                "qualityGate.minEvalAccuracy, maxInt8AccuracyDrop and maxBf16AccuracyDrop are for "
+                "sequence-classification; sentence-embedding uses minRecallAt1, minMrr and minInt8Cosine",
+            )
+        if not embedding and (
+            gate.min_recall_at1 is not None or gate.min_mrr is not None or gate.min_int8_cosine is not None
+        ):
+            raise RuleError(
+                ("qualityGate",),
+                "qualityGate.minRecallAt1, minMrr and minInt8Cosine are only for task sentence-embedding",
+            )
+        if not embedding and any(
+            f is not None for f in (data.anchor_field, data.positive_field, data.negative_field)
+        ):
+            raise RuleError(
+                ("data",),
+                "data.anchorField, positiveField and negativeField are only for task sentence-embedding",
+            )
+        if embedding and any(t != ExportTarget.ONNX for t in self.export.targets):
+            raise RuleError(
+                ("export", "targets"),
+                "export.targets other than onnx are not supported for task sentence-embedding",
+            )
 
 
 # ------------------------------------------------------------- ModelDeployment spec

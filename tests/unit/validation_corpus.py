@@ -162,6 +162,18 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         "tj-pruning-ffn-only-integer-heads",
         mutate(TJ, {"spec.optimization.pruning": {"heads": 0, "ffn": 0.3}}),
     ),
+    (
+        "tj-sentence-embedding",
+        mutate(
+            TJ,
+            {
+                "spec.model.task": "sentence-embedding",
+                "spec.data.anchorField": "query",
+                "spec.data.positiveField": "document",
+                "spec.qualityGate": {"minRecallAt1": 0.8, "minMrr": 0.9, "minInt8Cosine": 0.98},
+            },
+        ),
+    ),
 ]
 
 
@@ -645,6 +657,102 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
         True,
     ),
     ("num-layers-zero", TJ, {"spec.model.numLayers": 0}, "spec.model.numLayers", "at least 1", True),
+    # sentence-embedding (issue 27): classification's and text generation's fields are refused
+    (
+        "embedding-with-num-labels",
+        TJ,
+        {"spec.model.task": "sentence-embedding", "spec.model.numLabels": 3},
+        "spec.model.numLabels",
+        "only for task sequence-classification",
+        True,
+    ),
+    (
+        "embedding-with-accuracy-gate",
+        TJ,
+        {"spec.model.task": "sentence-embedding", "spec.qualityGate.minEvalAccuracy": 0.5},
+        "spec.qualityGate",
+        "sentence-embedding uses minRecallAt1, minMrr and minInt8Cosine",
+        True,
+    ),
+    (
+        "embedding-with-perplexity-gate",
+        TJ,
+        {"spec.model.task": "sentence-embedding", "spec.qualityGate.maxValPerplexity": 20},
+        "spec.qualityGate",
+        "only for task text-generation",
+        True,
+    ),
+    (
+        "classification-with-recall-gate",
+        TJ,
+        {"spec.qualityGate.minRecallAt1": 0.5},
+        "spec.qualityGate",
+        "only for task sentence-embedding",
+        True,
+    ),
+    (
+        "generation-with-int8-cosine-gate",
+        TJ,
+        {"spec.model.task": "text-generation", "spec.qualityGate.minInt8Cosine": 0.9},
+        "spec.qualityGate",
+        "only for task sentence-embedding",
+        True,
+    ),
+    (
+        "classification-with-anchor-field",
+        TJ,
+        {"spec.data.anchorField": "q"},
+        "spec.data",
+        "only for task sentence-embedding",
+        True,
+    ),
+    (
+        "embedding-with-prompt-field",
+        TJ,
+        {
+            "spec.model.task": "sentence-embedding",
+            "spec.data.promptField": "q",
+            "spec.data.completionField": "a",
+        },
+        "spec.data",
+        "only for task text-generation",
+        True,
+    ),
+    (
+        "embedding-with-ort-target",
+        TJ,
+        {"spec.model.task": "sentence-embedding", "spec.export.targets": ["onnx", "ort"]},
+        "spec.export.targets",
+        "other than onnx are not supported for task sentence-embedding",
+        True,
+    ),
+    (
+        "embedding-with-distillation",
+        TJ,
+        {
+            "spec.model.task": "sentence-embedding",
+            "spec.distillation": {"teacher": {"manifestUri": "s3://models/t/manifest.json"}},
+        },
+        "spec.distillation",
+        "only for task sequence-classification",
+        True,
+    ),
+    (
+        "embedding-with-pruning",
+        TJ,
+        {"spec.model.task": "sentence-embedding", "spec.optimization.pruning": {"heads": 0.5}},
+        "spec.optimization.pruning",
+        "only for task sequence-classification",
+        True,
+    ),
+    (
+        "embedding-recall-above-one",
+        TJ,
+        {"spec.model.task": "sentence-embedding", "spec.qualityGate.minRecallAt1": 1.5},
+        "spec.qualityGate.minRecallAt1",
+        "at most 1",
+        True,
+    ),
     (
         "teacher-both-refs",
         TJ,
@@ -1186,6 +1294,94 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
             model={"source": "m", "task": "text-generation"},
             export={"targets": ["onnx", "tflite"]},
         ),
+        False,
+    ),
+    # sentence-embedding (issue 27)
+    (
+        "TrainingJob",
+        "spec",
+        "sentence-embedding uses minRecallAt1",
+        spec_with(
+            "TrainingJob", model={"source": "m", "task": "sentence-embedding"}, qualityGate={"minMrr": 0.5}
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "sentence-embedding uses minRecallAt1",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "sentence-embedding"},
+            qualityGate={"maxBf16AccuracyDrop": 0.01},
+        ),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "minInt8Cosine are only for task sentence-embedding",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "sentence-embedding"},
+            qualityGate={"minInt8Cosine": 0.9},
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "minInt8Cosine are only for task sentence-embedding",
+        spec_with("TrainingJob", qualityGate={"minRecallAt1": 0.9}),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "data.anchorField, positiveField and negativeField are only for task sentence-embedding",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "sentence-embedding"},
+            data={"train": "t.jsonl", "validation": "v.jsonl", "negativeField": "hard"},
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "data.anchorField, positiveField and negativeField are only for task sentence-embedding",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "text-generation"},
+            data={"train": "t.jsonl", "validation": "v.jsonl", "positiveField": "p"},
+        ),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "other than onnx are not supported for task sentence-embedding",
+        spec_with(
+            "TrainingJob", model={"source": "m", "task": "sentence-embedding"}, export={"targets": ["onnx"]}
+        ),
+        True,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "other than onnx are not supported for task sentence-embedding",
+        spec_with(
+            "TrainingJob",
+            model={"source": "m", "task": "sentence-embedding"},
+            export={"targets": ["onnx", "tflite"]},
+        ),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "numLabels is only for",
+        spec_with("TrainingJob", model={"source": "m", "task": "sentence-embedding", "numLabels": 3}),
         False,
     ),
 ]
