@@ -296,12 +296,15 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, time
     metrics.record_phase(kind, key, str(result.status.phase))
     metrics.record_status(kind, key, result.status)
     if result.error is None:
-        metrics.record_submit(kind, body, result.status, time.time())
+        now = ctx.now().timestamp()  # the pass's clock (the wall clock, but for tests)
+        metrics.record_submit(kind, body, result.status, now)
+        metrics.record_retry(kind, body, result.status, now)
         metrics.RECONCILES.labels(kind, "ok").inc()
         return
     metrics.ERRORS.labels(kind, result.error.reason).inc()
     metrics.RECONCILES.labels(kind, "permanent" if result.permanent else "temporary").inc()
     if result.temporary:
+        metrics.RETRY_DELAY.labels(kind).observe(result.delay or 0)
         # kopf applies the patch (the Reconciled condition) and calls again after the delay.
         raise kopf.TemporaryError(result.problem or result.error.reason, delay=result.delay or 0)
     if not timer:
@@ -461,6 +464,7 @@ def _delete(kind: str, body: kopf.Body, memo: Any, retry: int) -> None:
     except Exception as exc:
         err = classify(exc, retry, ctx.settings)
         metrics.ERRORS.labels(kind, err.reason).inc()
+        metrics.RETRY_DELAY.labels(kind).observe(err.delay)
         # A finalizer must not be dropped while children may remain: always retry.
         raise kopf.TemporaryError(f"{err.reason}: {exc}", delay=err.delay) from exc
     metrics.record_phase(kind, f"{meta.get('namespace')}/{meta.get('name')}", None)

@@ -15,14 +15,20 @@ operator's contract (dashboards and alerts use them):
   steps (0 to 1) and ``rayrelay_trainingjob_attempt{...}`` -- the attempt number, from status
 - ``rayrelay_trainingjob_submit_delay_seconds`` (histogram) -- a TrainingJob's creation to
   its first attempt's RayJob submitted by this operator
+- ``rayrelay_trainingjob_retries_total{reason}`` -- failed attempts scheduled to run again
+  (``failurePolicy.backoffLimit`` not spent), by the failure's reason (``RETRY_REASONS``, any
+  other ``Other``), and ``rayrelay_trainingjob_retry_backoff_seconds`` (histogram) -- the
+  backoff each such retry was given (``status.nextAttemptTime`` - now)
+- ``rayrelay_reconcile_retry_delay_seconds{kind}`` (histogram) -- the delay before the next
+  pass after a temporary error (``errors.backoff_delay``; what a kopf retry waits)
 - ``rayrelay_modeldeployment_replicas{resource_namespace,resource_name,state}`` -- state:
   wanted (Serve's autoscaler target), existing, ready; from status
 - ``rayrelay_operator_leader`` -- 1 while this replica reconciles (standalone, or the
   kopf peering leader), 0 while it stands by (kopf's peering starts paused)
 
-The error and pass counters of the reasons alerts watch (``StoreUnavailable``) and of
-every result start at 0, so that ``rate()`` and ``increase()`` have a series to read
-before the first error. docs/observability.md is the reference, with the alerts.
+The error and pass counters of the reasons alerts watch (``StoreUnavailable``), of
+every result and of every retry reason start at 0 (and the retry delay histograms with
+them), so that ``rate()`` and ``increase()`` have a series to read before the first error. docs/observability.md is the reference, with the alerts.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from rayrelay_core.conditions import find_condition
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -54,6 +62,25 @@ SUBMIT_DELAY = Histogram(
     "From a TrainingJob's creation to its first attempt's RayJob (or Ray job) submitted by this "
     "operator: what a sweep waits on the control plane.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "rayrelay_trainingjob_retries",
+    "Failed TrainingJob attempts scheduled to run again after a backoff, by the failure's reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+RETRY_BACKOFF = Histogram(
+    "rayrelay_trainingjob_retry_backoff_seconds",
+    "Backoff given to a failed TrainingJob attempt before the next one is submitted.",
+    buckets=(1, 2.5, 5, 10, 20, 40, 80, 160, 300, 600, 1800),
+    registry=REGISTRY,
+)
+RETRY_DELAY = Histogram(
+    "rayrelay_reconcile_retry_delay_seconds",
+    "Delay before the next reconcile pass after a temporary error (the operator's backoff).",
+    ["kind"],
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 300, 600),
     registry=REGISTRY,
 )
 RESOURCES = Gauge("rayrelay_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
@@ -93,11 +120,38 @@ KINDS = ("TrainingJob", "ModelDeployment")
 RESULTS = ("ok", "temporary", "permanent")
 # Error reasons an alert reads with rate(): present (0) from the start.
 ALERTED_REASONS = ("StoreUnavailable",)
+# The reasons a failed attempt is retried for, as its Running condition says them: the
+# operator's (DriverDied, StuckInitializing, ManifestMissing), the pipeline's retryable ones
+# (failure.json: StorageError, TrainingFailed), the ray backend's (DriverFailed and Ray's
+# job error types) and KubeRay's RayJob reasons. Anything else counts as "Other", so the
+# label stays bounded whatever a backend reports.
+RETRY_REASONS = (
+    "DriverDied",
+    "DriverFailed",
+    "StuckInitializing",
+    "ManifestMissing",
+    "StorageError",
+    "TrainingFailed",
+    "RuntimeEnvSetupFailure",
+    "JobSupervisorActorStartTimeout",
+    "JobSupervisorActorStartFailure",
+    "JobSupervisorActorUnschedulable",
+    "JobSupervisorActorUnknownFailure",
+    "JobSupervisorActorDied",
+    "JobEntrypointCommandStartError",
+    "DeadlineExceeded",
+    "AppFailed",
+    "SubmissionFailed",
+    "Other",
+)
 for _kind in KINDS:
     for _result in RESULTS:
         RECONCILES.labels(_kind, _result)
     for _reason in ALERTED_REASONS:
         ERRORS.labels(_kind, _reason)
+    RETRY_DELAY.labels(_kind)
+for _reason in RETRY_REASONS:
+    RETRIES.labels(_reason)
 
 _phases: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
@@ -177,6 +231,29 @@ def record_submit(kind: str, body: Any, status: Any, now: float) -> None:
         return
     created = datetime.fromisoformat(str(body["metadata"]["creationTimestamp"]).replace("Z", "+00:00"))
     SUBMIT_DELAY.observe(max(0.0, now - created.timestamp()))
+
+
+def retry_reason(reason: str | None) -> str:
+    """The ``reason`` label of a retry: one of ``RETRY_REASONS`` (``Other`` for the rest)."""
+    return reason if reason in RETRY_REASONS else "Other"
+
+
+def record_retry(kind: str, body: Any, status: Any, now: float) -> None:
+    """Count a retry when this pass scheduled a failed TrainingJob attempt to run again.
+
+    The pass scheduled one when the status it computed has a ``next_attempt_time`` that the
+    stored status (``body``, as the pass read it) did not: later passes that wait it out keep
+    the stored one and count nothing (a pass whose status write is lost and the pass that
+    schedules the retry again count it twice, as ``record_submit`` would). The reason is the Running condition's (``attempt_failed`` sets it); the backoff
+    is the scheduled time minus ``now`` (seconds since the epoch).
+    """
+    at = getattr(status, "next_attempt_time", None)
+    if kind != "TrainingJob" or not at or (body.get("status") or {}).get("nextAttemptTime") == at:
+        return
+    running = find_condition(getattr(status, "conditions", None) or [], "Running")
+    RETRIES.labels(retry_reason(running.reason if running is not None else None)).inc()
+    scheduled = datetime.fromisoformat(str(at).replace("Z", "+00:00")).timestamp()
+    RETRY_BACKOFF.observe(max(0.0, scheduled - now))
 
 
 # kopf (1.45) says when peering pauses this replica for a peer of higher priority and when

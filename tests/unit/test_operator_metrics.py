@@ -1,7 +1,8 @@
 """The operator's own series (operator/rayrelay_operator/metrics.py, issue 28).
 
 Per-resource phase, progress, attempt and replicas follow the computed status and go with
-the resource; the counters the alerts read with rate() exist (0) before the first error; and
+the resource; the counters the alerts read with rate() exist (0) before the first error; a
+failed attempt scheduled to run again counts one retry with a bounded reason and its backoff; and
 ``rayrelay_operator_leader`` follows kopf's peering engine, fed here the exact log records
 kopf 1.45 emits when it pauses a replica for a peer of higher priority and when it resumes
 (tests/cluster/test_operator_ha.py runs real peering; this checks the mapping alone).
@@ -10,8 +11,13 @@ kopf 1.45 emits when it pauses a replica for a peer of higher priority and when 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
+from reconcile_fakes import Clock, FakeBackend, artifacts_dir, make_ctx, tj_dict
 
 from rayrelay_core.api import ModelDeploymentStatus, TrainingJobStatus
 from rayrelay_operator import metrics
@@ -121,3 +127,92 @@ def test_leader_follows_kopf_peering_pauses() -> None:
     logger.info("Keep-alive in 'rayrelay' cluster-wide: ok.")  # anything else changes nothing
     assert value("rayrelay_operator_leader") == 0
     metrics.track_leadership(peering=False)
+
+
+def test_a_retried_attempt_counts_its_reason_and_backoff(tmp_path: Path, monkeypatch: Any) -> None:
+    """The kopf handler (``handlers._reconcile``) over the real TrainingJob state machine.
+
+    ``reconcile_fakes.FakeBackend`` stands in for KubeRay (the test sets what the attempt's
+    RayJob says) and a fake clock for the wall clock; ``kopf.event`` is replaced by a no-op
+    (it needs a running operator). A failed attempt scheduled to run again counts one retry
+    with the failure's reason and its backoff (base 5 s, doubling, +-20 %); the passes that
+    wait it out and the one that resubmits count nothing; a reason outside the bounded set is
+    ``Other``; a temporary error's delay goes to ``rayrelay_reconcile_retry_delay_seconds``.
+    """
+    import kopf
+
+    from rayrelay_operator import handlers
+    from rayrelay_operator.backends.base import BackendUnavailable
+    from rayrelay_operator.work import TrainingObservation, WorkState
+
+    backend, clock = FakeBackend(), Clock()
+    ctx, _ = make_ctx(backend, clock, artifacts_dir(tmp_path))
+    monkeypatch.setattr(handlers.kopf, "event", lambda body, **_: None)
+    memo = kopf.Memo(ctx=ctx)
+    raw = {**tj_dict("r28", failurePolicy={"backoffLimit": 3}), "status": {}}
+
+    def tick() -> None:
+        patch = kopf.Patch()
+        try:
+            handlers._reconcile("TrainingJob", kopf.Body(raw), patch, memo, timer=True)
+        finally:  # applied as kopf applies it, a temporary error's included
+            raw["status"] = {**raw["status"], **dict(patch.get("status") or {})}
+
+    def retries(reason: str) -> float:
+        return value("rayrelay_trainingjob_retries_total", reason=reason) or 0.0
+
+    def backoff() -> tuple[float, float]:
+        name = "rayrelay_trainingjob_retry_backoff_seconds"
+        return value(f"{name}_count") or 0.0, value(f"{name}_sum") or 0.0
+
+    def fail(reason: str) -> None:
+        backend.training[raw["status"]["rayJob"]["jobId"]] = TrainingObservation(
+            WorkState.FAILED, reason, "exit 1"
+        )
+
+    def wait_out() -> None:
+        at = datetime.fromisoformat(raw["status"]["nextAttemptTime"].replace("Z", "+00:00"))
+        clock.advance((at - clock()).total_seconds())
+
+    tick()  # attempt 1 submitted
+    assert raw["status"]["attempt"] == 1 and backend.verbs() == ["submit"]
+    before = {r: retries(r) for r in ("DriverFailed", "Other")}
+    (count, total) = backoff()
+    fail("DriverFailed")
+    tick()
+    assert raw["status"]["nextAttemptTime"] and retries("DriverFailed") == before["DriverFailed"] + 1
+    new_count, new_total = backoff()
+    assert new_count == count + 1 and 3.0 <= new_total - total <= 6.0, new_total - total
+    for _ in range(2):  # waiting out the backoff counts nothing
+        clock.advance(1)
+        tick()
+    assert retries("DriverFailed") == before["DriverFailed"] + 1 and backoff()[0] == count + 1
+    wait_out()
+    tick()  # attempt 2 submitted: not a retry scheduled
+    assert raw["status"]["attempt"] == 2 and backoff()[0] == count + 1
+    fail("SomeBackendSaidSo")  # a reason outside RETRY_REASONS
+    tick()
+    assert retries("Other") == before["Other"] + 1 and retries("DriverFailed") == before["DriverFailed"] + 1
+    assert "SomeBackendSaidSo" not in exposition()
+    assert 7.0 <= backoff()[1] - new_total <= 12.0  # the second backoff doubles
+    # The resubmission meets a temporary error: the pass's delay (base 5 s) is observed.
+    delays = value("rayrelay_reconcile_retry_delay_seconds_count", kind="TrainingJob") or 0.0
+    under_5 = value("rayrelay_reconcile_retry_delay_seconds_bucket", kind="TrainingJob", le="5.0") or 0.0
+    backend.refuse["submit"] = BackendUnavailable("the Kubernetes API is not reachable")
+    wait_out()
+    with pytest.raises(kopf.TemporaryError):
+        tick()
+    assert value("rayrelay_reconcile_retry_delay_seconds_count", kind="TrainingJob") == delays + 1
+    assert value("rayrelay_reconcile_retry_delay_seconds_bucket", kind="TrainingJob", le="5.0") == under_5 + 1
+    assert backoff()[0] == count + 2
+
+
+def test_retry_series_start_at_zero_with_a_bounded_reason() -> None:
+    for reason in metrics.RETRY_REASONS:
+        assert value("rayrelay_trainingjob_retries_total", reason=reason) is not None
+    for kind in ("TrainingJob", "ModelDeployment"):
+        assert value("rayrelay_reconcile_retry_delay_seconds_count", kind=kind) is not None
+    assert value("rayrelay_trainingjob_retry_backoff_seconds_count") is not None
+    assert metrics.retry_reason("DriverDied") == "DriverDied"
+    assert metrics.retry_reason("a message: with anything in it") == "Other"
+    assert metrics.retry_reason(None) == "Other"
