@@ -2,7 +2,8 @@
 dashboard query, and where the real prometheus / promtool binaries are.
 
 ``exported_metrics`` reads the metric families from the registries the code builds (the
-operator's, the gateway's ``EndpointMetrics``, a model replica's ``ReplicaMetrics``), with
+operator's, the gateway's ``EndpointMetrics``, a model replica's ``ReplicaMetrics``, a
+text-generation replica's ``GenerationMetrics``), with
 the names Prometheus sees (``_total`` for counters, ``_bucket`` / ``_count`` / ``_sum`` for
 histograms) and their label names. ``reference_errors`` finds, in a PromQL expression, every
 ``rayrelay_*`` series that nobody exports and every label that the series cannot carry: a
@@ -44,13 +45,14 @@ _GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 def exported_metrics() -> dict[str, frozenset[str]]:
     """Every series name the code exports -> its label names."""
     from rayrelay_operator import metrics as operator_metrics
-    from rayrelay_workloads.serve.metrics import EndpointMetrics, ReplicaMetrics
+    from rayrelay_workloads.serve.metrics import EndpointMetrics, GenerationMetrics, ReplicaMetrics
 
     collectors: list[Any] = []
     for registry in (
         operator_metrics.REGISTRY,
         EndpointMetrics().registry,
         ReplicaMetrics("m", "r").registry,
+        GenerationMetrics("m", "r").registry,
     ):
         collectors += list(dict.fromkeys(registry._collector_to_names))
     out: dict[str, frozenset[str]] = {}

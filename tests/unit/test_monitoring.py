@@ -127,7 +127,31 @@ def test_every_dashboard_query_names_exported_series(
     errors = [(title, e) for title, q in queries for e in mc.reference_errors(q, exported)]
     assert errors == []
     titles = {p["title"] for p in dash["panels"] if p["type"] == "row"}
-    assert titles == {"Training", "Serving", "Operator"}
+    assert titles == {"Training", "Serving", "Generation", "Operator"}
+    # Text generation's and the retries' series each have a panel.
+    drawn = " ".join(q for _, q in queries)
+    for family in (
+        "rayrelay_generation_tokens_total",
+        "rayrelay_generation_prompt_tokens_total",
+        "rayrelay_generation_time_to_first_token_seconds_bucket",
+        "rayrelay_generation_time_per_output_token_seconds_bucket",
+        "rayrelay_generation_running_requests",
+        "rayrelay_generation_queued_requests",
+        "rayrelay_trainingjob_retries_total",
+        "rayrelay_trainingjob_retry_backoff_seconds_bucket",
+        "rayrelay_reconcile_retry_delay_seconds_bucket",
+    ):
+        assert family in drawn, family
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    # No two panels overlap on Grafana's 24-column grid.
+    cells = [
+        (p["gridPos"]["x"] + dx, p["gridPos"]["y"] + dy)
+        for p in dash["panels"]
+        for dx in range(p["gridPos"]["w"])
+        for dy in range(p["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells))
 
 
 def test_the_reference_check_catches_wrong_names(exported: dict[str, frozenset[str]]) -> None:

@@ -53,6 +53,7 @@ def replica(
 
     ``wrap(session)``, when given, stands between the engine and the onnxruntime session (a test
     can hold a decode step, or run another variant)."""
+    from rayrelay_workloads.serve.metrics import GenerationMetrics
     from rayrelay_workloads.textgen.serving import TextGenEngine, TextGenServer
 
     session, tokenizer = tiny_decoder()
@@ -74,6 +75,7 @@ def replica(
     )
     server.scheduler = server.engine.scheduler()
     server.requests = server.tokens = 0
+    server.metrics = GenerationMetrics(name, "r1")
     server.ready = True
     return server
 

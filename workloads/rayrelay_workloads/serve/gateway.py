@@ -59,6 +59,7 @@ request got a 500 under load when every stale request started its own read.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import threading
@@ -149,6 +150,10 @@ class Gateway:
     def __init__(self, args: dict[str, Any] | None = None) -> None:
         self.args = dict(args or {})
         self.metrics = EndpointMetrics()
+        # The model a request resolved to (set by ``_state`` in the request's own context), so
+        # that a request that raised afterwards counts under its model, not ``_none``. (Here,
+        # not a module global: Serve pickles this class by value, and a ContextVar cannot be.)
+        self._resolved_model: contextvars.ContextVar[str] = contextvars.ContextVar("model", default="_none")
         self._status_cache: tuple[float, dict[str, ModelState]] = (0.0, {})
         self._status_known = False  # a status read has succeeded at least once
         self._status_error: str | None = None  # why the latest status read failed
@@ -224,6 +229,7 @@ class Gateway:
             )
             return cached
         self._status_cache = (time.monotonic(), states)
+        self.metrics.models_seen(states)  # 5xx series at 0: rate() sees a model's first error
         self._status_known = True
         self._status_error = None
         return states
@@ -238,6 +244,7 @@ class Gateway:
             raise Unavailable(f"the model status could not be read; retry later ({self._status_error})")
         if state is None:
             raise ProtocolError(404, f"model {name!r} not found")
+        self._resolved_model.set(name)  # a known model: its errors from here on count under its name
         return state
 
     async def _handle(self, state: ModelState) -> Any:
@@ -294,7 +301,8 @@ class Gateway:
     async def __call__(self, request: Request) -> Response:
         start = time.perf_counter()
         path = request.url.path
-        protocol_name, model_label = "other", "_none"
+        protocol_name, model_label = "other", None
+        self._resolved_model.set("_none")
         try:
             if path.startswith("/v2"):
                 protocol_name = "v2"
@@ -319,7 +327,10 @@ class Gateway:
                 response = _error(500, protocol.INTERNAL_ERROR)
         if path != "/metrics":
             self.metrics.observe(
-                model_label, protocol_name, response.status_code, time.perf_counter() - start
+                model_label or self._resolved_model.get(),
+                protocol_name,
+                response.status_code,
+                time.perf_counter() - start,
             )
         return response
 

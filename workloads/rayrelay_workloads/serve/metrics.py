@@ -14,9 +14,14 @@ which Ray's own libraries may also write to):
   candidates at start, ``rayrelay_variant_batch_seconds`` per variant
   (``rayrelay_core.variants``; the operator reads both into ``status.model``).
 
+- each text-generation replica (``textgen.serving``) records its requests' tokens,
+  time to first token, time per output token and its continuous batch
+  (``GenerationMetrics``).
+
 The gateway's ``EndpointMetrics`` adds what autoscaling does: replicas by
 state, ongoing requests per replica (asked of every replica at each scrape),
-and requests held while a model scaled to zero starts a replica.
+and requests held while a model scaled to zero starts a replica; and it creates
+each model's 5xx series at 0 when it first sees the model (``models_seen``).
 
 ``GET /metrics`` on the gateway renders its own registry and merges in the
 text that every *running* model application returns from
@@ -41,6 +46,15 @@ import rayrelay_core.variants as variants
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Text generation (docs/performance.md, textgen_batching): time to first token 15 ms (1 stream)
+# to 97 ms (p99, 8 streams) on one replica, seconds once requests queue; time per output
+# token about 2 ms alone to 10 ms per stream at 8 streams, more on a loaded or larger model.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TPOT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+# A model's 5xx series exist from the moment the gateway sees the model (at 0), so that
+# rate() sees the first server error: the codes the gateway and the replicas answer.
+SERVER_ERROR_CODES = ("500", "503", "504")
+MODEL_PROTOCOLS = ("v1", "v2")
 
 
 class GatewayMetrics:
@@ -146,6 +160,16 @@ class EndpointMetrics(GatewayMetrics):
             self.cold_starts.labels(model).inc()
             self.cold_wait.labels(model).observe(time.perf_counter() - start)
 
+    def models_seen(self, models: Iterable[str]) -> None:
+        """Create each model's server-error series at 0 (idempotent; one per protocol and 5xx code).
+
+        A counter born with its first increment has no earlier sample, so ``rate()`` and
+        ``increase()`` miss that first 5xx (and a burst that ends within a scrape or two)."""
+        for model in models:
+            for protocol in MODEL_PROTOCOLS:
+                for code in SERVER_ERROR_CODES:
+                    self.errors.labels(model, protocol, code)
+
     def set_replicas(self, by_model: Mapping[str, Mapping[str, int]]) -> None:
         self.replicas.clear()
         for model, states in by_model.items():
@@ -225,6 +249,82 @@ class ReplicaMetrics:
         self.variant_info.labels(self._model, self._replica, *labels).set(1)
         for name, seconds in choice.timings_s.items():
             self.variant_timing.labels(self._model, self._replica, name).set(seconds)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class GenerationMetrics:
+    """A text-generation replica's series (``textgen.serving.TextGenServer``), by model and replica.
+
+    - ``rayrelay_generation_prompt_tokens`` / ``rayrelay_generation_tokens``: prompt tokens
+      of the requests queued, and tokens generated (counted as they are handed to the stream);
+    - ``rayrelay_generation_time_to_first_token_seconds``: from the request joining the
+      replica's queue to its first token chosen (queue wait and prefill; not tokenisation);
+    - ``rayrelay_generation_time_per_output_token_seconds``: per request of 2 tokens or more,
+      (last token - first token) / (tokens - 1), timed on the decode thread where each token is
+      chosen, so neither the stream's flush interval nor a slow reader changes it;
+    - ``rayrelay_generation_running_requests`` / ``rayrelay_generation_queued_requests``: the
+      continuous batcher's rows decoding now and the requests waiting to join (read at each
+      scrape, :meth:`set_batch`);
+    - ``self.http``: the requests the replica answers on its own routes (generate,
+      generate_stream, infer, metadata), the gateway's series (``GatewayMetrics``).
+    """
+
+    def __init__(self, model: str, replica: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "replica"]
+        self.prompt_tokens = Counter(
+            "rayrelay_generation_prompt_tokens",
+            "Prompt tokens of the text-generation requests queued in the replica.",
+            labels,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.tokens = Counter(
+            "rayrelay_generation_tokens",
+            "Tokens generated (handed to their request's response).",
+            labels,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.ttft = Histogram(
+            "rayrelay_generation_time_to_first_token_seconds",
+            "From a request joining the replica's queue to its first token chosen.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.tpot = Histogram(
+            "rayrelay_generation_time_per_output_token_seconds",
+            "Per request: (last token - first token) / (tokens - 1), as the decode loop chose them.",
+            labels,
+            buckets=TPOT_BUCKETS,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.running = Gauge(
+            "rayrelay_generation_running_requests",
+            "Requests decoding in the replica's continuous batch now.",
+            labels,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.queued = Gauge(
+            "rayrelay_generation_queued_requests",
+            "Requests waiting to join the replica's continuous batch.",
+            labels,
+            registry=self.registry,
+        ).labels(model, replica)
+        self.http = GatewayMetrics(self.registry)
+
+    def first_token(self, queued_at: float, first_at: float) -> None:
+        self.ttft.observe(max(0.0, first_at - queued_at))
+
+    def finished(self, tokens: int, first_at: float, last_at: float) -> None:
+        """A request's time per output token, once it produced ``tokens`` (2 or more to count)."""
+        if tokens >= 2:
+            self.tpot.observe(max(0.0, last_at - first_at) / (tokens - 1))
+
+    def set_batch(self, running: int, queued: int) -> None:
+        self.running.set(running)
+        self.queued.set(queued)
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

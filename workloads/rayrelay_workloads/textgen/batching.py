@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,9 +67,14 @@ class Row:
     produced: int = 0
     cancelled: bool = False
     done: bool = False
+    # perf_counter times for the replica's metrics: queued (made), first and latest token chosen.
+    queued_at: float = field(init=False)
+    first_at: float = 0.0
+    last_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.sampling.seed)
+        self.queued_at = time.perf_counter()
 
     @property
     def reserve(self) -> int:
@@ -79,6 +85,9 @@ class Row:
         """Choose this row's next token from its logits row and emit its piece."""
         token = int(choose(logits[None], self.sampling, self.rng)[0])
         self.produced += 1
+        self.last_at = time.perf_counter()
+        if self.produced == 1:
+            self.first_at = self.last_at
         piece = self.turn(token)
         self.last, self.pos = token, self.pos + 1
         self.done = piece.finish_reason is not None

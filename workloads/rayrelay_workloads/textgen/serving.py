@@ -37,6 +37,11 @@ soon as it is chosen. ``spec.generation``'s ``maxBatchSize`` and
 ``maxCachedTokens`` bound the batch; beyond them requests wait in the queue, and
 beyond ``maxQueuedRequests`` waiting a request gets 429.
 
+Metrics (``serve.metrics.GenerationMetrics``, merged into the gateway's ``/metrics``
+through :meth:`TextGenServer.metrics_text`): prompt and generated tokens, time to first
+token and time per output token (timed on the decode thread, ``batching.Row``), the
+batch's running and queued requests, and the requests of the replica's own routes.
+
 Limits (``spec.generation``, defaults when omitted): ``maxPromptTokens``,
 ``maxNewTokens``, ``maxStopSequences``; the prompt's characters (a chat's
 message contents together) are bounded by ``spec.limits.maxTextChars`` and the
@@ -67,6 +72,7 @@ from starlette.responses import Response, StreamingResponse
 from rayrelay_core.api import GenerationLimits, ModelDeploymentSpec
 from rayrelay_core.apikeys import KeyCheck, key_check
 from rayrelay_workloads.serve import ingress
+from rayrelay_workloads.serve.metrics import GenerationMetrics
 from rayrelay_workloads.serve.protocol import ProtocolError, show
 from rayrelay_workloads.textgen import openai_api as oa
 from rayrelay_workloads.textgen import protocol as gp
@@ -335,6 +341,11 @@ class TextGenServer:
         self.scheduler = self.engine.scheduler()
         self.requests = 0
         self.tokens = 0
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a replica (unit use): one process, one label
+            replica = str(os.getpid())
+        self.metrics = GenerationMetrics(self.name, replica)
         t_warm = time.perf_counter()
         warm = list(
             self.engine.pieces(
@@ -398,6 +409,7 @@ class TextGenServer:
         row = self.engine.row(req, ids, lambda item: post.post(queue, item))
         self.requests += 1
         self.scheduler.submit(row)
+        self.metrics.prompt_tokens.inc(len(ids))
         sent_at: float | None = None
         try:
             while True:
@@ -417,6 +429,11 @@ class TextGenServer:
                     if item.finish_reason is not None:
                         break
                 self.tokens += len(ready)
+                self.metrics.tokens.inc(len(ready))
+                if sent_at is None:  # the first token: times taken on the decode thread
+                    self.metrics.first_token(row.queued_at, row.first_at)
+                if ready[-1].finish_reason is not None:  # the row is done: its times are final
+                    self.metrics.finished(row.produced, row.first_at, row.last_at)
                 yield ready
                 sent_at = time.monotonic()
                 if ready[-1].finish_reason is not None:
@@ -453,13 +470,17 @@ class TextGenServer:
     # ------------------------------------------------------------------ HTTP (one hop)
 
     async def __call__(self, request: Request) -> Response:
+        start = time.perf_counter()
         try:
-            return await self._route(request)
+            response = await self._route(request)
         except ProtocolError as exc:
-            return ingress.error_response(exc.status, exc.message)
+            response = ingress.error_response(exc.status, exc.message)
         except Exception:
             log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
-            return ingress.error_response(500, "internal error; the server log has the details")
+            response = ingress.error_response(500, "internal error; the server log has the details")
+        # A stream counts when its response starts (its status is sent then), not when it ends.
+        self.metrics.http.observe(self.name, "v2", response.status_code, time.perf_counter() - start)
+        return response
 
     async def _route(self, request: Request) -> Response:
         path = ingress.full_path(request)
@@ -609,7 +630,9 @@ class TextGenServer:
         }
 
     def metrics_text(self) -> str:
-        return ""
+        """This replica's series for the gateway's ``/metrics`` (``serve.metrics.GenerationMetrics``)."""
+        self.metrics.set_batch(self.scheduler.running(), self.scheduler.queued())
+        return self.metrics.text()
 
     async def predict(self, texts: list[str]) -> list[Any]:
         raise ProtocolError(400, f"{self.name} is a text-generation model: use generate or /v1/completions")
