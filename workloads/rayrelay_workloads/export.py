@@ -65,7 +65,14 @@ from typing import Any
 
 from rayrelay_core.api import ExportSpec, ExportTarget, Quantize
 from rayrelay_workloads.data import Example
-from rayrelay_workloads.export_checks import ParityError, check_parity, fused_is_faster, parity, time_ms
+from rayrelay_workloads.export_checks import (
+    ParityError,
+    ParityFigures,
+    check_parity,
+    fused_is_faster,
+    parity,
+    time_ms,
+)
 
 __all__ = ["ExportResult", "ParityError", "export_all"]
 
@@ -117,21 +124,12 @@ class RuntimeVariant:
 
 
 def load_checkpoint_model(checkpoint_dir: str | Path) -> Any:
-    from transformers import AutoModelForSequenceClassification
-
+    """The checkpoint's classifier, pruned (``spec.optimization.pruning``'s output) or not."""
+    from rayrelay_workloads.modeling import load_trained_classifier
     from rayrelay_workloads.prune import load_pruned
 
-    pruned = load_pruned(Path(checkpoint_dir) / "model")  # spec.optimization.pruning's output
-    if pruned is not None:
-        return pruned
-
-    # Eager attention: the SDPA path of transformers 5 exports a mask/attention subgraph
-    # that onnxruntime's BERT fusion does not recognise (no Attention node, no gain).
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(Path(checkpoint_dir) / "model"), attn_implementation="eager"
-    )
-    model.eval()
-    return model
+    pruned = load_pruned(Path(checkpoint_dir) / "model")
+    return pruned if pruned is not None else load_trained_classifier(checkpoint_dir)
 
 
 def onnx_input_names(model: Any, tokenizer: Any) -> list[str]:
@@ -210,62 +208,90 @@ def prepare_for_fusion(src: Path, dst: Path, num_heads: int) -> int:
     Returns the number of nodes rewritten. The values are the same up to float
     rounding (the parity check covers them).
     """
-    import numpy as np
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(src))
-    graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    inits = {init.name: init for init in graph.initializer}
+    graph = _GraphIndex(model.graph)
+    rewritten = _scores_scaled_by_div(graph) + _heads_in_head_split(graph, num_heads)
+    onnx.save(model, str(dst))
+    return rewritten
 
-    def scalar(name: str) -> float | None:
-        node = producers.get(name)
+
+class _GraphIndex:
+    """An ONNX graph with its nodes found by the tensors they write and read, and its scalar constants."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.inits = {init.name: init for init in graph.initializer}
+
+    def scalar(self, name: str) -> float | None:
+        """The non-zero one-element constant (Constant node or initializer) named ``name``, else None."""
+        from onnx import numpy_helper
+
+        node = self.producers.get(name)
         if node is not None and node.op_type == "Constant":
             value = numpy_helper.to_array(node.attribute[0].t) if node.attribute else None
-        elif name in inits:
-            value = numpy_helper.to_array(inits[name])
+        elif name in self.inits:
+            value = numpy_helper.to_array(self.inits[name])
         else:
             return None
         return float(value.item()) if value is not None and value.size == 1 and value.item() != 0 else None
 
+    def add_initializer(self, value: Any, name: str) -> None:
+        from onnx import numpy_helper
+
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def _scores_scaled_by_div(g: _GraphIndex) -> int:
+    """``MatMul(Q, K) * scale`` feeding the mask ``Add`` before a Softmax becomes ``/ (1/scale)``."""
+    import numpy as np
+
     rewritten = 0
-    for node in graph.node:
+    for node in g.graph.node:
         if node.op_type != "Mul" or len(node.input) != 2:
             continue
-        source = producers.get(node.input[0])
-        scale = scalar(node.input[1])
-        after = consumers.get(node.output[0], [])
+        source = g.producers.get(node.input[0])
+        scale = g.scalar(node.input[1])
+        after = g.consumers.get(node.output[0], [])
         if source is None or source.op_type != "MatMul" or scale is None or len(after) != 1:
             continue
         if after[0].op_type != "Add" or not any(
-            c.op_type == "Softmax" for c in consumers.get(after[0].output[0], [])
+            c.op_type == "Softmax" for c in g.consumers.get(after[0].output[0], [])
         ):
             continue
         divisor = f"{node.name or node.output[0]}/divisor"
-        graph.initializer.append(numpy_helper.from_array(np.array(1.0 / scale, dtype=np.float32), divisor))
+        g.add_initializer(np.array(1.0 / scale, dtype=np.float32), divisor)
         node.op_type = "Div"
         node.input[1] = divisor
         rewritten += 1
+    return rewritten
+
+
+def _heads_in_head_split(g: _GraphIndex, num_heads: int) -> int:
+    """The ``-1`` of the head split's shape (a Concat read by Reshape -> Transpose) becomes ``num_heads``."""
+    import numpy as np
+
+    rewritten = 0
     heads = f"rayrelay/num_heads_{num_heads}"
-    graph.initializer.append(numpy_helper.from_array(np.array([num_heads], dtype=np.int64), heads))
-    for node in graph.node:
+    g.add_initializer(np.array([num_heads], dtype=np.int64), heads)
+    for node in g.graph.node:
         if node.op_type != "Concat" or len(node.input) != 4:
             continue
-        reshapes = [c for c in consumers.get(node.output[0], []) if c.op_type == "Reshape"]
+        reshapes = [c for c in g.consumers.get(node.output[0], []) if c.op_type == "Reshape"]
         if (
             not reshapes
-            or scalar(node.input[2]) != -1
-            or not any(c.op_type == "Transpose" for r in reshapes for c in consumers.get(r.output[0], []))
+            or g.scalar(node.input[2]) != -1
+            or not any(c.op_type == "Transpose" for r in reshapes for c in g.consumers.get(r.output[0], []))
         ):
             continue
         node.input[2] = heads
         rewritten += 1
-    onnx.save(model, str(dst))
     return rewritten
 
 
@@ -301,14 +327,17 @@ def op_counts(path: Path) -> dict[str, int]:
     return {op: counts[op] for op in FUSED_OPS if counts.get(op)}
 
 
-def quantize_int8(src: Path, dst: Path, fused: bool) -> None:
+def quantize_int8(src: Path, dst: Path, fused: bool, per_channel: bool = False) -> None:
+    """Dynamic int8 of ``src``; ``per_channel``: one weight scale per output column, not per tensor."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # A graph fused by the transformer optimizer has tensors without type info;
     # quantize_dynamic fails on them unless given a default type (seen with onnxruntime 1.30).
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=extra)
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel, extra_options=extra
+    )
 
 
 def session(path: Path, threads: int, basic_only: bool = False, save_optimized: Path | None = None) -> Any:
@@ -551,6 +580,98 @@ def variant_logits(ref: Reference, sessions: dict[str, Any], texts: list[str]) -
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
+def fp32_and_int8(
+    ref: Reference,
+    plain: Path,
+    spec: ExportSpec,
+    bench: Any,
+    threads: int,
+    repeats: int,
+    metrics: dict[str, float],
+) -> tuple[Path, bool, dict[str, Any]]:
+    """The fp32 model (plain or fused, ``choose_fp32``) and, with ``quantize: int8``, the int8 one:
+    (fp32 file, fused or not, their sessions); their timings go into ``metrics``."""
+    fp32_path, fused_used, chosen = choose_fp32(
+        ref, plain, spec, bench, threads, repeats, metrics["onnx_plain_ms"]
+    )
+    sessions = {"fp32": session(fp32_path, threads)}
+    metrics |= chosen | {"onnx_fp32_ms": time_ms(lambda: onnx_logits(sessions["fp32"], bench), repeats)}
+    if spec.quantize == Quantize.INT8:
+        sessions["int8"], int8_metrics = quantise(
+            fp32_path, fused_used, bench, threads, repeats, metrics["pytorch_ms"]
+        )
+        metrics |= int8_metrics
+    return fp32_path, fused_used, sessions
+
+
+def edge_variants(
+    ref: Reference,
+    spec: ExportSpec,
+    sessions: dict[str, Any],
+    fp32_path: Path,
+    out: Path,
+    validation: list[Example],
+    threads: int,
+    bench: Any,
+    bench_repeats: int,
+) -> tuple[dict[str, str], dict[str, Any], dict[str, float]]:
+    """``export.targets``' files (ORT format, LiteRT): (files, LiteRT logits of the validation rows, metrics)."""
+    metrics: dict[str, float] = {}
+    extra_files: dict[str, str] = {}
+    if ExportTarget.ORT in spec.targets:
+        extra_files, metrics = ort_variants(sessions, fp32_path, threads, bench, bench_repeats)
+    tflite_logits: dict[str, Any] = {}
+    if ExportTarget.TFLITE in spec.targets:  # LiteRT, in its own environment (litert.py)
+        from rayrelay_workloads.litert import tflite_variants
+
+        rows = ref.encode([ex.text for ex in validation], padding="max_length")
+        tflite = tflite_variants(ref.model, rows, out, spec.quantize == Quantize.INT8, threads, bench_repeats)
+        extra_files |= tflite.files
+        tflite_logits, metrics = tflite.logits, metrics | tflite.metrics
+    return extra_files, tflite_logits, metrics
+
+
+def maybe_bf16(
+    spec: ExportSpec, fp32_path: Path, threads: int, bench: Any, bench_repeats: int
+) -> tuple[Any, RuntimeVariant | None, dict[str, float], str | None]:
+    """(session, variant, metrics, why it is missing) of the bf16 variant, as ``export.bf16`` asks.
+
+    ``false`` publishes no bf16 variant at all; unset measures it only where this host runs
+    bf16 natively (emulated, the pass costs ~17x fp32's: a quickstart would wait minutes).
+    """
+    if spec.bf16 is False:
+        return None, None, {}, None
+    if spec.bf16 is None and (why := export_host_lacks_bf16()):
+        return None, None, {}, why
+    return bf16_variant(fp32_path, threads, bench, bench_repeats)
+
+
+def compare_variants(
+    ref: Reference,
+    sessions: dict[str, Any],
+    validation: list[Example],
+    labels: list[str],
+    extra_logits: dict[str, Any],
+    tolerance: float,
+    bf16: RuntimeVariant | None,
+) -> ParityFigures:
+    """Every variant's logits on the validation rows against PyTorch's: the parity figures, checked
+    (``ParityError`` beyond ``tolerance``); ``bf16``'s own figures (to PyTorch, to fp32, labels equal
+    to fp32's) are filled in."""
+    import numpy as np
+
+    label_ids = {name: i for i, name in enumerate(labels)}
+    logits = variant_logits(ref, sessions, [ex.text for ex in validation]) | extra_logits
+    figures = parity(logits, np.array([label_ids[ex.label] for ex in validation]))
+    check_parity(figures, tolerance)
+    if bf16 is not None:
+        bf16.max_diff_pytorch = figures.max_diff["bf16"]
+        bf16.max_diff_fp32 = float(np.abs(logits["bf16"] - logits["fp32"]).max())
+        same = logits["bf16"].argmax(-1) == logits["fp32"].argmax(-1)
+        bf16.labels_equal_fp32 = round(float(same.mean()), 6)
+    return figures
+
+
 def export_all(
     checkpoint_dir: str | Path,
     tokenizer_source: str,
@@ -564,7 +685,6 @@ def export_all(
     on_stage: Callable[[str], object] | None = None,
 ) -> ExportResult:
     """Everything between the checkpoint and the files to publish: export, time, optimise, quantise, compare."""
-    import numpy as np
     import torch
 
     out = Path(out_dir)
@@ -577,53 +697,20 @@ def export_all(
     metrics = time_plain(ref, plain, bench, threads, bench_repeats)
     if on_stage:
         on_stage("Optimizing")
-    fp32_path, fused_used, chosen = choose_fp32(
-        ref, plain, spec, bench, threads, bench_repeats, metrics["onnx_plain_ms"]
+    fp32_path, fused_used, sessions = fp32_and_int8(ref, plain, spec, bench, threads, bench_repeats, metrics)
+    extra_files, tflite_logits, edge_metrics = edge_variants(
+        ref, spec, sessions, fp32_path, out, validation, threads, bench, bench_repeats
     )
-    sessions = {"fp32": session(fp32_path, threads)}
-    metrics |= chosen | {"onnx_fp32_ms": time_ms(lambda: onnx_logits(sessions["fp32"], bench), bench_repeats)}
-    if spec.quantize == Quantize.INT8:
-        sessions["int8"], int8_metrics = quantise(
-            fp32_path, fused_used, bench, threads, bench_repeats, metrics["pytorch_ms"]
-        )
-        metrics |= int8_metrics
-    extra_files: dict[str, str] = {}
-    if ExportTarget.ORT in spec.targets:
-        extra_files, ort_metrics = ort_variants(sessions, fp32_path, threads, bench, bench_repeats)
-        metrics |= ort_metrics
-    tflite_logits: dict[str, Any] = {}
-    if ExportTarget.TFLITE in spec.targets:  # LiteRT, in its own environment (litert.py)
-        from rayrelay_workloads.litert import tflite_variants
-
-        rows = ref.encode([ex.text for ex in validation], padding="max_length")
-        tflite = tflite_variants(ref.model, rows, out, spec.quantize == Quantize.INT8, threads, bench_repeats)
-        extra_files |= tflite.files
-        tflite_logits, metrics = tflite.logits, metrics | tflite.metrics
-    # export.bf16: false publishes no bf16 variant at all; unset measures it only where this host
-    # runs bf16 natively (emulated, the pass costs ~17x fp32's: a quickstart would wait minutes).
-    no_bf16: tuple[Any, RuntimeVariant | None, dict[str, float], str | None] = (None, None, {}, None)
-    if spec.bf16 is False:
-        bf16_sess, bf16, bf16_metrics, bf16_missing = no_bf16
-    elif spec.bf16 is None and (why := export_host_lacks_bf16()):
-        bf16_sess, bf16, bf16_metrics, bf16_missing = None, None, {}, why
-    else:
-        bf16_sess, bf16, bf16_metrics, bf16_missing = bf16_variant(fp32_path, threads, bench, bench_repeats)
+    metrics |= edge_metrics
+    bf16_sess, bf16, bf16_metrics, bf16_missing = maybe_bf16(spec, fp32_path, threads, bench, bench_repeats)
     metrics |= bf16_metrics
     if bf16_sess is not None:
         sessions["bf16"] = bf16_sess
     metrics |= {"bench_batch": BENCH_BATCH, "bench_seq_len": max_len, "bench_threads": threads}
-
-    label_ids = {name: i for i, name in enumerate(labels)}
-    logits = variant_logits(ref, sessions, [ex.text for ex in validation]) | tflite_logits
-    figures = parity(logits, np.array([label_ids[ex.label] for ex in validation]))
-    check_parity(figures, spec.parity_tolerance)
+    figures = compare_variants(ref, sessions, validation, labels, tflite_logits, spec.parity_tolerance, bf16)
     for name in extra_files:
         metrics[f"max_abs_logit_diff_{name}"] = figures.max_diff.get(name, 0.0)
     if bf16 is not None:
-        bf16.max_diff_pytorch = figures.max_diff["bf16"]
-        bf16.max_diff_fp32 = float(np.abs(logits["bf16"] - logits["fp32"]).max())
-        same = logits["bf16"].argmax(-1) == logits["fp32"].argmax(-1)
-        bf16.labels_equal_fp32 = round(float(same.mean()), 6)
         metrics["max_abs_logit_diff_bf16"] = bf16.max_diff_pytorch
     return ExportResult(
         out_dir=out,

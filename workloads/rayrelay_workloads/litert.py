@@ -114,24 +114,7 @@ def tflite_variants(
         staging = Path(tmp)
         export_program(model, list(rows), max_len, staging / "model.pt2")
         np.savez(staging / "rows.npz", **rows)
-        command = [
-            str(python),
-            str(SCRIPT),
-            "--program",
-            str(staging / "model.pt2"),
-            "--rows",
-            str(staging / "rows.npz"),
-            "--out",
-            str(staging / "out"),
-            "--threads",
-            str(threads),
-            "--repeats",
-            str(max(repeats, 1)),
-        ] + (["--int8"] if int8 else [])
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise LiteRTUnavailable(f"the LiteRT converter failed: {converter_error(done.stderr)}")
-        report = json.loads((staging / "out" / "report.json").read_text())
+        report = run_converter(python, staging, threads, repeats, int8)
         with np.load(staging / "out" / "logits.npz") as saved:
             logits = {name: saved[name] for name in saved.files}
         target = out / FOLDER
@@ -150,6 +133,31 @@ def tflite_variants(
     for name, ms in report["batch1_ms"].items():
         metrics[f"tflite_{name.split('-')[0]}_ms"] = float(ms)
     return TFLiteOutput(files, logits, metrics)
+
+
+def run_converter(
+    python: Path | str, staging: Path, threads: int, repeats: int, int8: bool
+) -> dict[str, Any]:
+    """Run the converter script in the LiteRT environment on ``staging``'s program and rows; its report."""
+    command = [
+        str(python),
+        str(SCRIPT),
+        "--program",
+        str(staging / "model.pt2"),
+        "--rows",
+        str(staging / "rows.npz"),
+        "--out",
+        str(staging / "out"),
+        "--threads",
+        str(threads),
+        "--repeats",
+        str(max(repeats, 1)),
+    ] + (["--int8"] if int8 else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise LiteRTUnavailable(f"the LiteRT converter failed: {converter_error(done.stderr)}")
+    report: dict[str, Any] = json.loads((staging / "out" / "report.json").read_text())
+    return report
 
 
 def converter_error(stderr: str) -> str:

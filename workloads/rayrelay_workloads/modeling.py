@@ -160,3 +160,19 @@ def load_model(path: str, labels: list[str], num_layers: int | None = None) -> A
         )
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load a sequence-classification model from {path!r}: {exc}") from exc
+
+
+def load_trained_classifier(checkpoint_dir: str | Path) -> Any:
+    """The fine-tuned classifier of a checkpoint folder (``<dir>/model``, save_pretrained), in eval mode.
+
+    A pruned one needs ``prune.load_pruned``; ``export.load_checkpoint_model`` takes either.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    # Eager attention: the SDPA path of transformers 5 exports a mask/attention subgraph
+    # that onnxruntime's BERT fusion does not recognise (no Attention node, no gain).
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(Path(checkpoint_dir) / "model"), attn_implementation="eager"
+    )
+    model.eval()
+    return model

@@ -327,7 +327,7 @@ def prune_model(
     """Score, slice and recover ``model`` in place; what was done."""
     import torch
 
-    from rayrelay_workloads.train_state import build_optimization, evaluate, train_step
+    from rayrelay_workloads.train_state import evaluate
 
     start = time.monotonic()
     layers = encoder_layers(model)
@@ -362,26 +362,45 @@ def prune_model(
     if validation:
         report.accuracy_before_recovery = round(evaluate(model, encode, validation, label_ids)[0], 6)
     if settings.recovery_steps > 0:
-        # Recovery: the training loop's own optimizer and step (train_state), on the smaller model.
-        model.train()
-        opt = build_optimization(model, hp, settings.recovery_steps, "cpu", "fp32")
-        # Past the scoring batches, so recovery starts on data scoring did not see.
-        plan = training_batches(
-            train_rows, batch_size, seed, settings.importance_batches + settings.recovery_steps
-        )[settings.importance_batches :]
-        plan = plan or training_batches(train_rows, batch_size, seed, settings.recovery_steps)
-        for step in range(settings.recovery_steps):
-            inputs, target = batch(plan[step % len(plan)])
-            loss = train_step(model, opt, inputs, target)
-            report.recovery_losses.append(round(loss, 6))
-            if on_step is not None:
-                on_step(step + 1, settings.recovery_steps, loss)
+        report.recovery_losses = recover(model, settings, batch, train_rows, hp, on_step)
     model.eval()
     if validation:
         report.accuracy_after_recovery = round(evaluate(model, encode, validation, label_ids)[0], 6)
         model.eval()
     report.seconds = round(time.monotonic() - start, 3)
     return report
+
+
+def recover(
+    model: Any,
+    settings: PruneSettings,
+    batch: Callable[[Sequence[Example]], Batch],
+    train_rows: Sequence[Example],
+    hp: dict[str, Any],
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> list[float]:
+    """Fine-tune the pruned ``model`` for ``settings.recovery_steps`` steps; each step's loss.
+
+    The training loop's own optimizer and step (train_state), on the smaller model, on batches
+    past the scoring ones, so recovery starts on data scoring did not see.
+    """
+    from rayrelay_workloads.train_state import build_optimization, train_step
+
+    batch_size, seed = int(hp["batch_size"]), int(hp["seed"])
+    model.train()
+    opt = build_optimization(model, hp, settings.recovery_steps, "cpu", "fp32")
+    plan = training_batches(
+        train_rows, batch_size, seed, settings.importance_batches + settings.recovery_steps
+    )[settings.importance_batches :]
+    plan = plan or training_batches(train_rows, batch_size, seed, settings.recovery_steps)
+    losses: list[float] = []
+    for step in range(settings.recovery_steps):
+        inputs, target = batch(plan[step % len(plan)])
+        loss = train_step(model, opt, inputs, target)
+        losses.append(round(loss, 6))
+        if on_step is not None:
+            on_step(step + 1, settings.recovery_steps, loss)
+    return losses
 
 
 def prune_checkpoint(
@@ -399,12 +418,12 @@ def prune_checkpoint(
     """Prune the checkpoint in ``checkpoint_dir``; a checkpoint folder (``model/``) of the result."""
     import torch
 
-    from rayrelay_workloads.export import load_checkpoint_model
-    from rayrelay_workloads.modeling import load_tokenizer
+    from rayrelay_workloads.modeling import load_tokenizer, load_trained_classifier
 
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(int(hp["seed"]))
-    model = load_checkpoint_model(checkpoint_dir)
+    # The trained, unpruned checkpoint (a pruned base model is refused before training).
+    model = load_trained_classifier(checkpoint_dir)
     tokenizer = load_tokenizer(tokenizer_source)
     report = prune_model(
         model,

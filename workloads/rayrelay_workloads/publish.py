@@ -35,6 +35,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -108,52 +109,7 @@ def build_manifest(
     def rel(path: str) -> str:
         return join(root, path) if root else path
 
-    sizes = {f.path: f.size for f in files}
-    fp32_file = rel(result.fp32_file)
-    variants = {
-        "pytorch": VariantInfo(file=None, accuracy=result.accuracy.get("pytorch"), accepted=True),
-        "fp32": VariantInfo(file=fp32_file, accuracy=result.accuracy.get("fp32"), size=sizes.get(fp32_file)),
-    }
-    if result.int8_file:
-        int8_file = rel(result.int8_file)
-        variants["int8"] = VariantInfo(
-            file=int8_file,
-            accuracy=result.accuracy.get("int8"),
-            accepted=decision.accepted,
-            reason=decision.reason,
-            size=sizes.get(int8_file),
-        )
-    if bf16 is not None and (result.bf16 is not None or result.bf16_missing):
-        ran = result.bf16
-        variants["bf16"] = VariantInfo(
-            file=fp32_file if ran is not None else None,
-            accuracy=result.accuracy.get("bf16"),
-            accepted=bf16.accepted and ran is not None,
-            reason=bf16.reason,
-            size=sizes.get(fp32_file) if ran is not None else None,
-            runtime=ran.runtime if ran is not None else "openvino",
-            measured=ran.measured if ran is not None else None,
-            max_abs_logit_diff=ran.max_diff_pytorch if ran is not None else None,
-            max_abs_logit_diff_fp32=ran.max_diff_fp32 if ran is not None else None,
-            labels_equal_fp32=ran.labels_equal_fp32 if ran is not None else None,
-        )
-    for name, extra in result.extra_files.items():  # other formats (export.targets), e.g. fp32-ort
-        path = rel(extra)
-        # A format of int8 is as good as int8 itself: the same gate decides. LiteRT's int8 is a
-        # quantisation of its own (ai-edge-quantizer), so the gate judges its own accuracy
-        # against LiteRT fp32's.
-        int8_based = name.startswith("int8")
-        gate = decision
-        if name == "int8-tflite":
-            fp32_tflite = result.accuracy.get("fp32-tflite", result.accuracy.get("fp32", 0.0))
-            gate = quality.int8_decision(job.spec.quality_gate, fp32_tflite, result.accuracy.get(name))
-        variants[name] = VariantInfo(
-            file=path,
-            accuracy=result.accuracy.get(name),
-            accepted=gate.accepted if int8_based else True,
-            reason=gate.reason if int8_based else None,
-            size=sizes.get(path),
-        )
+    variants = variant_infos(job, result, decision, {f.path: f.size for f in files}, rel, bf16)
     spec = job.spec
     metrics = dict(result.metrics)
     for variant, acc in result.accuracy.items():
@@ -183,9 +139,89 @@ def build_manifest(
     )
 
 
+def variant_infos(
+    job: JobDocument,
+    result: ExportResult,
+    decision: Int8Decision,
+    sizes: dict[str, int],
+    rel: Callable[[str], str],
+    bf16: VariantDecision | None,
+) -> dict[str, VariantInfo]:
+    """The manifest's variants: PyTorch, fp32, int8 (the gate's ``decision``), bf16, other formats."""
+    fp32_file = rel(result.fp32_file)
+    variants = {
+        "pytorch": VariantInfo(file=None, accuracy=result.accuracy.get("pytorch"), accepted=True),
+        "fp32": VariantInfo(file=fp32_file, accuracy=result.accuracy.get("fp32"), size=sizes.get(fp32_file)),
+    }
+    if result.int8_file:
+        int8_file = rel(result.int8_file)
+        variants["int8"] = VariantInfo(
+            file=int8_file,
+            accuracy=result.accuracy.get("int8"),
+            accepted=decision.accepted,
+            reason=decision.reason,
+            size=sizes.get(int8_file),
+        )
+    if bf16 is not None and (result.bf16 is not None or result.bf16_missing):
+        variants["bf16"] = bf16_info(result, bf16, fp32_file, sizes.get(fp32_file))
+    for name, extra in result.extra_files.items():  # other formats (export.targets), e.g. fp32-ort
+        path = rel(extra)
+        # A format of int8 is as good as int8 itself: the same gate decides. LiteRT's int8 is a
+        # quantisation of its own (ai-edge-quantizer), so the gate judges its own accuracy
+        # against LiteRT fp32's.
+        int8_based = name.startswith("int8")
+        gate = decision
+        if name == "int8-tflite":
+            fp32_tflite = result.accuracy.get("fp32-tflite", result.accuracy.get("fp32", 0.0))
+            gate = quality.int8_decision(job.spec.quality_gate, fp32_tflite, result.accuracy.get(name))
+        variants[name] = VariantInfo(
+            file=path,
+            accuracy=result.accuracy.get(name),
+            accepted=gate.accepted if int8_based else True,
+            reason=gate.reason if int8_based else None,
+            size=sizes.get(path),
+        )
+    return variants
+
+
+def bf16_info(
+    result: ExportResult, bf16: VariantDecision, fp32_file: str, fp32_size: int | None
+) -> VariantInfo:
+    """bf16 is served from fp32's file by another runtime; unmeasured, it is listed as not accepted."""
+    ran = result.bf16
+    return VariantInfo(
+        file=fp32_file if ran is not None else None,
+        accuracy=result.accuracy.get("bf16"),
+        accepted=bf16.accepted and ran is not None,
+        reason=bf16.reason,
+        size=fp32_size if ran is not None else None,
+        runtime=ran.runtime if ran is not None else "openvino",
+        measured=ran.measured if ran is not None else None,
+        max_abs_logit_diff=ran.max_diff_pytorch if ran is not None else None,
+        max_abs_logit_diff_fp32=ran.max_diff_fp32 if ran is not None else None,
+        labels_equal_fp32=ran.labels_equal_fp32 if ran is not None else None,
+    )
+
+
 def store_sse(job: JobDocument) -> dict[str, str] | None:
     sse = job.spec.artifacts.server_side_encryption
     return sse_args(str(sse.type), sse.kms_key_id) if sse is not None else None
+
+
+def _data_key(job: JobDocument, environ: dict[str, str] | None) -> tuple[bytes | None, EncryptionInfo | None]:
+    """With ``spec.artifacts.encryption``: a new data key for this publication and the manifest's record
+    of it (wrapped with the key-encryption key read from ``environ``); else (None, None)."""
+    encryption = job.spec.artifacts.encryption
+    if encryption is None:
+        return None, None
+    kek = envelope.key_from_env(environ)
+    data_key = envelope.new_data_key()
+    info = EncryptionInfo(
+        scheme=envelope.SCHEME,
+        key_secret=encryption.key_secret,
+        wrapped_data_key=envelope.wrap_data_key(kek, data_key, job.run_id),
+    )
+    return data_key, info
 
 
 def publish(
@@ -210,17 +246,7 @@ def publish(
     layout = RunLayout(job.run_uri)
     store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
     root = publish_rel(publish_id_for(job.attempt, token or uuid.uuid4().hex[:12]))
-    encryption = job.spec.artifacts.encryption
-    data_key: bytes | None = None
-    info: EncryptionInfo | None = None
-    if encryption is not None:
-        kek = envelope.key_from_env(environ)
-        data_key = envelope.new_data_key()
-        info = EncryptionInfo(
-            scheme=envelope.SCHEME,
-            key_secret=encryption.key_secret,
-            wrapped_data_key=envelope.wrap_data_key(kek, data_key, job.run_id),
-        )
+    data_key, info = _data_key(job, environ)
     files: list[FileEntry] = []
     sealed_dir = Path(tempfile.mkdtemp(prefix="rr-sealed-")) if data_key else None
     try:

@@ -1,10 +1,11 @@
-"""Distributed fine-tuning with Ray Train: the TorchTrainer driver.
+"""Distributed fine-tuning with Ray Train: the TorchTrainer driver every task trains through.
 
-``pipeline.py`` calls :func:`run_training` with a ``JobDocument`` and the
-validated data (``data.py``); it returns the best checkpoint (by validation
-accuracy) downloaded to a local folder, which ``export.py`` turns into ONNX.
-The workers run ``train_worker.train_loop_per_worker`` with the plain config
-of :func:`build_config`.
+``pipeline.py`` calls :func:`fit_best_checkpoint` with the task's per-worker loop,
+its config, and the metric that picks the best checkpoint (``tasks.base.Task``);
+it returns the best checkpoint downloaded to a local folder, which the task's
+export turns into ONNX. :func:`run_training` is classification's call of it
+(``train_worker.train_loop_per_worker`` with the plain config of
+:func:`build_config`, best by validation accuracy).
 
 Checkpoints go to ``RunLayout.checkpoints`` through Ray Train's storage
 (pyarrow; S3 with a configurable endpoint). A checkpoint holds the model, the

@@ -1,9 +1,13 @@
 """The Ray Train per-worker loop: set up, restore, run the planned batches, checkpoint.
 
-``train.run_training`` gives :func:`train_loop_per_worker` to a ``TorchTrainer``
-with the config of ``train.build_config``. The loop is a short sequence of named
-steps over one :class:`Worker`; what needs no Ray (the data position and batch
-plan, checkpoint files, one optimizer step, evaluation) is in ``train_state.py``.
+The loop is every task's (:func:`run_loop`): a short sequence of named steps over
+one :class:`TrainWorker`, which a task subclasses with its model, its loss
+(``step``) and its evaluation (``evaluate``); what needs no Ray (the data position
+and batch plan, checkpoint files, one optimizer step, evaluation) is in
+``train_state.py``. Classification's worker is :class:`Worker`, and
+:func:`train_loop_per_worker` (with the config of ``train.build_config``) is what
+its task hands to the ``TorchTrainer`` (``train.fit_best_checkpoint``);
+``textgen.worker`` builds text generation's the same way.
 
 Resume: a restarted worker group (``FailureConfig.max_failures``) and a new
 attempt of the same run (same Ray Train run name, ``train.run_name_for``: Train
@@ -59,9 +63,58 @@ from rayrelay_workloads.train_state import (
 FAULT_ENV = "RAYRELAY_FAULT_AT_STEP"
 
 
+class TrainWorker:
+    """What the shared loop (:func:`run_loop`) needs of one worker, whatever the task.
+
+    A task's worker (a dataclass) subclasses this, sets the attributes below and writes
+    :meth:`step` (its loss) and :meth:`evaluate` (its validation metrics, the checkpoint
+    metric of ``tasks.base.Task.metric`` among them); the other hooks have defaults.
+    """
+
+    config: dict[str, Any]  # the loop config (train.base_loop_config plus the task's)
+    rank: int
+    world: int
+    model: Any  # as Ray Train prepared it (DDP-wrapped when world > 1)
+    raw_model: Any  # the model inside, what checkpoints hold
+    train_rows: Sequence[Any]  # this worker's shard
+    opt: Optimization
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config["hp"]["batch_size"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.train_rows), self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * int(self.config["hp"]["epochs"])
+
+    def step(self, indices: Any) -> float:
+        """One optimizer step on the training rows at ``indices``; the batch's loss."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics at a checkpoint (every worker takes part: counts are summed)."""
+        raise NotImplementedError
+
+    def save_checkpoint(self, folder: Path, position: Position, metrics: dict[str, Any]) -> None:
+        """Write a checkpoint's files (rank 0 only): model, optimizer, position, metrics."""
+        save_state(folder, self.raw_model, self.opt, position, metrics)
+
+    def checkpoint_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """More of ``progress.json``'s ``lastCheckpoint`` than its step and URI."""
+        return {}
+
+    def progress_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``progress.json`` fields that a checkpoint's metrics update (e.g. a perplexity)."""
+        return {}
+
+
 @dataclass
-class Worker:
-    """One worker's model, data and optimizer, as :func:`setup_worker` built them."""
+class Worker(TrainWorker):
+    """One classification worker's model, data and optimizer, as :func:`setup_worker` built them."""
 
     config: dict[str, Any]
     rank: int
@@ -77,17 +130,12 @@ class Worker:
     # spec.distillation: the teacher's logits of each training row (train_rows' order), scored once.
     teacher_logits: Any = None
 
-    @property
-    def batch_size(self) -> int:
-        return int(self.config["hp"]["batch_size"])
+    def evaluate(self) -> dict[str, float]:
+        accuracy, val_loss = evaluate(self.raw_model, self.encode, self.val_rows, self.label_ids, self.world)
+        return {METRIC: accuracy, "val_loss": val_loss}
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(len(self.train_rows), self.batch_size)
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * int(self.config["hp"]["epochs"])
+    def checkpoint_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"accuracy": metrics[METRIC]}
 
     def encode(self, rows: Sequence[Example]) -> dict[str, Any]:
         enc = self.tokenizer(
@@ -199,7 +247,7 @@ def score_teacher(config: dict[str, Any], rows: list[Example], labels: list[str]
     return logits
 
 
-def restore(worker: Worker) -> tuple[Position, str]:
+def restore(worker: TrainWorker) -> tuple[Position, str]:
     """The position to start at, and how (``scratch`` or ``restart:<checkpoint>``)."""
     import ray.train
 
@@ -264,7 +312,7 @@ class StepRecorder:
 class RankZeroLog:
     """Rank 0's progress.json (throttled) and step record; throughput since this group started."""
 
-    def __init__(self, worker: Worker, start: Position, how: str) -> None:
+    def __init__(self, worker: TrainWorker, start: Position, how: str) -> None:
         from rayrelay_workloads.progress import ProgressWriter
 
         config, attempt = worker.config, int(worker.config["attempt"])
@@ -284,8 +332,17 @@ class RankZeroLog:
             position, loss, rate, eta_seconds(w.total_steps - position.step, w.batch_size * w.world, rate)
         )
 
-    def checkpointed(self, position: Position, loss: float, checkpoint: dict[str, Any]) -> None:
+    def checkpointed(
+        self,
+        position: Position,
+        loss: float,
+        checkpoint: dict[str, Any],
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """A checkpoint was reported: written at once, with ``fields`` of the progress document set."""
         self.last_checkpoint = checkpoint
+        for name, value in (fields or {}).items():
+            setattr(self.progress.doc, name, value)
         self._write(position, loss, force=True)
         if not self.progress.wrote_last:  # the store refused progress.json: keep the record anyway
             self.recorder.flush()
@@ -357,41 +414,29 @@ def wait_for_store(
 
 
 def save_and_report(
-    worker: Worker, position: Position, loss: float, store: Store | None = None
-) -> dict[str, Any]:
-    """Evaluate, checkpoint (rank 0 writes it) and report to Ray Train; the checkpoint's record.
+    worker: TrainWorker, position: Position, loss: float, store: Store | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate, checkpoint (rank 0 writes it) and report to Ray Train: (the checkpoint's record, its metrics).
 
     ``store`` (rank 0's) is checked before an S3 upload: see :func:`wait_for_store`.
     """
     import ray.train
 
-    accuracy, val_loss = evaluate(
-        worker.raw_model, worker.encode, worker.val_rows, worker.label_ids, worker.world
-    )
-    metrics = {
-        METRIC: accuracy,
-        "val_loss": val_loss,
-        "loss": loss,
-        "step": position.step,
-        "epoch": position.epoch,
-    }
+    metrics = {**worker.evaluate(), "loss": loss, "step": position.step, "epoch": position.epoch}
     dir_name = f"step-{position.step:07d}"
     with tempfile.TemporaryDirectory(prefix="rr-ckpt-") as tmp:
         checkpoint = None
         if worker.rank == 0:
             if store is not None and is_s3(worker.config["checkpoints_uri"]):
                 wait_for_store(store, worker.config["checkpoints_uri"])
-            save_state(Path(tmp), worker.raw_model, worker.opt, position, metrics)
+            worker.save_checkpoint(Path(tmp), position, metrics)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
-    return {
-        "step": position.step,
-        "uri": join(worker.config["checkpoints_uri"], dir_name),
-        "accuracy": accuracy,
-    }
+    record = {"step": position.step, "uri": join(worker.config["checkpoints_uri"], dir_name)}
+    return record | worker.checkpoint_fields(metrics), metrics
 
 
-def run_steps(worker: Worker, start: Position, log: RankZeroLog | None, fault_at: int | None) -> None:
+def run_steps(worker: TrainWorker, start: Position, log: RankZeroLog | None, fault_at: int | None) -> None:
     """Every planned batch from ``start``: a step each, a checkpoint when due."""
     config, hp = worker.config, worker.config["hp"]
     plan = batch_plan(
@@ -406,16 +451,21 @@ def run_steps(worker: Worker, start: Position, log: RankZeroLog | None, fault_at
             log.stepped(position, loss, len(indices))
         epoch_end = position.batch == 0
         if checkpoint_due(position.step, int(config["every_n_steps"]), epoch_end):
-            checkpoint = save_and_report(worker, position, loss, log.recorder.store if log else None)
+            checkpoint, metrics = save_and_report(worker, position, loss, log.recorder.store if log else None)
             if log:
-                log.checkpointed(position, loss, checkpoint)
+                log.checkpointed(position, loss, checkpoint, worker.progress_fields(metrics))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry on each worker: set up, restore, run the remaining steps."""
-    worker = setup_worker(config)
+    """Ray Train's entry on each classification worker: set up, then the shared loop."""
+    run_loop(setup_worker(config))
+
+
+def run_loop(worker: TrainWorker) -> None:
+    """Every task's loop on one worker: restore, run the remaining steps, close rank 0's records."""
+    config = worker.config
     start, how = restore(worker)
-    fault_at = fault_step(config["fault_at_step"], int(config["attempt"]), restored=how != "scratch")
+    fault_at = fault_step(config.get("fault_at_step"), int(config["attempt"]), restored=how != "scratch")
     log = RankZeroLog(worker, start, how) if worker.rank == 0 else None
     try:
         run_steps(worker, start, log, fault_at)

@@ -6,7 +6,9 @@ validates the config's ``args`` into the pydantic models below (the "typed
 application builder" pattern), so a malformed spec fails at deploy time with a
 field path, before a replica starts. The deployment options come from the same
 ``serveconfig.model_deployment_options`` the declarative path uses; options in
-a config's ``deployments`` list override them, as Serve documents.
+a config's ``deployments`` list override them, as Serve documents. The model
+application's replica is the task's (``tasks.task_for(task).replica()``), so this
+module names no task.
 """
 
 # No ``from __future__ import annotations`` here: Serve reads the builders'
@@ -20,7 +22,7 @@ from ray.serve import Application, Deployment
 from rayrelay_core.api import ModelDeploymentSpec
 from rayrelay_core.serveconfig import GATEWAY_OPTIONS, model_deployment_options
 from rayrelay_workloads.serve.gateway import Gateway
-from rayrelay_workloads.serve.model import ModelServer
+from rayrelay_workloads.tasks import task_for
 
 
 class ModelAppArgs(BaseModel):
@@ -56,11 +58,8 @@ class GatewayArgs(BaseModel):
 def model_app(args: ModelAppArgs) -> Application:
     options = model_deployment_options(args.spec, task=args.task)
     wire = args.model_dump(by_alias=True, exclude_none=True, mode="json")
-    if args.task == "text-generation":  # issue 16: the decoder's replica (textgen/serving.py)
-        from rayrelay_workloads.textgen.serving import TextGenServer
-
-        return cast(Deployment, TextGenServer).options(**options).bind(wire)
-    return cast(Deployment, ModelServer).options(**options).bind(wire)
+    # The manifest's task picks the replica (tasks.REGISTRY; classification's is serve.model.ModelServer).
+    return cast(Deployment, task_for(args.task).replica()).options(**options).bind(wire)
 
 
 def gateway_app(args: GatewayArgs) -> Application:

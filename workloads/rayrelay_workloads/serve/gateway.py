@@ -28,7 +28,8 @@ answering (``RayActorError``) is sent once more before it becomes such a 503. Me
 
 OpenAI's routes of text-generation models (``/v1/completions``,
 ``/v1/chat/completions``, ``/v1/models``) name no model in their path, so they
-land here too and go to ``textgen.openai_gateway``.
+land here too and go to the module the task registry names for them
+(``tasks.REGISTRY``: ``textgen.openai_gateway``), imported on first use.
 
 API keys (``spec.auth``, ``rayrelay_core.apikeys``): every model route here
 (metadata, ready, infer, KServe v1, the OpenAI routes) answers 401 unless the
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import logging
 import re
 import threading
@@ -75,15 +77,15 @@ from rayrelay_core.api import RequestLimits
 from rayrelay_core.apikeys import KeyCheck
 from rayrelay_core.serveconfig import GATEWAY_APP_NAME, GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT
 from rayrelay_workloads.serve import ingress, protocol
+from rayrelay_workloads.serve.ingress import Unauthorized
 from rayrelay_workloads.serve.metrics import EndpointMetrics, merge_expositions
 from rayrelay_workloads.serve.protocol import ProtocolError
+from rayrelay_workloads.tasks import gateway_module_for
 
 log = logging.getLogger("ray.serve")
 
 _V2_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?P<rest>/ready|/infer)?/?$")
 _V1_MODEL = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?P<verb>:predict)?/?$")
-# textgen.openai_gateway.PATHS (not imported here: the gateway loads the text-generation code on use)
-_OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/")
 
 STATUS_TTL_S = 1.0
 KEYS_TTL_S = 1.0  # how long the gateway trusts a model's API key digests before asking again
@@ -98,10 +100,6 @@ class Unavailable(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
-
-
-class Unauthorized(Exception):
-    """A model request without a valid API key: answered 401 (``ingress.unauthorized_response``)."""
 
 
 @dataclass
@@ -367,10 +365,9 @@ class Gateway:
                 return await self._v1_predict(request, state), name
             self._require(method, "GET")
             return _json(200, {"name": name, "ready": state.ready}), name
-        if path in _OPENAI_PATHS:  # OpenAI routes of text-generation models (issues 16, 25)
-            from rayrelay_workloads.textgen import openai_gateway
-
-            return await openai_gateway.route(self, request, path)
+        task_routes = gateway_module_for(path)
+        if task_routes is not None:  # a task's routes that name no model (OpenAI's), loaded on use
+            return await importlib.import_module(task_routes).route(self, request, path)
         raise ProtocolError(404, f"no such endpoint: {method} {path}")
 
     _require = staticmethod(ingress.require)

@@ -48,6 +48,10 @@ def error_response(status: int, message: str) -> JSONResponse:
     return json_response(status, protocol.error_body(message))
 
 
+class Unauthorized(Exception):
+    """A model request without a valid API key: answered 401 (:func:`unauthorized_response`)."""
+
+
 def unauthorized_response() -> JSONResponse:
     """401 for a model request without a valid API key: the same for every such request."""
     response = error_response(401, UNAUTHORIZED_MESSAGE)

@@ -171,6 +171,14 @@ def session_threads(runtime_intra: int, runtime_inter: int, cpus: float) -> tupl
     return intra, inter
 
 
+def replica_label() -> str:
+    """This replica's id for metric labels (Serve's), or the process id outside a replica."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside a replica (unit use): one process, one label
+        return str(os.getpid())
+
+
 @serve.deployment(name="ModelServer")
 class ModelServer:
     def __init__(self, args: dict[str, Any]) -> None:
@@ -191,23 +199,9 @@ class ModelServer:
         t_session = time.perf_counter()
         self._bind(self._new_session(self.artifacts.model_source, self.artifacts.variant))
         self._timings["session_s"] = time.perf_counter() - t_session
-        try:
-            replica = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # outside a replica (unit use): one process, one label
-            replica = str(os.getpid())
-        self.replica = replica
-        self.metrics = ReplicaMetrics(self.name, replica)
-        self.batch_counts: collections.Counter[int] = collections.Counter()
-        self.max_batch_size = self.spec.batching.max_batch_size
-        self.batch_wait_timeout_s = self.spec.batching.batch_wait_timeout_ms / 1000
-        self._parsing = 0  # HTTP requests inside the replica whose texts are not queued yet
-        self.batcher: Batcher[str, Prediction] = Batcher(
-            self._predict_batch,
-            self.max_batch_size,
-            self.batch_wait_timeout_s,
-            on_batch=self._on_batch,
-            expecting=lambda: self._parsing,
-        )
+        self.replica = replica_label()
+        self.metrics = ReplicaMetrics(self.name, self.replica)
+        self._start_batcher()
         t_warm = time.perf_counter()
         self._warm_up()
         self._timings["warmup_s"] = time.perf_counter() - t_warm
@@ -234,6 +228,20 @@ class ModelServer:
             self.variant_choice.reason,
             self.providers,
             self.labels,
+        )
+
+    def _start_batcher(self) -> None:
+        """The dynamic batcher of ``spec.batching`` in front of :meth:`_predict_batch`."""
+        self.batch_counts: collections.Counter[int] = collections.Counter()
+        self.max_batch_size = self.spec.batching.max_batch_size
+        self.batch_wait_timeout_s = self.spec.batching.batch_wait_timeout_ms / 1000
+        self._parsing = 0  # HTTP requests inside the replica whose texts are not queued yet
+        self.batcher: Batcher[str, Prediction] = Batcher(
+            self._predict_batch,
+            self.max_batch_size,
+            self.batch_wait_timeout_s,
+            on_batch=self._on_batch,
+            expecting=lambda: self._parsing,
         )
 
     @property

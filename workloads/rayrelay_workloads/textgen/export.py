@@ -232,65 +232,16 @@ def export_lm(
 ) -> LmExportResult:
     """Export, quantise and check (see the module docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from rayrelay_workloads.modeling import load_tokenizer
 
     out = Path(out_dir)
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(Path(checkpoint_dir) / "model"), attn_implementation="eager"
-    )
-    model.eval()
-    tokenizer = load_tokenizer(tokenizer_source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.model_max_length = max_len
-    model.save_pretrained(out / "hf")
-    tokenizer.save_pretrained(out / "hf")
-
-    fp32_path = out / "onnx" / "model.onnx"
-    export_decoder(model, fp32_path, spec.opset)
-    sessions = {"fp32": session(fp32_path, threads)}
-    int8_file = None
-    if spec.quantize == Quantize.INT8:
-        int8_path = fp32_path.with_name("model.int8.onnx")
-        quantize_decoder(fp32_path, int8_path)
-        sessions["int8"] = session(int8_path, threads)
-        int8_file = "onnx/model.int8.onnx"
-
+    model, tokenizer = _load_and_save(checkpoint_dir, tokenizer_source, out, max_len)
+    sessions, int8_file = _export_variants(model, out, spec, threads)
     eos = tokenizer.eos_token_id
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0))
     prompts = parity_prompts(tokenizer, validation)
-    reference = torch_greedy(model, prompts, PARITY_NEW_TOKENS, eos)
-    greedy = Sampling(max_new_tokens=PARITY_NEW_TOKENS)
-
-    diffs: dict[str, float] = {}
-    matches: dict[str, float] = {}
-    for name, sess in sessions.items():
-        decoder = OnnxDecoder(sess, pad)
-        worst = 0.0
-        for prompt, ref_tokens in zip(prompts, reference, strict=True):
-            ref_logits = stepwise_logits(TorchDecoder(model, pad), prompt, ref_tokens[:-1])
-            got = stepwise_logits(decoder, prompt, ref_tokens[:-1])
-            worst = max(worst, float(np.abs(got - ref_logits).max()))
-        diffs[name] = worst
-        tokens = generate_ids(decoder, prompts, greedy, eos) if len(prompts) else []
-        # Batched decoding (left padding) must give each prompt the same tokens as alone.
-        alone = [generate_ids(decoder, [p], greedy, eos)[0] for p in prompts]
-        same = [a == r and t == r for a, t, r in zip(alone, tokens, reference, strict=True)]
-        matches[name] = sum(same) / len(same)
-
-    if diffs["fp32"] > spec.parity_tolerance:
-        raise ParityError(
-            f"ONNX fp32 decoder logits differ from PyTorch by up to {diffs['fp32']:.3g} on {len(prompts)} "
-            f"validation prompts (export.parityTolerance is {spec.parity_tolerance:g})"
-        )
-    if matches["fp32"] < 1.0:
-        raise ParityError(
-            f"ONNX fp32 greedy decoding wrote other tokens than PyTorch on "
-            f"{round((1 - matches['fp32']) * len(prompts))} of {len(prompts)} validation prompts"
-        )
+    diffs, matches = _parity(model, sessions, prompts, pad, eos)
+    _check_fp32_parity(diffs["fp32"], matches["fp32"], len(prompts), spec.parity_tolerance)
 
     rows = validation[:PPL_ROWS]
     ppl = {"pytorch": _torch_perplexity(model, tokenizer, rows, max_len)}
@@ -313,6 +264,80 @@ def export_lm(
         ),
         metrics=metrics,
     )
+
+
+def _load_and_save(
+    checkpoint_dir: str | Path, tokenizer_source: str, out: Path, max_len: int
+) -> tuple[Any, Any]:
+    """The checkpoint's model (eager attention, eval mode) and the tokenizer, both saved to ``out/hf``."""
+    from transformers import AutoModelForCausalLM
+
+    from rayrelay_workloads.modeling import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(Path(checkpoint_dir) / "model"), attn_implementation="eager"
+    )
+    model.eval()
+    tokenizer = load_tokenizer(tokenizer_source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = max_len
+    model.save_pretrained(out / "hf")
+    tokenizer.save_pretrained(out / "hf")
+    return model, tokenizer
+
+
+def _export_variants(
+    model: Any, out: Path, spec: ExportSpec, threads: int
+) -> tuple[dict[str, Any], str | None]:
+    """The fp32 decoder and, with ``quantize: int8``, its int8 copy: their sessions, and the int8 file."""
+    fp32_path = out / "onnx" / "model.onnx"
+    export_decoder(model, fp32_path, spec.opset)
+    sessions = {"fp32": session(fp32_path, threads)}
+    if spec.quantize != Quantize.INT8:
+        return sessions, None
+    int8_path = fp32_path.with_name("model.int8.onnx")
+    quantize_decoder(fp32_path, int8_path)
+    sessions["int8"] = session(int8_path, threads)
+    return sessions, "onnx/model.int8.onnx"
+
+
+def _parity(
+    model: Any, sessions: dict[str, Any], prompts: list[list[int]], pad: int, eos: int | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per variant: the largest logit difference to PyTorch along its greedy path, and the share of
+    prompts whose greedy tokens (alone and batched) equal PyTorch's."""
+    reference = torch_greedy(model, prompts, PARITY_NEW_TOKENS, eos)
+    greedy = Sampling(max_new_tokens=PARITY_NEW_TOKENS)
+    diffs: dict[str, float] = {}
+    matches: dict[str, float] = {}
+    for name, sess in sessions.items():
+        decoder = OnnxDecoder(sess, pad)
+        worst = 0.0
+        for prompt, ref_tokens in zip(prompts, reference, strict=True):
+            ref_logits = stepwise_logits(TorchDecoder(model, pad), prompt, ref_tokens[:-1])
+            got = stepwise_logits(decoder, prompt, ref_tokens[:-1])
+            worst = max(worst, float(np.abs(got - ref_logits).max()))
+        diffs[name] = worst
+        tokens = generate_ids(decoder, prompts, greedy, eos) if len(prompts) else []
+        # Batched decoding (left padding) must give each prompt the same tokens as alone.
+        alone = [generate_ids(decoder, [p], greedy, eos)[0] for p in prompts]
+        same = [a == r and t == r for a, t, r in zip(alone, tokens, reference, strict=True)]
+        matches[name] = sum(same) / len(same)
+    return diffs, matches
+
+
+def _check_fp32_parity(diff: float, match: float, prompts: int, tolerance: float) -> None:
+    if diff > tolerance:
+        raise ParityError(
+            f"ONNX fp32 decoder logits differ from PyTorch by up to {diff:.3g} on {prompts} "
+            f"validation prompts (export.parityTolerance is {tolerance:g})"
+        )
+    if match < 1.0:
+        raise ParityError(
+            f"ONNX fp32 greedy decoding wrote other tokens than PyTorch on "
+            f"{round((1 - match) * prompts)} of {prompts} validation prompts"
+        )
 
 
 def _torch_perplexity(model: Any, tokenizer: Any, rows: list[LmExample], max_len: int) -> float:

@@ -2,7 +2,8 @@
 
 None of these paths names a model (the completions routes name it in their
 body, the list names none), so Serve's proxy sends them to the gateway
-application at ``/`` (``serve.gateway``, which calls :func:`route`), not to a
+application at ``/`` (``serve.gateway``, which calls :func:`route`: ``tasks.REGISTRY``
+names this module for ``PATHS``), not to a
 model application's own route prefix. For the two completions routes the
 gateway reads the body (bounded by the default ``RequestLimits``), finds the
 model it names (400 without one, 404 for an unknown one), checks the API key
@@ -80,15 +81,13 @@ async def forward(gateway: Any, request: Request, kind: str) -> tuple[Response, 
 
 async def models(gateway: Any, request: Request) -> Response:
     """``GET /v1/models``: the text-generation models this request may see (see the module docstring)."""
-    from rayrelay_workloads.serve.gateway import Unauthorized
-
     ingress.require(request.method, "GET")
     states = [s for s in (await gateway._states()).values() if s.servable]
     header = request.headers.get("authorization")
     seen = await asyncio.gather(*(_visible(gateway, s, header) for s in states))
     listed = {s.name: s.deployed_at for s, (textgen, allowed) in zip(states, seen, strict=True) if allowed}
     if not listed and any(textgen for textgen, _ in seen):
-        raise Unauthorized
+        raise ingress.Unauthorized
     return ingress.json_response(200, oa.model_list(listed))
 
 

@@ -1,10 +1,9 @@
-"""A text-generation run: read data -> fine-tune (Ray Train) -> export with KV cache -> gate -> publish.
+"""Text generation's gate and publication: perplexity bounds, the manifest with its ``generation`` block.
 
-``rayrelay_workloads.pipeline.run_pipeline`` hands a job whose ``model.task`` is
-``text-generation`` to :func:`run_lm_pipeline`; stages, ``progress.json``,
-``failure.json`` and the failure reasons are the classification pipeline's
-(``pipeline.classify``), so the operator and ``rayrelay run`` see the same
-documents. The quality gate is a perplexity bound
+``textgen.task`` (this task's steps for the shared run, ``pipeline.run_pipeline``)
+calls these; stages, ``progress.json``, ``failure.json`` and the failure reasons
+are every task's (``failures.py``), so the operator and ``rayrelay run`` see the
+same documents. The quality gate is a perplexity bound
 (``qualityGate.maxValPerplexity``, on the best checkpoint's validation
 perplexity) and, for int8, ``qualityGate.maxInt8PerplexityIncrease`` (its
 validation perplexity against ONNX fp32's on the same rows).
@@ -13,20 +12,14 @@ The manifest (``Manifest.task: text-generation``) lists the files like any run's
 and carries a ``generation`` block: the decoder's input and output names, the
 EOS id, the context length, the logits and greedy-decoding parity of each
 variant, and the validation perplexities.
-
-Not yet for this task: ``spec.artifacts.encryption`` (refused before training,
-reason ``InvalidSpec``).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import tempfile
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Any
 
 from rayrelay_core.api import QualityGate
 from rayrelay_core.runs import (
@@ -41,20 +34,14 @@ from rayrelay_core.runs import (
     publish_rel,
 )
 from rayrelay_core.store import join, open_store, sha256_file
-from rayrelay_workloads.modeling import resolve_source
-from rayrelay_workloads.progress import ProgressWriter
 from rayrelay_workloads.publish import lineage_of, store_sse
 from rayrelay_workloads.quality import Int8Decision, QualityGateError
 from rayrelay_workloads.storewait import hold
-from rayrelay_workloads.textgen.data import LoadedLmData, load_lm_data
-from rayrelay_workloads.textgen.export import LmExportResult, export_lm
+from rayrelay_workloads.textgen.data import LoadedLmData
+from rayrelay_workloads.textgen.export import LmExportResult
 from rayrelay_workloads.textgen.lm import METRIC
 
 TASK = "text-generation"
-
-
-class UnsupportedSpec(ValueError):
-    """A spec field this task does not support yet."""
 
 
 def check_max_perplexity(gate: QualityGate, value: float) -> None:
@@ -103,24 +90,6 @@ def build_lm_manifest(
         variants["int8"] = VariantInfo(
             file=int8_file, accepted=decision.accepted, reason=decision.reason, size=sizes.get(int8_file)
         )
-    metrics = {k: float(v) for k, v in result.metrics.items()}
-    for name, value in result.perplexity.items():
-        metrics[f"val_perplexity_{name}"] = round(value, 6) if math.isfinite(value) else 1e30
-    for name, value in result.greedy_match.items():
-        metrics[f"greedy_match_{name}"] = value
-    for key in ("val_loss", "val_token_accuracy", METRIC):
-        if isinstance(train_metrics.get(key), int | float):
-            metrics[f"train_best_{key}"] = float(train_metrics[key])
-    generation = {
-        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
-        "outputs": ["logits", "present.{i}.key|value"],
-        "eosTokenId": result.eos_token_id,
-        "contextLength": result.context_length,
-        "parityPrompts": result.prompts,
-        "greedyMatch": result.greedy_match,
-        "maxAbsLogitDiff": {"fp32": result.max_diff_fp32, "int8": result.max_diff_int8},
-        "valPerplexity": {k: (v if math.isfinite(v) else None) for k, v in result.perplexity.items()},
-    }
     return Manifest(
         run_id=job.run_id,
         created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -128,7 +97,7 @@ def build_lm_manifest(
         variants=variants,
         recommended_variant=decision.recommended_variant,
         task=TASK,
-        generation=generation,
+        generation=generation_block(result),
         parity=Parity(
             max_abs_logit_diff_fp32=result.max_diff_fp32,
             max_abs_logit_diff_int8=result.max_diff_int8,
@@ -143,8 +112,35 @@ def build_lm_manifest(
             model_input_names=["input_ids", "attention_mask", "position_ids"],
         ),
         lineage=lineage_of(job, data),
-        metrics=metrics,
+        metrics=lm_metrics(result, train_metrics),
     )
+
+
+def lm_metrics(result: LmExportResult, train_metrics: dict[str, float]) -> dict[str, float]:
+    """The manifest's metrics: the export's timings, perplexities and greedy matches, the best checkpoint's."""
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    for name, value in result.perplexity.items():
+        metrics[f"val_perplexity_{name}"] = round(value, 6) if math.isfinite(value) else 1e30
+    for name, value in result.greedy_match.items():
+        metrics[f"greedy_match_{name}"] = value
+    for key in ("val_loss", "val_token_accuracy", METRIC):
+        if isinstance(train_metrics.get(key), int | float):
+            metrics[f"train_best_{key}"] = float(train_metrics[key])
+    return metrics
+
+
+def generation_block(result: LmExportResult) -> dict[str, Any]:
+    """The manifest's ``generation``: what a replica needs to drive the decoder, and its parity figures."""
+    return {
+        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
+        "outputs": ["logits", "present.{i}.key|value"],
+        "eosTokenId": result.eos_token_id,
+        "contextLength": result.context_length,
+        "parityPrompts": result.prompts,
+        "greedyMatch": result.greedy_match,
+        "maxAbsLogitDiff": {"fp32": result.max_diff_fp32, "int8": result.max_diff_int8},
+        "valPerplexity": {k: (v if math.isfinite(v) else None) for k, v in result.perplexity.items()},
+    }
 
 
 def publish_lm(
@@ -174,70 +170,3 @@ def publish_lm(
     body = manifest.to_json().encode()
     hold(lambda: store.write_bytes(layout.manifest, body), "publish manifest.json")
     return manifest, layout.manifest
-
-
-def run_lm_stages(
-    job: JobDocument,
-    progress: ProgressWriter,
-    scratch: Path,
-    say: Callable[[str], None],
-    bench_repeats: int = 5,
-) -> Manifest:
-    """The stages inside the classification pipeline's error handling (``pipeline.run_pipeline``)."""
-    from rayrelay_workloads.textgen.train import run_lm_training
-
-    spec = job.spec
-    if getattr(spec.artifacts, "encryption", None) is not None:
-        raise UnsupportedSpec("spec.artifacts.encryption is not supported for task text-generation yet")
-    data = load_lm_data(spec.data, job.endpoint_url)
-    say(f"data: {len(data.train.examples)} train, {len(data.validation.examples)} validation texts")
-    tokenizer_source = resolve_source(spec.model.source, job.endpoint_url, str(scratch / "base-model"))
-    trained = run_lm_training(job, str(scratch))
-    best = float(trained.metrics.get(METRIC, math.inf))
-    say(f"training done: best {trained.checkpoint_uri} (validation perplexity {best:.3f})")
-    check_max_perplexity(spec.quality_gate, best)
-
-    progress.stage("Exporting", f"exporting {trained.checkpoint_uri} with its KV cache")
-    result = export_lm(
-        trained.checkpoint_dir,
-        tokenizer_source,
-        scratch / "out",
-        spec.export,
-        spec.hyperparameters.max_seq_length,
-        data.validation.examples,
-        threads=max(1, int(spec.resources.cpus_per_worker)),
-        bench_repeats=bench_repeats,
-    )
-    say(
-        f"export: logits parity fp32 {result.max_diff_fp32:.2e}, greedy match {result.greedy_match}, "
-        f"perplexity {result.perplexity}"
-    )
-    decision = int8_perplexity_decision(
-        spec.quality_gate, result.perplexity["fp32"], result.perplexity.get("int8")
-    )
-    progress.stage("Publishing")
-    manifest, uri = publish_lm(job, result, data, decision, trained.metrics)
-    progress.stage("Succeeded", f"manifest at {uri}")
-    say(f"published {uri} (recommended variant {manifest.recommended_variant})")
-    return manifest
-
-
-def run_lm_pipeline(job: JobDocument, scratch_dir: str | None = None, bench_repeats: int = 5) -> Manifest:
-    """Stand-alone entry (tests): the stages with the classification pipeline's failure records."""
-    from rayrelay_workloads.pipeline import PipelineError, _record_failure, classify
-
-    say = lambda msg: print(f"[rayrelay] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    layout = RunLayout(job.run_uri)
-    scratch = Path(scratch_dir or tempfile.mkdtemp(prefix="rr-lm-"))
-    progress: ProgressWriter | None = None
-    try:
-        progress = ProgressWriter(layout.base, job.endpoint_url, attempt=job.attempt)
-        progress.stage("Training", "reading data", required=True)
-        return run_lm_stages(job, progress, scratch, say, bench_repeats)
-    except Exception as exc:
-        reason, retryable = classify(exc)
-        if isinstance(exc, UnsupportedSpec):
-            reason, retryable = "InvalidSpec", False
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _record_failure(layout, job, progress, reason, message, retryable, say)
-        raise PipelineError(reason, message, retryable) from exc

@@ -290,44 +290,23 @@ class TextGenServer:
     def __init__(self, args: dict[str, Any]) -> None:
         started_at, t0 = time.time(), time.perf_counter()
         timings: dict[str, float] = {}  # where the start goes: info()["coldStart"]
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 - imported first, so its cost stays in prepare_s (docs/textgen.md)
 
-        from rayrelay_workloads.serve.artifacts import prepare
-        from rayrelay_workloads.serve.model import cold_start_record, session_threads
+        from rayrelay_workloads.serve.model import cold_start_record
 
         self.name: str = args["name"]
         self.spec = ModelDeploymentSpec.model_validate(args["spec"])
         # spec.auth: every request is refused until reconfigure() brings the digests (fail closed).
         self.keys: KeyCheck | None = key_check(self.spec.auth is not None, None)
         self._key_digests: list[str] | None = None if self.keys is None else []
-        endpoint = args.get("endpointUrl") or self.spec.artifacts.endpoint_url
-        self.artifacts = prepare(
-            args["manifestUri"],
-            variant=args.get("variant") or "auto",
-            cache_dir=args.get("cacheDir"),
-            endpoint_url=endpoint,
-            expected_digest=args.get("digest"),
-            timings=timings,
-        )
+        self._fetch(args, timings)
         timings["prepare_s"] = time.perf_counter() - t0
-        manifest = self.artifacts.manifest
-        if manifest.task != TASK:
-            raise RuntimeError(f"{args['manifestUri']} is a {manifest.task} artifact set, not {TASK}")
-        generation = manifest.generation or {}
+        generation = self.artifacts.manifest.generation or {}
         t_tok = time.perf_counter()
         tokenizer = load_text_tokenizer(self.artifacts.tokenizer_dir)
         timings["tokenizer_s"] = time.perf_counter() - t_tok
         t_session = time.perf_counter()
-        options = ort.SessionOptions()
-        runtime = self.spec.runtime
-        intra, inter = session_threads(
-            runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
-        )
-        options.intra_op_num_threads, options.inter_op_num_threads = intra, inter
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            str(self.artifacts.model_path), options, providers=["CPUExecutionProvider"]
-        )
+        session = self._session()
         timings["session_s"] = time.perf_counter() - t_session
         self.limits = self.spec.generation or GenerationLimits()
         self.engine = TextGenEngine(
@@ -365,6 +344,39 @@ class TextGenServer:
             self.version,
             self.artifacts.variant,
             self.cold_start,
+        )
+
+    def _fetch(self, args: dict[str, Any], timings: dict[str, float]) -> None:
+        """The artifact set, fetched and verified (``serve.artifacts.prepare``); it must be this task's."""
+        from rayrelay_workloads.serve.artifacts import prepare
+
+        self.artifacts = prepare(
+            args["manifestUri"],
+            variant=args.get("variant") or "auto",
+            cache_dir=args.get("cacheDir"),
+            endpoint_url=args.get("endpointUrl") or self.spec.artifacts.endpoint_url,
+            expected_digest=args.get("digest"),
+            timings=timings,
+        )
+        manifest = self.artifacts.manifest
+        if manifest.task != TASK:
+            raise RuntimeError(f"{args['manifestUri']} is a {manifest.task} artifact set, not {TASK}")
+
+    def _session(self) -> Any:
+        """The decoder's onnxruntime session, with ``spec.runtime``'s threads and no spinning."""
+        import onnxruntime as ort
+
+        from rayrelay_workloads.serve.model import session_threads
+
+        options = ort.SessionOptions()
+        runtime = self.spec.runtime
+        intra, inter = session_threads(
+            runtime.intra_op_threads, runtime.inter_op_threads, self.spec.resources.cpus
+        )
+        options.intra_op_num_threads, options.inter_op_num_threads = intra, inter
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(
+            str(self.artifacts.model_path), options, providers=["CPUExecutionProvider"]
         )
 
     @property

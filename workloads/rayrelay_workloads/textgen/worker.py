@@ -1,43 +1,34 @@
-"""The Ray Train per-worker loop of causal-LM fine-tuning.
+"""The Ray Train worker of causal-LM fine-tuning: its model, loss and evaluation in the shared loop.
 
-``textgen.train.run_lm_training`` hands :func:`lm_train_loop_per_worker` to a
-``TorchTrainer`` the same way the classification driver does (same storage,
-run name, failure and checkpoint settings: ``rayrelay_workloads.train``). The
-loop reuses the task-neutral state of ``train_state``: the data position and
-batch plan (so a resumed worker group runs exactly the batches that were left),
-the optimizer and scheduler, and the checkpoint folder layout
-(``save_state``/``load_state``). Only the step and the evaluation differ
-(``textgen.lm``): a checkpoint's metrics carry ``val_loss``, ``val_perplexity``
-(what selects the best checkpoint, lower is better) and next-token accuracy.
-
-Rank 0 writes ``progress.json`` (``progress.ProgressWriter``) with the loss,
-throughput, the latest checkpoint and, at each checkpoint, the validation
-perplexity.
+``textgen.task`` hands :func:`lm_train_loop_per_worker` to the shared
+``TorchTrainer`` driver (``train.fit_best_checkpoint``: same storage, run name,
+failure and checkpoint settings as every task). The loop is the shared one
+(``train_worker.run_loop``: resume at the checkpoint's position so no step runs
+twice, checkpoints, the store wait before an S3 upload, rank 0's progress and step
+record); :class:`LmWorker` gives it what differs (``textgen.lm``): the step
+(next-token cross-entropy) and the evaluation, whose metrics carry ``val_loss``,
+``val_perplexity`` (what selects the best checkpoint, lower is better) and
+next-token accuracy. ``progress.json`` also shows the validation perplexity of the
+latest checkpoint.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayrelay_core.store import join, open_store
 from rayrelay_workloads.textgen.data import Fields, LmExample, read_lm_examples
 from rayrelay_workloads.textgen.lm import METRIC, encode_examples, evaluate_lm, lm_train_step
 from rayrelay_workloads.train_state import (
     MODEL_DIR,
+    Optimization,
     Position,
-    batch_plan,
     build_optimization,
-    checkpoint_due,
-    eta_seconds,
-    fault_step,
-    load_state,
-    resume_folder,
-    save_state,
     steps_per_epoch,
 )
+from rayrelay_workloads.train_worker import TrainWorker, run_loop, seed_everything
 
 
 def load_lm_rows(config: dict[str, Any], rank: int, world: int) -> tuple[list[LmExample], list[LmExample]]:
@@ -80,47 +71,53 @@ def complete_tied_weights(folder: Path, model: Any) -> None:
         save_file(weights, str(path), metadata={"format": "pt"})
 
 
-class _Progress:
-    """Rank 0's progress.json: loss and throughput every few seconds, perplexity at checkpoints."""
+@dataclass
+class LmWorker(TrainWorker):
+    """One worker's causal LM, texts and optimizer; the loop is the shared one (``train_worker.run_loop``)."""
 
-    def __init__(self, config: dict[str, Any], total: int, per_epoch: int, rows_per_step: int) -> None:
-        from rayrelay_workloads.progress import ProgressWriter
+    config: dict[str, Any]
+    rank: int
+    world: int
+    device: Any
+    tokenizer: Any
+    model: Any  # as Ray Train prepared it (DDP-wrapped when world > 1)
+    raw_model: Any
+    train_rows: list[LmExample]
+    val_rows: list[LmExample]
+    opt: Optimization
 
-        self.writer = ProgressWriter(
-            config["run_uri"], config["endpoint_url"], attempt=int(config["attempt"])
-        )
-        self.total, self.per_epoch, self.rows_per_step = total, per_epoch, rows_per_step
-        self.started, self.samples = time.monotonic(), 0
-        self.checkpoint: dict[str, Any] | None = None
+    @property
+    def max_len(self) -> int:
+        return int(self.config["hp"]["max_seq_length"])
 
-    def step(self, position: Position, loss: float, force: bool = False) -> None:
-        if not force:  # a forced write repeats the step just counted
-            self.samples += self.rows_per_step
-        rate = self.samples / max(time.monotonic() - self.started, 1e-6)
-        self.writer.training(
-            step=position.step,
-            total_steps=self.total,
-            epoch=position.step / max(self.per_epoch, 1),
-            loss=loss,
-            samples_per_second=rate,
-            eta_seconds=eta_seconds(self.total - position.step, self.rows_per_step, rate),
-            last_checkpoint=self.checkpoint,
-            force=force,
-        )
+    def step(self, indices: Any) -> float:
+        """Next-token cross-entropy on the rows at ``indices`` (prompt tokens masked); the batch's loss."""
+        rows = [self.train_rows[i] for i in indices]
+        batch = {k: v.to(self.device) for k, v in encode_examples(self.tokenizer, rows, self.max_len).items()}
+        return lm_train_step(self.model, self.opt, batch)
 
-    def perplexity(self, value: float) -> None:
-        # ProgressDoc carries valPerplexity when the core version knows it (older ones ignore it).
-        if hasattr(self.writer.doc, "val_perplexity") and value == value and value != float("inf"):
-            self.writer.doc.val_perplexity = round(value, 4)
+    def evaluate(self) -> dict[str, float]:
+        result = evaluate_lm(self.raw_model, self.tokenizer, self.val_rows, self.max_len, self.world)
+        return {
+            METRIC: result.perplexity,
+            "val_loss": result.loss,
+            "val_token_accuracy": result.token_accuracy,
+        }
+
+    def save_checkpoint(self, folder: Path, position: Position, metrics: dict[str, Any]) -> None:
+        super().save_checkpoint(folder, position, metrics)
+        complete_tied_weights(folder, self.raw_model)
+
+    def progress_fields(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        value = float(metrics[METRIC])
+        return {"val_perplexity": round(value, 4)} if math.isfinite(value) else {}
 
 
-def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry on each worker: set up, restore, run the remaining steps."""
+def setup_lm_worker(config: dict[str, Any]) -> LmWorker:
     import ray.train
     import ray.train.torch
 
     from rayrelay_workloads.modeling import load_tokenizer, resolve_source
-    from rayrelay_workloads.train_worker import StepRecorder, seed_everything
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -134,62 +131,21 @@ def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
     train_rows, val_rows = load_lm_rows(config, rank, world)
     model = ray.train.torch.prepare_model(load_causal_lm(path))
     raw = model.module if hasattr(model, "module") else model
-    batch_size, epochs, max_len = int(hp["batch_size"]), int(hp["epochs"]), int(hp["max_seq_length"])
-    per_epoch = steps_per_epoch(len(train_rows), batch_size)
-    total = per_epoch * epochs
-    opt = build_optimization(raw, hp, total, device.type, config["precision"])
-
-    start, how = Position(), "scratch"
-    store = open_store(config["checkpoints_uri"], config["endpoint_url"])
-    with resume_folder(ray.train.get_checkpoint(), store, config["checkpoints_uri"]) as found:
-        if found is not None:
-            start, how = load_state(found[0], raw, opt), f"restart:{found[1]}"
-    fault_at = fault_step(config.get("fault_at_step"), int(config["attempt"]), restored=how != "scratch")
-    progress = _Progress(config, total, per_epoch, batch_size * world) if rank == 0 else None
-    # Rank 0 records the steps this worker group ran (steps/*.json, as classification's loop does),
-    # so a resumed run can be checked to repeat and skip none.
-    recorder = (
-        StepRecorder(config["run_uri"], config["endpoint_url"], int(config["attempt"]), start, how)
-        if rank == 0
-        else None
+    total = steps_per_epoch(len(train_rows), int(hp["batch_size"])) * int(hp["epochs"])
+    return LmWorker(
+        config=config,
+        rank=rank,
+        world=world,
+        device=device,
+        tokenizer=tokenizer,
+        model=model,
+        raw_model=raw,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        opt=build_optimization(raw, hp, total, device.type, config["precision"]),
     )
 
-    model.train()
-    plan = batch_plan(start, len(train_rows), batch_size, epochs, int(hp["seed"]), rank)
-    for position, indices in plan:
-        if fault_at is not None and position.step == fault_at:
-            raise RuntimeError(f"injected fault before step {fault_at} (RAYRELAY_FAULT_AT_STEP test hook)")
-        rows = [train_rows[i] for i in indices]
-        batch = {k: v.to(device) for k, v in encode_examples(tokenizer, rows, max_len).items()}
-        loss = lm_train_step(model, opt, batch)
-        if progress:
-            progress.step(position, loss)
-        if recorder:
-            recorder.add(position.step)
-            if progress and progress.writer.wrote_last:
-                recorder.flush()
-        if not checkpoint_due(position.step, int(config["every_n_steps"]), position.batch == 0):
-            continue
-        result = evaluate_lm(raw, tokenizer, val_rows, max_len, world)
-        metrics = {
-            METRIC: result.perplexity,
-            "val_loss": result.loss,
-            "val_token_accuracy": result.token_accuracy,
-            "loss": loss,
-            "step": position.step,
-            "epoch": position.epoch,
-        }
-        dir_name = f"step-{position.step:07d}"
-        with tempfile.TemporaryDirectory(prefix="rr-lm-ckpt-") as tmp:
-            saved = None
-            if rank == 0:
-                save_state(Path(tmp), raw, opt, position, metrics)
-                complete_tied_weights(Path(tmp), raw)
-                saved = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=dir_name)
-        if recorder:
-            recorder.flush()
-        if progress:
-            progress.checkpoint = {"step": position.step, "uri": join(config["checkpoints_uri"], dir_name)}
-            progress.perplexity(result.perplexity)
-            progress.step(position, loss, force=True)
+
+def lm_train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry on each worker: set up, then the shared loop (restore, steps, checkpoints)."""
+    run_loop(setup_lm_worker(config))
