@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,7 @@ def test_textgen_run_generate_stream_completions_and_refusals(
         out = log_path.read_text()
         assert "smoke request (v2 infer)" in out, out[-4000:]
         check_serving(ray_cluster, name, artifacts)
+        check_generation_metrics(ray_cluster, name, artifacts, tmp_path / "prometheus")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -258,6 +260,75 @@ def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
     resp = http.post(f"{url}/v2/models/{name}/generate", data=b"{not json", timeout=60)
     assert resp.status_code == 400 and "JSON" in resp.json()["error"]
     check_deep_bodies(http, url, name)
+
+
+def check_generation_metrics(ray_cluster: Any, name: str, artifacts: Path, workdir: Path) -> None:
+    """A real Prometheus scrapes the endpoint's /metrics (as the chart's PodMonitor does a
+    RayService head): one more generate request moves the model's generation counters by its
+    own tokens, and every query of the dashboard's Generation row returns data (issue 28)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import monitoring_checks as mc
+
+    if mc.prometheus_binaries()[0] is None:  # the rest of the test stands; say what was not run
+        warnings.warn(mc.prometheus_binaries()[2], stacklevel=1)
+        return
+    rendered = mc.render(None, "--set", "metrics.dashboard.enabled=true")
+    dash = mc.dashboard(rendered)
+    rows = [p for p in dash["panels"] if p["type"] == "row"]
+    gen_y = next(r["gridPos"]["y"] for r in rows if r["title"] == "Generation")
+    next_y = min((r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > gen_y), default=10**6)
+    panels = [p["title"] for p in dash["panels"] if p["type"] != "row" and gen_y < p["gridPos"]["y"] < next_y]
+    queries = [q for title, q in mc.dashboard_queries(dash) if title in panels]
+    assert len(queries) >= 6, queries
+    port = ray_cluster.serve_port
+    target = {
+        "job_name": "rayrelay-textgen",
+        "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "default"}}],
+    }
+    prom = mc.Prometheus(workdir, [target], [])
+    try:
+        tokens = f'rayrelay_generation_tokens_total{{model="{name}"}}'
+        prompt = f'rayrelay_generation_prompt_tokens_total{{model="{name}"}}'
+
+        def total(selector: str) -> float | None:
+            got = prom.query(f"sum({selector})")
+            return float(got[0]["value"][1]) if got else None
+
+        def settled() -> tuple[float, float] | None:
+            a, b = total(tokens), total(prompt)
+            return None if a is None or b is None else (a, b)
+
+        def wait_for(probe: Any, timeout: float, what: str) -> Any:
+            deadline = time.monotonic() + timeout
+            while not (got := probe()):
+                assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+                time.sleep(0.25)
+            return got
+
+        wait_for(prom.targets_up, 60, "the endpoint target up")
+        before = wait_for(settled, 60, "the generation series scraped")
+        body = {"text_input": PROMPT, "parameters": {"max_tokens": NEW_TOKENS, "temperature": 0}}
+        resp = requests.post(
+            f"http://127.0.0.1:{port}/v2/models/{name}/generate",
+            json=body,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        made = len(resp.json()["tokens"])
+        from transformers import AutoTokenizer
+
+        manifest = next(artifacts.rglob("manifest.json"))
+        hf = next(p.parent for p in manifest.parent.rglob("tokenizer_config.json"))
+        fed = len(AutoTokenizer.from_pretrained(str(hf))(PROMPT, add_special_tokens=False)["input_ids"])
+        want = (before[0] + made, before[1] + fed)
+        try:
+            wait_for(lambda: settled() == want, 30, f"the counters to move by {made} and {fed} tokens")
+        except AssertionError:
+            raise AssertionError(f"Prometheus saw {settled()} after {before}, expected {want}") from None
+        wait_for(lambda: all(prom.query(q) for q in queries), 60, "every Generation panel has data")
+    finally:
+        prom.stop()
 
 
 def check_deep_bodies(http: requests.Session, url: str, name: str) -> None:
