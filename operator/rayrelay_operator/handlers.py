@@ -4,7 +4,10 @@ Every handler of a kind -- create, update, resume, the timer -- ends in the
 same ``_reconcile`` call, which runs ``reconcile.run_pass`` (the one pass every
 driver runs) and puts its status patch into kopf's patch. Delete handlers
 remove the children (kopf adds our finalizer, ``rayrelay.dev/finalizer``,
-because a delete handler exists). ``run_pass`` has already written the
+because a delete handler exists) -- for a TrainingJob only where the
+garbage collector cannot (the ray backend, ``_tj_needs_finalizer``): a
+kuberay TrainingJob's children are owned by it and go with it, and its
+timer stops on the DELETED event (``DeletedObjects``). ``run_pass`` has already written the
 condition that explains an error; here a permanent one becomes
 ``kopf.PermanentError`` and a temporary one ``kopf.TemporaryError`` with the
 pass's delay (kopf applies the patch either way, timers included). Nothing
@@ -23,12 +26,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
-from rayrelay_core.api import GROUP, VERSION
+from rayrelay_core.api import GROUP, VERSION, Backend
 from rayrelay_operator import metrics, naming, persistence
 from rayrelay_operator.reconcile import Event, ReconcileContext, classify, delete_pass, run_pass
 from rayrelay_operator.reconcile.context import cached_store_for
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 TJ_RECONCILE = "reconcile-trainingjob"
 TJ_DELETE = "delete-trainingjob"
 TJ_TIMER = "observe-trainingjob"
+TJ_GONE = "trainingjob-gone"
 MD_RECONCILE = "reconcile-modeldeployment"
 MD_DELETE = "delete-modeldeployment"
 MD_TIMER = "observe-modeldeployment"
@@ -312,6 +317,63 @@ def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, time
         raise kopf.PermanentError(result.problem)
 
 
+def _tj_needs_finalizer(spec: Mapping[str, Any], memo: Any, **_: Any) -> bool:
+    """Whether deleting this TrainingJob must wait for our delete handler (kopf's finalizer).
+
+    Only where nothing else removes the work: the ray backend's Ray job runs on a cluster
+    the API server knows nothing of. A kuberay TrainingJob's children (its RayJobs, and
+    their NetworkPolicies where per cluster) carry an ownerReference to it, so Kubernetes'
+    garbage collector deletes them with it, and the finalizer would cost a metadata PATCH
+    (and one more watch event) per TrainingJob for nothing (``bench/control_plane.py``). An
+    object that carries our finalizer from an earlier version loses it on its next event.
+    """
+    ctx = memo.get("ctx") if hasattr(memo, "get") else None
+    settings = ctx.settings if ctx is not None else (memo.get("settings") if hasattr(memo, "get") else None)
+    default = settings.default_backend if settings is not None else Backend.KUBERAY
+    return str(spec.get("backend") or default) != Backend.KUBERAY.value
+
+
+class DeletedObjects:
+    """The uids of objects seen DELETED, bounded (the oldest go first): what stops their timers.
+
+    kopf stops a timer on deletion only while its finalizer holds the object; a kuberay
+    TrainingJob has none (``_tj_needs_finalizer``), so kopf would keep ticking on a body that
+    no longer exists. The DELETED event puts the uid here, and the timer's filter, re-checked
+    by kopf in the same processing cycle, then mismatches and kopf stops the timer.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._uids: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def add(self, uid: str) -> None:
+        self._uids[uid] = None
+        while len(self._uids) > self._limit:
+            self._uids.popitem(last=False)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._uids
+
+
+def _deletion(**kwargs: Any) -> bool:
+    """kopf ``on.event`` filter: the watch event that says the object is gone."""
+    return bool(kwargs.get("type") == "DELETED")
+
+
+def _without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
+    """Let a timer run without kopf's finalizer (``kopf.timer`` always asks for one).
+
+    kopf has no public option for it; the handler is a frozen dataclass in the registry's
+    spawning handlers, replaced here by a copy with ``requires_finalizer=False``. The timer
+    is stopped on deletion by its filter instead (``DeletedObjects``).
+    """
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.id == handler_id else h
+        for h in spawning._handlers
+    ]
+
+
 def _tj_needs_timer(
     status: Mapping[str, Any], spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any
 ) -> bool:
@@ -396,7 +458,14 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
 
 
 def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle: float) -> None:
-    """TrainingJob: create/update/resume and the timer run the pass; delete removes the children."""
+    """TrainingJob: create/update/resume and the timer run the pass; delete removes the children
+    (only where the garbage collector does not: ``_tj_needs_finalizer``)."""
+    gone = DeletedObjects()
+
+    def needs_timer(
+        status: Mapping[str, Any], spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any
+    ) -> bool:
+        return str(meta.get("uid") or "") not in gone and _tj_needs_timer(status, spec, meta)
 
     @kopf.on.create(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
     @kopf.on.update(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, field="spec", registry=registry)
@@ -411,15 +480,23 @@ def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle
         id=TJ_TIMER,
         interval=interval,
         idle=idle,
-        when=_tj_needs_timer,
+        when=needs_timer,
         registry=registry,
     )
     def trainingjob_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         _reconcile("TrainingJob", body, patch, memo, timer=True)
 
-    @kopf.on.delete(GROUP, VERSION, TJ_PLURAL, id=TJ_DELETE, registry=registry)
+    _without_finalizer(registry, TJ_TIMER)
+
+    @kopf.on.delete(GROUP, VERSION, TJ_PLURAL, id=TJ_DELETE, when=_tj_needs_finalizer, registry=registry)
     def trainingjob_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         _delete("TrainingJob", body, memo, retry)
+
+    @kopf.on.event(GROUP, VERSION, TJ_PLURAL, id=TJ_GONE, when=_deletion, registry=registry)
+    async def trainingjob_gone(body: kopf.Body, **_: Any) -> None:
+        meta = body.get("metadata") or {}
+        gone.add(str(meta.get("uid") or ""))
+        metrics.record_phase("TrainingJob", f"{meta.get('namespace')}/{meta.get('name')}", None)
 
     # The RayJobs of TrainingJobs, as the watch sees them: a pass reads its RayJob from here
     # instead of a GET every timer tick (backends.kuberay.RayJobCache). Async: no thread hop.

@@ -37,6 +37,8 @@ from typing import Any
 
 import kopf
 
+from rayrelay_core.api import GROUP
+
 # Handler records kept at most (objects in a temporary error at once); the oldest go first.
 MAX_RECORDS = 100_000
 
@@ -58,6 +60,8 @@ class GenerationDiffBaseStorage(kopf.DiffBaseStorage):
         self._fetched: tuple[int, Any] | None = None
 
     def build(self, *, body: Any, extra_fields: Iterable[Any] | None = None) -> Any:
+        if not _ours(body):
+            return None  # a watched child (a RayJob): no handler of ours diffs it
         fields = list(extra_fields or [])
         fetched, self._fetched = self._fetched, None
         if fetched is not None and fetched[0] == id(body) and all(_in_spec(f) for f in fields):
@@ -66,7 +70,7 @@ class GenerationDiffBaseStorage(kopf.DiffBaseStorage):
 
     def fetch(self, *, body: Any) -> Any:
         self._fetched = None
-        if not handled_generation(body):
+        if not _ours(body) or not handled_generation(body):
             return None  # kopf: a creation, i.e. run the reconcile handler
         essence = super().build(body=_slim(body, []), extra_fields=[])
         self._fetched = (id(body), essence)
@@ -74,6 +78,16 @@ class GenerationDiffBaseStorage(kopf.DiffBaseStorage):
 
     def store(self, *, body: Any, patch: Any, essence: Any) -> None:
         """Nothing to write: the reconcile pass's status patch carries ``observedGeneration``."""
+
+
+def _ours(body: Any) -> bool:
+    """Whether ``body`` is one of rayrelay's own resources (not a watched child).
+
+    kopf asks the diff-base storage about every watched object, RayJobs included, though
+    only ``on.event`` handlers watch those and no cause of theirs uses a diff: building one
+    would deep-copy each RayJob's whole spec (its pod templates) on every event for nothing.
+    """
+    return str(body.get("apiVersion") or "").startswith(f"{GROUP}/")
 
 
 def _in_spec(field: Any) -> bool:

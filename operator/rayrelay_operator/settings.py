@@ -49,6 +49,9 @@ class Settings:
     # Work waiting for pods (Initializing) longer than this is StuckInitializing:
     # the attempt counts as failed, with the pods' reasons in the message.
     stuck_initializing_seconds: float = 600.0
+    # A running attempt's progress is read from the store at most this often while the
+    # backend's view of it stays the same (a timer tick in between reads nothing); 0: every pass.
+    store_poll_seconds: float = 60.0
     # First and largest delay of temporary-error retries (doubling in between;
     # reconcile/errors.py holds the one backoff function).
     retry_base_delay_seconds: float = 5.0
@@ -101,6 +104,12 @@ class Settings:
     # (8265/6379/10001) only from the operator's and KubeRay's pods, Serve's port from anyone.
     # False: none (for clusters whose admins manage NetworkPolicies themselves).
     network_policy: bool = True
+    # What a training Ray cluster's policy covers. "namespace": one policy per namespace for
+    # every RayJob's pods (created before the first RayJob there, re-checked every few
+    # minutes), so a TrainingJob costs no policy request; training clusters of the namespace
+    # then reach each other's pods. "cluster": one policy per RayJob, owned by its
+    # TrainingJob, admitting only the same cluster's pods. RayServices always get their own.
+    network_policy_scope: str = "namespace"
     # The operator's own pods, a peer of those policies: namespace and labels ("k=v,k=v"; the
     # chart sets its selector labels). Unset (an operator outside the cluster): no such peer.
     network_policy_operator_namespace: str | None = None
@@ -177,6 +186,11 @@ class Settings:
             self.metrics_scraper_labels()
         except ValueError as exc:
             raise ValueError(f"RAYRELAY_NETWORK_POLICY_METRICS_LABELS: {exc}") from None
+        if self.network_policy_scope not in ("namespace", "cluster"):
+            raise ValueError(
+                "RAYRELAY_NETWORK_POLICY_SCOPE must be namespace or cluster, not "
+                f"{self.network_policy_scope!r}"
+            )
         if self.ray_cluster_auth not in ("token", "disabled"):
             raise ValueError(
                 f"RAYRELAY_RAY_CLUSTER_AUTH must be token or disabled, not {self.ray_cluster_auth!r}"

@@ -59,6 +59,8 @@ FAST_TIMERS = {
     "extraEnv": [
         {"name": "RAYRELAY_TIMER_INTERVAL_SECONDS", "value": "2"},
         {"name": "RAYRELAY_TIMER_IDLE_SECONDS", "value": "1"},
+        # A running attempt's progress read on every tick too (the default paces it to a minute).
+        {"name": "RAYRELAY_STORE_POLL_SECONDS", "value": "2"},
     ]
 }
 T = TypeVar("T")

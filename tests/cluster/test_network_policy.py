@@ -9,12 +9,16 @@ values never mention. What must hold on the real API server, with KubeRay's
 real controller turning the RayJob / RayService into RayClusters and Pods
 (Pending: no kubelet):
 
-- a NetworkPolicy per Ray cluster, accepted with ``fieldValidation=Strict``
-  and kept as built, owned by the TrainingJob / ModelDeployment;
-- its podSelector matches exactly the head and worker Pods KubeRay created for
-  that RayJob / RayService, none of the other's;
-- deleting the resources removes the policies (the operator for the RayJob's,
-  the garbage collector for the RayService's);
+- with the default scope ("namespace"), one NetworkPolicy, ``rayrelay-training``,
+  around the namespace's RayJob pods, there before the first RayJob, owned by
+  nothing, none per RayJob; a NetworkPolicy per RayService, owned by its
+  ModelDeployment; all accepted with ``fieldValidation=Strict`` and kept as built;
+- each podSelector matches exactly the head and worker Pods KubeRay created for
+  the RayJob / the RayService, none of the other's;
+- deleting the resources removes the RayService's policy (garbage collector);
+  the namespace's stays;
+- with ``networkPolicy.scope=cluster`` (helm upgrade) a policy per RayJob, owned
+  by its TrainingJob, selecting that cluster only, gone with the TrainingJob;
 - with ``networkPolicy.enabled=false`` (helm upgrade) the operator creates none
   and the chart grants no RBAC on NetworkPolicies.
 
@@ -31,7 +35,12 @@ import yaml
 
 from rayrelay_core.runs import RunLayout
 from rayrelay_core.store import S3Settings, S3Store
-from rayrelay_operator.builders.kuberay import PolicyPeers, build_network_policy
+from rayrelay_operator.builders.kuberay import (
+    TRAINING_POLICY_NAME,
+    PolicyPeers,
+    build_network_policy,
+    build_training_network_policy,
+)
 from rayrelay_operator.settings import Settings
 from tests.cluster.chart_operator import (
     FAST_TIMERS,
@@ -60,10 +69,14 @@ def pod_names(plane: ControlPlane, namespace: str, selector: str) -> set[str]:
 
 
 def selector_of(pol: dict[str, Any]) -> str:
-    """The policy's podSelector as a kubectl label selector (it has matchLabels only)."""
+    """The policy's podSelector as a kubectl label selector (equalities and Exists only)."""
     sel = pol["spec"]["podSelector"]
-    assert set(sel) == {"matchLabels"}, sel
-    return ",".join(f"{k}={v}" for k, v in sorted(sel["matchLabels"].items()))
+    assert set(sel) <= {"matchLabels", "matchExpressions"}, sel
+    terms = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
+    for expr in sel.get("matchExpressions") or []:
+        assert expr["operator"] == "Exists" and not expr.get("values"), expr
+        terms.append(expr["key"])
+    return ",".join(terms)
 
 
 def can_i(plane: ControlPlane, sa: str, verb: str, resource: str, namespace: str) -> bool:
@@ -150,12 +163,23 @@ def test_default_install_puts_a_network_policy_around_every_ray_cluster(
         rj_name = rj["metadata"]["name"]
         rs = wait_for("the RayService", lambda: plane.get("rayservice", md_name, "-n", namespace), 90)
 
+        # Scope "namespace" (the default): one policy around every RayJob's pods of the namespace,
+        # there before the first RayJob, owned by nothing (it outlives every TrainingJob); none per RayJob.
+        training_pol = policy(plane, namespace, TRAINING_POLICY_NAME)
+        assert training_pol is not None, "no NetworkPolicy for the namespace's training clusters"
+        assert not training_pol["metadata"].get("ownerReferences"), training_pol["metadata"]
+        built_training = build_training_network_policy(namespace, peers)
+        assert_kept(built_training["spec"], training_pol["spec"], ".spec")
+        assert training_pol["spec"] == built_training["spec"]
+        assert policy(plane, namespace, rj_name) is None
+        ports = sorted(p["port"] for rule in training_pol["spec"]["ingress"] for p in rule.get("ports", []))
+        assert ports == [6379, 8265, 10001], training_pol["spec"]
+
         children = {
             # child name -> (owner kind, owner name, Serve port open)
-            rj_name: ("TrainingJob", tj_name, False),
             md_name: ("ModelDeployment", md_name, True),
         }
-        policies: dict[str, dict[str, Any]] = {}
+        policies: dict[str, dict[str, Any]] = {rj_name: training_pol}
         for child, (kind, owner, serve) in children.items():
             # Created before the child: it is there once the child is.
             pol = policy(plane, namespace, child)
@@ -217,18 +241,51 @@ def test_default_install_puts_a_network_policy_around_every_ray_cluster(
 
         assert "created NetworkPolicy" in op.log and "updated NetworkPolicy" not in op.log
 
-        # Deleting the resources removes their policies (the operator deletes the RayJob's with it,
-        # the garbage collector the RayService's once the ModelDeployment is gone).
+        # Deleting the resources: the garbage collector removes the RayService's policy once the
+        # ModelDeployment is gone; the namespace's training policy stays.
         plane.kubectl("delete", "modeldeployment", md_name, "-n", namespace, "--wait=false")
         plane.kubectl("delete", "trainingjob", tj_name, "-n", namespace, "--wait=false")
         if plane.has_controller_manager:
+            wait_for("the RayService's policy to go", lambda: policy(plane, namespace, md_name) is None, 120)
+        assert policy(plane, namespace, TRAINING_POLICY_NAME) is not None
+
+        # Scope "cluster" (helm upgrade): a policy per RayJob, owned by its TrainingJob, selecting
+        # that Ray cluster's pods only; gone with the TrainingJob.
+        op.stop()
+        chart = str(Path(__file__).resolve().parents[2] / "charts" / "rayrelay")
+        helm(
+            plane,
+            "upgrade",
+            release.name,
+            chart,
+            "-n",
+            release_namespace,
+            "--reuse-values",
+            "--set",
+            "networkPolicy.scope=cluster",
+        )
+        text = helm(plane, "get", "manifest", release.name, "-n", release_namespace).stdout
+        per = ChartRelease(plane, release.name, release_namespace, [d for d in yaml.safe_load_all(text) if d])
+        assert per.env("p")["RAYRELAY_NETWORK_POLICY_SCOPE"] == "cluster"
+        op = operators.start(per)
+        op.wait_ready()
+        plane.apply(trainingjob("np-cluster", gpus=0, workers=1), "-n", namespace)
+        (rj_c,) = wait_for("the RayJob of np-cluster", lambda: rayjobs_of(plane, namespace, "np-cluster"), 90)
+        child = rj_c["metadata"]["name"]
+        own = policy(plane, namespace, child)
+        assert own is not None, f"no NetworkPolicy for {child}"
+        stored_owner = plane.get("trainingjob", "np-cluster", "-n", namespace)
+        (ref,) = own["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["uid"]) == ("TrainingJob", stored_owner["metadata"]["uid"])
+        assert own["spec"] == build_network_policy(child, namespace, {}, {}, peers, serve=False)["spec"]
+        assert own["spec"]["podSelector"] == {"matchLabels": {LABEL: child}}
+        plane.kubectl("delete", "trainingjob", "np-cluster", "-n", namespace, "--wait=false")
+        if plane.has_controller_manager:
             wait_for(
-                "the policies to go with their resources",
-                lambda: all(policy(plane, namespace, c) is None for c in children),
+                "the RayJob's policy to go with its TrainingJob",
+                lambda: policy(plane, namespace, child) is None,
                 120,
             )
-        else:  # no garbage collector: only the operator's own deletion can be seen
-            wait_for("the RayJob's policy to go", lambda: policy(plane, namespace, rj_name) is None, 120)
 
         # Switched off (helm upgrade): no RBAC on NetworkPolicies, and the operator creates none.
         op.stop()

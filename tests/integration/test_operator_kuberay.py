@@ -11,6 +11,7 @@ asserts what the operator created and the status it reports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,7 @@ class Cluster(OperatorHarness):
             s3_endpoint_url=s3_server,
             timer_interval_seconds=0.5,
             timer_idle_seconds=0.0,
+            store_poll_seconds=0.0,  # a running job's progress on every tick (tests/unit: the pacing)
             metrics_port=0,
             stuck_initializing_seconds=300,
             retry_base_delay_seconds=0.5,
@@ -271,18 +273,48 @@ async def test_trainingjob_and_deployment_through_every_phase(cluster: Cluster) 
     assert status["model"]["variant"] == "int8" and status["model"]["manifestUri"] == layout.manifest
     assert status["readyReplicas"] == 1
 
-    # Deleting both removes their children (the finalizer's work).
+    # Deleting both. The ModelDeployment's finalizer removes its RayService. A kuberay TrainingJob
+    # carries no finalizer: its RayJob is owned by it, and Kubernetes' garbage collector deletes it
+    # with it (the emulator has none; tests/cluster/test_operator.py sees it on a real one).
+    stored = await c.get("trainingjobs", "sst2")
+    assert stored is not None and not stored["metadata"].get("finalizers"), stored["metadata"]
+    md_stored = await c.get("modeldeployments", "sentiment")
+    assert md_stored is not None and md_stored["metadata"].get("finalizers") == ["rayrelay.dev/finalizer"]
+    owned = await c.ray("rayjobs", "sst2-g1-a1")
+    assert owned is not None and [o["uid"] for o in owned["metadata"]["ownerReferences"]] == ["uid-sst2"]
     await c.delete("modeldeployments", "sentiment")
     await c.delete("trainingjobs", "sst2")
 
     async def children_gone() -> bool:
-        return (
-            await c.ray("rayservices", "sentiment") is None
-            and await c.ray("rayjobs", "sst2-g1-a1") is None
-            and await c.get("trainingjobs", "sst2") is None
-        )
+        return await c.ray("rayservices", "sentiment") is None and await c.get("trainingjobs", "sst2") is None
 
     await c.wait("children deleted", children_gone)
+    await c.stop()
+
+
+async def test_deleting_a_waiting_trainingjob_stops_its_timer(cluster: Cluster) -> None:
+    """No finalizer on a kuberay TrainingJob, so kopf does not stop its timer on deletion by
+    itself: the DELETED event must. A tick on the gone body would find its RayJob absent (the
+    garbage collector's work, done here by the test) and submit it again."""
+    c = cluster
+    await c.start()
+    await c.create("trainingjobs", tj_body("gone"))
+    await rayjob(c, "gone-g1-a1")
+    await c.wait_phase("trainingjobs", "gone", "Pending")  # waiting for its cluster: the timer ticks
+    stored = await c.get("trainingjobs", "gone")
+    assert stored is not None and not stored["metadata"].get("finalizers"), stored["metadata"]
+    await c.delete("trainingjobs", "gone")
+
+    async def tj_gone() -> bool:
+        return await c.get("trainingjobs", "gone") is None
+
+    await c.wait("the TrainingJob gone", tj_gone)
+    await c.delete("rayjobs", "gone-g1-a1", group="ray.io", version="v1")
+    creates = len(c.creates("rayjobs"))
+    await asyncio.sleep(6 * 0.5)  # six timer intervals; what is checked is that nothing happens
+    # (The emulator can replay a pre-patch event, so the create itself may have been sent twice,
+    # 409 the second time; what matters here is that none comes after the deletion.)
+    assert len(c.creates("rayjobs")) == creates and await c.ray("rayjobs", "gone-g1-a1") is None
     await c.stop()
 
 

@@ -64,6 +64,7 @@ async def operator(kmock: Any, ray_cluster: Any, s3_bucket: str, s3_server: str)
         s3_endpoint_url=s3_server,
         timer_interval_seconds=1.0,
         timer_idle_seconds=0.0,
+        store_poll_seconds=0.0,  # a running job's progress on every tick (tests/unit: the pacing)
         metrics_port=0,
         retry_base_delay_seconds=1.0,
         retry_max_delay_seconds=5.0,

@@ -111,7 +111,9 @@ def make_ctx(
     backend: FakeBackend, clock: Clock, artifacts: str, **kw: Any
 ) -> tuple[ReconcileContext, list[Event]]:
     events: list[Event] = []
-    settings = Settings(artifacts_uri=artifacts, stuck_initializing_seconds=600)
+    # store_poll_seconds=0: every pass reads a running attempt's progress (the scenarios step
+    # through stages without time passing); test_training_store_reads.py tests the pacing.
+    settings = Settings(artifacts_uri=artifacts, stuck_initializing_seconds=600, store_poll_seconds=0)
     ctx = ReconcileContext(
         settings=settings,
         backends={"kuberay": backend},

@@ -487,6 +487,7 @@ def test_network_policy_settings_and_rbac(chart: Path) -> None:
         assert e["RAYRELAY_NETWORK_POLICY_OPERATOR_LABELS"] == selector
         assert e["RAYRELAY_NETWORK_POLICY_KUBERAY_NAMESPACE"] == "kuberay-system"
         assert e["RAYRELAY_NETWORK_POLICY_KUBERAY_NAME"] == "kuberay-operator"
+        assert e["RAYRELAY_NETWORK_POLICY_SCOPE"] == "namespace"  # issue 24: one per namespace
         # The labels named are the operator pods' own (what the Deployment selects on).
         labels = deployment(objs)["spec"]["template"]["metadata"]["labels"]
         assert all(labels[k] == v for k, v in (p.split("=") for p in selector.split(",")))
@@ -514,8 +515,13 @@ def test_network_policy_settings_and_rbac(chart: Path) -> None:
             "networkPolicy.kuberay.namespace=ray-system",
             "--set",
             "networkPolicy.kuberay.name=ray-op",
+            "--set",
+            "networkPolicy.scope=cluster",
         )
     )
+    assert custom["RAYRELAY_NETWORK_POLICY_SCOPE"] == "cluster"
+    proc = helm("template", "rr", chart, "--set", "networkPolicy.scope=pod")
+    assert proc.returncode != 0 and "/networkPolicy/scope" in proc.stderr, proc.stderr
     assert (
         custom["RAYRELAY_NETWORK_POLICY_KUBERAY_NAMESPACE"],
         custom["RAYRELAY_NETWORK_POLICY_KUBERAY_NAME"],

@@ -6,13 +6,16 @@ offline; the ``rayrelay.dev/ray-cluster`` label on every pod template the
 builders write (what the policy selects); the settings that feed them; and the
 backend's calls against fake Kubernetes APIs: the policy before the child,
 ``fieldValidation=Strict``, 409 -> patch only a different spec, 403 ->
-``MissingPermission``, a RayJob's policy deleted with it, none at all when
-switched off. tests/cluster/test_network_policy.py runs the same on a real API
-server with KubeRay's controller.
+``MissingPermission``, a RayJob's policy deleted with it (scope ``cluster``), none at
+all when switched off; with the default scope ``namespace``, one policy per namespace
+made before its first RayJob and re-checked only after a while (a fake clock).
+tests/cluster/test_network_policy.py runs the same on a real API server with
+KubeRay's controller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,6 +37,7 @@ from rayrelay_operator.builders.kuberay import (
     build_rayjob_network_policy,
     build_rayservice,
     build_rayservice_network_policy,
+    build_training_network_policy,
 )
 from rayrelay_operator.reconcile.deployment import DesiredModel, serving_work
 from rayrelay_operator.reconcile.training import training_work
@@ -50,6 +54,7 @@ PEERS = PolicyPeers(
     operator_namespace="rayrelay-system",
     operator_labels={"app.kubernetes.io/name": "rayrelay", "app.kubernetes.io/instance": "rr"},
 )
+PER_CLUSTER = dataclasses.replace(SETTINGS, network_policy_scope="cluster")
 MANIFEST = "s3://rr-art/runs/ml/sst2/run-x/manifest.json"
 
 
@@ -311,7 +316,7 @@ STRICT = {"field_validation": "Strict"}
 
 
 def test_policy_created_strictly_before_the_rayjob_and_deleted_with_it() -> None:
-    b, net = backend()
+    b, net = backend(PER_CLUSTER)
     work = tjob()
     b.submit_training(work)
     assert [c[:3] for c in net.calls] == [
@@ -376,3 +381,97 @@ def test_switched_off_no_policy_calls() -> None:
     b.deploy_serving(swork(off))
     b.stop_training(tjob(off))
     assert [c[1] for c in net.calls] == ["rayjobs", "rayservices", "rayjobs"]
+
+
+# ------------------------------------------------------------------ scope "namespace" (the default)
+
+
+def test_training_policy_literal_and_valid() -> None:
+    training = {
+        "matchExpressions": [
+            {"key": "rayrelay.dev/trainingjob", "operator": "Exists"},
+            {"key": "rayrelay.dev/ray-cluster", "operator": "Exists"},
+        ]
+    }
+    pol = build_training_network_policy("ml", PEERS)
+    assert pol == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "rayrelay-training",
+            "namespace": "ml",
+            "labels": {
+                "app.kubernetes.io/managed-by": "rayrelay",
+                "app.kubernetes.io/part-of": "rayrelay",
+                "app.kubernetes.io/component": "training",
+            },
+            "ownerReferences": [],
+        },
+        "spec": {
+            "podSelector": training,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": training}]}, CONTROL],
+        },
+    }
+    assert k8s_checks.schema_errors(pol) == []  # Kubernetes' strict schema: no unknown field
+    # Beyond Ray's own traffic, it admits what a cluster's own policy admits.
+    assert pol["spec"]["ingress"][1:] == build_rayjob_network_policy(tjob(), PEERS)["spec"]["ingress"][1:]
+    # Every pod template of a RayJob carries both labels; no RayService pod carries the first.
+    job = build_rayjob(tjob(), image="i", endpoint_url=None, credentials_secret=None)
+    service = build_rayservice(swork(), image="i", endpoint_url=None, credentials_secret=None)
+    cluster = job["spec"]["rayClusterSpec"]
+    for template in [cluster["headGroupSpec"]["template"], job["spec"]["submitterPodTemplate"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]:
+        assert {"rayrelay.dev/trainingjob", "rayrelay.dev/ray-cluster"} <= set(template["metadata"]["labels"])
+    serving = service["spec"]["rayClusterConfig"]
+    for template in [serving["headGroupSpec"]["template"]] + [
+        g["template"] for g in serving["workerGroupSpecs"]
+    ]:
+        assert "rayrelay.dev/trainingjob" not in template["metadata"]["labels"]
+
+
+def test_one_policy_per_namespace_before_its_first_rayjob() -> None:
+    b, net = backend()
+    now = [100.0]
+    b.clock = lambda: now[0]
+    b.submit_training(tjob())
+    assert [c[:3] for c in net.calls] == [
+        ("create", "networkpolicy", "rayrelay-training"),
+        ("create", "rayjobs", "sst2-g2-a3"),
+    ]
+    assert net.calls[0][3] == STRICT
+    assert net.stored["rayrelay-training"] == build_training_network_policy("ml", PEERS)
+    # More RayJobs in the namespace: no policy request.
+    net.calls.clear()
+    for _ in range(3):
+        b.submit_training(tjob())
+    assert [c[:2] for c in net.calls] == [("create", "rayjobs")] * 3
+    # An attempt that is over: its RayJob goes, the namespace's policy stays.
+    net.calls.clear()
+    b.stop_training(tjob())
+    assert net.calls == [("delete", "rayjobs", "sst2-g2-a3")] and "rayrelay-training" in net.stored
+    # Later it is made sure of again: someone deleted it -> created again before the RayJob.
+    del net.stored["rayrelay-training"]
+    now[0] += 301
+    net.calls.clear()
+    b.submit_training(tjob())
+    assert [c[:3] for c in net.calls] == [
+        ("create", "networkpolicy", "rayrelay-training"),
+        ("create", "rayjobs", "sst2-g2-a3"),
+    ]
+
+
+def test_namespace_policy_refused_is_not_remembered() -> None:
+    b, net = backend(refuse=403)
+    for _ in range(2):
+        with pytest.raises(MissingPermission, match="rayrelay-training"):
+            b.submit_training(tjob())
+    assert [c[:2] for c in net.calls] == [("create", "networkpolicy")] * 2  # asked again; no RayJob
+
+
+def test_scope_setting() -> None:
+    assert Settings().network_policy_scope == "namespace"
+    assert Settings.from_env({"RAYRELAY_NETWORK_POLICY_SCOPE": "cluster"}).network_policy_scope == "cluster"
+    with pytest.raises(ValueError, match="RAYRELAY_NETWORK_POLICY_SCOPE"):
+        Settings.from_env({"RAYRELAY_NETWORK_POLICY_SCOPE": "pod"})

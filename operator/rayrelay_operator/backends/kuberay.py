@@ -12,12 +12,18 @@ KubeRay's own status on the two complaints its users raise most:
   ``Unschedulable`` from the Ray pods, and ``started_at`` so that the
   reconciler can call it ``StuckInitializing`` past a threshold.
 
-With ``Settings.network_policy`` (the default) each RayJob / RayService gets a
+With ``Settings.network_policy`` (the default) each RayService gets a
 NetworkPolicy of the same name (``builders.kuberay.build_network_policy``),
 created *before* the child so that no Ray pod ever runs unprotected, owned by
-the TrainingJob / ModelDeployment (garbage-collected with it). A RayJob's goes
-when the operator deletes that RayJob (one per attempt: they must not pile up);
-a RayService's (one per deployment) stays until its resource goes.
+the ModelDeployment (garbage-collected with it). RayJobs, by
+``Settings.network_policy_scope``: ``namespace`` (the default), one policy for every
+RayJob of a namespace (``build_training_network_policy``), made sure of before the
+first RayJob there and then every ``NAMESPACE_POLICY_RECHECK_S``, so that a
+TrainingJob costs no policy request; ``cluster``, one per RayJob, owned by its
+TrainingJob and deleted with that RayJob (one per attempt: they must not pile up).
+
+A running RayJob's pods and submitter Job (driver death, pod problems) are read
+again only when its status changed or after ``POD_RECHECK_S``.
 
 Creation is idempotent (HTTP 409 = already there), deletion tolerates 404.
 API 429/5xx and connection failures raise ``BackendUnavailable`` (retried with
@@ -34,6 +40,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -48,6 +55,7 @@ from rayrelay_operator.builders.kuberay import (
     build_rayjob_network_policy,
     build_rayservice,
     build_rayservice_network_policy,
+    build_training_network_policy,
 )
 from rayrelay_operator.settings import Settings
 from rayrelay_operator.work import (
@@ -76,6 +84,11 @@ AUTH_FIELD_TTL_S = 300.0
 # How long a RayJob seen on the operator's watch stands for the API server's copy; past that a
 # pass GETs it once more (a deletion missed while the watch reconnected ends there).
 RAYJOB_CACHE_REFRESH_S = 120.0
+# How long a namespace's training NetworkPolicy, once made sure of, is taken to be there.
+NAMESPACE_POLICY_RECHECK_S = 300.0
+# How long what a RayJob's pods and submitter Job said stands while its status stays the same.
+POD_RECHECK_S = 60.0
+POD_VIEWS_MAX = 100_000
 
 _IMAGE_PULL = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 _WAITING_DEPLOYMENT = {"", "New", "Initializing", "Waiting", "Retrying", "Scheduling"}
@@ -174,7 +187,8 @@ def training_observation(
     return TrainingObservation(
         WorkState.WAITING,
         reason or "WaitingForResources",
-        problem or message or "waiting for the Ray cluster to start",
+        # Empty when there is nothing specific to say: the reconciler keeps what its status says.
+        problem or message,
         **common,
     )
 
@@ -390,6 +404,13 @@ class KubeRayBackend:
         self._auth_lock = threading.Lock()
         self.rayjobs = RayJobCache()
         self._auth_warned: set[str] = set()
+        self.clock: Callable[[], float] = time.monotonic  # for the two memos below
+        # namespace -> when its training NetworkPolicy was last made sure of (monotonic).
+        self._namespace_policies: dict[str, float] = {}
+        self._policy_lock = threading.Lock()
+        # (namespace, RayJob) -> (when, its status then, the observation made of it and its pods).
+        self._pod_views: OrderedDict[tuple[str, str], tuple[float, str, TrainingObservation]] = OrderedDict()
+        self._views_lock = threading.Lock()
 
     # ---------------------------------------------------------- network policies
 
@@ -436,8 +457,24 @@ class KubeRayBackend:
         )
         log.info("updated NetworkPolicy %s/%s", ns, name)
 
+    def _ensure_namespace_policy(self, ns: str) -> None:
+        """The namespace's training policy exists (``build_training_network_policy``) before a RayJob.
+
+        Checked with the API server once, then again only after ``NAMESPACE_POLICY_RECHECK_S``
+        (a policy someone deleted comes back with the next RayJob after that): a burst's
+        TrainingJobs pay nothing for it. One thread at a time, so that a burst's worker
+        threads do not all create it together; a failure is not remembered.
+        """
+        with self._policy_lock:
+            checked = self._namespace_policies.get(ns)
+            if checked is not None and self.clock() - checked < NAMESPACE_POLICY_RECHECK_S:
+                return
+            self._ensure_network_policy(build_training_network_policy(ns, self._peers()))
+            self._namespace_policies[ns] = self.clock()
+
     def _delete_network_policy(self, ns: str, name: str) -> None:
-        if not self.settings.network_policy:
+        """An attempt's own policy (scope ``cluster``; the namespace's one stays)."""
+        if not self.settings.network_policy or self.settings.network_policy_scope != "cluster":
             return
         try:
             _call(
@@ -522,11 +559,25 @@ class KubeRayBackend:
             ray_auth=ray_auth,
         )
 
+    def planned_training_auth(self) -> RayAuth | None:
+        """What ``RayAuthenticated`` will say of a RayJob ``submit_training`` creates now (None:
+        the CRD cannot be read). Same answer as ``_ray_auth_of`` on that RayJob once it exists, so
+        a submit's status write carries the condition and the first tick after it has nothing to add."""
+        try:
+            wanted = self._ray_auth_wanted("rayjobs")
+        except BackendUnavailable:
+            return None
+        child = {"spec": {CLUSTER_SPEC_FIELD["rayjobs"]: {"authOptions": {"mode": AUTH_MODE_TOKEN}}}}
+        return self._ray_auth_of(child if wanted else {}, "rayjobs")
+
     def submit_training(self, work: TrainingWork) -> None:
         body = self._rayjob_body(work, self._ray_auth_wanted("rayjobs"))
         ns = work.job.namespace
         if self.settings.network_policy:
-            self._ensure_network_policy(build_rayjob_network_policy(work, self._peers()))
+            if self.settings.network_policy_scope == "namespace":
+                self._ensure_namespace_policy(ns)
+            else:
+                self._ensure_network_policy(build_rayjob_network_policy(work, self._peers()))
         try:
             _call(
                 f"create RayJob {ns}/{work.child_name}",
@@ -589,11 +640,27 @@ class KubeRayBackend:
             self.rayjobs.put(rayjob)
         status = rayjob.get("status") or {}
         cluster = status.get("rayClusterName")
-        pods = self._pods(ns, f"ray.io/cluster={cluster}") if cluster else []
-        job_running = status.get("jobStatus") == "RUNNING" or status.get("jobDeploymentStatus") == "Running"
-        # KubeRay names the K8sJobMode submitter Job after the RayJob.
-        submitter = self._submitter_job(ns, work.child_name) if job_running else None
-        obs = training_observation(rayjob, pods, submitter)
+        key, seen = (ns, work.child_name), json.dumps(status, sort_keys=True, default=str)
+        # The pods and the submitter Job once per POD_RECHECK_S while the RayJob's status stays
+        # the same: a running job's tick then sends no request (what changes, KubeRay reports).
+        with self._views_lock:
+            view = self._pod_views.get(key)
+        if cluster and view is not None and view[1] == seen and self.clock() - view[0] < POD_RECHECK_S:
+            obs = view[2]
+        else:
+            pods = self._pods(ns, f"ray.io/cluster={cluster}") if cluster else []
+            job_running = (
+                status.get("jobStatus") == "RUNNING" or status.get("jobDeploymentStatus") == "Running"
+            )
+            # KubeRay names the K8sJobMode submitter Job after the RayJob.
+            submitter = self._submitter_job(ns, work.child_name) if job_running else None
+            obs = training_observation(rayjob, pods, submitter)
+            if cluster:
+                with self._views_lock:
+                    self._pod_views[key] = (self.clock(), seen, obs)
+                    self._pod_views.move_to_end(key)
+                    while len(self._pod_views) > POD_VIEWS_MAX:
+                        self._pod_views.popitem(last=False)
         return dataclasses.replace(obs, ray_auth=self._ray_auth_of(rayjob, "rayjobs"))
 
     def _delete(self, ns: str, plural: str, name: str) -> None:
@@ -608,9 +675,14 @@ class KubeRayBackend:
         except _NotFound:
             pass
 
+    def _forget(self, ns: str, name: str) -> None:
+        self.rayjobs.forget(ns, name)
+        with self._views_lock:
+            self._pod_views.pop((ns, name), None)
+
     def stop_training(self, work: TrainingWork) -> None:
         # Deleting the RayJob stops the job and tears its cluster down; checkpoints stay in the store.
-        self.rayjobs.forget(work.job.namespace, work.child_name)
+        self._forget(work.job.namespace, work.child_name)
         self._delete(work.job.namespace, "rayjobs", work.child_name)
         self._delete_network_policy(work.job.namespace, work.child_name)
 
@@ -625,7 +697,7 @@ class KubeRayBackend:
         for item in listed.get("items") or []:
             labels = (item.get("metadata") or {}).get("labels") or {}
             if labels.get(naming.LABEL_TRAININGJOB) == naming.dns_name(name):  # see _pods
-                self.rayjobs.forget(namespace, item["metadata"]["name"])
+                self._forget(namespace, item["metadata"]["name"])
                 self._delete(namespace, "rayjobs", item["metadata"]["name"])
                 self._delete_network_policy(namespace, item["metadata"]["name"])
 

@@ -32,6 +32,8 @@ worth knowing:
   cluster's pods, the head's control ports (GCS, dashboard, client) from the
   operator and KubeRay's operator only, Serve's port (RayService) from anyone,
   and Ray's metrics port from the monitoring pods named in ``PolicyPeers`` (if any).
+  ``build_training_network_policy`` is the one policy of every RayJob of a
+  namespace (the default scope), which admits Ray's own traffic from any of them.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ RAY_METRICS_PORT = 8080
 NETWORKING_API_VERSION = "networking.k8s.io/v1"
 # The label Kubernetes puts on every namespace (1.21+): how a policy names a peer's namespace.
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# The NetworkPolicy of every training Ray cluster of a namespace (network policy scope "namespace").
+TRAINING_POLICY_NAME = "rayrelay-training"
 
 
 def train_entrypoint(work: TrainingWork) -> str:
@@ -477,6 +481,37 @@ def build_rayjob_network_policy(work: TrainingWork, peers: PolicyPeers) -> dict[
     return build_network_policy(
         work.child_name, work.job.namespace, work.labels, work.owner, peers, serve=False
     )
+
+
+def build_training_network_policy(namespace: str, peers: PolicyPeers) -> dict[str, Any]:
+    """The one NetworkPolicy of every training Ray cluster in ``namespace`` (scope ``namespace``).
+
+    It selects every pod that carries both ``rayrelay.dev/trainingjob`` and
+    ``rayrelay.dev/ray-cluster`` (the head, workers and submitter of each RayJob the
+    builders write; no RayService pod has the first) and admits the same as a cluster's own
+    policy (``build_network_policy``), except that Ray's own traffic is admitted from any
+    training Ray pod of the namespace, not only the same cluster's: one policy cannot say
+    "the same label value". No owner: it outlives every TrainingJob, so that it is created
+    once per namespace instead of once per RayJob.
+    """
+    training = {
+        "matchExpressions": [
+            {"key": naming.LABEL_TRAININGJOB, "operator": "Exists"},
+            {"key": naming.LABEL_RAY_CLUSTER, "operator": "Exists"},
+        ]
+    }
+    policy = build_network_policy(
+        TRAINING_POLICY_NAME,
+        namespace,
+        {**naming.common_labels(), naming.LABEL_COMPONENT: "training"},
+        {},
+        peers,
+        serve=False,
+    )
+    spec = policy["spec"]
+    spec["podSelector"] = training
+    spec["ingress"][0] = {"from": [{"podSelector": training}]}
+    return policy
 
 
 def build_rayservice_network_policy(work: ServingWork, peers: PolicyPeers) -> dict[str, Any]:

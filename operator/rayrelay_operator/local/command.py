@@ -136,6 +136,8 @@ def _backend_and_settings(
         ray_address=dashboard,
         artifacts_uri=default_store,
         s3_endpoint_url=os.environ.get("RAYRELAY_S3_ENDPOINT_URL") or None,
+        # The progress bars follow every pass: one local run, no fleet to spare the store for.
+        store_poll_seconds=0.0,
     )
     return backend, settings
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -121,6 +122,37 @@ class ReconcileContext:
     # ``secret_data(namespace, name)``: a Secret's data, decoded (None when it does not exist).
     # Read only for a ModelDeployment's ``spec.auth.apiKeysSecret``, every pass (key rotation).
     secret_data: Callable[[str, str], Mapping[str, str] | None] | None = None
+    # When running attempts' progress was last read (``settings.store_poll_seconds``).
+    store_pacer: StorePacer = field(default_factory=lambda: StorePacer())
+
+
+class StorePacer:
+    """When each running attempt's progress was last read from the store, and what was seen then.
+
+    A running attempt's passes (every timer tick) read its progress only when it is due: never
+    read, the backend's view changed since (``fingerprint``), or ``interval`` seconds passed.
+    Shared by the copies of a context (``dataclasses.replace``); bounded, the oldest go first.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._last: OrderedDict[str, tuple[datetime, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def due(self, key: str, fingerprint: Any, now: datetime, interval: float) -> bool:
+        with self._lock:
+            last = self._last.get(key)
+        if last is None or last[1] != fingerprint or interval <= 0:
+            return True
+        return (now - last[0]).total_seconds() >= interval
+
+    def read(self, key: str, fingerprint: Any, now: datetime) -> None:
+        """Record a successful read (a failed one is retried at once by the next pass)."""
+        with self._lock:
+            self._last[key] = (now, fingerprint)
+            self._last.move_to_end(key)
+            while len(self._last) > self._limit:
+                self._last.popitem(last=False)
 
 
 def cached_store_for(

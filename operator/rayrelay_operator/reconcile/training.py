@@ -84,7 +84,7 @@ from rayrelay_operator.reconcile.status import (
     previous_status,
 )
 from rayrelay_operator.settings import Settings
-from rayrelay_operator.work import TrainingObservation, TrainingWork, WorkState
+from rayrelay_operator.work import RayAuth, TrainingObservation, TrainingWork, WorkState
 
 WAITING_FOR_TEACHER = "WaitingForTeacher"
 # Observation reasons that mean "this attempt is dead" even if a state says otherwise.
@@ -114,6 +114,8 @@ class RunDocs:
     failure: FailureDoc | None = None
     manifest: Manifest | None = None
     manifest_digest: str | None = None
+    # Whether this pass read the progress document (None above then means "not there").
+    progress_read: bool = False
 
 
 @dataclass
@@ -125,6 +127,9 @@ class TrainingObserved:
     # spec.distillation.teacher.trainingJobRef: the teacher's published manifest, or why not yet.
     teacher: TeacherLineage | None = None
     teacher_waiting: str | None = None
+    # Where nothing was observed (a pass that may submit): the token authentication a child the
+    # backend creates now will have, so that the submit's status already carries it.
+    submit_auth: RayAuth | None = None
 
 
 def observe_run(store: Store, layout: RunLayout, attempt_docs: bool = True) -> RunDocs:
@@ -144,7 +149,16 @@ def observe_run(store: Store, layout: RunLayout, attempt_docs: bool = True) -> R
             docs.failure = read_doc(store, layout.failure, FailureDoc) or docs.failure
     except StoreError as exc:
         raise StoreUnavailable(layout.base, exc) from exc
+    docs.progress_read = attempt_docs or docs.manifest is not None
     return docs
+
+
+def observe_progress(store: Store, layout: RunLayout) -> RunDocs:
+    """Read a running attempt's progress document only; ``StoreUnavailable`` when the store fails."""
+    try:
+        return RunDocs(progress=read_doc(store, layout.progress, ProgressDoc), progress_read=True)
+    except StoreError as exc:
+        raise StoreUnavailable(layout.base, exc) from exc
 
 
 def store_reads_for(work: TrainingObservation | None) -> str:
@@ -153,13 +167,17 @@ def store_reads_for(work: TrainingObservation | None) -> str:
     ``none`` while the attempt waits for its cluster: nothing of this attempt can be in the
     store yet, and the status already holds what earlier attempts wrote. ``manifest`` when
     there is no attempt to observe (the first pass, a new run, a suspension, a backoff) or it
-    is gone: a published run is done whatever else is seen, also after a restart. ``all``
-    while it runs or once it ended: progress, failure and manifest.
+    is gone: a published run is done whatever else is seen, also after a restart.
+    ``progress`` while it runs: the workload writes its failure document and the manifest
+    just before its driver exits, which the backend then reports (a pass reads it only
+    when due: ``observe_trainingjob``). ``all`` once it ended: progress, failure and manifest.
     """
     if work is None or work.state is WorkState.ABSENT:
         return "manifest"
     if work.state is WorkState.WAITING:
         return "none"
+    if work.state is WorkState.RUNNING:
+        return "progress"
     return "all"
 
 
@@ -261,12 +279,27 @@ def observe_trainingjob(
     backing_off = previous.next_attempt_time is not None  # the recorded work has failed
     if work is not None and phase is not TrainingPhase.SUSPENDED and same_run and not backing_off:
         observed.work = backend.observe_training(work)
+    if observed.work is None:
+        # Optional in a backend (the kuberay one knows; cached, no request per pass).
+        planned = getattr(backend, "planned_training_auth", None)
+        observed.submit_auth = planned() if planned is not None else None
     # The backend first: what it sees decides which documents are worth a store request.
     reads = store_reads_for(observed.work)
-    if reads != "none":
-        layout = run_layout_for(tj, ctx.settings)
-        store = ctx.store_for(layout.base, tj.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
+    if reads == "none":
+        return observed
+    layout = run_layout_for(tj, ctx.settings)
+    store = ctx.store_for(layout.base, tj.spec.artifacts.endpoint_url or ctx.settings.s3_endpoint_url)
+    if reads != "progress":
         observed.docs = observe_run(store, layout, attempt_docs=reads == "all")
+        return observed
+    # A running attempt: its progress once per store_poll_seconds, or when the backend's view of
+    # it changed; a tick in between reads nothing and the status keeps what the last read said.
+    assert observed.work is not None and work is not None
+    key, seen = f"{layout.base}#{work.submission_id}", (observed.work.state, observed.work.reason)
+    now = ctx.now()
+    if ctx.store_pacer.due(key, seen, now, ctx.settings.store_poll_seconds):
+        observed.docs = observe_progress(store, layout)
+        ctx.store_pacer.read(key, seen, now)
     return observed
 
 
@@ -290,6 +323,7 @@ class TrainingPass:
         self.docs = observed.docs
         self.obs = observed.work or TrainingObservation(WorkState.ABSENT)
         self.teacher, self.teacher_waiting = observed.teacher, observed.teacher_waiting
+        self.submit_auth = observed.submit_auth
         self.work = current_work(tj, previous, settings, self.teacher)
         self.backend = backend_name(tj.spec.backend, settings)
 
@@ -330,6 +364,9 @@ class TrainingPass:
         )
         message = f"submitted {work.submission_id} (attempt {attempt})"
         self.cond(COND_RUNNING, False, "WaitingForResources", message)
+        auth = self.submit_auth
+        if auth is not None:  # what the first observation of the new child will say
+            self.cond(COND_RAY_AUTH, auth.on, auth.reason, auth.message)
         self.event("Normal", reason, message)
 
     def attempt_failed(self, reason: str, message: str, retryable: bool) -> None:
@@ -534,8 +571,14 @@ def _absent(p: TrainingPass) -> None:
 def _waiting(p: TrainingPass) -> None:
     p.s.phase = TrainingPhase.PENDING
     reason = p.obs.reason or "WaitingForResources"
-    message = p.obs.message or "waiting for the Ray cluster and its workers to start"
     running = find_condition(p.s.conditions, COND_RUNNING)
+    message = p.obs.message
+    if not message:
+        # Nothing new from the backend: what the condition says for this reason stands (the
+        # submit's "submitted ... (attempt n)"), so the first tick after a submit writes nothing.
+        message = "waiting for the Ray cluster and its workers to start"
+        if running is not None and running.status == "False" and running.reason == reason:
+            message = running.message or message
     if reason != "WaitingForResources" and running is not None and running.reason != reason:
         p.event("Warning", reason, message)
     p.cond(COND_RUNNING, False, reason, message)
@@ -543,6 +586,8 @@ def _waiting(p: TrainingPass) -> None:
 
 def _running(p: TrainingPass) -> None:
     progress = p.docs.progress
+    if not p.docs.progress_read and p.phase in _STAGE_PHASE.values():
+        return  # progress not read this pass (not due): what the status says stands
     stage = progress.stage if progress and progress.attempt == p.s.attempt else "Training"
     new_phase = _STAGE_PHASE.get(stage, TrainingPhase.TRAINING)
     if new_phase != p.phase:
