@@ -16,6 +16,12 @@ fastest (the recommended one unless another is clearly faster, :func:`choose`):
 - a candidate this host cannot run well (``unavailable``: bf16 without OpenVINO in the
   image, or on a CPU without bf16 instructions, where OpenVINO only emulates it) is
   never loaded nor timed, and the reason says so;
+- the replica may add serve-time candidates (``extra``, :data:`DERIVED`): another
+  runtime running a published variant's own file, with that variant's digest checks
+  and quality gate (it has no file nor accuracy of its own). ``fp32-openvino`` is
+  OpenVINO running the fp32 graph in fp32, offered only when asked for (it did not beat
+  onnxruntime int8 on the AVX-512 VNNI host measured, and costs OpenVINO's import and compile:
+  ``docs/operator.md``, "fp32 in OpenVINO");
 - a forced variant (``fp32``/``int8``) is served as asked, never timed;
 - with a GPU (CUDA provider available and ``resources.gpus`` > 0) the candidates
   are the variants that run there: fp32 only, chosen without timing.
@@ -35,7 +41,7 @@ choice is tested with a fake one (``tests/unit/test_variant_choice.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from rayrelay_core.runs import Manifest, ManifestError
@@ -44,14 +50,29 @@ AUTO = "auto"
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 # Variants a replica can time and serve, in order of preference when timings tie.
-CPU_VARIANTS = ("int8", "bf16", "fp32")
+CPU_VARIANTS = ("int8", "bf16", "fp32", "fp32-openvino")
 # onnxruntime's CUDA provider runs no dynamically quantized (int8) graph.
 GPU_VARIANTS = ("fp32",)
 
 # The runtime and precision each variant runs in. bf16 has no file of its own: OpenVINO
 # reads the fp32 ONNX with a bf16 precision hint (rayrelay_workloads.openvino_runtime).
 ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
-RUNTIMES = {"fp32": (ONNXRUNTIME, "fp32"), "int8": (ONNXRUNTIME, "int8"), "bf16": (OPENVINO, "bf16")}
+RUNTIMES = {
+    "fp32": (ONNXRUNTIME, "fp32"),
+    "int8": (ONNXRUNTIME, "int8"),
+    "bf16": (OPENVINO, "bf16"),
+    "fp32-openvino": (OPENVINO, "fp32"),
+}
+# Serve-time candidates, in no manifest: the published variant whose file (and digests, and
+# quality gate: the numerics are that variant's) each runs. Only a replica that offers one
+# (``extra``: asked for, and the runtime is in its image) times it; no spec can force one.
+DERIVED = {"fp32-openvino": "fp32"}
+
+
+def file_variant(variant: str) -> str:
+    """The manifest variant whose model file ``variant`` runs (itself, or a derived one's base)."""
+    return DERIVED.get(variant, variant)
+
 
 # The /metrics contract between a replica and the operator.
 INFO_METRIC = "rayrelay_variant_info"
@@ -137,6 +158,7 @@ def from_memo(
     isa: str,
     provider: str,
     unavailable: Mapping[str, str] | None = None,
+    extra: Collection[str] = (),
 ) -> VariantChoice | None:
     """An earlier replica's auto choice on this node, or None when it no longer applies here
     (not an auto candidate of this manifest, or not a well-formed record)."""
@@ -144,11 +166,12 @@ def from_memo(
     if not (isinstance(variant, str) and isinstance(batch, int) and isinstance(timings, dict)):
         return None
     gone = dict(unavailable or {})
-    candidates = [c for c in auto_candidates(manifest, provider == CUDA_PROVIDER) if c not in gone]
+    accepted = auto_candidates(manifest, provider == CUDA_PROVIDER, extra)
+    candidates = [c for c in accepted if c not in gone]
     if variant not in candidates or len(timings) < 2:
         return None
     seconds = {str(k): float(v) for k, v in timings.items() if isinstance(v, int | float)}
-    not_timed = {k: v for k, v in gone.items() if k in auto_candidates(manifest, provider == CUDA_PROVIDER)}
+    not_timed = {k: v for k, v in gone.items() if k in accepted}
     return VariantChoice(
         AUTO, variant, isa, provider, batch, seconds, timed=TIMED_ON_NODE, unavailable=not_timed
     )
@@ -180,18 +203,22 @@ def describe(
     return f"auto: {variant} fastest on {where}: {figures} per batch of {batch}"
 
 
-def auto_candidates(manifest: Manifest, gpu: bool) -> list[str]:
+def auto_candidates(manifest: Manifest, gpu: bool, extra: Collection[str] = ()) -> list[str]:
     """The accepted variants a replica may serve with ``auto``, the recommended one first.
 
     On a GPU only those that run on the CUDA provider; when none does, the CPU ones.
+    ``extra``: the serve-time candidates (:data:`DERIVED`) the replica offers, each a
+    candidate on a CPU where the variant whose file it runs is.
     """
+    # A manifest lists no serve-time candidate (DERIVED): only a replica offers one.
+    servable = [name for name in (GPU_VARIANTS if gpu else CPU_VARIANTS) if name not in DERIVED]
     accepted = [
-        name
-        for name, info in manifest.variants.items()
-        if info.accepted and info.file and name in (GPU_VARIANTS if gpu else CPU_VARIANTS)
+        name for name, info in manifest.variants.items() if info.accepted and info.file and name in servable
     ]
+    if not gpu:
+        accepted += [name for name in extra if name in DERIVED and DERIVED[name] in accepted]
     if not accepted and gpu:
-        return auto_candidates(manifest, gpu=False)
+        return auto_candidates(manifest, False, extra)
     if not accepted:
         raise ManifestError("no variant of this artifact set passed its quality gate")
     order = CPU_VARIANTS if not gpu else GPU_VARIANTS
@@ -220,6 +247,7 @@ def choose(
     margin: float = 0.1,
     clock: Callable[[], float] = time.perf_counter,
     unavailable: Mapping[str, str] | None = None,
+    extra: Collection[str] = (),
 ) -> VariantChoice:
     """Time the candidates and pick the fastest: ``load(variant)`` readies one (raising when it
     cannot run), ``run(variant)`` times one batch of it in seconds.
@@ -230,13 +258,15 @@ def choose(
     variant's time is its fastest batch. The first candidate (the recommended one) is
     kept unless another is faster by more than ``margin`` (a fraction): timings on shared
     cores are noisy, and the recommendation should not flip on noise. A candidate that
-    cannot be loaded or run is skipped with the error as its reason. ``unavailable``:
-    accepted variants this host cannot run well (name -> why), never loaded nor timed.
+    cannot be loaded or run is skipped with the error as its reason, and so is one not
+    loaded yet when the budget has passed (loading another runtime is the dearest step).
+    ``unavailable``: accepted variants this host cannot run well (name -> why), never
+    loaded nor timed. ``extra``: the serve-time candidates the replica offers (:data:`DERIVED`).
     """
     gpu = provider == CUDA_PROVIDER
     if requested not in (AUTO, "", None):
         return VariantChoice(requested, manifest.servable_variant(requested), isa, provider)
-    accepted = auto_candidates(manifest, gpu)
+    accepted = auto_candidates(manifest, gpu, extra)
     gone = {name: why for name, why in (unavailable or {}).items() if name in accepted}
     candidates = [name for name in accepted if name not in gone]
     if not candidates:
@@ -247,6 +277,9 @@ def choose(
     skipped: dict[str, str] = {}
     ready: list[str] = []
     for name in candidates:
+        if ready and clock() - start > budget_s:
+            skipped[name] = f"not loaded: the timing budget ({budget_s:g} s) was spent"
+            continue
         try:
             load(name)
             ready.append(name)

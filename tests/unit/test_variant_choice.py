@@ -54,9 +54,12 @@ def manifest(int8_accepted: bool = True, recommended: str = "int8") -> Manifest:
 class FakeTiming:
     """A timing source: each variant's seconds per batch, and what was loaded and run."""
 
-    def __init__(self, seconds: dict[str, float], fail_load: str | None = None) -> None:
+    def __init__(
+        self, seconds: dict[str, float], fail_load: str | None = None, load_s: dict[str, float] | None = None
+    ) -> None:
         self.seconds = seconds
         self.fail_load = fail_load
+        self.load_s = load_s or {}  # seconds a load takes (another runtime's import and compile)
         self.loaded: list[str] = []
         self.runs: list[str] = []
         self.now = 0.0
@@ -64,6 +67,7 @@ class FakeTiming:
     def load(self, variant: str) -> None:
         if variant == self.fail_load:
             raise RuntimeError("cannot create the session")
+        self.now += self.load_s.get(variant, 0.0)
         self.loaded.append(variant)
 
     def run(self, variant: str) -> float:
@@ -563,3 +567,186 @@ def test_a_replica_rules_bf16_out_from_the_cpu_flags_without_importing_openvino(
     assert ovr.serving_unavailable(amx) is None
     monkeypatch.setattr(ovr, "capability", lambda: ovr.Capability(False, error="No module named 'openvino'"))
     assert "OpenVINO is not installed" in (ovr.serving_unavailable(amx) or "")
+
+
+# ----------------------------------------------------------------- fp32-openvino, fake timing
+
+OV = ("fp32-openvino",)  # what a replica with RAYRELAY_OPENVINO_FP32=1 offers (variants.DERIVED)
+# Seconds per batch at 8 x 128, 2 threads, on an AVX-512 VNNI host without AMX under heavy
+# other load (issue 31): OpenVINO fp32 ahead of onnxruntime int8 there.
+VNNI = {"int8": 0.429, "fp32": 0.700, "fp32-openvino": 0.359}
+
+
+def test_auto_picks_fp32_openvino_when_it_is_the_fastest() -> None:
+    timing = FakeTiming(VNNI)
+    choice = choose(manifest(), "auto", timing, isa="avx512_vnni", extra=OV)
+    assert (choice.variant, choice.runtime, choice.precision) == ("fp32-openvino", "openvino", "fp32")
+    assert (
+        timing.loaded == ["int8", "fp32", "fp32-openvino"]
+        and timing.runs == ["int8", "fp32", "fp32-openvino"] * 3
+    )
+    assert choice.timings_s == VNNI and choice.unavailable == {}
+    assert choice.reason == (
+        "auto: fp32-openvino fastest on avx512_vnni (OpenVINO, fp32): "
+        "fp32-openvino 359.0 ms, int8 429.0 ms, fp32 700.0 ms per batch of 8"
+    )
+    # Within the margin (10 %) the recommended int8 stays, as against any other candidate.
+    close = FakeTiming({"int8": 0.429, "fp32": 0.7, "fp32-openvino": 0.40})
+    assert choose(manifest(), "auto", close, extra=OV).variant == "int8"
+    # The node memo keeps it while the replica still offers it.
+    later = variants.from_memo(choice.memo(), manifest(), "avx512_vnni", variants.CPU_PROVIDER, extra=OV)
+    assert later is not None and later.variant == "fp32-openvino" and later.runtime == "openvino"
+    assert variants.from_memo(choice.memo(), manifest(), "avx512_vnni", variants.CPU_PROVIDER) is None
+    gone = {"fp32-openvino": "OpenVINO is not installed in this image"}
+    assert (
+        variants.from_memo(choice.memo(), manifest(), "avx512_vnni", variants.CPU_PROVIDER, gone, OV) is None
+    )
+
+
+def test_fp32_openvino_is_a_candidate_only_where_offered_and_fp32_passed_its_gate() -> None:
+    # Not offered (an image without OpenVINO, the default of the pure API): never loaded.
+    timing = FakeTiming(VNNI)
+    assert choose(manifest(), "auto", timing).variant == "int8" and "fp32-openvino" not in timing.loaded
+    # Offered but unavailable: never loaded, and the reason says why.
+    why = "OpenVINO is not installed in this image"
+    timing = FakeTiming(VNNI)
+    choice = choose(manifest(), "auto", timing, extra=OV, unavailable={"fp32-openvino": why})
+    assert choice.variant == "int8" and "fp32-openvino" not in timing.loaded + timing.runs
+    assert choice.reason.endswith(f"; fp32-openvino not timed: {why}")
+    # Its numerics are fp32's: where fp32 did not pass the gate, it is no candidate either.
+    m = manifest()
+    m.variants["fp32"].accepted = False
+    timing = FakeTiming(VNNI)
+    assert choose(m, "auto", timing, extra=OV).variant == "int8" and timing.loaded == []
+    # A GPU runs fp32 on the CUDA provider, untimed; nor is it ever a forced variant.
+    timing = FakeTiming(VNNI)
+    assert choose(manifest(), "auto", timing, provider=variants.CUDA_PROVIDER, extra=OV).variant == "fp32"
+    with pytest.raises(ManifestError, match="not in this artifact set"):
+        choose(manifest(), "fp32-openvino", FakeTiming(VNNI), extra=OV)
+    # A manifest cannot list it: only a replica offers it.
+    m = manifest()
+    m.variants["fp32-openvino"] = VariantInfo(file="onnx/model.onnx")
+    assert "fp32-openvino" not in variants.auto_candidates(m, gpu=False)
+    assert variants.file_variant("fp32-openvino") == "fp32" and variants.file_variant("int8") == "int8"
+
+
+def test_a_candidate_not_loaded_when_the_budget_is_spent_is_skipped_with_its_reason() -> None:
+    """Loading OpenVINO (import ~0.4 s, compile) is the dearest step: it is not started once the
+    budget has passed; the choice is then not remembered on the node (a skipped candidate)."""
+    timing = FakeTiming(VNNI, load_s={"fp32": 3.0})
+    choice = choose(manifest(), "auto", timing, extra=OV, budget_s=2.0)
+    assert timing.loaded == ["int8", "fp32"] and choice.variant == "int8"
+    assert choice.skipped == {"fp32-openvino": "not loaded: the timing budget (2 s) was spent"}
+
+
+def test_fp32_openvino_reaches_status_model_through_metrics() -> None:
+    from rayrelay_operator.backends.ray import served_variant
+    from rayrelay_operator.reconcile.deployment import DesiredModel, served_model
+    from rayrelay_operator.work import ServingObservation, ServingState
+    from rayrelay_workloads.serve.metrics import ReplicaMetrics
+
+    choice = choose(manifest(), "auto", FakeTiming(VNNI), isa="avx512_vnni", extra=OV)
+    metrics = ReplicaMetrics("m", "r1")
+    metrics.set_variant(choice)
+    text = metrics.text()
+    assert 'variant="fp32-openvino"' in text and 'runtime="openvino"' in text and 'precision="fp32"' in text
+    assert served_variant(text, "m") == choice
+    desired = DesiredModel("s3://b/run/manifest.json", "sha256:" + "a" * 64, "int8")
+    status = served_model(desired, ServingObservation(ServingState.RUNNING, variant=choice), None)
+    assert (status.variant, status.runtime, status.precision) == ("fp32-openvino", "openvino", "fp32")
+    assert status.variant_timings_ms["fp32-openvino"] == 359.0 and status.variant_reason == choice.reason
+
+
+# ----------------------------------------------------------------- fp32-openvino, the replica on real runtimes
+
+
+def slow_onnxruntime(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every onnxruntime session a replica creates runs ``seconds`` slower: stands in for a host
+    where onnxruntime is slower than OpenVINO on the same fp32 graph (this one at 8 x 128)."""
+    import onnxruntime as ort
+
+    class Slower(ort.InferenceSession):  # type: ignore[misc]
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            import time
+
+            time.sleep(seconds)
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Slower)
+
+
+def test_replica_serves_fp32_openvino_where_it_is_fastest_with_fp32s_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rayrelay_workloads.openvino_runtime import OPENVINO_FP32_ENV, OpenVinoSession
+
+    monkeypatch.setenv(OPENVINO_FP32_ENV, "1")
+    uri = small_set(tmp_path / "set", slow="int8")
+    slow_onnxruntime(monkeypatch, 0.05)
+    server = replica(uri, tmp_path / "cache", None)
+    info = server.info()
+    choice = info["variantChoice"]
+    assert set(choice["timingsMs"]) == {"int8", "fp32", "fp32-openvino"} and choice["notTimed"] == {}
+    assert info["variant"] == choice["variant"] == "fp32-openvino" and choice["timed"] == "here"
+    assert (choice["runtime"], choice["precision"]) == ("openvino", "fp32")
+    assert choice["reason"].startswith(
+        f"auto: fp32-openvino fastest on {instruction_set()} (OpenVINO, fp32): "
+    )
+    assert isinstance(server.session, OpenVinoSession) and info["providers"] == ["OpenVINO:CPU"]
+    # fp32's file, fetched into the node cache with fp32's digest check.
+    assert server.artifacts.model_path.name == "model.onnx"
+    assert {p.name for p in (tmp_path / "cache").rglob("*.onnx")} == {"model.onnx", "model.int8.onnx"}
+    text = server.metrics_text()
+    assert 'variant="fp32-openvino"' in text and 'runtime="openvino"' in text and 'precision="fp32"' in text
+    # Its answers are onnxruntime fp32's (same graph, same precision), within fp32 rounding.
+    fp32 = replica(uri, tmp_path / "cache", "fp32")
+    texts = ["my order arrived two days late", "send a replacement please", "the box was damaged"]
+    a, b = server._run(texts), fp32._run(texts)
+    assert a.shape == b.shape == (3, 2) and np.abs(a - b).max() < 1e-5
+    # A later replica on the node serves it from the memo: OpenVINO straight away, nothing timed.
+    later = replica(uri, tmp_path / "cache", None)
+    assert later.info()["variantChoice"]["timed"] == "node" and isinstance(later.session, OpenVinoSession)
+    assert later.artifacts.variant == "fp32-openvino" and np.abs(later._run(texts) - b).max() < 1e-5
+
+
+def test_fp32_openvino_reads_fp32s_file_under_fp32s_digest_check(tmp_path: Path) -> None:
+    """``prepare_variant`` fetches and verifies fp32's file for it; a changed file is refused."""
+    from rayrelay_workloads.serve.artifacts import ArtifactError, prepare, prepare_variant
+
+    uri = small_set(tmp_path / "set", slow="int8")
+    prepared = prepare(uri, "int8", cache_dir=str(tmp_path / "cache"))
+    ov = prepare_variant(prepared, "fp32-openvino")
+    assert ov.variant == "fp32-openvino" and ov.model_path == prepare_variant(prepared, "fp32").model_path
+    tampered = tmp_path / "set/onnx/model.onnx"
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    for cached in (tmp_path / "cache").rglob("model.onnx"):
+        cached.unlink()
+    with pytest.raises(ArtifactError):
+        prepare_variant(prepared, "fp32-openvino")
+
+
+def test_replica_offers_fp32_openvino_only_when_asked_and_says_why_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off by default (OpenVINO's import and compile are not paid); asked for in an image
+    without OpenVINO (``find_spec`` stubbed to find nothing), it is not timed and the reason says so."""
+    import importlib.util
+
+    from rayrelay_workloads.openvino_runtime import OPENVINO_FP32_ENV
+
+    uri = small_set(tmp_path / "set", slow="int8")
+    slow_onnxruntime(monkeypatch, 0.05)  # OpenVINO would win
+    monkeypatch.delenv(OPENVINO_FP32_ENV, raising=False)
+    choice = replica(uri, tmp_path / "cache", None).info()["variantChoice"]
+    assert set(choice["timingsMs"]) == {"int8", "fp32"} and choice["runtime"] == "onnxruntime"
+    assert choice["notTimed"] == {} and "fp32-openvino" not in choice["reason"]
+    monkeypatch.setenv(OPENVINO_FP32_ENV, "1")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real_find_spec(name, *a)
+    )
+    choice = replica(uri, tmp_path / "cache", None).info()["variantChoice"]
+    assert set(choice["timingsMs"]) == {"int8", "fp32"} and choice["timed"] == "here"  # another memo key
+    why = "OpenVINO is not installed in this image"
+    assert choice["notTimed"] == {"fp32-openvino": why}
+    assert choice["reason"].endswith(f"fp32-openvino not timed: {why}")

@@ -12,7 +12,9 @@ Both sides use this module, so what the export measures is what a replica serves
 
 - ``export.py`` runs the validation set through :class:`OpenVinoSession` (accuracy,
   logit difference; ``quality.bf16_decision`` gates it);
-- ``serve/model.py`` creates the served session with it when a replica serves bf16.
+- ``serve/model.py`` creates the served session with it when a replica serves bf16, or
+  ``fp32-openvino``: the fp32 file in fp32, a serve-time candidate of ``variant: auto``
+  that a replica offers when asked to (:func:`fp32_offered`; ``rayrelay_core.variants``).
 
 Where the CPU has no bf16 instructions, OpenVINO still accepts the hint and *emulates*
 bf16 (its compiled model reports ``bfloat16``; measured here on AVX-512 VNNI: the
@@ -28,6 +30,8 @@ served; without the package the variant is simply not available.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -39,6 +43,11 @@ EMULATED = "bf16-emulated"  # the precision label of a bf16 that the CPU emulate
 # Time an emulated bf16 too (tests on hosts without bf16 instructions; never worth it in production).
 ALLOW_EMULATED_ENV = "RAYRELAY_BF16_EMULATED"
 NO_BF16 = "this CPU has no bf16 instructions (OpenVINO would emulate bf16, about 20x slower than fp32)"
+# "1" makes a replica offer fp32-openvino to variant: auto (OpenVINO running fp32's file in
+# fp32). Off by default: on the AVX-512 VNNI host measured it did not beat onnxruntime int8 at
+# the replica's timing batch, and timing it costs the first replica on a node OpenVINO's import and compile
+# (docs/operator.md, "fp32 in OpenVINO").
+OPENVINO_FP32_ENV = "RAYRELAY_OPENVINO_FP32"
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,28 @@ def serving_key() -> list[object]:
     return [why] if why == NO_BF16 else [capability().version, capability().hardware_bf16, why]
 
 
+def fp32_offered() -> bool:
+    """Whether this replica offers ``fp32-openvino`` to ``variant: auto`` (``RAYRELAY_OPENVINO_FP32=1``)."""
+    return os.environ.get(OPENVINO_FP32_ENV, "") == "1"
+
+
+def fp32_unavailable() -> str | None:
+    """Why an offered ``fp32-openvino`` cannot be timed here, or None when it can.
+
+    Found without importing OpenVINO (that costs ~0.4 s, paid only when it is timed)."""
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed in this image"
+    return None
+
+
+def installed_version() -> str:
+    """OpenVINO's version from its package metadata ("" when absent), without importing it."""
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def capability() -> Capability:
     """OpenVINO's presence and the CPU's bf16 support (probed once per process)."""
     global _capability
@@ -120,7 +151,7 @@ class _Port:
 class OpenVinoSession:
     """An ONNX model (a path or its bytes) compiled by OpenVINO's CPU plugin at ``precision``.
 
-    ``precision_ran`` is what the compiled model reports (``bf16`` / ``f32``) and
+    ``precision_ran`` is what the compiled model reports (``bf16`` / ``fp32``) and
     ``emulated`` whether the CPU lacks bf16 instructions for it. One infer request, used
     under a lock: the replica calls :meth:`run` from its batch worker and, at start, from
     its timing; OpenVINO's requests are not for concurrent use.
@@ -146,14 +177,14 @@ class OpenVinoSession:
         self._outputs = [port.any_name for port in self._compiled.outputs]
         self._lock = threading.Lock()
         ran = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.precision_ran = "bf16" if "bf" in ran.lower() else "f32" if "32" in ran else ran
+        self.precision_ran = "bf16" if "bf" in ran.lower() else "fp32" if "32" in ran else ran
         cap = capability()
         self.emulated = self.precision_ran == "bf16" and not cap.hardware_bf16
         self.version = cap.version
 
     @property
     def precision_label(self) -> str:
-        """``bf16``, ``bf16-emulated`` or ``f32``: what runs, for the manifest and /metrics."""
+        """``bf16``, ``bf16-emulated`` or ``fp32``: what runs, for the manifest and /metrics."""
         return EMULATED if self.emulated else self.precision_ran
 
     def get_inputs(self) -> list[_Port]:

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 from rayrelay_core.runs import FileEntry, Manifest, ManifestError, read_manifest
 from rayrelay_core.store import Store, StoreError, join, open_store, sha256_bytes, sha256_file
+from rayrelay_core.variants import file_variant
 from rayrelay_workloads import envelope
 from rayrelay_workloads.serve.cache import NodeCache
 from rayrelay_workloads.storewait import StoreWait, hold
@@ -117,8 +118,9 @@ def check_digest(actual: str, expected: str | None, manifest_uri: str) -> None:
 
 
 def model_entries(manifest: Manifest, variant: str) -> list[FileEntry]:
-    """The manifest entries of ``variant``'s model: its ONNX file and any external-data file."""
-    info = manifest.variants.get(variant)
+    """The manifest entries of ``variant``'s model: its ONNX file and any external-data file
+    (a serve-time candidate's are those of the variant whose file it runs: ``file_variant``)."""
+    info = manifest.variants.get(file_variant(variant))
     if info is None or not info.file:
         raise ArtifactError(f"variant {variant!r} has no model file in the manifest")
     model_file = info.file
@@ -283,7 +285,7 @@ def prepare(
     base_uri = _base_uri(manifest_uri)
     entries = files_to_fetch(manifest, chosen)
     root, paths = _fetch_into_cache(store, base_uri, cache_dir, digest, entries, timings)
-    model_file = manifest.variants[chosen].file
+    model_file = manifest.variants[file_variant(chosen)].file
     assert model_file is not None  # files_to_fetch checked it
     log.info("artifact set %s (%s): %d files verified in %s", digest[:12], chosen, len(paths), root)
     prepared = PreparedArtifacts(
@@ -319,17 +321,18 @@ def prepare_variant(
     The manifest is the one ``prepare`` read and verified (no second read, so the digest
     cannot change in between); the file lands in the same node-cache folder with the same
     checks, and an encrypted one is decrypted in memory. A variant the quality gate rejected
-    is refused as in ``prepare``."""
+    is refused as in ``prepare``; a serve-time candidate (``fp32-openvino``) gets, and is
+    gated as, the variant whose file it runs."""
     manifest = prepared.manifest
     try:
-        manifest.servable_variant(variant)
+        manifest.servable_variant(file_variant(variant))
     except ManifestError as exc:
         raise ArtifactError(str(exc)) from exc
     store = prepared.store or open_store(prepared.manifest_uri)
     entries = model_entries(manifest, variant)
     base_uri = _base_uri(prepared.manifest_uri)
     _root, paths = _fetch_into_cache(store, base_uri, prepared.cache_dir, prepared.digest, entries, timings)
-    model_file = str(manifest.variants[variant].file)  # model_entries checked it is listed
+    model_file = str(manifest.variants[file_variant(variant)].file)  # model_entries checked it is listed
     out = replace(prepared, variant=variant, model_path=paths[model_file], model_bytes=None)
     if manifest.encryption is not None:
         out.model_bytes = decrypt_verified(manifest, entries, paths, environ)[model_file]

@@ -41,7 +41,10 @@ dynamic int8 does not run there. The ``bf16`` variant runs in OpenVINO, not
 onnxruntime (``rayrelay_workloads.openvino_runtime``: the fp32 file compiled with a
 bf16 precision hint); auto times it beside the others only on a CPU with bf16
 instructions (AMX, AVX-512 BF16) and an image with OpenVINO, and says why not
-otherwise. The choice, its timings, the runtime and precision that serve and the CPU
+otherwise. With ``RAYRELAY_OPENVINO_FP32=1`` auto also times ``fp32-openvino``: the
+fp32 file (fetched and verified as fp32's) compiled by OpenVINO in fp32, fp32's
+numerics in another runtime (off by default: ``openvino_runtime.OPENVINO_FP32_ENV``).
+The choice, its timings, the runtime and precision that serve and the CPU
 instruction set go to :meth:`info`, the log and ``/metrics`` (``ReplicaMetrics.set_variant``).
 Metrics: ``metrics.ReplicaMetrics``; :meth:`stats` returns
 the batch-size counts so tests assert batching from records, not timing.
@@ -283,7 +286,7 @@ class ModelServer:
             try:
                 memo = json.loads(self._memo_path(digest).read_text())
                 self._memo_choice = variants.from_memo(
-                    memo, manifest, self.isa, provider, self._unavailable(manifest)
+                    memo, manifest, self.isa, provider, self._unavailable(manifest), self._offered()
                 )
             except (OSError, ValueError):
                 pass  # none yet (or unreadable): time here
@@ -309,6 +312,9 @@ class ModelServer:
         ]
         if "bf16" in self._manifest_variants():
             settings += openvino_runtime.serving_key()  # bf16 is a candidate: its runtime counts too
+        if self._offered():  # fp32-openvino is a candidate: whether it runs here, and which OpenVINO
+            settings += [*self._offered(), openvino_runtime.fp32_unavailable()]
+            settings.append(openvino_runtime.installed_version())
         key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         return cache_root(self._cache_dir) / digest / f".variant-choice-{key}.json"
 
@@ -319,11 +325,19 @@ class ModelServer:
 
     def _unavailable(self, manifest: Any) -> dict[str, str]:
         """Accepted variants this replica's host cannot run well, and why (``variants.choose``)."""
+        gone: dict[str, str] = {}
+        fp32_openvino = openvino_runtime.fp32_unavailable() if self._offered() else None
+        if fp32_openvino:
+            gone["fp32-openvino"] = fp32_openvino
         info = manifest.variants.get("bf16")
         if info is None or not info.accepted:
-            return {}
+            return gone
         why = openvino_runtime.serving_unavailable()
-        return {"bf16": why} if why else {}
+        return gone | {"bf16": why} if why else gone
+
+    def _offered(self) -> tuple[str, ...]:
+        """The serve-time candidates this replica offers to auto (``variants.DERIVED``)."""
+        return ("fp32-openvino",) if openvino_runtime.fp32_offered() else ()
 
     def _remember(self, choice: VariantChoice) -> None:
         path = self._memo_path(self.artifacts.digest)
@@ -353,7 +367,7 @@ class ModelServer:
         self.session_providers = providers
 
     def _new_session(self, model_source: str | bytes, variant: str = "") -> Any:
-        """An onnxruntime session of ``model_source``, or OpenVINO's for the bf16 variant."""
+        """An onnxruntime session of ``model_source``, or OpenVINO's for bf16 and fp32-openvino."""
         import onnxruntime as ort
 
         runtime = self.spec.runtime
@@ -431,6 +445,7 @@ class ModelServer:
             rounds=TIMING_ROUNDS,
             budget_s=TIMING_BUDGET_S,
             unavailable=self._unavailable(loaded.manifest),
+            extra=self._offered(),  # fp32-openvino when asked for, unless _unavailable says why not
         )
         for variant, why in choice.skipped.items():
             log.warning("%s: variant %s not timed: %s", self.name, variant, why)
