@@ -31,7 +31,9 @@ sequence 32 (the shape nearest the replica's timing batch of 8 short texts) thro
 a fake timing source: int8 = ``ort-int8``, fp32 = ``ort-fp32``, bf16 = ``ov-bf16``,
 with the candidates the run's manifest accepted (bf16 accepted when the bench measured
 its accuracy, the gate's default). Its speed-up over PyTorch and its ratio to the
-fastest contender are reported at 8 x 128 as well.
+fastest contender are reported at 8 x 128 as well. ``auto_with_fp32_openvino`` is the
+same for a replica that also offers fp32-openvino = ``ov-fp32`` (OpenVINO running the
+fp32 file in fp32; ``RAYRELAY_OPENVINO_FP32=1``, off by default), side by side.
 
 Every contender runs with 2 intra-op threads (``torch.set_num_threads`` /
 ``intra_op_num_threads``). For each batch x sequence shape (inputs: validation
@@ -66,7 +68,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 ORT_CONTENDERS = ("pytorch", "ort-fp32", "ort-fp32-fused", "ort-int8", "ortfmt-fp32", "ortfmt-int8")
 OV_CONTENDERS = ("ov-fp32", "ov-bf16")
 # variant: auto's candidates and the contender that runs each the way a replica does.
-AUTO_CONTENDERS = {"int8": "ort-int8", "fp32": "ort-fp32", "bf16": "ov-bf16"}
+AUTO_CONTENDERS = {"int8": "ort-int8", "fp32": "ort-fp32", "bf16": "ov-bf16", "fp32-openvino": "ov-fp32"}
 
 
 def openvino_contenders(emulated_bf16: bool) -> tuple[list[str], dict[str, str]]:
@@ -80,7 +82,12 @@ def openvino_contenders(emulated_bf16: bool) -> tuple[list[str], dict[str, str]]
     return (["ov-fp32", "ov-bf16"], {}) if why is None else (["ov-fp32"], {"ov-bf16": why})
 
 
-def auto_choice(manifest: dict[str, Any], p50_s: dict[str, float], unavailable: dict[str, str]) -> Any:
+def auto_choice(
+    manifest: dict[str, Any],
+    p50_s: dict[str, float],
+    unavailable: dict[str, str],
+    extra: tuple[str, ...] = (),
+) -> Any:
     """What ``variant: auto`` would serve here: the replica's rule on the measured p50s (fake timing)."""
     from rayrelay_core import variants
     from rayrelay_core.runs import Manifest, VariantInfo
@@ -89,7 +96,7 @@ def auto_choice(manifest: dict[str, Any], p50_s: dict[str, float], unavailable: 
     if "bf16" not in m.variants and ("ov-bf16" in p50_s or "ov-bf16" in unavailable):
         # A run published before the bf16 variant: as the gate's default would list it.
         m.variants["bf16"] = VariantInfo(file=m.variants["fp32"].file, runtime="openvino")
-    gone = {"bf16": unavailable["ov-bf16"]} if "ov-bf16" in unavailable else {}
+    gone = {v: unavailable[c] for v, c in AUTO_CONTENDERS.items() if c in unavailable}
 
     def run(variant: str) -> float:
         return p50_s[AUTO_CONTENDERS[variant]]
@@ -105,6 +112,7 @@ def auto_choice(manifest: dict[str, Any], p50_s: dict[str, float], unavailable: 
         rounds=1,
         budget_s=1.0,
         unavailable=gone,
+        extra=extra,
     )
 
 
@@ -358,23 +366,34 @@ def main() -> None:
     def p50s(batch: int, seq: int) -> dict[str, float]:
         return {r["contender"]: r["p50_ms"] / 1000 for r in grid if (r["batch"], r["seq"]) == (batch, seq)}
 
-    choice = auto_choice(manifest, p50s(8, 32), unavailable)
     at_128 = p50s(8, 128)
-    served = at_128[AUTO_CONTENDERS[choice.variant]]
     fastest = min(at_128, key=lambda c: at_128[c])
-    auto = {
-        "variant": choice.variant,
-        "runtime": choice.runtime,
-        "precision": choice.precision,
-        "reason": choice.reason,
-        "timed_shape": "8x32",
-        "speedup_vs_pytorch_8x128": ratio(at_128["pytorch"], served),
-        "vs_fastest_8x128": ratio(at_128[fastest], served),
-        "fastest_8x128": fastest,
-        "accuracy": accuracy[AUTO_CONTENDERS[choice.variant]],
-        "accuracy_vs_fp32": accuracy[AUTO_CONTENDERS[choice.variant]] - accuracy["ort-fp32"],
-    }
+
+    def served_by(choice: Any) -> dict[str, Any]:
+        served = at_128[AUTO_CONTENDERS[choice.variant]]
+        return {
+            "variant": choice.variant,
+            "runtime": choice.runtime,
+            "precision": choice.precision,
+            "reason": choice.reason,
+            "timed_shape": "8x32",
+            "speedup_vs_pytorch_8x128": ratio(at_128["pytorch"], served),
+            "vs_fastest_8x128": ratio(at_128[fastest], served),
+            "fastest_8x128": fastest,
+            "accuracy": accuracy[AUTO_CONTENDERS[choice.variant]],
+            "accuracy_vs_fp32": accuracy[AUTO_CONTENDERS[choice.variant]] - accuracy["ort-fp32"],
+        }
+
+    from rayrelay_workloads.openvino_runtime import fp32_offered
+
+    choice = auto_choice(manifest, p50s(8, 32), unavailable, ("fp32-openvino",) if fp32_offered() else ())
+    auto = served_by(choice)
     log(f"kernel: auto would serve {choice.variant} here: {choice.reason}")
+    auto_ov = None
+    if "ov-fp32" in at_128:
+        with_ov = auto_choice(manifest, p50s(8, 32), unavailable, ("fp32-openvino",))
+        auto_ov = served_by(with_ov)
+        log(f"kernel: with fp32-openvino offered (RAYRELAY_OPENVINO_FP32=1) it would serve {with_ov.reason}")
 
     peak = max(max(g.values()) for g in gemm_samples)
     for row in grid:
@@ -413,6 +432,7 @@ def main() -> None:
             "unavailable": unavailable,
             "openvino_precisions": precisions,
             "auto": auto,
+            "auto_with_fp32_openvino": auto_ov,
             "accuracy": accuracy,
             "max_abs_logit_diff_vs_pytorch": max_diff,
             "validation_samples": len(texts),

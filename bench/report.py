@@ -147,7 +147,11 @@ def kernel_section(k: dict[str, Any]) -> list[str]:
         "`GFLOP/s` = analytic model FLOPs (≈ 2 × encoder params × tokens + attention) / p50 latency; "
         "`% peak` = FLOPs / the best call, over the best fp32 GEMM sample below (best against best, "
         "the two least disturbed by other load). int8 runs on VNNI int8 dot products, so it can pass "
-        "the fp32 peak.",
+        "the fp32 peak. The onnxruntime rows keep onnxruntime's default of spinning idle threads, which "
+        "a replica turns off: on a loaded machine they suffer most (at load 9-14 onnxruntime int8 "
+        "took 1,186 ms against OpenVINO fp32's 624 ms at 8×128; without spinning, at load 4.5-6.6, the two "
+        "tied). Which variant `auto` serves on each host kind, and the opt-in `fp32-openvino` "
+        'candidate: docs/operator.md, "Which variant a replica serves".',
         "",
     ]
     rows = []
@@ -245,6 +249,14 @@ def _auto_lines(k: dict[str, Any]) -> list[str]:
             f"{_x(auto['speedup_vs_pytorch_8x128'])} PyTorch and {auto['vs_fastest_8x128']:.2f}× the "
             f"fastest contender (`{auto['fastest_8x128']}`); accuracy {auto['accuracy']:.4f}, "
             f"{100 * auto['accuracy_vs_fp32']:+.1f} pt vs onnxruntime fp32."
+        )
+    ov = k.get("auto_with_fp32_openvino")
+    if ov:
+        lines.append(
+            f"- A replica that also offers `fp32-openvino` (OpenVINO running the fp32 file in fp32, "
+            f"`RAYRELAY_OPENVINO_FP32=1`, off by default) would serve `{ov['variant']}`: {ov['reason']}; "
+            f"at 8×128 {_x(ov['speedup_vs_pytorch_8x128'])} PyTorch and {ov['vs_fastest_8x128']:.2f}× "
+            f"the fastest contender."
         )
     return [*lines, ""] if lines else []
 

@@ -9,6 +9,10 @@ read from its local run folder, in three situations:
 - ``int8``: the variant forced, as before auto timed anything;
 - ``auto-first``: auto, the first replica on the node (empty node cache: both model
   files are fetched and hashed, both sessions built, 3 + 3 timing batches);
+- ``auto-first-openvino``: the same with ``RAYRELAY_OPENVINO_FP32=1``: fp32's graph is
+  also compiled by OpenVINO and timed (``fp32-openvino``); the difference to
+  ``auto-first`` is what that candidate adds to the first replica's start (OpenVINO's
+  import and compile, its batches);
 - ``auto-later``: auto, a later replica on the node (its cache holds the set and the
   first replica's choice: the chosen variant is loaded directly, nothing is timed).
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -49,12 +54,13 @@ print(json.dumps({"initS": info["coldStart"]["initS"], "variantChoiceS": info["c
 """
 
 
-def one(manifest: str, variant: str, cache: Path) -> dict[str, object]:
+def one(manifest: str, variant: str, cache: Path, env: dict[str, str] | None = None) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, manifest, variant, str(cache)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **(env or {})},
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -71,14 +77,21 @@ def main() -> None:
     if args.quick:
         args.reps = 1
     manifest = str(ensure_run() / "manifest.json")
-    rows: dict[str, list[dict[str, object]]] = {"int8": [], "auto-first": [], "auto-later": []}
+    rows: dict[str, list[dict[str, object]]] = {
+        "int8": [],
+        "auto-first": [],
+        "auto-first-openvino": [],
+        "auto-later": [],
+    }
     for _ in range(args.reps):
         for case in rows:
             cache = Path(tempfile.mkdtemp(prefix="rr-variant-"))
             try:
                 if case == "auto-later":
                     one(manifest, "auto", cache)  # the first replica on the node
-                row = one(manifest, "int8" if case == "int8" else "auto", cache)
+                # fp32-openvino offered only where asked; the others as by default (unset).
+                offer = {"RAYRELAY_OPENVINO_FP32": "1" if case == "auto-first-openvino" else ""}
+                row = one(manifest, "int8" if case == "int8" else "auto", cache, offer)
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
             rows[case].append(row)
@@ -109,6 +122,7 @@ def main() -> None:
             },
             "cases": summary,
             "auto_first_reasons": timings,
+            "auto_first_openvino_reasons": sorted({str(r["reason"]) for r in rows["auto-first-openvino"]}),
         },
     )
 
@@ -119,6 +133,7 @@ def report_section(doc: dict[str, Any]) -> list[str]:
     labels = {
         "int8": "int8 forced (nothing timed)",
         "auto-first": "auto, first replica on the node (times the variants)",
+        "auto-first-openvino": "auto, first replica, fp32-openvino offered too (RAYRELAY_OPENVINO_FP32=1)",
         "auto-later": "auto, later replica (loads the node's recorded choice)",
     }
     lines = [
@@ -141,6 +156,9 @@ def report_section(doc: dict[str, Any]) -> list[str]:
     reasons = doc.get("auto_first_reasons") or []
     if reasons:
         lines += ["", "The first replica's reasons, one per repetition:", ""] + [f"- {r}" for r in reasons]
+    reasons = doc.get("auto_first_openvino_reasons") or []
+    if reasons:
+        lines += ["", "With fp32-openvino offered:", ""] + [f"- {r}" for r in reasons]
     return lines + [""]
 
 

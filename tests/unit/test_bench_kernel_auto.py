@@ -78,3 +78,28 @@ def test_the_report_says_what_auto_serves_and_what_was_left_out() -> None:
     assert "`ov-bf16` not run on this host: this CPU has no bf16 instructions." in text
     assert "would serve `int8`** here (onnxruntime, int8; instruction set avx512_vnni)" in text
     assert "-0.5 pt vs onnxruntime fp32" in text and "1.00× the fastest contender (`ort-int8`)" in text
+
+
+def test_the_bench_says_what_a_replica_offering_fp32_openvino_would_serve() -> None:
+    """``fp32-openvino`` (``ov-fp32``) counts only for a replica that offers it (off by default)."""
+    why = "this CPU has no bf16 instructions"
+    p50 = {"pytorch": 0.5, "ort-fp32": 0.7, "ort-int8": 0.429, "ov-fp32": 0.359}
+    assert auto_choice(manifest(), p50, {"ov-bf16": why}).variant == "int8"
+    offered = auto_choice(manifest(), p50, {"ov-bf16": why}, ("fp32-openvino",))
+    assert (offered.variant, offered.runtime, offered.precision) == ("fp32-openvino", "openvino", "fp32")
+    assert (
+        auto_choice(manifest(), {**p50, "ov-fp32": 0.40}, {}, ("fp32-openvino",)).variant == "int8"
+    )  # margin
+    doc = {
+        "auto_with_fp32_openvino": {
+            "variant": "fp32-openvino",
+            "reason": offered.reason,
+            "speedup_vs_pytorch_8x128": 1.39,
+            "vs_fastest_8x128": 1.0,
+        }
+    }
+    text = "\n".join(_auto_lines(doc))
+    assert (
+        "offers `fp32-openvino`" in text
+        and "would serve `fp32-openvino`: auto: fp32-openvino fastest" in text
+    )
