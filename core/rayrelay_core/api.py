@@ -1377,7 +1377,8 @@ class ServedModel(ApiModel):
     variant: str | None = Field(
         default=None,
         description=(
-            "fp32, int8 or bf16: what a replica reports it serves (with auto, the fastest it timed); "
+            "fp32, int8, bf16 or fp32-openvino (auto only, where replicas offer it: fp32's file run by "
+            "OpenVINO): what a replica reports it serves (with auto, the fastest it timed); "
             "the manifest's recommendation until one reports (and on the kuberay backend)."
         ),
     )
@@ -1395,7 +1396,7 @@ class ServedModel(ApiModel):
     )
     runtime: str | None = Field(
         default=None,
-        description="The runtime of the served variant: onnxruntime (fp32, int8) or openvino (bf16).",
+        description="The runtime of the served variant: onnxruntime (fp32, int8) or openvino (bf16, fp32-openvino).",
     )
     precision: str | None = Field(
         default=None,
