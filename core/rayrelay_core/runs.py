@@ -332,11 +332,21 @@ class Manifest(Doc):
     )
     task: str = Field(
         default="sequence-classification",
-        description="The TrainingJob's model.task; text-generation sets are served by textgen.serving.",
+        description=(
+            "The TrainingJob's model.task; text-generation sets are served by textgen.serving, "
+            "sentence-embedding sets by embedding.serving."
+        ),
     )
     generation: dict[str, Any] | None = Field(
         default=None,
         description="text-generation: the decoder's inputs, EOS id, context length and parity figures.",
+    )
+    embedding: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "sentence-embedding: the vector size and output name, and each variant's cosine similarity "
+            "to PyTorch and recall@1 / MRR on the validation pairs."
+        ),
     )
     parity: Parity
     labels: list[str]

@@ -234,6 +234,7 @@ def publish(
     pruning: PruningInfo | None = None,
     wait: StoreWait | None = None,
     bf16: VariantDecision | None = None,
+    build: Callable[[list[FileEntry], str], Manifest] | None = None,
 ) -> tuple[Manifest, str]:
     """Upload the artifact files into a new publication folder, then the manifest.
 
@@ -241,7 +242,8 @@ def publish(
     the publication (random when not given; tests pass their own). ``environ``: where
     the encryption key is read (default ``os.environ``). ``wait`` (optional) sums the
     retries and the seconds spent waiting for the store (``storewait.hold``). ``bf16``: the
-    gate's decision on the bf16 variant (``build_manifest``).
+    gate's decision on the bf16 variant (``build_manifest``). ``build``: another task's manifest
+    of the uploaded files and the publication folder (then only ``result.out_dir`` is read).
     """
     layout = RunLayout(job.run_uri)
     store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
@@ -264,7 +266,10 @@ def publish(
     finally:
         if sealed_dir is not None:
             shutil.rmtree(sealed_dir, ignore_errors=True)
-    manifest = build_manifest(job, result, data, decision, files, root, bf16=bf16)
+    if build is not None:
+        manifest = build(files, root)
+    else:
+        manifest = build_manifest(job, result, data, decision, files, root, bf16=bf16)
     manifest.encryption = info
     manifest.pruning = pruning  # spec.optimization.pruning's record (prune.py), None without it
     body = manifest.to_json().encode()

@@ -86,6 +86,13 @@ def training_summary(t: Tracked, console: Console, settings: Settings) -> None:
             f"validation perplexity: {gen.get('valPerplexity')}",
             markup=False,
         )
+    if manifest.embedding:  # sentence-embedding (issue 27): cosine parity and retrieval figures
+        emb = manifest.embedding
+        console.print(
+            f"{emb.get('dimension')}-dimensional embeddings; smallest cosine to PyTorch: {emb.get('cosineMin')}; "
+            f"validation pairs recall@1: {emb.get('recallAt1')}, MRR: {emb.get('mrr')}",
+            markup=False,
+        )
     console.print(f"manifest: {uri}", markup=False, soft_wrap=True)
 
 

@@ -40,6 +40,11 @@ REGISTRY: dict[str, Entry] = {
         gateway_module="rayrelay_workloads.textgen.openai_gateway",
         gateway_paths=("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/"),
     ),
+    "sentence-embedding": Entry(
+        "rayrelay_workloads.embedding.task",
+        gateway_module="rayrelay_workloads.embedding.openai_gateway",
+        gateway_paths=("/v1/embeddings", "/v1/embeddings/"),
+    ),
 }
 
 

@@ -1,0 +1,116 @@
+"""The manifest of a sentence-embedding artifact set, and its publication.
+
+``publish_embedding`` hands the export's folder to ``publish.publish`` (every file
+hashed, uploaded into a fresh publication folder, encrypted when asked, the store's
+outages waited out, manifest.json written last) with :func:`build_embedding_manifest`
+as the manifest: ``task: sentence-embedding``, the variants (int8 accepted or not by
+``gate.int8_cosine_decision``), the tokenizer, lineage, and an ``embedding`` block (vector
+size, output name, pooling, and each variant's cosine similarity to PyTorch and recall@1
+/ MRR on the validation pairs), with the same figures flat in ``metrics``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo, VariantInfo
+from rayrelay_core.store import join
+from rayrelay_workloads.embedding.data import LoadedPairs
+from rayrelay_workloads.embedding.export import FP32_MIN_COSINE, OUTPUT, EmbeddingExportResult
+from rayrelay_workloads.embedding.objective import METRIC
+from rayrelay_workloads.publish import lineage_of, publish
+from rayrelay_workloads.quality import Int8Decision
+from rayrelay_workloads.storewait import StoreWait
+
+TASK = "sentence-embedding"
+
+
+def embedding_metrics(result: EmbeddingExportResult, train_metrics: dict[str, Any]) -> dict[str, float]:
+    """The manifest's flat metrics: the export's timings, each variant's figures, the best checkpoint's."""
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    for name in result.recall_at_1:
+        metrics[f"recall_at_1_{name}"] = result.recall_at_1[name]
+        metrics[f"mrr_{name}"] = result.mrr[name]
+    for name in result.cosine_min:
+        metrics[f"cosine_min_{name}"] = round(result.cosine_min[name], 6)
+        metrics[f"cosine_mean_{name}"] = round(result.cosine_mean[name], 6)
+    for key in (METRIC, "val_mrr", "loss"):
+        if isinstance(train_metrics.get(key), int | float):
+            metrics[f"train_best_{key}"] = float(train_metrics[key])
+    return metrics
+
+
+def embedding_block(result: EmbeddingExportResult) -> dict[str, Any]:
+    return {
+        "dimension": result.dimension,
+        "output": OUTPUT,
+        "pooling": "mean",
+        "normalized": True,
+        "cosineMin": result.cosine_min,
+        "cosineMean": result.cosine_mean,
+        "fp32MinCosineRequired": FP32_MIN_COSINE,
+        "recallAt1": result.recall_at_1,
+        "mrr": result.mrr,
+        "validationPairs": result.pairs,
+    }
+
+
+def build_embedding_manifest(
+    job: JobDocument,
+    result: EmbeddingExportResult,
+    data: LoadedPairs,
+    decision: Int8Decision,
+    train_metrics: dict[str, Any],
+    files: list[FileEntry],
+    root: str,
+) -> Manifest:
+    spec = job.spec
+    sizes = {f.path: f.size for f in files}
+    fp32 = join(root, result.fp32_file)
+    variants = {
+        "pytorch": VariantInfo(file=None, accepted=True),
+        "fp32": VariantInfo(file=fp32, size=sizes.get(fp32)),
+    }
+    if result.int8_file:
+        path = join(root, result.int8_file)
+        variants["int8"] = VariantInfo(
+            file=path, accepted=decision.accepted, reason=decision.reason, size=sizes.get(path)
+        )
+    return Manifest(
+        run_id=job.run_id,
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        files=files,
+        variants=variants,
+        recommended_variant=decision.recommended_variant,
+        task=TASK,
+        embedding=embedding_block(result),
+        # Parity here is cosine, not logits: fp32 passed FP32_MIN_COSINE on every text (else no publish).
+        parity=Parity(tolerance=round(1 - FP32_MIN_COSINE, 9), passed=True, samples=result.texts),
+        labels=[],
+        tokenizer=TokenizerInfo(
+            path=join(root, "hf"),
+            max_seq_length=spec.hyperparameters.max_seq_length,
+            model_input_names=result.input_names,
+            lower_case=result.lower_case,
+        ),
+        lineage=lineage_of(job, data),
+        metrics=embedding_metrics(result, train_metrics),
+    )
+
+
+def publish_embedding(
+    job: JobDocument,
+    result: EmbeddingExportResult,
+    data: LoadedPairs,
+    decision: Int8Decision,
+    train_metrics: dict[str, Any],
+    wait: StoreWait | None = None,
+) -> tuple[Manifest, str]:
+    """Upload ``result.out_dir``'s ``hf/`` and ``onnx/``, then this task's manifest.json (its URI)."""
+
+    def build(files: list[FileEntry], root: str) -> Manifest:
+        return build_embedding_manifest(job, result, data, decision, train_metrics, files, root)
+
+    # With a manifest builder, publish reads only result.out_dir (and data for nothing else).
+    return publish(job, cast(Any, result), cast(Any, data), decision, wait=wait, build=build)

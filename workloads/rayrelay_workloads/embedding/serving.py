@@ -1,0 +1,153 @@
+"""The replica of a sentence-embedding model: classification's ``ModelServer``, answering vectors.
+
+A ModelDeployment whose manifest says ``task: sentence-embedding`` gets this class
+(``serve.app.model_app``), under the same deployment name. Everything but the answer is
+``ModelServer``'s: artifact download and digest checks (encrypted sets decrypted in
+memory), the light tokenizer, ``variant: auto`` timing fp32 against int8 on this host,
+continuous dynamic batching (``batching.Batcher``: texts of concurrent requests share one
+session call of up to ``maxBatchSize``), API keys, metrics and the cold-start record.
+What differs:
+
+- the session's output is ``sentence_embedding`` (batch, dim), already pooled and
+  normalised inside the graph (``embedding.export``); a batch item's result is its vector
+  and its token count (OpenAI's ``usage``);
+- ``POST /v2/models/{name}/infer`` (routed here by Serve's proxy) takes the same BYTES
+  tensor of texts as classification and answers one FP32 output, ``embedding``, of shape
+  ``[n, dim]``;
+- :meth:`EmbeddingServer.embeddings` answers OpenAI's ``POST /v1/embeddings`` body, which
+  the gateway forwards by handle (``embedding.openai_gateway``): refusals come back as data
+  with their 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, cast
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rayrelay_core.serveconfig import MODEL_DEPLOYMENT
+from rayrelay_workloads.embedding import openai_api as oa
+from rayrelay_workloads.serve import ingress, protocol
+from rayrelay_workloads.serve.model import _INFER, ModelServer
+from rayrelay_workloads.serve.protocol import ProtocolError
+
+log = logging.getLogger("ray.serve")
+
+TASK = "sentence-embedding"
+OUTPUT_NAME = "embedding"  # the OIP infer output
+
+# ModelServer is a Serve deployment; this class extends the class inside it.
+_ModelServerClass: Any = cast(Any, ModelServer).func_or_class
+
+
+@serve.deployment(name=MODEL_DEPLOYMENT)
+class EmbeddingServer(_ModelServerClass):
+    def _load_artifacts(self, args: dict[str, Any]) -> None:
+        super()._load_artifacts(args)
+        manifest = self.artifacts.manifest
+        if manifest.task != TASK:
+            raise RuntimeError(f"{args['manifestUri']} is a {manifest.task} artifact set, not {TASK}")
+        self.dimension = int((manifest.embedding or {}).get("dimension") or 0)
+
+    # ------------------------------------------------------------------ the model call
+
+    def _infer(self, session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out: np.ndarray = np.asarray(session.run([self.output_name], feeds)[0], dtype=np.float32)
+        return out
+
+    def _check_output(self, vectors: np.ndarray, texts: int, what: str) -> None:
+        if vectors.shape != (texts, self.dimension) or not np.isfinite(vectors).all():
+            raise RuntimeError(
+                f"{what} failed: the model gave {vectors.shape} values for {texts} text(s) and "
+                f"{self.dimension}-dimensional vectors (or non-finite values)"
+            )
+
+    def _predict_batch(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        """One session call for a batch: each text's vector and its token count (worker thread)."""
+        start = time.perf_counter()
+        try:
+            feeds = self._feeds(texts)
+            vectors = self._infer(self.session, feeds)
+        except Exception:
+            self.metrics.failures.inc()
+            raise
+        finally:
+            self.metrics.inference.observe(time.perf_counter() - start)
+        tokens = feeds["attention_mask"].sum(axis=1).tolist()
+        return [(vectors[i], int(tokens[i])) for i in range(len(texts))]
+
+    async def embed(self, texts: list[str]) -> tuple[list[np.ndarray], int]:
+        """Vectors of ``texts`` (already validated) through the batcher, and their tokens in all."""
+        if not texts or len(texts) > self.spec.limits.max_texts_per_request:
+            raise ValueError(f"between 1 and {self.spec.limits.max_texts_per_request} texts per call")
+        rows = await asyncio.gather(*(self.batcher.submit(str(t)) for t in texts))
+        return [v for v, _ in rows], sum(n for _, n in rows)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _v2_infer(self, request: Request) -> Response:
+        path = ingress.full_path(request)
+        match = _INFER.match(path)
+        if match is None or match.group("name") != self.name:
+            raise ProtocolError(404, f"no such endpoint: {request.method} {path}")
+        ingress.require(request.method, "POST")
+        limits = self.spec.limits
+        self._parsing += 1  # texts on their way to the batcher: a batch may wait for them
+        try:
+            body = await ingress.read_body(request, limits)
+            req = protocol.parse_v2_infer(
+                body, limits, request.headers.get("inference-header-content-length")
+            )
+        finally:
+            self._parsing -= 1
+        if req.outputs is not None and req.outputs != [OUTPUT_NAME]:
+            raise ProtocolError(422, f"this model has one output, {OUTPUT_NAME!r}; asked for {req.outputs}")
+        self.metrics.http.texts.labels(self.name, "v2").observe(len(req.texts))
+        vectors, _ = await self.embed(req.texts)
+        return ingress.json_response(200, v2_embedding_response(self.name, self.version, req, vectors))
+
+    async def embeddings(self, body: bytes) -> dict[str, Any]:
+        """OpenAI ``/v1/embeddings`` (forwarded by the gateway): ``{"status", "body"}``."""
+        start = time.perf_counter()
+        try:
+            req = oa.parse_embeddings(body, self.spec.limits, self.dimension)
+            self.metrics.http.texts.labels(self.name, "openai").observe(len(req.texts))
+            vectors, tokens = await self.embed(req.texts)
+            status, out = 200, oa.embeddings_response(req.model, vectors, tokens, req.encoding_format)
+        except ProtocolError as exc:
+            status, out = exc.status, oa.error_body(exc.status, exc.message)
+        self.metrics.http.observe(self.name, "openai", status, time.perf_counter() - start)
+        return {"status": status, "body": out}
+
+    # ------------------------------------------------------------------ introspection
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "task": TASK, "dimension": self.dimension}
+
+
+def v2_embedding_response(
+    model: str, version: str, request: protocol.V2Request, vectors: list[np.ndarray]
+) -> dict[str, Any]:
+    """OIP's answer: one FP32 output ``embedding`` of shape [n, dim], row-major."""
+    dim = int(vectors[0].shape[0]) if vectors else 0
+    out: dict[str, Any] = {
+        "model_name": model,
+        "model_version": version,
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "datatype": "FP32",
+                "shape": [len(vectors), dim],
+                "data": [float(x) for v in vectors for x in v],
+            }
+        ],
+    }
+    if request.id is not None:
+        out["id"] = request.id
+    return out
