@@ -37,6 +37,11 @@ its 201 came back. Figures per N (a fresh control plane each):
   WSGI wrapper around moto's server: what reached the store), in the burst and in
   the steady state (per TrainingJob per minute).
 
+Then the *running* steady state (``--running-window``, 65 s by default; 0 skips it): every
+RayJob's status set to RUNNING with a RayCluster name, as KubeRay's controller writes it;
+once every TrainingJob says Training, the operator's API requests (by kind, writes apart)
+and store requests per TrainingJob per minute over the window, while nothing changes.
+
 Then, on the same API server with the operator stopped, KubeRay's own controller
 (``kuberay-operator`` from the envtest archive, its default single reconcile
 worker, watching one fresh namespace): the same N RayJobs the operator made,
@@ -285,6 +290,54 @@ def create_trainingjobs(api: Any, ns: str, n: int) -> dict[str, float]:
     return created
 
 
+def running_phase(
+    api: Any, ns: str, n: int, audit_log: Path, user: str, store_log: StoreLog, window_s: float
+) -> dict[str, Any]:
+    """The steady state of N *running* TrainingJobs: KubeRay's part played (every RayJob's status
+    set to RUNNING with a RayCluster name, as its controller writes it), then, once every
+    TrainingJob says Training, what the operator sends to the API server and the store over
+    ``window_s`` while nothing changes (the issue's goal: no API write, at most one store
+    request per TrainingJob per minute)."""
+    names = [
+        i["metadata"]["name"]
+        for i in api.list_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, "rayjobs")["items"]
+    ]
+
+    def run(name: str) -> None:
+        status = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "rayClusterName": f"{name}-rc"}
+        api.patch_namespaced_custom_object_status(
+            RAY_GROUP, RAY_VERSION, ns, "rayjobs", name, {"status": status}
+        )
+
+    started = time.time()
+    with ThreadPoolExecutor(CREATE_THREADS) as pool:
+        list(pool.map(run, names))
+    deadline = time.monotonic() + 120
+    training = 0
+    while time.monotonic() < deadline:
+        items = api.list_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs")["items"]
+        training = sum((i.get("status") or {}).get("phase") == "Training" for i in items)
+        if training >= n:
+            break
+        time.sleep(0.5)
+    all_training = time.time()
+    time.sleep(window_s)
+    end = time.time()
+    reqs = audit_requests(audit_log, user, all_training, end)
+    writes = [ev for ev in reqs if ev["verb"] not in ("get", "list", "watch")]
+    minutes = (end - all_training) / 60
+    return {
+        "trainingjobs": n,
+        "training": training,
+        "until_all_training_s": all_training - started,
+        "window_s": end - all_training,
+        "api_requests_per_tj_per_minute": len(reqs) / n / minutes,
+        "api_writes": len(writes),
+        "api_requests_by_kind": dict(Counter(request_kind(ev) for ev in reqs).most_common()),
+        "store_requests_per_tj_per_minute": sum(store_log.between(all_training, end).values()) / n / minutes,
+    }
+
+
 def remove_trainingjobs(api: Any, ns: str) -> None:
     """Delete every TrainingJob of ``ns`` while no operator runs (their finalizers dropped first)."""
     names = [
@@ -436,7 +489,9 @@ def kuberay_phase(plane: Any, api: Any, source_ns: str, timeout_s: float) -> dic
     }
 
 
-def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str, Any]:
+def one_scale(
+    n: int, timeout_s: float, profile: Path | None = None, running_window_s: float = 0.0
+) -> dict[str, Any]:
     import logging
 
     from kubernetes import client, config
@@ -539,6 +594,11 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
         peak = peak_rss_mib(pid)
         rss_end = rss_mib(pid)
         load_after = load_average()
+        running = (
+            running_phase(api, ns, n, audit_log, user, store_log, running_window_s)
+            if running_window_s > 0
+            else None
+        )
         op.stop()  # KubeRay's phase runs alone
         kuberay = kuberay_phase(plane, api, ns, timeout_s) if plane.has_kuberay else None
         log(f"control plane: the operator started on {n} TrainingJobs that exist already")
@@ -591,6 +651,7 @@ def one_scale(n: int, timeout_s: float, profile: Path | None = None) -> dict[str
             "p99_goal_s": GOALS.get(n),
             "p99_goal_met": (percentile(latencies, 99) <= GOALS[n]) if n in GOALS and latencies else None,
             "rss_goal_met": peak <= RSS_GOAL_MIB,
+            "running_steady": running,
             "kuberay": kuberay,
             # > 1: the operator took longer than KubeRay / than the API server's floor.
             "all_reconciled_vs_kuberay": ratio(all_reconciled - burst_start, kuberay["all_rayclusters_s"])
@@ -628,6 +689,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy the operator during each burst, into this folder"
     )
+    parser.add_argument(
+        "--running-window",
+        type=float,
+        default=65.0,
+        help="seconds of the running steady state (every RayJob set RUNNING); 0 skips it",
+    )
     parser.add_argument("--watch", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.watch:
@@ -640,7 +707,7 @@ def main() -> None:
     results = []
     for n in sizes:
         log(f"control plane: {n} TrainingJobs")
-        res = one_scale(n, args.timeout, args.profile)
+        res = one_scale(n, args.timeout, args.profile, args.running_window)
         cpu = res["cpu_ms_per_tj_until_reconciled"]
         log(
             f"control plane: {n}: create->RayJob p50 {res['create_to_rayjob_p50_s']:.2f}s p99 "
@@ -654,6 +721,13 @@ def main() -> None:
             f"{res['store_requests_by_method']}; steady: API {res['steady_api_requests_by_kind']} per "
             f"{TIMER_INTERVAL_S + 2:.0f} s, store {res['steady_store_requests_per_tj_per_minute']:.2f}/TJ/min"
         )
+        r = res["running_steady"]
+        if r:
+            log(
+                f"control plane: {n}: running steady state ({r['training']}/{n} Training, {r['window_s']:.0f} s): "
+                f"API {r['api_requests_per_tj_per_minute']:.2f}/TJ/min {r['api_requests_by_kind']}, "
+                f"writes {r['api_writes']}, store {r['store_requests_per_tj_per_minute']:.2f}/TJ/min"
+            )
         c = res["ceiling"]
         log(
             f"control plane: {n}: ceiling: started on {n} existing TrainingJobs, ready {c['operator_ready_s']:.1f}s, "
