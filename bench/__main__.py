@@ -35,6 +35,7 @@ BENCHMARKS = (
     "textgen",
     "textgen_batching",
     "textgen_cold_start",
+    "embeddings",
     "distillation",
     "pruning",
     "variant_choice",

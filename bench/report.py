@@ -49,6 +49,7 @@ def _load(results: Path) -> dict[str, dict[str, Any]]:
         "textgen",
         "textgen_batching",
         "textgen_cold_start",
+        "embeddings",
         "distillation",
         "pruning",
         "variant_choice",
@@ -975,6 +976,12 @@ def _textgen_cold_start_section(doc: dict[str, Any]) -> list[str]:
     return report_section(doc)
 
 
+def _embeddings_section(doc: dict[str, Any]) -> list[str]:
+    from bench.embeddings import report_section  # issue 27: rendered next to its benchmark
+
+    return report_section(doc)
+
+
 def _distillation_section(doc: dict[str, Any]) -> list[str]:
     from bench.distillation import report_section  # issue 15: rendered next to its benchmark
 
@@ -1052,6 +1059,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         "textgen": _textgen_section,
         "textgen_batching": _textgen_batching_section,
         "textgen_cold_start": _textgen_cold_start_section,
+        "embeddings": _embeddings_section,
         "distillation": _distillation_section,
         "pruning": _pruning_section,
         "variant_choice": _variant_choice_section,
