@@ -277,7 +277,16 @@ def embedding_handle(task: str = "sentence-embedding") -> FakeHandle:
     handle = FakeHandle()
 
     async def info() -> dict[str, Any]:
-        return {**INFO, "labels": [], "task": task, "dimension": DIM}
+        from rayrelay_workloads.embedding.serving import oip_metadata
+
+        return {
+            **INFO,
+            "labels": [],
+            "task": task,
+            "dimension": DIM,
+            "metadata": oip_metadata(NAME, str(INFO["version"]), DIM),
+            "routes": f"/v2/models/{NAME}/infer or /v1/embeddings",
+        }
 
     async def embeddings(raw: bytes) -> dict[str, Any]:
         try:
@@ -331,3 +340,21 @@ def test_v1_embeddings_of_a_classifier_is_400_and_get_is_405() -> None:
     assert status == 400 and "not a sentence-embedding model" in doc["error"]["message"]
     status, doc = gateway_answer(b"", method="GET")
     assert status == 405, doc
+
+
+def test_the_gateway_describes_an_embedding_model_by_its_vectors_and_points_v1_predict_to_its_routes() -> (
+    None
+):
+    async def scenario(path: str, method: str, body: bytes = b"") -> Any:
+        return await make_gateway(embedding_handle(), lambda: running())(
+            http_request(path, body, method=method)
+        )
+
+    response = asyncio.run(scenario(f"/v2/models/{NAME}", "GET"))
+    assert response.status_code == 200
+    doc = json.loads(response.body)
+    assert doc["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, DIM]}]
+    assert doc["inputs"][0]["datatype"] == "BYTES"
+    response = asyncio.run(scenario(f"/v1/models/{NAME}:predict", "POST", b'{"instances": ["a"]}'))
+    assert response.status_code == 400
+    assert "/v1/embeddings" in json.loads(response.body)["error"]

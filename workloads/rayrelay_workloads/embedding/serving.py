@@ -128,7 +128,25 @@ class EmbeddingServer(_ModelServerClass):
     # ------------------------------------------------------------------ introspection
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "task": TASK, "dimension": self.dimension}
+        """ModelServer's, with the task, the vector size, OIP metadata and the routes that answer."""
+        return {
+            **super().info(),
+            "task": TASK,
+            "dimension": self.dimension,
+            "metadata": oip_metadata(self.name, self.version, self.dimension),
+            "routes": f"/v2/models/{self.name}/infer or /v1/embeddings",
+        }
+
+
+def oip_metadata(model: str, version: str, dimension: int) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: a BYTES tensor of texts in, the FP32 vectors out."""
+    return {
+        "name": model,
+        "versions": [version],
+        "platform": protocol.PLATFORM,
+        "inputs": [{"name": protocol.INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dimension]}],
+    }
 
 
 def v2_embedding_response(

@@ -354,7 +354,11 @@ class Gateway:
             if rest == "/ready":
                 return self._model_ready(state), name
             info = await self._info(state)
-            return _json(200, protocol.model_metadata(name, info["version"], len(info["labels"]))), name
+            # A replica whose outputs are not labels describes itself (info "metadata").
+            metadata = info.get("metadata") or protocol.model_metadata(
+                name, info["version"], len(info["labels"])
+            )
+            return _json(200, metadata), name
         match = _V1_MODEL.match(path)
         if match:
             name = match.group("name")
@@ -416,10 +420,8 @@ class Gateway:
         """A text-generation model answers generate and /v1/completions, not label predictions."""
         task = info.get("task", "sequence-classification")
         if task != "sequence-classification":
-            raise ProtocolError(
-                400,
-                f"{state.name} is a {task} model: use /v2/models/{state.name}/generate or /v1/completions",
-            )
+            routes = info.get("routes") or f"/v2/models/{state.name}/generate or /v1/completions"
+            raise ProtocolError(400, f"{state.name} is a {task} model: use {routes}")
 
     async def _v2_infer(self, request: Request, state: ModelState) -> Response:
         info = await self._info(state)
