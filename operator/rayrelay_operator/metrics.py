@@ -33,6 +33,7 @@ them), so that ``rate()`` and ``increase()`` have a series to read before the fi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from datetime import datetime
@@ -154,31 +155,32 @@ for _reason in RETRY_REASONS:
     RETRIES.labels(_reason)
 
 _phases: dict[tuple[str, str], str] = {}
+_phase_counts: dict[str, dict[str, int]] = {}
 _lock = threading.Lock()
 _served = False
 
 
 def record_phase(kind: str, key: str, phase: str | None) -> None:
-    """Remember the phase of one resource (None: it is gone) and refresh the gauge."""
+    """Remember the phase of one resource (None: it is gone) and refresh the gauges.
+
+    Constant time per pass: the per-phase counts move by one when a resource's phase
+    changes, rather than being recounted over every resource (a recount made each pass
+    cost O(resources), so a burst of N TrainingJobs cost O(N^2) here).
+    """
+    namespace, _, name = key.partition("/")
     with _lock:
-        if phase is None:
-            _phases.pop((kind, key), None)
-        else:
+        old = _phases.pop((kind, key), None) if phase is None else _phases.get((kind, key))
+        if phase is not None:
             _phases[(kind, key)] = phase
-        counts: dict[str, int] = {}
-        for (k, _), p in _phases.items():
-            if k == kind:
-                counts[p] = counts.get(p, 0) + 1
-        # Phases that emptied must read 0, not their last value.
-        for labels in list(RESOURCES._metrics):
-            if labels[0] == kind and labels[1] not in counts:
-                RESOURCES.labels(*labels).set(0)
-        for p, n in counts.items():
-            RESOURCES.labels(kind, p).set(n)
-        namespace, _, name = key.partition("/")
-        for labels in list(RESOURCE_PHASE._metrics):
-            if labels[:3] == (kind, namespace, name) and labels[3] != phase:
-                RESOURCE_PHASE.remove(*labels)
+        if old != phase:
+            counts = _phase_counts.setdefault(kind, {})
+            for p, step in ((old, -1), (phase, 1)):
+                if p is not None:
+                    counts[p] = counts.get(p, 0) + step  # an emptied phase reads 0, not its last value
+                    RESOURCES.labels(kind, p).set(counts[p])
+            if old is not None:
+                with contextlib.suppress(KeyError):  # a series another path removed
+                    RESOURCE_PHASE.remove(kind, namespace, name, old)
         if phase is not None:
             RESOURCE_PHASE.labels(kind, namespace, name, phase).set(1)
             return

@@ -63,6 +63,43 @@ def test_per_resource_phase_follows_and_goes_with_the_resource() -> None:
     assert 'resource_name="m28"' not in exposition()
 
 
+def test_phase_counts_move_with_each_resource() -> None:
+    """rayrelay_resources{kind,phase} counts resources per phase as they move and go.
+
+    The counts are kept incrementally (one step per change), so a pass costs the same at 10
+    or 10,000 resources; this checks they still equal a recount through transitions,
+    repeated passes in the same phase, and deletions.
+    """
+    kind = "TrainingJob"
+
+    def counts() -> dict[str, float]:
+        return {
+            p: value("rayrelay_resources", kind=kind, phase=p) or 0.0
+            for p in ("Pending", "Training", "Succeeded")
+        }
+
+    before = counts()
+    for i in range(5):
+        metrics.record_phase(kind, f"cnt/j{i}", "Pending")
+    metrics.record_phase(kind, "cnt/j0", "Pending")  # the same phase again counts once
+    for i in range(3):
+        metrics.record_phase(kind, f"cnt/j{i}", "Training")
+    metrics.record_phase(kind, "cnt/j0", "Succeeded")
+    metrics.record_phase(kind, "cnt/j4", None)
+    metrics.record_phase(kind, "cnt/gone", None)  # never seen: nothing moves
+    after = counts()
+    assert {p: after[p] - before[p] for p in after} == {"Pending": 1, "Training": 2, "Succeeded": 1}
+    series = [
+        x
+        for x in exposition().splitlines()
+        if "rayrelay_resource_phase{" in x and 'resource_namespace="cnt"' in x
+    ]
+    assert len(series) == 4 and any('resource_name="j0"' in x and 'phase="Succeeded"' in x for x in series)
+    for i in range(4):
+        metrics.record_phase(kind, f"cnt/j{i}", None)
+    assert counts() == before
+
+
 def test_training_progress_and_attempt() -> None:
     status = TrainingJobStatus.model_validate(
         {"phase": "Training", "attempt": 2, "progress": {"percent": 37.5}}
