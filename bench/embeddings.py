@@ -253,7 +253,14 @@ def endpoint_figures(cluster_url: str, texts: list[str], quick: bool) -> dict[st
         )
     r = asyncio.run(closed_loop(url, batched, 1, 100_000, duration))
     r["sentences_per_s"] = r["requests_per_s"] * BATCH
-    return {"one_text_per_request": levels, "batch32_one_client": r}
+    # OIP infer reaches the replica in one hop (its route prefix); /v1/embeddings passes the gateway.
+    infer = f"{cluster_url}/v2/models/{NAME}/infer"
+    oip = requests_bytes(
+        infer, [{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]} for t in texts]
+    )
+    o = asyncio.run(closed_loop(infer, oip, LEVELS[-1], 100_000, duration))
+    o["sentences_per_s"] = o["requests_per_s"]
+    return {"one_text_per_request": levels, "batch32_one_client": r, f"oip_infer_{LEVELS[-1]}_clients": o}
 
 
 # ------------------------------------------------------------------ agreement
@@ -312,6 +319,18 @@ def table(doc: dict[str, Any]) -> list[str]:
             "per request",
         ]
     )
+    o = ep.get(f"oip_infer_{LEVELS[-1]}_clients")
+    if o:
+        rows.append(
+            [
+                f"endpoint OIP /v2/models/{{name}}/infer, {LEVELS[-1]} clients, 1 text each (no gateway hop)",
+                f"{o['sentences_per_s']:.1f}",
+                f"{o['sentences_per_s'] / base:.2f}x",
+                f"{o['p50_ms']:.1f}",
+                f"{o['p99_ms']:.1f}",
+                "per request",
+            ]
+        )
     a = doc["agreement"]
     return [
         "## Sentence embeddings: endpoint vs sentence-transformers (issue 27)",
