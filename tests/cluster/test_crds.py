@@ -81,6 +81,21 @@ def test_examples_apply_and_show_printer_columns(crds_installed: ControlPlane, n
     ]
 
 
+def test_every_shipped_example_is_accepted_by_the_real_api_server(
+    crds_installed: ControlPlane, namespace: str
+) -> None:
+    """Each file in examples/ as a user applies it: the server's schema and CEL rules accept
+    every document (a server-side dry run, so no operator acts on them). A new task's example
+    (text generation, embeddings, distillation, pruning) is checked here, not only by the
+    client-side ``rayrelay validate``."""
+    paths = sorted(EXAMPLES.glob("*.yaml"))
+    assert len(paths) >= 7, paths
+    for path in paths:
+        out = crds_installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
+        documents = sum(1 for line in path.read_text().splitlines() if line.startswith("kind:"))
+        assert out.count("(server dry run)") == documents, (path.name, out)
+
+
 def test_server_defaults_are_the_models_defaults(crds_installed: ControlPlane, namespace: str) -> None:
     crds_installed.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "quickstart.yaml"))
     for kind in ("trainingjob", "modeldeployment"):
