@@ -131,16 +131,19 @@ class MemoryProgressStorage(kopf.ProgressStorage):
     def store(self, *, key: Any, record: Any, body: Any, patch: Any) -> None:
         k = self._key(key, body)
         with self._lock:
+            before = self._records.get(k)
             self._records[k] = dict(record)
             self._records.move_to_end(k)
             while len(self._records) > MAX_RECORDS:
                 self._records.popitem(last=False)
-        if record.get("delayed"):
-            # A retry is scheduled. kopf skips its sleep-and-touch whenever the cycle's patch is
-            # not empty, counting on that patch to bring the next event; a patch that changes
-            # nothing on the server (the same status again) brings none, and the retry would
-            # never come (a deletion waiting for its Ray job hung so in CI). A unique touch
-            # makes the patch a change.
+        delayed = record.get("delayed")
+        if delayed and (before is None or before.get("delayed") != delayed):
+            # A retry is newly scheduled. kopf skips its sleep-and-touch whenever the cycle's
+            # patch is not empty, counting on that patch to bring the next event; a patch that
+            # changes nothing on the server (the same status again) brings none, and the retry
+            # would never come (a deletion waiting for its Ray job hung so in CI). A unique
+            # touch makes the patch a change. The same retry stored again in a later cycle
+            # writes nothing: kopf sleeps out the delay and touches itself (``touch``).
             self._touch.touch(body=body, patch=patch, value=datetime.now(UTC).isoformat())
 
     def purge(self, *, key: Any, body: Any, patch: Any) -> None:
@@ -148,7 +151,26 @@ class MemoryProgressStorage(kopf.ProgressStorage):
             self._records.pop(self._key(key, body), None)
 
     def touch(self, *, body: Any, patch: Any, value: str | None) -> None:
+        if value is None and (self._wakes(patch) or self._waiting(body)):
+            # kopf clears its dummy from every non-empty patch before applying it, and then
+            # skips its sleep because of that patch. While one of this object's handlers waits
+            # for a retry, clearing could turn the patch into a removal the server has already
+            # applied (a stale body, from an event queued before the last patch): a no-op, no
+            # event, and the retry never comes (a deletion on "checking that they stay gone"
+            # hung so in test_operator_ray). Such a patch carries a unique value instead.
+            if not self._wakes(patch):
+                self._touch.touch(body=body, patch=patch, value=datetime.now(UTC).isoformat())
+            return
         self._touch.touch(body=body, patch=patch, value=value)
+
+    def _wakes(self, patch: Any) -> bool:
+        annotations = (patch.get("metadata") or {}).get("annotations") or {}
+        return any(k.startswith(f"{self._touch.prefix}/") and v is not None for k, v in annotations.items())
+
+    def _waiting(self, body: Any) -> bool:
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        with self._lock:
+            return any(k[0] == uid and r.get("delayed") for k, r in self._records.items())
 
     def clear(self, *, essence: Any) -> Any:
         annotations = (essence.get("metadata") or {}).get("annotations") or {}

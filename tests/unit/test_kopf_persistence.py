@@ -137,6 +137,40 @@ def test_touch_still_writes_an_annotation_to_wake_a_retry() -> None:
     assert annotations["rayrelay.dev/touch-dummy"] == "2026-01-01T00:00:00"
 
 
+def test_kopfs_dummy_cleanup_keeps_a_scheduled_retrys_touch() -> None:
+    """kopf clears its touch from every non-empty patch before applying it (``touch(None)``).
+
+    With a body that still shows an earlier touch (an event queued before the last patch),
+    that would replace the retry's unique value with a removal the server may already have
+    applied: a no-op patch, no event, and a retry that never comes (a TrainingJob deletion
+    hung so in test_operator_ray). The retry's value stays; with no retry in the patch, the
+    cleanup works as before."""
+    storage = MemoryProgressStorage("rayrelay.dev")
+    body = bodies.Body(
+        {**tj(1, None), "metadata": {"uid": "uid-1", "annotations": {"rayrelay.dev/touch-dummy": "old"}}}
+    )
+    patch = patches.Patch()
+    storage.store(key=kopf.HandlerId("h"), record={"retries": 1, "delayed": "x"}, body=body, patch=patch)
+    woken = patch["metadata"]["annotations"]["rayrelay.dev/touch-dummy"]
+    assert woken not in (None, "old")
+    storage.touch(body=body, patch=patch, value=None)  # what kopf's apply() does next
+    assert patch["metadata"]["annotations"]["rayrelay.dev/touch-dummy"] == woken
+    # Another non-empty patch while the retry waits: a unique value too, never a removal.
+    waiting = patches.Patch({"status": {"phase": "Pending"}})
+    storage.touch(body=body, patch=waiting, value=None)
+    assert waiting["metadata"]["annotations"]["rayrelay.dev/touch-dummy"] not in (None, "old")
+    # The same retry stored again (kopf re-stores its state each cycle) adds nothing:
+    # kopf sleeps out the delay and touches itself.
+    again = patches.Patch()
+    storage.store(key=kopf.HandlerId("h"), record={"retries": 1, "delayed": "x"}, body=body, patch=again)
+    assert not again
+    # No retry waiting any more: kopf's cleanup of its dummy works as before.
+    storage.purge(key=kopf.HandlerId("h"), body=body, patch=patches.Patch())
+    plain = patches.Patch({"status": {"phase": "Pending"}})
+    storage.touch(body=body, patch=plain, value=None)
+    assert plain["metadata"]["annotations"]["rayrelay.dev/touch-dummy"] is None  # the dummy goes
+
+
 def test_records_are_bounded() -> None:
     storage = MemoryProgressStorage("rayrelay.dev")
     patch = patches.Patch()
