@@ -116,7 +116,7 @@ def build_manifest(
         metrics[f"accuracy_{variant}"] = acc
     return Manifest(
         run_id=job.run_id,
-        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=timestamp(),
         files=files,
         variants=variants,
         recommended_variant=decision.recommended_variant,
@@ -137,6 +137,30 @@ def build_manifest(
         lineage=lineage_of(job, data),
         metrics=metrics,
     )
+
+
+def timestamp() -> str:
+    """A manifest's ``created_at``: now, UTC, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def onnx_variants(
+    root: str, files: list[FileEntry], fp32_file: str, int8_file: str | None, decision: Int8Decision
+) -> dict[str, VariantInfo]:
+    """The variants of a task whose export writes an fp32 ONNX file and, maybe, an int8 one:
+    PyTorch (no file), fp32, and int8 as the gate decided, each with its published path and size."""
+    sizes = {f.path: f.size for f in files}
+    fp32 = join(root, fp32_file)
+    variants = {
+        "pytorch": VariantInfo(file=None, accepted=True),
+        "fp32": VariantInfo(file=fp32, size=sizes.get(fp32)),
+    }
+    if int8_file:
+        int8 = join(root, int8_file)
+        variants["int8"] = VariantInfo(
+            file=int8, accepted=decision.accepted, reason=decision.reason, size=sizes.get(int8)
+        )
+    return variants
 
 
 def variant_infos(

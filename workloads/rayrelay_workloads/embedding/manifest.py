@@ -11,15 +11,14 @@ size, output name, pooling, and each variant's cosine similarity to PyTorch and 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, cast
 
-from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo, VariantInfo
+from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo
 from rayrelay_core.store import join
 from rayrelay_workloads.embedding.data import LoadedPairs
 from rayrelay_workloads.embedding.export import FP32_MIN_COSINE, OUTPUT, EmbeddingExportResult
 from rayrelay_workloads.embedding.objective import METRIC
-from rayrelay_workloads.publish import lineage_of, publish
+from rayrelay_workloads.publish import lineage_of, onnx_variants, publish, timestamp
 from rayrelay_workloads.quality import Int8Decision
 from rayrelay_workloads.storewait import StoreWait
 
@@ -66,22 +65,11 @@ def build_embedding_manifest(
     root: str,
 ) -> Manifest:
     spec = job.spec
-    sizes = {f.path: f.size for f in files}
-    fp32 = join(root, result.fp32_file)
-    variants = {
-        "pytorch": VariantInfo(file=None, accepted=True),
-        "fp32": VariantInfo(file=fp32, size=sizes.get(fp32)),
-    }
-    if result.int8_file:
-        path = join(root, result.int8_file)
-        variants["int8"] = VariantInfo(
-            file=path, accepted=decision.accepted, reason=decision.reason, size=sizes.get(path)
-        )
     return Manifest(
         run_id=job.run_id,
-        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=timestamp(),
         files=files,
-        variants=variants,
+        variants=onnx_variants(root, files, result.fp32_file, result.int8_file, decision),
         recommended_variant=decision.recommended_variant,
         task=TASK,
         embedding=embedding_block(result),

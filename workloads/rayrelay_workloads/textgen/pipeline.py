@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 from rayrelay_core.api import QualityGate
@@ -29,12 +28,11 @@ from rayrelay_core.runs import (
     Parity,
     RunLayout,
     TokenizerInfo,
-    VariantInfo,
     publish_id_for,
     publish_rel,
 )
 from rayrelay_core.store import join, open_store, sha256_file
-from rayrelay_workloads.publish import lineage_of, store_sse
+from rayrelay_workloads.publish import lineage_of, onnx_variants, store_sse, timestamp
 from rayrelay_workloads.quality import Int8Decision, QualityGateError
 from rayrelay_workloads.storewait import hold
 from rayrelay_workloads.textgen.data import LoadedLmData
@@ -79,22 +77,11 @@ def build_lm_manifest(
     train_metrics: dict[str, float],
 ) -> Manifest:
     spec = job.spec
-    sizes = {f.path: f.size for f in files}
-    fp32_file = join(root, result.fp32_file)
-    variants = {
-        "pytorch": VariantInfo(file=None, accepted=True),
-        "fp32": VariantInfo(file=fp32_file, size=sizes.get(fp32_file)),
-    }
-    if result.int8_file:
-        int8_file = join(root, result.int8_file)
-        variants["int8"] = VariantInfo(
-            file=int8_file, accepted=decision.accepted, reason=decision.reason, size=sizes.get(int8_file)
-        )
     return Manifest(
         run_id=job.run_id,
-        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=timestamp(),
         files=files,
-        variants=variants,
+        variants=onnx_variants(root, files, result.fp32_file, result.int8_file, decision),
         recommended_variant=decision.recommended_variant,
         task=TASK,
         generation=generation_block(result),
