@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.kernel import auto_choice
-from bench.report import _auto_lines
+from bench.sections.kernel import _auto_lines
 from rayrelay_core.runs import Lineage, Manifest, Parity, TokenizerInfo, VariantInfo
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import endpoint_section, request_path_section
+from bench.sections.endpoint import endpoint_section
+from bench.sections.request_path import request_path_section
 
 
 def _level(rps: float, p50: float, p99: float) -> dict[str, Any]:
