@@ -110,7 +110,12 @@ REPLICAS = Gauge(
     registry=REGISTRY,
 )
 # The per-resource gauges besides RESOURCE_PHASE, whose series go when their resource goes.
-_PER_RESOURCE = {"TrainingJob": (PROGRESS, ATTEMPT), "ModelDeployment": (REPLICAS,)}
+# Each kind's per-resource gauges, with the label values that follow (namespace, name) in them:
+# a resource's series are removed by name when it goes, never by a scan of every series.
+_PER_RESOURCE: dict[str, tuple[tuple[Gauge, tuple[tuple[str, ...], ...]], ...]] = {
+    "TrainingJob": ((PROGRESS, ((),)), (ATTEMPT, ((),))),
+    "ModelDeployment": ((REPLICAS, (("wanted",), ("existing",), ("ready",))),),
+}
 LEADER = Gauge(
     "rayrelay_operator_leader",
     "1 while this operator replica reconciles (standalone or peering leader), 0 while it stands by.",
@@ -184,10 +189,11 @@ def record_phase(kind: str, key: str, phase: str | None) -> None:
         if phase is not None:
             RESOURCE_PHASE.labels(kind, namespace, name, phase).set(1)
             return
-        for gauge in _PER_RESOURCE.get(kind, ()):
-            for labels in list(gauge._metrics):
-                if labels[:2] == (namespace, name):
-                    gauge.remove(*labels)
+        # By name: a scan of every series per deletion made deleting a sweep of N O(N^2).
+        for gauge, suffixes in _PER_RESOURCE.get(kind, ()):
+            for suffix in suffixes:
+                with contextlib.suppress(KeyError):  # a series never exported
+                    gauge.remove(namespace, name, *suffix)
 
 
 def record_status(kind: str, key: str, status: Any) -> None:

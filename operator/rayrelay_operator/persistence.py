@@ -116,6 +116,9 @@ class MemoryProgressStorage(kopf.ProgressStorage):
     def __init__(self, touch_prefix: str) -> None:
         super().__init__()
         self._records: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        # uid -> the keys of its records that wait for a retry ("delayed"): ``_waiting`` is asked
+        # on every non-empty patch, and a scan of every record made that O(records) per patch.
+        self._delayed: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._touch = kopf.AnnotationsProgressStorage(prefix=touch_prefix)
 
@@ -130,13 +133,15 @@ class MemoryProgressStorage(kopf.ProgressStorage):
 
     def store(self, *, key: Any, record: Any, body: Any, patch: Any) -> None:
         k = self._key(key, body)
+        delayed = record.get("delayed")
         with self._lock:
             before = self._records.get(k)
             self._records[k] = dict(record)
             self._records.move_to_end(k)
+            self._mark(k, bool(delayed))
             while len(self._records) > MAX_RECORDS:
-                self._records.popitem(last=False)
-        delayed = record.get("delayed")
+                old, _ = self._records.popitem(last=False)
+                self._mark(old, False)
         if delayed and (before is None or before.get("delayed") != delayed):
             # A retry is newly scheduled. kopf skips its sleep-and-touch whenever the cycle's
             # patch is not empty, counting on that patch to bring the next event; a patch that
@@ -147,8 +152,22 @@ class MemoryProgressStorage(kopf.ProgressStorage):
             self._touch.touch(body=body, patch=patch, value=datetime.now(UTC).isoformat())
 
     def purge(self, *, key: Any, body: Any, patch: Any) -> None:
+        k = self._key(key, body)
         with self._lock:
-            self._records.pop(self._key(key, body), None)
+            self._records.pop(k, None)
+            self._mark(k, False)
+
+    def _mark(self, k: tuple[str, str], delayed: bool) -> None:
+        """Keep ``_delayed`` in step with the record at ``k`` (the caller holds the lock)."""
+        uid, key = k
+        if delayed:
+            self._delayed.setdefault(uid, set()).add(key)
+            return
+        keys = self._delayed.get(uid)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._delayed[uid]
 
     def touch(self, *, body: Any, patch: Any, value: str | None) -> None:
         if value is None and (self._wakes(patch) or self._waiting(body)):
@@ -170,7 +189,7 @@ class MemoryProgressStorage(kopf.ProgressStorage):
     def _waiting(self, body: Any) -> bool:
         uid = str((body.get("metadata") or {}).get("uid") or "")
         with self._lock:
-            return any(k[0] == uid and r.get("delayed") for k, r in self._records.items())
+            return uid in self._delayed
 
     def clear(self, *, essence: Any) -> Any:
         annotations = (essence.get("metadata") or {}).get("annotations") or {}

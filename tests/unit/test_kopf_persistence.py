@@ -179,3 +179,33 @@ def test_records_are_bounded() -> None:
         storage.store(key=kopf.HandlerId("h"), record={"retries": 1}, body=body, patch=patch)
     assert len(storage) == MAX_RECORDS
     assert storage.fetch(key=kopf.HandlerId("h"), body=bodies.Body({"metadata": {"uid": "u0"}})) is None
+
+
+def test_waiting_follows_each_record_through_retry_success_purge_and_eviction() -> None:
+    """Whether an object waits for a retry is kept per uid (``_delayed``), not found by scanning
+    every record on each of kopf's patches: it must follow the records exactly, whichever way
+    a record stops waiting (stored again without a delay, purged, or evicted by the bound)."""
+    storage = MemoryProgressStorage("rayrelay.dev")
+    body = bodies.Body(
+        {**tj(1, None), "metadata": {"uid": "uid-1", "annotations": {"rayrelay.dev/touch-dummy": "old"}}}
+    )
+
+    def cleanup_removes_dummy() -> bool:  # kopf's touch(None) on a non-empty patch
+        patch = patches.Patch({"status": {"phase": "Pending"}})
+        storage.touch(body=body, patch=patch, value=None)
+        return bool(patch["metadata"]["annotations"]["rayrelay.dev/touch-dummy"] is None)
+
+    h, g = kopf.HandlerId("h"), kopf.HandlerId("g")
+    storage.store(key=h, record={"retries": 1, "delayed": "x"}, body=body, patch=patches.Patch())
+    storage.store(key=g, record={"retries": 1, "delayed": "y"}, body=body, patch=patches.Patch())
+    assert not cleanup_removes_dummy()
+    storage.store(key=h, record={"retries": 1, "success": True}, body=body, patch=patches.Patch())
+    assert not cleanup_removes_dummy()  # g still waits
+    storage.purge(key=g, body=body, patch=patches.Patch())
+    assert cleanup_removes_dummy()
+    storage.store(key=g, record={"retries": 2, "delayed": "z"}, body=body, patch=patches.Patch())
+    for i in range(MAX_RECORDS):  # pushes uid-1's records out of the bound
+        other = bodies.Body({"metadata": {"uid": f"u{i}"}})
+        storage.store(key=h, record={"retries": 1}, body=other, patch=patches.Patch())
+    assert storage.fetch(key=g, body=body) is None
+    assert cleanup_removes_dummy()
