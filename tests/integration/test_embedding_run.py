@@ -11,6 +11,8 @@ smoke request. Then:
   within cosine 0.999 of sentence-transformers' ``encode`` of the published ``hf/``
   folder (the deployment serves ``variant: fp32``; int8's agreement is recorded in the
   manifest and checked there), and the same ranking of the validation pairs;
+- ``client.models.list()`` names the model (``GET /v1/models`` lists every task's models
+  served on OpenAI's routes, not only text generation's);
 - OIP ``/v2/models/{name}/infer`` answers the same vectors as an FP32 ``[n, dim]`` tensor;
 - ``dimensions`` other than the model's, limits, an unknown model and hostile bodies get
   4xx (``BadRequestError`` / ``NotFoundError`` through the client), never 5xx;
@@ -134,6 +136,8 @@ def check_serving(url: str, name: str, artifacts: Path) -> None:
     assert dim == figures["dimension"] == 384
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    models = client.models.list().data
+    assert name in [m.id for m in models] and all(m.owned_by == "rayrelay" for m in models)
     got = []
     for i in range(0, len(texts), 50):  # the client's default encoding: base64
         got += [d.embedding for d in client.embeddings.create(model=name, input=texts[i : i + 50]).data]

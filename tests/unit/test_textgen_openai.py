@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from rayrelay_core.api import GenerationLimits
 from rayrelay_core.apikeys import UNAUTHORIZED_MESSAGE, KeyCheck, digest
+from rayrelay_workloads.serve.openai_models import model_list
 from rayrelay_workloads.serve.protocol import ProtocolError
 from rayrelay_workloads.textgen import openai_api as oa
 from tests.unit.test_gateway_resilience import FakeHandle
@@ -198,7 +199,7 @@ def test_answers_have_openais_shapes() -> None:
     assert completion.object == "text_completion" and completion.choices[0].text == "Hi."
     assert text.first() == [] and Completion.model_validate(text.chunk("a", "stop")).choices[0].text == "a"
     assert text.chunk("a", None)["choices"][0]["finish_reason"] is None  # as OpenAI streams (not in the type)
-    listed = oa.model_list({"b": 2.5, "a": 1.0})
+    listed = model_list({"b": 2.5, "a": 1.0})
     assert listed["object"] == "list"
     assert [Model.model_validate(m).id for m in listed["data"]] == ["a", "b"]
     assert Model.model_validate(listed["data"][0]).owned_by == "rayrelay"

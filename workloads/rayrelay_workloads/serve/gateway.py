@@ -26,10 +26,12 @@ a replica gone, or no model status read yet). A prediction whose replica died wh
 answering (``RayActorError``) is sent once more before it becomes such a 503. Metrics:
 ``metrics.GatewayMetrics`` plus the replicas' series at ``GET /metrics``.
 
-OpenAI's routes of text-generation models (``/v1/completions``,
-``/v1/chat/completions``, ``/v1/models``) name no model in their path, so they
-land here too and go to the module the task registry names for them
-(``tasks.REGISTRY``: ``textgen.openai_gateway``), imported on first use.
+OpenAI's routes (``/v1/completions``, ``/v1/chat/completions``,
+``/v1/embeddings``) name no model in their path, so they land here too and go
+to the module the task registry names for them (``tasks.REGISTRY``:
+``textgen.openai_gateway``, ``embedding.openai_gateway``), imported on first
+use. ``GET /v1/models`` belongs to no one task: ``serve.openai_models`` lists
+the models of every task whose entry says it is served on OpenAI's routes.
 
 API keys (``spec.auth``, ``rayrelay_core.apikeys``): every model route here
 (metadata, ready, infer, KServe v1, the OpenAI routes) answers 401 unless the
@@ -76,7 +78,7 @@ from starlette.responses import Response
 from rayrelay_core.api import RequestLimits
 from rayrelay_core.apikeys import KeyCheck
 from rayrelay_core.serveconfig import GATEWAY_APP_NAME, GATEWAY_DEPLOYMENT, MODEL_DEPLOYMENT
-from rayrelay_workloads.serve import ingress, protocol
+from rayrelay_workloads.serve import ingress, openai_models, protocol
 from rayrelay_workloads.serve.ingress import Unauthorized
 from rayrelay_workloads.serve.metrics import EndpointMetrics, merge_expositions
 from rayrelay_workloads.serve.protocol import ProtocolError
@@ -369,6 +371,8 @@ class Gateway:
                 return await self._v1_predict(request, state), name
             self._require(method, "GET")
             return _json(200, {"name": name, "ready": state.ready}), name
+        if path in openai_models.PATHS:  # every task's models that OpenAI's routes serve
+            return await openai_models.route(self, request), "_none"
         task_routes = gateway_module_for(path)
         if task_routes is not None:  # a task's routes that name no model (OpenAI's), loaded on use
             return await importlib.import_module(task_routes).route(self, request, path)

@@ -31,6 +31,8 @@ class Entry:
     # gateway hands to ``gateway_module.route(gateway, request, path)``.
     gateway_module: str | None = None
     gateway_paths: tuple[str, ...] = ()
+    # Its models answer one of OpenAI's routes, so the gateway's ``GET /v1/models`` names them.
+    openai_models: bool = False
 
 
 REGISTRY: dict[str, Entry] = {
@@ -38,12 +40,14 @@ REGISTRY: dict[str, Entry] = {
     "text-generation": Entry(
         "rayrelay_workloads.textgen.task",
         gateway_module="rayrelay_workloads.textgen.openai_gateway",
-        gateway_paths=("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/"),
+        gateway_paths=("/v1/completions", "/v1/chat/completions"),
+        openai_models=True,
     ),
     "sentence-embedding": Entry(
         "rayrelay_workloads.embedding.task",
         gateway_module="rayrelay_workloads.embedding.openai_gateway",
         gateway_paths=("/v1/embeddings", "/v1/embeddings/"),
+        openai_models=True,
     ),
 }
 
@@ -64,6 +68,14 @@ def task_for(name: str | None) -> Task:
     """The task of ``spec.model.task`` (or a manifest's ``task``; None: sequence-classification)."""
     task: Task = importlib.import_module(entry_for(name).module).TASK
     return task
+
+
+def lists_openai_models(name: object) -> bool:
+    """Whether ``GET /v1/models`` names the models of task ``name`` (a replica's ``info()["task"]``).
+
+    None is a classifier (its replica reports no task); a name no entry carries is not listed."""
+    entry = REGISTRY.get(str(name) if name else DEFAULT_TASK)
+    return entry is not None and entry.openai_models
 
 
 def gateway_module_for(path: str) -> str | None:

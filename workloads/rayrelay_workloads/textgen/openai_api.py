@@ -1,10 +1,10 @@
-"""OpenAI's chat completions and model list for text-generation models: parse, template, answer.
+"""OpenAI's chat completions for text-generation models: parse, template, answer.
 
 Pure apart from the tokenizer handed to :func:`template_ids`, so the unit tests
 check every refusal and every shape. ``textgen.serving`` (the replica) parses
 with :func:`parse_chat`, turns the messages into token ids and answers with the
 builders here; ``textgen.openai_gateway`` (in the shared gateway) routes on the
-body's ``model`` and lists the models with :func:`model_list`. Plain
+body's ``model`` (the model list is every task's: ``serve.openai_models``). Plain
 ``/v1/completions`` is parsed in ``textgen.protocol``; both routes' answers are
 built here, so they cannot drift apart.
 
@@ -49,7 +49,6 @@ CHAT = "chat"
 PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions"}
 MAX_MESSAGES = 256
 PLAIN_STOP = "\nUser:"
-OWNED_BY = "rayrelay"
 ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 CHAT_FIELDS = {
     "model",
@@ -277,12 +276,3 @@ class Answer:
     def usage_chunk(self, counts: dict[str, int]) -> dict[str, Any]:
         """``stream_options.include_usage``: the last chunk before ``[DONE]``, no choices, the usage."""
         return {**self._head(True), "choices": [], "usage": counts}
-
-
-def model_list(models: dict[str, float]) -> dict[str, Any]:
-    """``GET /v1/models``: OpenAI's list of model objects, ``{name: deployed at (epoch s)}`` sorted by name."""
-    data = [
-        {"id": name, "object": "model", "created": int(created), "owned_by": OWNED_BY}
-        for name, created in sorted(models.items())
-    ]
-    return {"object": "list", "data": data}

@@ -18,7 +18,7 @@ matters for streaming), and :meth:`TextGenServer.__call__` answers
 
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI) name the
 model in their body, so the shared gateway receives them
-(``textgen.openai_gateway``, which also answers ``GET /v1/models``) and
+(``textgen.openai_gateway``; ``GET /v1/models`` is ``serve.openai_models``) and
 forwards the body by handle to the replica's :meth:`TextGenServer.complete` or
 :meth:`TextGenServer.complete_stream`, with the route's kind (``openai_api``
 parses chat requests, applies the chat template and builds both routes' answers).
