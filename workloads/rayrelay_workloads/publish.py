@@ -1,7 +1,9 @@
 """Publish a run: upload ``hf/`` and ``onnx/``, then write ``manifest.json`` last.
 
-``pipeline.py`` calls :func:`publish` with the local output folder of
-``export.py`` and the gate's decision (``quality.py``). Every file is hashed
+:func:`publish_folder` is the step every task shares: upload an export's folder,
+then write the manifest that the task's :class:`ManifestBuilder` makes of the
+uploaded files (classification's :func:`build_manifest` through :func:`publish`,
+``embedding.manifest`` and ``textgen.pipeline`` their own). Every file is hashed
 locally before upload, so the manifest's sha256 and sizes describe exactly the
 bytes sent; serving verifies them before it loads anything. The manifest is
 written only after every upload succeeded (a run without it is incomplete).
@@ -39,7 +41,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rayrelay_core.runs import (
     DataLineage,
@@ -248,6 +250,15 @@ def _data_key(job: JobDocument, environ: dict[str, str] | None) -> tuple[bytes |
     return data_key, info
 
 
+class ManifestBuilder(Protocol):
+    """A task's manifest of one publication: ``files`` as uploaded, ``root`` their folder (relative to the run)."""
+
+    def __call__(self, files: list[FileEntry], root: str) -> Manifest: ...
+
+
+EXPORT_FOLDERS = ("hf", "onnx", "ort", "tflite")  # what an export may write that a replica reads
+
+
 def publish(
     job: JobDocument,
     result: ExportResult,
@@ -258,16 +269,37 @@ def publish(
     pruning: PruningInfo | None = None,
     wait: StoreWait | None = None,
     bf16: VariantDecision | None = None,
-    build: Callable[[list[FileEntry], str], Manifest] | None = None,
 ) -> tuple[Manifest, str]:
-    """Upload the artifact files into a new publication folder, then the manifest.
+    """Publish a classification export: :func:`publish_folder` with :func:`build_manifest`.
+
+    ``bf16``: the gate's decision on the bf16 variant; ``pruning``: spec.optimization.pruning's
+    record (``prune.py``), None without it. The other arguments are :func:`publish_folder`'s."""
+
+    def build(files: list[FileEntry], root: str) -> Manifest:
+        manifest = build_manifest(job, result, data, decision, files, root, bf16=bf16)
+        manifest.pruning = pruning
+        return manifest
+
+    return publish_folder(job, result.out_dir, build, token=token, environ=environ, wait=wait)
+
+
+def publish_folder(
+    job: JobDocument,
+    out_dir: Path,
+    build: ManifestBuilder,
+    *,
+    folders: tuple[str, ...] = EXPORT_FOLDERS,
+    token: str | None = None,
+    environ: dict[str, str] | None = None,
+    wait: StoreWait | None = None,
+) -> tuple[Manifest, str]:
+    """Upload ``folders`` of ``out_dir`` into a new publication folder, then ``build``'s manifest.
 
     Returns the manifest and its URI (the run's ``manifest.json``). ``token`` names
     the publication (random when not given; tests pass their own). ``environ``: where
     the encryption key is read (default ``os.environ``). ``wait`` (optional) sums the
-    retries and the seconds spent waiting for the store (``storewait.hold``). ``bf16``: the
-    gate's decision on the bf16 variant (``build_manifest``). ``build``: another task's manifest
-    of the uploaded files and the publication folder (then only ``result.out_dir`` is read).
+    retries and the seconds spent waiting for the store (``storewait.hold``). The manifest
+    gets the publication's encryption record (None without ``spec.artifacts.encryption``).
     """
     layout = RunLayout(job.run_uri)
     store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
@@ -276,11 +308,11 @@ def publish(
     files: list[FileEntry] = []
     sealed_dir = Path(tempfile.mkdtemp(prefix="rr-sealed-")) if data_key else None
     try:
-        for folder in ("hf", "onnx", "ort", "tflite"):
-            for path in sorted((result.out_dir / folder).rglob("*")):
+        for folder in folders:
+            for path in sorted((out_dir / folder).rglob("*")):
                 if not path.is_file():
                     continue
-                rel = join(root, path.relative_to(result.out_dir).as_posix())
+                rel = join(root, path.relative_to(out_dir).as_posix())
                 entry, sent = _prepare_file(path, rel, data_key, sealed_dir)
                 files.append(entry)
                 target = join(layout.base, rel)
@@ -290,12 +322,8 @@ def publish(
     finally:
         if sealed_dir is not None:
             shutil.rmtree(sealed_dir, ignore_errors=True)
-    if build is not None:
-        manifest = build(files, root)
-    else:
-        manifest = build_manifest(job, result, data, decision, files, root, bf16=bf16)
+    manifest = build(files, root)
     manifest.encryption = info
-    manifest.pruning = pruning  # spec.optimization.pruning's record (prune.py), None without it
     body = manifest.to_json().encode()
     hold(lambda: store.write_bytes(layout.manifest, body), "publish manifest.json", wait=wait)
     return manifest, layout.manifest

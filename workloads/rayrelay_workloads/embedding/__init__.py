@@ -9,7 +9,7 @@
 - ``export``: ONNX with pooling and normalisation inside the graph, fp32 and int8, checked
   by cosine similarity against PyTorch;
 - ``gate``: ``qualityGate.minRecallAt1`` / ``minMrr`` / ``minInt8Cosine`` (pure decisions);
-- ``manifest``: the manifest (``Manifest.embedding``) and its publication through ``publish.publish``;
+- ``manifest``: the manifest (``Manifest.embedding``) and its publication through ``publish.publish_folder``;
 - ``task``: the steps above as ``tasks.base.Task`` for the shared run (``pipeline.run_pipeline``);
 - ``serving``, ``openai_api``, ``openai_gateway``: the replica (OIP infer returns vectors)
   and OpenAI's ``POST /v1/embeddings``.

@@ -1,6 +1,6 @@
 """The manifest of a sentence-embedding artifact set, and its publication.
 
-``publish_embedding`` hands the export's folder to ``publish.publish`` (every file
+``publish_embedding`` hands the export's folder to ``publish.publish_folder`` (every file
 hashed, uploaded into a fresh publication folder, encrypted when asked, the store's
 outages waited out, manifest.json written last) with :func:`build_embedding_manifest`
 as the manifest: ``task: sentence-embedding``, the variants (int8 accepted or not by
@@ -11,14 +11,14 @@ size, output name, pooling, and each variant's cosine similarity to PyTorch and 
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo
 from rayrelay_core.store import join
 from rayrelay_workloads.embedding.data import LoadedPairs
 from rayrelay_workloads.embedding.export import FP32_MIN_COSINE, OUTPUT, EmbeddingExportResult
 from rayrelay_workloads.embedding.objective import METRIC
-from rayrelay_workloads.publish import lineage_of, onnx_variants, publish, timestamp
+from rayrelay_workloads.publish import lineage_of, onnx_variants, publish_folder, timestamp
 from rayrelay_workloads.quality import Int8Decision
 from rayrelay_workloads.storewait import StoreWait
 
@@ -100,5 +100,4 @@ def publish_embedding(
     def build(files: list[FileEntry], root: str) -> Manifest:
         return build_embedding_manifest(job, result, data, decision, train_metrics, files, root)
 
-    # With a manifest builder, publish reads only result.out_dir (and data for nothing else).
-    return publish(job, cast(Any, result), cast(Any, data), decision, wait=wait, build=build)
+    return publish_folder(job, result.out_dir, build, wait=wait)

@@ -17,24 +17,13 @@ variant, and the validation perplexities.
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 from rayrelay_core.api import QualityGate
-from rayrelay_core.runs import (
-    FileEntry,
-    JobDocument,
-    Manifest,
-    Parity,
-    RunLayout,
-    TokenizerInfo,
-    publish_id_for,
-    publish_rel,
-)
-from rayrelay_core.store import join, open_store, sha256_file
-from rayrelay_workloads.publish import lineage_of, onnx_variants, store_sse, timestamp
+from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo
+from rayrelay_core.store import join
+from rayrelay_workloads.publish import lineage_of, onnx_variants, publish_folder, timestamp
 from rayrelay_workloads.quality import Int8Decision, QualityGateError
-from rayrelay_workloads.storewait import hold
 from rayrelay_workloads.textgen.data import LoadedLmData
 from rayrelay_workloads.textgen.export import LmExportResult
 from rayrelay_workloads.textgen.lm import METRIC
@@ -138,22 +127,13 @@ def publish_lm(
     train_metrics: dict[str, float],
     token: str | None = None,
 ) -> tuple[Manifest, str]:
-    """Upload ``hf/`` and ``onnx/`` into a new publication folder, then write manifest.json last."""
-    layout = RunLayout(job.run_uri)
-    # spec.artifacts.serverSideEncryption applies to these uploads as to classification's.
-    store = open_store(layout.base, job.endpoint_url, sse=store_sse(job))
-    root = publish_rel(publish_id_for(job.attempt, token or uuid.uuid4().hex[:12]))
-    files: list[FileEntry] = []
-    for folder in ("hf", "onnx"):
-        for path in sorted((result.out_dir / folder).rglob("*")):
-            if not path.is_file():
-                continue
-            rel = join(root, path.relative_to(result.out_dir).as_posix())
-            files.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
-            target = join(layout.base, rel)
-            # An S3 outage is waited out as classification's publish does (storewait.hold).
-            hold(lambda: store.upload(path, target), f"publish {rel}")  # noqa: B023 - called now
-    manifest = build_lm_manifest(job, result, data, decision, files, root, train_metrics)
-    body = manifest.to_json().encode()
-    hold(lambda: store.write_bytes(layout.manifest, body), "publish manifest.json")
-    return manifest, layout.manifest
+    """Upload ``hf/`` and ``onnx/`` into a new publication folder, then write manifest.json last.
+
+    The shared step (``publish.publish_folder``): server-side encryption and the store's
+    outages waited out as for every task (``spec.artifacts.encryption`` is refused for this
+    task before training, so no file is encrypted here)."""
+
+    def build(files: list[FileEntry], root: str) -> Manifest:
+        return build_lm_manifest(job, result, data, decision, files, root, train_metrics)
+
+    return publish_folder(job, result.out_dir, build, folders=("hf", "onnx"), token=token)
