@@ -312,6 +312,12 @@ def test_the_gateway_answers_401_on_every_model_route_and_leaves_health_open() -
             assert response.status_code == 200, (path, response.body)
         for path in ("/v2/health/live", "/v2/health/ready"):
             assert (await gateway(req(path, {}, b"", "GET"))).status_code == 200
+        # /v1/embeddings names its model in the body: the key is checked before the task is.
+        embed = json.dumps({"model": NAME, "input": "great"}).encode()
+        refused = await gateway(req("/v1/embeddings", {}, embed, "POST"))
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        keyed = await gateway(req("/v1/embeddings", {"Authorization": f"Bearer {KEY_A}"}, embed, "POST"))
+        assert keyed.status_code == 400 and b"not a sentence-embedding model" in keyed.body  # a classifier
 
     asyncio.run(scenario())
     assert 1 <= asked <= 3  # cached for KEYS_TTL_S, not asked per request
