@@ -33,7 +33,7 @@ from typing import Any
 import kopf
 
 from rayrelay_core.api import GROUP, VERSION, Backend
-from rayrelay_operator import metrics, naming, persistence
+from rayrelay_operator import metrics, naming, persistence, streams
 from rayrelay_operator.reconcile import Event, ReconcileContext, classify, delete_pass, run_pass
 from rayrelay_operator.reconcile.context import cached_store_for
 from rayrelay_operator.settings import Settings
@@ -432,6 +432,8 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     """All of rayrelay's handlers in a fresh registry, with a login that works in a pod and outside."""
     registry = kopf.OperatorRegistry()
     _add_fallback_login(registry)
+    # Objects reach kopf without metadata.managedFields: kopf keeps each TrainingJob's body.
+    streams.install()
     interval = settings.timer_interval_seconds
     idle = settings.timer_idle_seconds
 
