@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -114,9 +115,14 @@ def from_zero(manifest_uri: str, work: Path, reps: int, quick: bool) -> list[dic
     from ray import serve
 
     from rayrelay_core.api import ModelDeploymentSpec
+    from rayrelay_core.serveconfig import SERVE_AUTOSCALING_ENV
     from rayrelay_workloads.serve.app import ModelAppArgs, model_app
 
     port = free_port()
+    # What rayrelay sets where it starts Ray (the head of `rayrelay run`, RayService pods):
+    # Serve's handles record queued requests often enough for a fast scale from zero.
+    for key, value in SERVE_AUTOSCALING_ENV.items():
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     md_spec = ModelDeploymentSpec.model_validate(spec(manifest_uri))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from rayrelay_operator.localray import haproxy_env
+from rayrelay_operator.localray import autoscaling_env, haproxy_env
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -133,6 +133,7 @@ def ray_cluster(s3_server: str) -> Iterator[RayCluster]:
     env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
     # Serve's HAProxy ingress, as `rayrelay run`'s head has it (localray.haproxy_env).
     env.update(haproxy_env(env, temp_dir))
+    env.update(autoscaling_env(env))  # and its Serve autoscaling settings (fast scale from zero)
     cmd = [
         str(BIN / "ray"), "start", "--head", "--block",
         "--node-ip-address=127.0.0.1",

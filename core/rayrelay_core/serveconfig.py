@@ -48,6 +48,21 @@ SERVE_REQUEST_PATH_ENV = {
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
 
+# How soon Serve's controller learns of a request that found no replica (scale from zero,
+# issue 25). A handle (Serve's proxy, the gateway) records its queued requests every
+# ``look_back_period_s * RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR`` (default 0.2)
+# and pushes the recorded points every ``metrics_interval_s``; its one immediate push when a
+# request finds zero replicas carries the points recorded *before* that request (all zero),
+# so the controller decided to start a replica only after the next record and the next push:
+# 0.8-1.6 s after the request with a 4 s window, measured from the controller's own log
+# (docs/performance.md, "Scale to zero: Serve's part by step"). Recording every 1/100 of the
+# window and, for a deployment that scales to zero, pushing every
+# :data:`SCALE_FROM_ZERO_PUSH_INTERVAL_S` bring that to a few tenths. Set on every Ray
+# process where rayrelay starts Ray (the head of `rayrelay run`, the RayService pods), unless
+# the environment sets it already.
+SERVE_AUTOSCALING_ENV = {"RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR": "0.01"}
+SCALE_FROM_ZERO_PUSH_INTERVAL_S = 0.25
+
 GATEWAY_APP_NAME = "rayrelay-gateway"
 GATEWAY_DEPLOYMENT = "Gateway"
 MODEL_DEPLOYMENT = "ModelServer"
@@ -129,8 +144,12 @@ def generation_caps(spec: ModelDeploymentSpec) -> GenerationCaps:
     )
 
 
-def metrics_push_interval(window_s: float) -> float:
-    """Serve's ``metrics_interval_s`` for a metrics window: a quarter of it, within [0.5, 10] s."""
+def metrics_push_interval(window_s: float, scale_to_zero: bool = False) -> float:
+    """Serve's ``metrics_interval_s`` for a metrics window: a quarter of it, within [0.5, 10] s;
+    :data:`SCALE_FROM_ZERO_PUSH_INTERVAL_S` for a deployment that scales to zero (a request held
+    at zero replicas reaches the controller at the next push)."""
+    if scale_to_zero:
+        return SCALE_FROM_ZERO_PUSH_INTERVAL_S
     return round(min(10.0, max(0.5, window_s / 4)), 3)
 
 
@@ -156,8 +175,11 @@ def autoscaling_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
         # How often replicas and handles push their request counts to Serve's controller.
         # Serve marks the field deprecated (env vars are to replace it) but 2.58 still uses it,
         # and its default (10 s) would make every decision up to 10 s late and warn for
-        # windows <= 10 s. A quarter of the window: several points per window, and cheap.
-        "metrics_interval_s": metrics_push_interval(scaling.metrics_window_seconds),
+        # windows <= 10 s. A quarter of the window: several points per window, and cheap;
+        # with scale-to-zero, SCALE_FROM_ZERO_PUSH_INTERVAL_S (the first request's wait).
+        "metrics_interval_s": metrics_push_interval(
+            scaling.metrics_window_seconds, scale_to_zero=scaling.min_replicas == 0
+        ),
     }
     if scaling.min_replicas == 0:
         config["downscale_to_zero_delay_s"] = scaling.scale_to_zero_after_seconds

@@ -37,7 +37,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from rayrelay_core.serveconfig import SERVE_REQUEST_PATH_ENV
+from rayrelay_core.serveconfig import SERVE_AUTOSCALING_ENV, SERVE_REQUEST_PATH_ENV
 
 SERVE_DEFAULT_PORT = 8000
 
@@ -125,6 +125,13 @@ def haproxy_env(env: dict[str, str], temp_dir: str) -> dict[str, str]:
     }
 
 
+def autoscaling_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Serve's autoscaling settings for the head ``rayrelay run`` starts: a request held at zero
+    replicas reaches Serve's controller within a few tenths (``serveconfig.SERVE_AUTOSCALING_ENV``).
+    Each unless ``env`` sets it already."""
+    return {k: v for k, v in SERVE_AUTOSCALING_ENV.items() if k not in env}
+
+
 def auth_wanted(env: Mapping[str, str]) -> bool:
     """Token authentication for the head ``rayrelay run`` starts: on unless ``RAYRELAY_RAY_AUTH=0``."""
     return env.get("RAYRELAY_RAY_AUTH", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -198,6 +205,7 @@ class LocalRay:
         env.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "240")
         env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
         env.update(haproxy_env(env, self.temp_dir))
+        env.update(autoscaling_env(env))
         self.haproxy = env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
         self._auth_env(env)
         cmd = [

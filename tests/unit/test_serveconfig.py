@@ -126,7 +126,8 @@ def test_scale_to_zero_and_window_reach_serve_and_serve_accepts_them() -> None:
     config = AutoscalingConfig(**dep["autoscaling_config"])
     assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (0, 1, 3)
     assert config.downscale_to_zero_delay_s == 4 and config.look_back_period_s == 2
-    assert config.metrics_interval_s == 0.5  # below the window, so Serve does not warn
+    # Scale to zero: pushed every 0.25 s (a held request's wait), below the window (no warning).
+    assert config.metrics_interval_s == serveconfig.SCALE_FROM_ZERO_PUSH_INTERVAL_S < 2
     (dep,) = serveconfig.model_application(
         args(autoscaling={"minReplicas": 1, "scaleToZeroAfterSeconds": 4})
     )["deployments"]

@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from rayrelay_core.runs import ENCRYPTION_KEY_ENV
-from rayrelay_core.serveconfig import SERVE_REQUEST_PATH_ENV, application_configs
+from rayrelay_core.serveconfig import SERVE_AUTOSCALING_ENV, SERVE_REQUEST_PATH_ENV, application_configs
 from rayrelay_operator import naming
 from rayrelay_operator.work import ServingWork, TrainingWork
 
@@ -343,6 +343,9 @@ def build_rayservice(
         )
     spec = work.spec
     env = _env(endpoint_url, credentials_secret, encryption_secret)
+    # Serve's handles record queued requests often enough that a request held at zero
+    # replicas reaches the controller within a few tenths (serveconfig.SERVE_AUTOSCALING_ENV).
+    env += [{"name": k, "value": v} for k, v in SERVE_AUTOSCALING_ENV.items()]
     if haproxy:
         env.append({"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"})
         env += [{"name": k, "value": v} for k, v in SERVE_REQUEST_PATH_ENV.items()]
