@@ -17,11 +17,16 @@ folder of its own (``RAYRELAY_CACHE_DIR``). Then:
    (``scaleToZeroAfterSeconds``), send one request and time it to its answer.
    The first time with the node cache emptied (the replica downloads), then with
    the cache warm (nothing downloaded). The replica's own record
-   (``ModelServer.info()["coldStart"]``, read through a Serve handle) splits the
+   (``ModelServer.info()["coldStart"]``, as its constructor logs it) splits the
    wait: Serve's part (decision, actor process, imports) up to the
    constructor's start, then manifest, download, digest check, tokenizer,
    session, warm-up, then the time from the replica ready to the answer
    (Serve marking it running, the proxy learning of it, the request itself).
+
+``--cold-only [--cold-starts N]``: the cold starts alone (no step load), each with Serve's
+part split step by step from the stamps the head's processes log (:func:`serve_timeline`;
+docs/performance.md, "Scale to zero: Serve's part by step"). The replica's record is read
+from its log line, so this process joins the head as no Ray driver.
 
 ``--preloaded`` (``python -m bench.autoscaling --preloaded``, then ``python -m
 bench.report``) adds a second contender measured in the same run: the warm cold
@@ -40,6 +45,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -225,7 +231,41 @@ def wait_zero(backend: Any, timeout: float = 120) -> float:
     raise TimeoutError("the deployment did not scale to zero")
 
 
-def cold_start(url: str, handle: Any) -> dict[str, Any]:
+def replica_record(logs: Path, sent: float, timeout: float = 30) -> dict[str, Any]:
+    """The cold-start record of the replica that started after ``sent`` (``ModelServer``'s
+    ``coldStart``, which its constructor logs: "NAME cold start: key value, ..."), read from the
+    head's worker logs: no Ray driver needed (the head requires a token a driver must present)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        paths = [
+            *logs.glob("worker-*.err"),
+            *logs.glob("old/worker-*.err"),
+            *logs.glob("serve/replica_*.log"),
+        ]
+        for path in paths:
+            for line in path.read_text(errors="replace").splitlines():
+                if f"{NAME} cold start: " not in line:
+                    continue
+                record: dict[str, Any] = {}
+                for item in line.split(" cold start: ", 1)[1].split(", "):
+                    key, _, value = item.partition(" ")
+                    record[key] = float(value) if "." in value else int(value)
+                if record.get("initStartedAt", 0) >= sent:
+                    return record
+        if time.monotonic() > deadline:
+            found = [
+                ln[-200:]
+                for p in paths
+                for ln in p.read_text(errors="replace").splitlines()
+                if "cold start: " in ln
+            ]
+            raise TimeoutError(f"no cold-start record after {sent} in {logs}: {found}")
+        time.sleep(0.2)
+
+
+def cold_start(url: str, logs: Path) -> dict[str, Any]:
+    """One first request after scale-to-zero, timed; split by the replica's record and Serve's
+    part step by step (:func:`serve_timeline`), both from the head's ``logs``."""
     import requests
 
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXT]}]}
@@ -234,9 +274,11 @@ def cold_start(url: str, handle: Any) -> dict[str, Any]:
     resp = requests.post(f"{url}/v2/models/{NAME}/infer", json=body, timeout=120)
     total = time.perf_counter() - t0
     answered = sent + total
-    info = handle.info.remote().result(timeout_s=60)
-    cs = info["coldStart"]
+    cs = replica_record(logs, sent)
+    timeline = serve_timeline(logs, sent, cs, answered)
     return {
+        "serve_steps": timeline["steps"],
+        "new_worker_process": timeline["new_worker_process"],
         "status": resp.status_code,
         "total_s": round(total, 3),
         "serve_start_s": round(cs["initStartedAt"] - sent, 3),  # decision, actor process, imports
@@ -255,9 +297,6 @@ def cold_start(url: str, handle: Any) -> dict[str, Any]:
 
 def preloaded_cold_starts(reps: int, manifest_uri: str, endpoint: str, out: Path) -> None:
     """Warm cold starts on a head started with ``RAY_preload_python_modules`` (set by the caller)."""
-    import ray
-    from ray import serve
-
     from bench.serving import deploy, md_object, start_cluster, undeploy
 
     cluster = start_cluster(num_cpus=4, s3_endpoint=endpoint, start_timeout=300)
@@ -266,14 +305,12 @@ def preloaded_cold_starts(reps: int, manifest_uri: str, endpoint: str, out: Path
         obj["spec"]["autoscaling"] = spec_autoscaling(False)
         obj["spec"]["runtime"] = {"intraOpThreads": 1, "interOpThreads": 1}
         deploy(cluster, obj, timeout=600)
-        os.environ.update(cluster.ray.client_env())  # this driver presents the head's token
-        ray.init(address=cluster.ray.address, log_to_driver=False)
-        handle = serve.get_app_handle(NAME)
+        logs = Path(cluster.ray.temp_dir) / "session_latest" / "logs"
         colds = []
         for i in range(reps):
             idle = wait_zero(cluster.backend)
             time.sleep(0.5)
-            cold = cold_start(cluster.url, handle)
+            cold = cold_start(cluster.url, logs)
             cold["node_cache"] = "warm"
             cold["waited_for_zero_s"] = round(idle, 1)
             log(f"autoscaling: cold start with preloaded workers {i}: {cold}")
@@ -281,16 +318,113 @@ def preloaded_cold_starts(reps: int, manifest_uri: str, endpoint: str, out: Path
         undeploy(cluster, obj)
         out.write_text(json.dumps(colds))
     finally:
-        try:
-            ray.shutdown()
-        finally:
-            cluster.stop()
+        cluster.stop()
+
+
+def warm_step_medians(colds: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Median of each step of Serve's part over the warm cold starts (:func:`serve_timeline`)."""
+    warm = [c["serve_steps"] for c in colds if c["node_cache"] == "warm" and c.get("serve_steps")]
+    keys = list(warm[0]) if warm else []
+    return {
+        k: round(median([w[k] for w in warm if w.get(k) is not None]), 3)
+        if any(w.get(k) is not None for w in warm)
+        else None
+        for k in keys
+    }
 
 
 def warm_medians(colds: list[dict[str, Any]]) -> dict[str, float]:
     warm = [c for c in colds if c["node_cache"] == "warm"]
-    keys = [k for k, v in warm[0].items() if isinstance(v, int | float) and k != "status"]
+    keys = [
+        k
+        for k, v in warm[0].items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "status"
+    ]
     return {k: round(median([c[k] for c in warm]), 3) for k in keys}
+
+
+# ------------------------------------------------------------------ Serve's part, from the processes' own logs
+
+_LOG_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def _stamp(line: str) -> float | None:
+    """Seconds since the epoch of a Ray or Serve log line (both write local time, ms)."""
+    match = _LOG_STAMP.search(line)
+    if not match:
+        return None
+    return time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
+
+
+def _first(lines: list[str], after: float, *needles: str) -> tuple[float, str] | None:
+    """The first line at or after ``after`` that holds every needle: (its stamp, the line)."""
+    for line in lines:
+        if all(needle in line for needle in needles):
+            at = _stamp(line)
+            if at is not None and at >= after:
+                return at, line
+    return None
+
+
+def serve_timeline(logs: Path, sent: float, cs: dict[str, Any], answered: float) -> dict[str, Any]:
+    """Serve's part of one cold start, step by step, from the stamps the processes log themselves.
+
+    ``logs`` is the head's ``session_latest/logs``. The controller logs its decision
+    ("Upscaling ... from 0") and the replica's start; the raylet logs the worker process it
+    starts ("Started worker process with pid P": a new process, not an idle one reused); the
+    core worker of P logs when it is up ("Constructing CoreWorkerProcess", after the
+    interpreter and ``import ray``) and when the actor's creation task starts and ends (Serve's
+    ``ReplicaActor``: ``import ray.serve``, the deployment's module, the user class); the
+    replica's own record gives its constructor; the controller logs the replica running.
+    Every step is seconds from the previous one; None where a line was not found.
+    """
+
+    def lines(path: Path) -> list[str]:
+        try:
+            return path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    controller = [ln for p in sorted((logs / "serve").glob("controller_*.log")) for ln in lines(p)]
+    raylet = lines(logs / "raylet.out")
+    decision = _first(controller, sent - 0.5, f"app='{NAME}') from 0 to")
+    start = _first(controller, decision[0] if decision else sent, "Starting Replica(id=", f"app='{NAME}'")
+    replica_id = re.search(r"id='([^']+)'", start[1]).group(1) if start else None
+    running = (
+        _first(controller, start[0], f"Replica(id='{replica_id}'", "started successfully")
+        if replica_id
+        else None
+    )
+    pid = re.search(r"PID: (\d+)", running[1]) if running else None
+    spawned = _first(raylet, sent, f"Started worker process with pid {pid.group(1)} ") if pid else None
+    worker: list[str] = []
+    if pid:
+        for path in [
+            *logs.glob(f"python-core-worker-*_{pid.group(1)}.log"),
+            *logs.glob(f"old/python-core-worker-*_{pid.group(1)}.log"),
+        ]:
+            worker = lines(path)
+    core_up = _first(worker, sent, "Constructing CoreWorkerProcess")
+    actor_task = _first(worker, sent, "Creating actor")
+    stamps = {
+        "sent": sent,
+        "decision": decision[0] if decision else None,
+        "replica_started": start[0] if start else None,
+        "worker_spawned": spawned[0] if spawned else None,
+        "core_worker_up": core_up[0] if core_up else None,
+        "actor_task_started": actor_task[0] if actor_task else None,
+        "constructor_started": cs.get("initStartedAt"),
+        "constructor_done": cs.get("readyAt"),
+        "controller_saw_running": running[0] if running else None,
+        "answered": answered,
+    }
+    steps: dict[str, float | None] = {}
+    prev_key, prev = "sent", sent
+    for key, at in list(stamps.items())[1:]:
+        steps[f"{prev_key}->{key}"] = round(at - prev, 3) if at is not None and prev is not None else None
+        if at is not None:
+            prev_key, prev = key, at
+    return {"new_worker_process": spawned is not None, "steps": steps}
 
 
 # ------------------------------------------------------------------ plot
@@ -371,6 +505,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.autoscaling")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
+        "--cold-only",
+        action="store_true",
+        help="only the cold starts from zero (no step load): Serve's part step by step",
+    )
+    parser.add_argument("--cold-starts", type=int, default=0, help="warm cold starts (default 3, 1 quick)")
+    parser.add_argument(
         "--preloaded",
         action="store_true",
         help="also measure cold starts on a second head whose idle workers preload the serving code",
@@ -385,15 +525,14 @@ def main() -> None:
         preloaded_cold_starts(args.preloaded_cold_starts, args.manifest, args.endpoint, Path(args.out))
         return
 
-    import ray
     from moto.server import ThreadedMotoServer
-    from ray import serve
 
     from bench.cold_start import upload_run
     from bench.model import ensure_run
     from bench.serving import deploy, md_object, start_cluster, undeploy
 
     concurrency, load_s, reps = (8, 15.0, 1) if args.quick else (16, 30.0, 3)
+    reps = args.cold_starts or reps
     shutil.rmtree(NODE_CACHE, ignore_errors=True)
     os.environ["RAYRELAY_CACHE_DIR"] = str(NODE_CACHE)  # the head (and so every replica) inherits it
     run = ensure_run()
@@ -412,31 +551,32 @@ def main() -> None:
         url = cluster.url
         scaling = obj["spec"]["autoscaling"]
         after_s = scaling["downscaleDelaySeconds"] + scaling["metricsWindowSeconds"] + 15
-        timeline = asyncio.run(step_load(url, cluster.backend, concurrency, 5.0, load_s, after_s))
-        times = scaling_times(timeline)
-        log(f"autoscaling: {times}")
-
-        os.environ.update(cluster.ray.client_env())  # this driver presents the head's token
-        ray.init(address=cluster.ray.address, log_to_driver=False)
-        handle = serve.get_app_handle(NAME)
+        timeline: dict[str, Any] = {"samples": [], "load_start_s": 0.0, "load_stop_s": 0.0, "codes": {}}
+        times: dict[str, Any] = {}
+        if not args.cold_only:
+            timeline = asyncio.run(step_load(url, cluster.backend, concurrency, 5.0, load_s, after_s))
+            times = scaling_times(timeline)
+            log(f"autoscaling: {times}")
+        logs = Path(cluster.ray.temp_dir) / "session_latest" / "logs"
         colds: list[dict[str, Any]] = []
         for i in range(1 + reps):
             idle = wait_zero(cluster.backend)
             if i == 0:
                 shutil.rmtree(NODE_CACHE, ignore_errors=True)  # the first one downloads
             time.sleep(0.5)
-            cold = cold_start(url, handle)
+            cold = cold_start(url, logs)
             cold["node_cache"] = "empty" if i == 0 else "warm"
             cold["waited_for_zero_s"] = round(idle, 1)
             log(f"autoscaling: cold start {i}: {cold}")
             colds.append(cold)
         warm_median = warm_medians(colds)
+        steps_median = warm_step_medians(colds)
+        log(f"autoscaling: warm cold start medians {warm_median}, Serve's part by step {steps_median}")
         undeploy(cluster, obj)
-        ray.shutdown()
         cluster.stop()
         # The same cold starts on a second head whose idle workers import the serving code
         # ahead of time (RAY_preload_python_modules), measured in this run, side by side. In a
-        # process of its own: this one's Serve handle would reconnect to a second head.
+        # process of its own (a head's environment is this process's).
         preloaded: list[dict[str, Any]] = []
         if args.preloaded:
             out = CACHE / "autoscaling-preloaded.json"
@@ -447,11 +587,8 @@ def main() -> None:
             subprocess.run(cmd, env=env, check=True, timeout=900)
             preloaded = json.loads(out.read_text())
     finally:
-        try:
-            ray.shutdown()
-        finally:
-            cluster.stop()
-            moto.stop()
+        cluster.stop()
+        moto.stop()
     write_result(
         "autoscaling",
         {
@@ -463,6 +600,10 @@ def main() -> None:
             "timeline": timeline,
             "cold_starts": colds,
             "cold_start_warm_median": warm_median,
+            "cold_start_serve_steps_warm_median": steps_median,
+            "serve_env": {
+                k: v for k, v in sorted(os.environ.items()) if k.startswith(("RAY_SERVE_", "RAY_worker"))
+            },
             **(
                 {
                     "preload_modules": PRELOAD,

@@ -56,22 +56,26 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
             f"vertical grid every 10 s, horizontal every replica (0 to {spec['maxReplicas']}).",
             "",
         ]
-    out += table(
-        ["step load", "value"],
-        [
-            ["concurrent clients, load duration", f"{st['concurrency']}, {num(st['load_s'], 0)} s"],
-            ["most RUNNING replicas", str(st["max_running_replicas"])],
-            ["load start → 2nd replica RUNNING", f"{num(st['scale_up_to_2_s'])} s"],
-            ["load start → most replicas RUNNING", f"{num(st['scale_up_to_max_s'])} s"],
+    out += (
+        []
+        if "max_running_replicas" not in st
+        else table(  # not with --cold-only
+            ["step load", "value"],
             [
-                "load stop → target back to 1 (downscaleDelaySeconds "
-                f"{num(spec['downscaleDelaySeconds'], 0)} + window {num(spec['metricsWindowSeconds'], 0)})",
-                f"{num(st['scale_down_target_to_1_s'])} s",
+                ["concurrent clients, load duration", f"{st['concurrency']}, {num(st['load_s'], 0)} s"],
+                ["most RUNNING replicas", str(st["max_running_replicas"])],
+                ["load start → 2nd replica RUNNING", f"{num(st['scale_up_to_2_s'])} s"],
+                ["load start → most replicas RUNNING", f"{num(st['scale_up_to_max_s'])} s"],
+                [
+                    "load stop → target back to 1 (downscaleDelaySeconds "
+                    f"{num(spec['downscaleDelaySeconds'], 0)} + window {num(spec['metricsWindowSeconds'], 0)})",
+                    f"{num(st['scale_down_target_to_1_s'])} s",
+                ],
+                ["load stop → one replica left running", f"{num(st['scale_down_running_to_1_s'])} s"],
+                ["requests, errors", f"{st['requests']}, {st['errors']}"],
+                ["throughput under load", f"{num(st['throughput_rps'])} requests/s"],
             ],
-            ["load stop → one replica left running", f"{num(st['scale_down_running_to_1_s'])} s"],
-            ["requests, errors", f"{st['requests']}, {st['errors']}"],
-            ["throughput under load", f"{num(st['throughput_rps'])} requests/s"],
-        ],
+        )
     )
     out += [
         "Scale to zero: Ray 2.58 honours `min_replicas: 0` for applications deployed through Serve's REST "
@@ -122,4 +126,51 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
             ),
             "",
         ]
+    out += serve_steps_table(colds, a.get("cold_start_serve_steps_warm_median") or {})
     return out
+
+
+SERVE_STEPS = {
+    "sent->decision": "request sent → controller decides to start a replica (its log)",
+    "decision->replica_started": "→ controller starts the replica actor",
+    "replica_started->worker_spawned": "→ raylet starts a worker process for it",
+    "worker_spawned->core_worker_up": "→ the worker's core worker is up (interpreter, `import ray`)",
+    "core_worker_up->actor_task_started": "→ the actor's creation task starts",
+    "actor_task_started->constructor_started": "→ replica constructor starts (`import ray.serve`, the "
+    "deployment's module, Serve's replica set-up)",
+    "constructor_started->constructor_done": "→ constructor done (the replica's own steps above)",
+    "constructor_done->controller_saw_running": "→ controller logs the replica running (reconfigure, "
+    "first health check, its loop)",
+    "controller_saw_running->answered": "→ the held request answered",
+}
+
+
+def serve_steps_table(colds: list[dict[str, Any]], medians: dict[str, Any]) -> list[str]:
+    """Serve's part of each cold start, step by step, from the processes' own log stamps
+    (``bench.autoscaling.serve_timeline``); nothing for results written before it existed."""
+    if not any(c.get("serve_steps") for c in colds):
+        return []
+    head = (
+        ["Serve's part, step by step (seconds)"] + [f"#{i + 1}" for i in range(len(colds))] + ["warm median"]
+    )
+    rows = [
+        [label] + [num((c.get("serve_steps") or {}).get(key), 3) for c in colds] + [num(medians.get(key), 3)]
+        for key, label in SERVE_STEPS.items()
+    ]
+    rows.append(
+        ["a new worker process started for the replica"]
+        + [str(c.get("new_worker_process", "-")) for c in colds]
+        + [""]
+    )
+    return table(head, rows) + [
+        "Serve's part comes from the stamps the processes log themselves (`python -m bench.autoscaling "
+        "--cold-only`: the cold starts without the step load): the controller's decision and replica start "
+        "(serve/controller_*.log), the raylet starting the replica's worker process (raylet.out), that "
+        "worker's core worker and actor creation (python-core-worker-*.log), the replica's own record, the "
+        "controller logging it running. Rule (`rayrelay_core.serveconfig`): a request that finds zero "
+        "replicas reaches the controller at a handle's next push of its recorded queue, so rayrelay records "
+        "every 1/100 of the metrics window (`RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR=0.01` on "
+        "the head `rayrelay run` starts and on every RayService pod) and, for `minReplicas: 0`, pushes every "
+        "0.25 s (`metrics_interval_s`; a quarter of the window otherwise).",
+        "",
+    ]
