@@ -46,7 +46,29 @@ def with_config(src: Path, dst: Path, **changes: Any) -> Path:
     return dst
 
 
+def gpt2_class_folder(folder: Path, dst: Path, **options: Any) -> Path:
+    """The tiny tokenizer saved by transformers' own GPT-2 class (``GPT2Tokenizer``), as
+    transformers 5 saves GPT-2-style models: built from tokenizer.json's vocabulary and merges."""
+    from transformers import GPT2Tokenizer
+
+    model = json.loads((folder / "tokenizer.json").read_text())["model"]
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokens = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if config.get(k)}
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    GPT2Tokenizer(vocab=model["vocab"], merges=merges, **tokens, **options).save_pretrained(dst)
+    assert json.loads((dst / "tokenizer_config.json").read_text())["tokenizer_class"] == "GPT2Tokenizer"
+    return dst
+
+
 def test_it_writes_what_transformers_writes(folder: Path) -> None:
+    assert_same(folder)
+
+
+def test_gpt2_class_tokenizers_whose_json_is_that_pipeline_run_light(folder: Path, tmp_path: Path) -> None:
+    assert_same(gpt2_class_folder(folder, tmp_path / "gpt2"))
+
+
+def assert_same(folder: Path) -> None:
     from transformers import AutoTokenizer
 
     light = light_text_tokenizer(folder)
@@ -79,8 +101,19 @@ def test_it_steps_aside_where_transformers_must_load_the_tokenizer(folder: Path,
     (jinja / "chat_template.jinja").write_text("{{ messages }}")
     assert light_text_tokenizer(jinja) is None
     assert (
-        light_text_tokenizer(with_config(folder, tmp_path / "cls", tokenizer_class="GPT2Tokenizer")) is None
+        light_text_tokenizer(with_config(folder, tmp_path / "cls", tokenizer_class="BertTokenizer")) is None
     )
+    # GPT-2's class where tokenizer.json is not the pipeline it rebuilds: a prefix space, a BOS
+    # added to every encoding, a normalizer in tokenizer.json.
+    gpt2 = gpt2_class_folder(folder, tmp_path / "gpt2")
+    assert isinstance(light_text_tokenizer(gpt2), LightTextTokenizer)
+    assert light_text_tokenizer(gpt2_class_folder(folder, tmp_path / "prefix", add_prefix_space=True)) is None
+    assert light_text_tokenizer(with_config(gpt2, tmp_path / "bos", add_bos_token=True)) is None
+    normalized = with_config(gpt2, tmp_path / "norm")
+    pipeline = json.loads((normalized / "tokenizer.json").read_text())
+    pipeline["normalizer"] = {"type": "NFKC"}
+    (normalized / "tokenizer.json").write_text(json.dumps(pipeline))
+    assert light_text_tokenizer(normalized) is None
     cleanup = with_config(folder, tmp_path / "clean", clean_up_tokenization_spaces=True)
     assert light_text_tokenizer(cleanup) is None
     bare = with_config(folder, tmp_path / "bare")
@@ -90,9 +123,12 @@ def test_it_steps_aside_where_transformers_must_load_the_tokenizer(folder: Path,
 
 def test_the_replica_loads_its_tokenizer_without_importing_transformers(folder: Path, tmp_path: Path) -> None:
     chat = with_config(folder, tmp_path / "chat", chat_template="{{ messages }}")
+    gpt2 = gpt2_class_folder(folder, tmp_path / "gpt2")
     script = (
         "import sys\n"
         "from rayrelay_workloads.textgen.serving import load_text_tokenizer\n"
+        f"tok = load_text_tokenizer({str(gpt2)!r})\n"
+        "print(type(tok).__name__, 'transformers' in sys.modules)\n"
         f"tok = load_text_tokenizer({str(folder)!r})\n"
         "print(type(tok).__name__, 'transformers' in sys.modules)\n"
         f"tok = load_text_tokenizer({str(chat)!r})\n"
@@ -101,6 +137,7 @@ def test_the_replica_loads_its_tokenizer_without_importing_transformers(folder: 
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
     )
-    light, with_template = out.stdout.split("\n")[:2]
+    gpt2_class, light, with_template = out.stdout.split("\n")[:3]
+    assert gpt2_class == "LightTextTokenizer False", out.stdout
     assert light == "LightTextTokenizer False", out.stdout
     assert with_template.endswith(" True") and not with_template.startswith("Light"), out.stdout

@@ -14,7 +14,12 @@ writes (``tests/unit/test_textgen_light_tokenizer.py`` compares them): a ``token
 whose class is transformers' generic fast tokenizer (``PreTrainedTokenizerFast``,
 ``TokenizersBackend``: a class of its own may rebuild the pipeline from its config), no chat
 template (``apply_chat_template`` with ``sanitize_control_tokens`` is transformers'), and no
-``clean_up_tokenization_spaces``. Otherwise it returns None and the replica loads transformers.
+``clean_up_tokenization_spaces``. GPT-2's own class (``GPT2Tokenizer``, as transformers 5
+saves GPT-2-style models; ``GPT2TokenizerFast`` before) rebuilds its pipeline from the
+vocabulary and merges: a byte-level BPE, no normalizer, a ByteLevel pre-tokenizer and decoder,
+no template. Where ``tokenizer.json`` is that very pipeline (:func:`is_gpt2_pipeline`), it gives
+the same ids and is run as it is too. Otherwise it returns None and the replica loads
+transformers.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 
 # transformers' generic fast tokenizer classes: they run tokenizer.json as it is.
 GENERIC_CLASSES = frozenset({"PreTrainedTokenizerFast", "TokenizersBackend"})
+# GPT-2's tokenizer classes: they rebuild tokenizer.json's pipeline (see is_gpt2_pipeline).
+GPT2_CLASSES = frozenset({"GPT2Tokenizer", "GPT2TokenizerFast"})
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
@@ -71,6 +78,44 @@ def _token(config: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def is_gpt2_pipeline(pipeline: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether ``tokenizer.json`` (``pipeline``) is what transformers' ``GPT2Tokenizer`` builds from
+    its vocabulary and merges with this ``tokenizer_config.json``: a plain byte-level BPE
+    (no dropout, affixes, unknown-fusing or byte fallback), no normalizer, a ByteLevel
+    pre-tokenizer with GPT-2's split pattern and no prefix space, a ByteLevel decoder, nothing
+    added around the ids (no template post-processor, no ``add_bos_token``/``add_eos_token``)."""
+    if any(config.get(key) for key in ("add_prefix_space", "add_bos_token", "add_eos_token")):
+        return False
+    model = pipeline.get("model") or {}
+    pre = pipeline.get("pre_tokenizer") or {}
+    post = pipeline.get("post_processor")
+    return (
+        pipeline.get("normalizer") is None
+        and model.get("type") == "BPE"
+        and model.get("dropout") is None
+        and not model.get("continuing_subword_prefix")
+        and not model.get("end_of_word_suffix")
+        and not model.get("fuse_unk")
+        and not model.get("byte_fallback")
+        and not model.get("ignore_merges")
+        and pre.get("type") == "ByteLevel"
+        and not pre.get("add_prefix_space")
+        and pre.get("use_regex", True) is True
+        and (pipeline.get("decoder") or {}).get("type") == "ByteLevel"
+        and (post is None or post.get("type") == "ByteLevel" or _adds_nothing(post))
+    )
+
+
+def _adds_nothing(post: dict[str, Any]) -> bool:
+    """A template post-processor that puts nothing around a sequence (transformers 5 writes one
+    for GPT-2's class: ``single`` = the sequence alone, no special tokens)."""
+    return (
+        post.get("type") == "TemplateProcessing"
+        and not post.get("special_tokens")
+        and [list(piece) for piece in post.get("single") or []] == [["Sequence"]]
+    )
+
+
 def light_text_tokenizer(folder: str | Path) -> LightTextTokenizer | None:
     """The folder's tokenizer as a :class:`LightTextTokenizer`, or None where transformers must load it."""
     folder = Path(folder)
@@ -80,7 +125,13 @@ def light_text_tokenizer(folder: str | Path) -> LightTextTokenizer | None:
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     if not isinstance(config, dict) or config.get("chat_template"):
         return None
-    if config.get("tokenizer_class") not in GENERIC_CLASSES or config.get("clean_up_tokenization_spaces"):
+    if config.get("clean_up_tokenization_spaces"):
+        return None
+    cls = config.get("tokenizer_class")
+    if cls in GPT2_CLASSES:
+        if not is_gpt2_pipeline(json.loads(path.read_text()), config):
+            return None
+    elif cls not in GENERIC_CLASSES:
         return None
     from tokenizers import Tokenizer
 
