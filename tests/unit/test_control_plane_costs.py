@@ -309,3 +309,30 @@ def test_no_diff_base_is_built_for_a_watched_rayjob() -> None:
     tj = body()
     assert storage.fetch(body=bodies.Body(tj)) is not None  # handled: observedGeneration 1
     assert storage.build(body=bodies.Body(tj), extra_fields=[("spec",)])["spec"] == tj["spec"]
+
+
+def test_the_rayjob_create_reads_its_echo_without_decoding_it() -> None:
+    """The create's response (the whole RayJob, echoed) is read as bytes, which hands its
+    connection back to the pool, and never decoded: nothing reads it (the watch brings the
+    RayJob). Stands in for CustomObjectsApi and urllib3's response."""
+
+    class Response:
+        read = False
+
+        @property
+        def data(self) -> bytes:
+            Response.read = True
+            return b'{"kind": "RayJob"}'
+
+    class Creating:
+        kwargs: dict[str, Any] = {}
+
+        def create_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> Response:
+            Creating.kwargs = kwargs
+            return Response()
+
+    b = KubeRayBackend(None, Settings(artifacts_uri="s3://rr-art/runs", network_policy=False))
+    b.extensions, b.custom = CRD(True), Creating()
+    b.submit_training(tjob())
+    assert Creating.kwargs.get("_preload_content") is False and Response.read
+    assert Creating.kwargs.get("field_validation") == "Strict"

@@ -323,7 +323,8 @@ def test_policy_created_strictly_before_the_rayjob_and_deleted_with_it() -> None
         ("create", "networkpolicy", "sst2-g2-a3"),
         ("create", "rayjobs", "sst2-g2-a3"),
     ]
-    assert net.calls[0][3] == STRICT and net.calls[1][3] == STRICT
+    # The RayJob's echo is read undecoded (_preload_content=False): nothing reads it.
+    assert net.calls[0][3] == STRICT and net.calls[1][3] == {**STRICT, "_preload_content": False}
     assert net.stored["sst2-g2-a3"] == build_rayjob_network_policy(work, PEERS)
     # Submitted again (a restarted operator): 409, the same spec -> no patch.
     net.calls.clear()

@@ -149,3 +149,43 @@ def test_a_deleted_rayjob_is_absent_at_the_next_pass() -> None:
     del custom.items["sst2-g1-a1"]
     b.rayjobs.seen("DELETED", rayjob())
     assert b.observe_training(work()).state is WorkState.ABSENT and custom.gets == 1
+
+
+def test_an_entry_stands_while_the_watch_holds_and_a_relisting_drops_what_it_does_not_show() -> None:
+    """No timed refresh by default: a waiting TrainingJob's ticks send nothing, however long it
+    waits. A deletion missed while the watch was gone (410, then kopf relists with type None
+    events) is caught by the relisting: what it does not show is asked for again."""
+    clock = Clock()
+    cache = RayJobCache(clock=clock)  # the operator's default
+    cache.seen(None, rayjob("a-g1-a1", jobDeploymentStatus="Initializing"))  # the first listing
+    cache.seen(None, rayjob("b-g1-a1", jobDeploymentStatus="Initializing"))
+    cache.seen("ADDED", rayjob("c-g1-a1", jobDeploymentStatus="Initializing"))
+    clock.t += 24 * 3600
+    assert all(cache.get("ml", n) is not None for n in ("a-g1-a1", "b-g1-a1", "c-g1-a1"))
+    # The watch expired and kopf relists: b was deleted in the gap, so the listing lacks it.
+    clock.t += 1
+    cache.seen(None, rayjob("a-g1-a1", jobDeploymentStatus="Running"))
+    clock.t += 1
+    cache.seen(None, rayjob("c-g1-a1", jobDeploymentStatus="Initializing"))
+    assert cache.get("ml", "a-g1-a1")["status"]["jobDeploymentStatus"] == "Running"
+    assert cache.get("ml", "c-g1-a1") is not None
+    assert cache.get("ml", "b-g1-a1") is None  # ask the API server (it answers 404)
+    cache.put(rayjob("b-g1-a1", jobDeploymentStatus="Initializing"))  # or what the GET found
+    assert cache.get("ml", "b-g1-a1") is not None
+    # Watch events after the listing start no epoch of their own.
+    cache.seen("MODIFIED", rayjob("c-g1-a1", jobDeploymentStatus="Running"))
+    clock.t += 3600
+    assert all(cache.get("ml", n) is not None for n in ("a-g1-a1", "b-g1-a1", "c-g1-a1"))
+
+
+def test_a_waiting_jobs_ticks_send_no_get_for_hours() -> None:
+    """Through the backend: the RayJob came on the watch; hours of ticks read it from there."""
+    clock = Clock()
+    custom = Custom(rayjob(jobDeploymentStatus="Initializing"))
+    b = backend(custom, clock)
+    b.rayjobs = RayJobCache(clock=clock)
+    b.rayjobs.seen("ADDED", rayjob(jobDeploymentStatus="Initializing"))
+    for _ in range(3 * 360):  # 3 hours of 10 s ticks
+        clock.t += 10
+        b.observe_training(work())
+    assert custom.gets == 0
