@@ -58,12 +58,17 @@ TrainingJob after it was ready, its requests and submits per TrainingJob, and th
 time over the floor above (the issue's goal: at most 1.5x).
 
 ``--quick`` runs 50 TrainingJobs (the cluster smoke test runs it); ``--sizes``
-picks others. Results: ``bench/results/control_plane.json``.
+picks others. ``--burst-only`` skips KubeRay's phase and the ceiling (a first look at
+a new size: 10,000); ``--memory-profile DIR`` runs the operator with
+``RAYRELAY_MEMORY_PROFILE`` (tracemalloc snapshots, ``rayrelay_operator.diagnostics``);
+during the burst a line every 30 s gives the operator's RSS and CPU. Results:
+``bench/results/control_plane.json`` (``--results-dir`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -274,10 +279,11 @@ def create_trainingjobs(api: Any, ns: str, n: int) -> dict[str, float]:
     """N TrainingJobs (examples/trainingjob.yaml, renamed) from CREATE_THREADS threads: name -> when its 201 came."""
     from tests.cluster.chart_operator import trainingjob
 
+    template = trainingjob("tj", gpus=0, workers=2)  # parsed once: 10,000 YAML loads took ~1 min
     bodies = []
     for i in range(n):
-        body = trainingjob(f"tj-{i:04d}", gpus=0, workers=2)
-        body["metadata"]["namespace"] = ns
+        body = copy.deepcopy(template)
+        body["metadata"].update(name=f"tj-{i:04d}", namespace=ns)
         bodies.append(body)
     created: dict[str, float] = {}
 
@@ -489,8 +495,26 @@ def kuberay_phase(plane: Any, api: Any, source_ns: str, timeout_s: float) -> dic
     }
 
 
+def log_progress(pid: int, since: float, done: threading.Event, every_s: float = 30.0) -> None:
+    """A line every ``every_s`` during the burst: the operator's RSS, peak RSS and CPU so far
+    (where a large size breaks shows here, before the watcher's result comes)."""
+    cpu0 = cpu_s(pid)
+    while not done.wait(every_s):
+        try:
+            log(
+                f"control plane: +{time.time() - since:.0f} s: operator RSS {rss_mib(pid):.0f} MiB "
+                f"(peak {peak_rss_mib(pid):.0f}), CPU {cpu_s(pid) - cpu0:.1f} s, load {load_average()}"
+            )
+        except OSError:  # the operator exited; one_scale reports why
+            return
+
+
 def one_scale(
-    n: int, timeout_s: float, profile: Path | None = None, running_window_s: float = 0.0
+    n: int,
+    timeout_s: float,
+    profile: Path | None = None,
+    running_window_s: float = 0.0,
+    burst_only: bool = False,
 ) -> dict[str, Any]:
     import logging
 
@@ -571,18 +595,28 @@ def one_scale(
 
         log(f"control plane: creating {n} TrainingJobs ({CREATE_THREADS} threads)")
         burst_start = time.time()
+        progress_done = threading.Event()
+        progress = threading.Thread(target=log_progress, args=(pid, burst_start, progress_done), daemon=True)
+        progress.start()
         created = create_trainingjobs(api, ns, n)
         burst_s = time.time() - burst_start
+        log(f"control plane: {n} created in {burst_s:.1f} s")
         try:
             watcher.wait(timeout_s)
         except subprocess.TimeoutExpired:
             watcher.terminate()
             watcher.wait(30)
+        progress_done.set()
         if not out.exists():
             raise RuntimeError("the watcher wrote no result")
         seen = json.loads(out.read_text())
         rayjob_at, reconciled_at = seen["rayjob_at"], seen["reconciled_at"]
         all_reconciled = max(reconciled_at.values()) if len(reconciled_at) >= n else None
+        if all_reconciled is None:
+            log(
+                f"control plane: only {len(reconciled_at)}/{n} reconciled, {len(rayjob_at)} RayJobs seen "
+                f"within {timeout_s:.0f} s; the operator's log ends:\n{op.log[-4000:]}"
+            )
         end = all_reconciled or time.time()
         cpu_used = {k: cpu_s(v) - cpu_before[k] for k, v in pids.items()}
         if spy is not None:
@@ -600,9 +634,11 @@ def one_scale(
             else None
         )
         op.stop()  # KubeRay's phase runs alone
-        kuberay = kuberay_phase(plane, api, ns, timeout_s) if plane.has_kuberay else None
-        log(f"control plane: the operator started on {n} TrainingJobs that exist already")
-        ceiling = ceiling_phase(plane, api, release, audit_log, user, ns, n, work, timeout_s)
+        kuberay = kuberay_phase(plane, api, ns, timeout_s) if plane.has_kuberay and not burst_only else None
+        ceiling = None
+        if not burst_only:
+            log(f"control plane: the operator started on {n} TrainingJobs that exist already")
+            ceiling = ceiling_phase(plane, api, release, audit_log, user, ns, n, work, timeout_s)
         burst_reqs = audit_requests(audit_log, user, burst_start, end)
         steady_reqs = audit_requests(audit_log, user, end, steady_end)
         store_burst, store_steady = store_log.between(burst_start, end), store_log.between(end, steady_end)
@@ -663,7 +699,7 @@ def one_scale(
             "ceiling": ceiling,
             # The operator's own ceiling over the floor (goal <= 1.5): from its process start.
             "ceiling_vs_floor": ratio(ceiling["all_reconciled_s"], kuberay["floor_create_s"])
-            if kuberay
+            if kuberay and ceiling
             else None,
         }
     finally:
@@ -695,6 +731,20 @@ def main() -> None:
         default=65.0,
         help="seconds of the running steady state (every RayJob set RUNNING); 0 skips it",
     )
+    parser.add_argument(
+        "--burst-only",
+        action="store_true",
+        help="skip KubeRay's side-by-side and the ceiling phases (a first look at a new size)",
+    )
+    parser.add_argument(
+        "--memory-profile",
+        type=Path,
+        help="run the operator with RAYRELAY_MEMORY_PROFILE (tracemalloc; slower): its snapshot goes here "
+        "(read it with python -m rayrelay_operator.diagnostics DIR/operator.tracemalloc)",
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, help="write control_plane.json here (default bench/results)"
+    )
     parser.add_argument("--watch", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.watch:
@@ -702,12 +752,20 @@ def main() -> None:
         watch_main(kubeconfig, ns, int(n), Path(out), Path(ready), float(timeout_s))
         return
     sizes = args.sizes or ([50] if args.quick else [500, 2000])
+    if args.memory_profile:
+        from tests.cluster import chart_operator
+
+        args.memory_profile.mkdir(parents=True, exist_ok=True)
+        # Every operator this run starts traces its allocations (one file: the last snapshot).
+        chart_operator.IMAGE_ENV["RAYRELAY_MEMORY_PROFILE"] = str(
+            args.memory_profile.resolve() / "operator.tracemalloc"
+        )
     from bench.kernel import cpu_flags
 
     results = []
     for n in sizes:
         log(f"control plane: {n} TrainingJobs")
-        res = one_scale(n, args.timeout, args.profile, args.running_window)
+        res = one_scale(n, args.timeout, args.profile, args.running_window, args.burst_only)
         cpu = res["cpu_ms_per_tj_until_reconciled"]
         log(
             f"control plane: {n}: create->RayJob p50 {res['create_to_rayjob_p50_s']:.2f}s p99 "
@@ -729,12 +787,13 @@ def main() -> None:
                 f"writes {r['api_writes']}, store {r['store_requests_per_tj_per_minute']:.2f}/TJ/min"
             )
         c = res["ceiling"]
-        log(
-            f"control plane: {n}: ceiling: started on {n} existing TrainingJobs, ready {c['operator_ready_s']:.1f}s, "
-            f"all reconciled {c['all_reconciled_s']} s from start ({c['all_reconciled_after_ready_s']} after ready), "
-            f"{c['cpu_ms_per_tj_after_ready']:.1f} CPU ms/TJ, {c['api_requests_per_tj']:.1f} API requests/TJ, "
-            f"submits/TJ {c['submit_calls_per_tj']:.2f}; ceiling/floor {res['ceiling_vs_floor']}"
-        )
+        if c:
+            log(
+                f"control plane: {n}: ceiling: started on {n} existing TrainingJobs, ready {c['operator_ready_s']:.1f}s, "
+                f"all reconciled {c['all_reconciled_s']} s from start ({c['all_reconciled_after_ready_s']} after ready), "
+                f"{c['cpu_ms_per_tj_after_ready']:.1f} CPU ms/TJ, {c['api_requests_per_tj']:.1f} API requests/TJ, "
+                f"submits/TJ {c['submit_calls_per_tj']:.2f}; ceiling/floor {res['ceiling_vs_floor']}"
+            )
         if res["kuberay"]:
             k = res["kuberay"]
             log(
@@ -768,6 +827,7 @@ def main() -> None:
             },
             "results": results,
         },
+        args.results_dir,
     )
 
 

@@ -108,6 +108,9 @@ def peering_lifetime(args: argparse.Namespace, default: int) -> int:
 
 
 def operator_command(args: argparse.Namespace) -> int:
+    from rayrelay_operator import diagnostics
+
+    diagnostics.start_from_env()  # opt-in (RAYRELAY_MEMORY_PROFILE): before kopf's imports
     import kopf
 
     from rayrelay_operator.handlers import build_registry
