@@ -3,13 +3,22 @@
 The model: all-MiniLM-L6-v2 fine-tuned by the product's own pipeline on the shipped pairs
 (``examples/data/embedding-*.jsonl``; task ``sentence-embedding``, one epoch), built once
 into ``bench/.cache/embedding-run/`` (``python -m bench.embeddings --build``, its own Ray).
-Both contenders run that model on the same texts (the validation pairs' anchors and
-positives, then training anchors up to ``TEXTS``):
+Every contender runs that model on the same texts (the validation pairs' anchors and
+positives, then training anchors up to ``TEXTS``), in this order:
 
 - **sentence-transformers** (``SentenceTransformer(<published hf/>)``, PyTorch fp32,
   ``THREADS`` torch threads, in this one process, before the endpoint starts):
   ``encode(texts, batch_size=32, normalize_embeddings=True)``, sentences/s over the whole
   list, and the p50/p99 of one 32-text batch;
+- **the kernel bound** (``kernel_figures``): each published ONNX file (int8, fp32) in one
+  onnxruntime session in this process with the replica's threads and tokenizer, batch 32,
+  tokenizing included: what no server of these files can pass on this host;
+- **infinity-emb** (``bench/peer_infinity.py``, from a venv of its own made by
+  ``bench.peers``), serving the published ``hf/`` folder: a short sweep of its documented
+  CPU engines (``INFINITY_SWEEP``: torch; optimum with optimum's own ONNX export, int8 and
+  fp32), each at batch 32 with ``THREADS`` threads, then the winner (highest geometric mean
+  of sentences/s over the client levels) at the endpoint's levels over its OpenAI
+  ``POST /embeddings``, with the same load generator; before Ray starts;
 - **the endpoint** (one ModelDeployment brought up the product's way, ``bench.serving``:
   1 replica, 1 CPU, ``THREADS`` onnxruntime threads, ``variant: auto``, batching 32 / 5 ms)
   through OpenAI ``POST /v1/embeddings``: c closed-loop clients of one text per request
@@ -17,21 +26,25 @@ positives, then training anchors up to ``TEXTS``):
   sentence-transformers'); sentences/s and p50/p99 per request. The client runs on this
   machine's cores too (a minimal asyncio HTTP client, ``bench.loadgen.read_response``).
 
-Agreement: the endpoint's vectors of the validation texts against sentence-transformers'
-(smallest cosine), recall@1 / MRR of both on the validation pairs, and the share of
+Agreement: the endpoint's and infinity's vectors of the validation texts against
+sentence-transformers' (smallest cosine), recall@1 / MRR of both on the validation pairs, and the share of
 anchors whose top-1 positive is the same. Printed side by side with the ratios, the
-instruction set and the load average. ``python -m bench --only embeddings [--quick]`` or
-``python -m bench.embeddings [--quick]``.
+instruction set and the load average, and the winner at 32 clients named.
+``python -m bench --only embeddings [--quick]`` or ``python -m bench.embeddings [--quick]
+[--no-infinity]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +58,7 @@ from bench.common import (
     THREADS,
     apply_env,
     bench_env,
+    free_port,
     load_average,
     log,
     percentile,
@@ -164,6 +178,62 @@ def st_figures(hf_dir: Path, texts: list[str], reps: int) -> tuple[dict[str, Any
     }, vectors
 
 
+# ------------------------------------------------------------------ the kernel's ceiling
+
+
+def kernel_figures(run: Path, manifest: dict[str, Any], texts: list[str], reps: int) -> dict[str, Any]:
+    """The published ONNX sessions alone, in this process: the host's bound for the endpoint.
+
+    Each published variant (int8, fp32) in an onnxruntime session with the replica's settings
+    (``md_object``: ``THREADS`` intra-op threads, 1 inter-op, idle threads not spinning), fed
+    the bench texts in batches of ``BATCH`` tokenized as a replica tokenizes them (the set's
+    ``tokenizer.json`` through ``LightTokenizer``, padded to the batch's longest text,
+    truncated at the manifest's sequence length). Tokenizing is inside the timing, as it is
+    inside the endpoint's; no HTTP, no batcher, no other process.
+    """
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from rayrelay_workloads.serve.model import SPIN, light_tokenizer
+
+    tokenizer = light_tokenizer(SimpleNamespace(tokenizer_dir=run / manifest["tokenizer"]["path"]))
+    if tokenizer is None:
+        raise RuntimeError("the published set has no tokenizer.json")
+    max_len = int(manifest["tokenizer"]["maxSeqLength"])
+    batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
+    out: dict[str, Any] = {}
+    for variant, doc in manifest["variants"].items():
+        if not doc.get("file") or not doc.get("accepted", True):
+            continue
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+        session = ort.InferenceSession(str(run / doc["file"]), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        walls, per_batch = [], []
+        for rep in range(reps + 1):  # the first pass warms up
+            t0 = time.perf_counter()
+            for batch in batches:
+                b0 = time.perf_counter()
+                enc = tokenizer(batch, padding="longest", truncation=True, max_length=max_len)
+                session.run(None, {n: enc[n] for n in names})
+                if rep:
+                    per_batch.append(time.perf_counter() - b0)
+            if rep:
+                walls.append(time.perf_counter() - t0)
+        best = sorted(walls)[len(walls) // 2]
+        out[variant] = {
+            "sentences_per_s": len(texts) / best,
+            "batch32_p50_ms": percentile(per_batch, 50) * 1000,
+            "batch32_p99_ms": percentile(per_batch, 99) * 1000,
+            "intra_op_threads": THREADS,
+        }
+        log(f"embeddings: kernel {variant}: {out[variant]['sentences_per_s']:.1f} sentences/s")
+    return out
+
+
 # ------------------------------------------------------------------ the endpoint
 
 
@@ -231,9 +301,11 @@ def endpoint_vectors(url: str, texts: list[str]) -> Any:
     return np.array(out, dtype=np.float32)
 
 
-def endpoint_figures(cluster_url: str, texts: list[str], quick: bool) -> dict[str, Any]:
-    url = f"{cluster_url}/v1/embeddings"
-    single = requests_bytes(url, [{"model": NAME, "input": t, "encoding_format": "float"} for t in texts])
+def endpoint_figures(
+    base_url: str, texts: list[str], quick: bool, route: str = "/v1/embeddings", oip: bool = True
+) -> dict[str, Any]:
+    """One text per request at each of ``LEVELS`` clients, then one client of 32 texts (and OIP infer)."""
+    url = f"{base_url}{route}"
     batched = requests_bytes(
         url,
         [
@@ -242,31 +314,243 @@ def endpoint_figures(cluster_url: str, texts: list[str], quick: bool) -> dict[st
         ],
     )
     duration = 8.0 if quick else 30.0
-    asyncio.run(closed_loop(url, single, 4, 64, 20))  # warm-up: connections, batcher, proxy
-    levels = {}
-    for clients in LEVELS:
-        r = asyncio.run(closed_loop(url, single, clients, 100_000, duration))
-        r["sentences_per_s"] = r["requests_per_s"]
-        levels[str(clients)] = r
+    warm = requests_bytes(url, [{"model": NAME, "input": t, "encoding_format": "float"} for t in texts])
+    asyncio.run(closed_loop(url, warm, 4, 64, 20))  # warm-up: connections, batcher, proxy
+    levels = one_text_levels(url, texts, duration, LEVELS)
+    for clients, r in levels.items():
         log(
-            f"embeddings: endpoint c={clients}: {r['sentences_per_s']:.1f} sentences/s, p99 {r['p99_ms']:.1f} ms"
+            f"embeddings: {url} c={clients}: {r['sentences_per_s']:.1f} sentences/s, p99 {r['p99_ms']:.1f} ms"
         )
     r = asyncio.run(closed_loop(url, batched, 1, 100_000, duration))
     r["sentences_per_s"] = r["requests_per_s"] * BATCH
-    # OIP infer reaches the replica in one hop (its route prefix); /v1/embeddings passes the gateway.
-    infer = f"{cluster_url}/v2/models/{NAME}/infer"
-    oip = requests_bytes(
-        infer, [{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]} for t in texts]
+    out = {"one_text_per_request": levels, "batch32_one_client": r}
+    if oip:
+        # OIP infer reaches the replica in one hop (its route prefix); /v1/embeddings passes the gateway.
+        infer = f"{base_url}/v2/models/{NAME}/infer"
+        bodies = requests_bytes(
+            infer,
+            [{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]} for t in texts],
+        )
+        o = asyncio.run(closed_loop(infer, bodies, LEVELS[-1], 100_000, duration))
+        o["sentences_per_s"] = o["requests_per_s"]
+        out[f"oip_infer_{LEVELS[-1]}_clients"] = o
+    return out
+
+
+# ------------------------------------------------------------------ infinity-emb
+
+
+INFINITY = "infinity"
+INFINITY_SERVER = "infinity-emb 0.0.78 (bench/peer_infinity.py, its own venv)"
+# infinity's documented CPU choices, each at --batch-size 32 (its default, and this bench's
+# batch): PyTorch through sentence-transformers, or ONNX through optimum, where on CPU it
+# prefers a quantized file (--onnx-do-not-prefer-quantized: the fp32 one).
+AGREEMENT_FLOOR = 0.95  # smallest cosine to sentence-transformers of a setting that may win (int8: ~0.985)
+INFINITY_SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("engine torch (fp32)", {"engine": "torch"}),
+    ("engine optimum, ONNX int8 (model_quantized.onnx)", {"engine": "optimum"}),
+    ("engine optimum, ONNX fp32", {"engine": "optimum", "prefer_quantized": False}),
+)
+
+
+def infinity_args(options: dict[str, Any], port: int) -> list[str]:
+    """``infinity_emb v2`` arguments of one sweep setting, run inside the model folder.
+
+    ``--model-id .``: see ``bench.peer_infinity`` (how infinity and optimum find the ONNX file).
+    The vector cache off: every text is new work, as for the other contenders."""
+    args = [
+        "--model-id", ".", "--served-model-name", NAME, "--engine", str(options["engine"]),
+        "--device", "cpu", "--batch-size", str(BATCH), "--no-vector-disk-cache",
+        # the model's own pooling (1_Pooling: mean); infinity's optimum engine reads "auto" as CLS
+        "--pooling-method", "mean",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    if options.get("prefer_quantized") is False:
+        args.append("--onnx-do-not-prefer-quantized")
+    return args
+
+
+def openai_vectors(doc: dict[str, Any], expected: int) -> list[list[float]]:
+    """The float vectors of an OpenAI embeddings response, in input order (``data[].index``)."""
+    data = doc.get("data")
+    if not isinstance(data, list) or len(data) != expected:
+        raise ValueError(f"expected {expected} embeddings, got {doc!r:.300}")
+    rows = sorted(data, key=lambda d: int(d["index"]))
+    if [int(d["index"]) for d in rows] != list(range(expected)):
+        raise ValueError(f"embedding indexes are not 0..{expected - 1}")
+    out = []
+    for d in rows:
+        vec = d["embedding"]
+        if not isinstance(vec, list) or not vec:
+            raise ValueError(f"embedding {d['index']} is not a list of floats (encoding_format float?)")
+        out.append([float(x) for x in vec])
+    return out
+
+
+def infinity_folder(run: Path, hf_dir: Path) -> Path:
+    """The folder infinity serves: ``hf/`` plus optimum's ONNX files, made once per run and venv."""
+    from bench import peers
+
+    python = peers.ensure_venv(INFINITY)
+    recipe = hashlib.sha256((ROOT / "bench" / "peer_infinity.py").read_bytes()).hexdigest()[:8]
+    folder = peers.VENVS / f"{python.parent.parent.name}-model-{run.name}-{recipe}"
+    if not (folder / "done").is_file():
+        log(f"embeddings: preparing {folder} (optimum ONNX export + int8) for infinity")
+        shutil.rmtree(folder, ignore_errors=True)
+        env = bench_env()
+        env["PYTHONPATH"] = str(ROOT)
+        env["OMP_NUM_THREADS"] = str(THREADS)
+        log_path = folder.with_suffix(".prepare.log")
+        with log_path.open("wb") as out:
+            done = subprocess.run(
+                [str(python), "-m", "bench.peer_infinity", "prepare", str(hf_dir), str(folder)],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+        if done.returncode:
+            raise RuntimeError(f"preparing infinity's model folder failed: see {log_path}")
+    return folder
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def start_infinity(folder: Path, label: str, options: dict[str, Any], scratch: Path) -> Any:
+    """infinity with one sweep setting, up once its model answers (``GET /models``)."""
+    from bench import peers
+
+    python = peers.ensure_venv(INFINITY)
+    port = free_port()
+    env = bench_env()
+    env.update(
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS=str(THREADS),  # torch's intra-op threads; onnxruntime's: --threads
+        MKL_NUM_THREADS=str(THREADS),
+        HF_HOME=str(scratch / "hf-home"),
+        DO_NOT_TRACK="1",
+        INFINITY_ANONYMOUS_USAGE_STATS="0",
     )
-    o = asyncio.run(closed_loop(infer, oip, LEVELS[-1], 100_000, duration))
-    o["sentences_per_s"] = o["requests_per_s"]
-    return {"one_text_per_request": levels, "batch32_one_client": r, f"oip_infer_{LEVELS[-1]}_clients": o}
+    scratch.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(python), "-m", "bench.peer_infinity", "serve", "--threads", str(THREADS), "--",
+        *infinity_args(options, port),
+    ]  # fmt: skip
+    log_path = scratch / f"infinity-{port}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=out, stderr=out, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    running = peers.Running(peers.Setting(INFINITY, label, 1, options), proc, f"{base}/embeddings", log_path)
+
+    deadline = time.monotonic() + 300
+    try:
+        while not _answers(f"{base}/models"):
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"infinity ({label}) exited during start-up:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"infinity ({label}) not up after 300 s: see {log_path}")
+            time.sleep(0.5)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def peer_vectors(url: str, texts: list[str]) -> Any:
+    import numpy as np
+    import requests
+
+    out: list[list[float]] = []
+    for i in range(0, len(texts), BATCH):
+        chunk = texts[i : i + BATCH]
+        body = {"model": NAME, "input": chunk, "encoding_format": "float"}
+        resp = requests.post(url, json=body, timeout=120)
+        resp.raise_for_status()
+        out += openai_vectors(resp.json(), len(chunk))
+    return np.array(out, dtype=np.float32)
+
+
+def one_text_levels(url: str, texts: list[str], duration: float, levels: tuple[int, ...]) -> dict[str, Any]:
+    single = requests_bytes(url, [{"model": NAME, "input": t, "encoding_format": "float"} for t in texts])
+    out = {}
+    for clients in levels:
+        r = asyncio.run(closed_loop(url, single, clients, 100_000, duration))
+        r["sentences_per_s"] = r["requests_per_s"]
+        out[str(clients)] = r
+    return out
+
+
+def infinity_figures(
+    run: Path, hf_dir: Path, texts: list[str], reference: Any, pairs: int, quick: bool, scratch: Path
+) -> dict[str, Any]:
+    """infinity's sweep (short loads), then its winner at every level, as the endpoint is measured."""
+    from bench import peers
+
+    folder = infinity_folder(run, hf_dir)
+    sweep_s, duration = (4.0, 8.0) if quick else (6.0, 30.0)
+    sweep: list[dict[str, Any]] = []
+    for label, options in INFINITY_SWEEP:
+        running = start_infinity(folder, label, options, scratch)
+        try:
+            check = agreement(peer_vectors(running.url, texts[: 2 * pairs]), reference, pairs, INFINITY)
+            one_text_levels(running.url, texts, sweep_s, (4,))  # warm-up
+            levels = one_text_levels(running.url, texts, sweep_s, LEVELS)
+        finally:
+            running.stop()
+        # Every level counts (a level with no answer scores as almost nothing, not as an error here).
+        score = statistics.geometric_mean([max(r["sentences_per_s"], 1e-6) for r in levels.values()])
+        kept = ("sentences_per_s", "p50_ms", "p99_ms", "errors")
+        sweep.append(
+            {
+                "setting": label,
+                "options": options,
+                "geomean_sentences_per_s": score,
+                "agreement": check,
+                "levels": {c: {k: r[k] for k in kept} for c, r in levels.items()},
+            }
+        )
+        log(
+            f"embeddings: sweep infinity ({label}): {score:.1f} sentences/s (geomean), cosine {check['cosine_min']:.4f}"
+        )
+    valid = [s for s in sweep if s["agreement"]["cosine_min"] >= AGREEMENT_FLOOR]
+    if not valid:
+        raise RuntimeError(
+            f"no infinity setting gives the model's vectors (cosine >= {AGREEMENT_FLOOR}): {sweep}"
+        )
+    best = max(valid, key=lambda s: s["geomean_sentences_per_s"])
+    running = start_infinity(folder, best["setting"], best["options"], scratch)
+    try:
+        served = peer_vectors(running.url, texts[: 2 * pairs])
+        base = running.url.removesuffix("/embeddings")
+        ep = endpoint_figures(base, texts, quick, route="/embeddings", oip=False)
+    finally:
+        running.stop()
+    return {
+        "server": INFINITY_SERVER,
+        "pins": list(peers.pins(INFINITY)),
+        "setting": best["setting"],
+        "options": best["options"],
+        "threads": THREADS,
+        "sweep": sweep,
+        "agreement": agreement(served, reference, pairs, INFINITY),
+        **ep,
+        "duration_s": duration,
+    }
 
 
 # ------------------------------------------------------------------ agreement
 
 
-def agreement(served: Any, reference: Any, pairs: int) -> dict[str, Any]:
+def agreement(served: Any, reference: Any, pairs: int, name: str = "endpoint") -> dict[str, Any]:
     import numpy as np
 
     from rayrelay_workloads.embedding.objective import cosine_rows, retrieval
@@ -277,62 +561,98 @@ def agreement(served: Any, reference: Any, pairs: int) -> dict[str, Any]:
     top_theirs = (reference[:n] @ reference[n : 2 * n].T).argmax(axis=1)
     return {
         "cosine_min": float(cosine_rows(served[: 2 * n], reference[: 2 * n]).min()),
-        "recall_at_1": {"endpoint": ours.recall_at_1, "sentence_transformers": theirs.recall_at_1},
-        "mrr": {"endpoint": ours.mrr, "sentence_transformers": theirs.mrr},
+        "recall_at_1": {name: ours.recall_at_1, "sentence_transformers": theirs.recall_at_1},
+        "mrr": {name: ours.mrr, "sentence_transformers": theirs.mrr},
         "same_top1_share": float(np.mean(top_ours == top_theirs)),
         "pairs": n,
     }
+
+
+def _row(name: str, r: dict[str, Any], base: float, p50: str, p99: str, of: str) -> list[str]:
+    rate = r["sentences_per_s"]
+    return [name, f"{rate:.1f}", f"{rate / base:.2f}x", f"{r[p50]:.1f}", f"{r[p99]:.1f}", of]
+
+
+def _server_rows(label: str, route: str, doc: dict[str, Any], base: float) -> list[list[str]]:
+    rows = [
+        _row(f"{label} {route}, {c} client(s), 1 text each", r, base, "p50_ms", "p99_ms", "per request")
+        for c, r in doc["one_text_per_request"].items()
+    ]
+    rows.append(
+        _row(
+            f"{label} {route}, 1 client, 32 texts each",
+            doc["batch32_one_client"],
+            base,
+            "p50_ms",
+            "p99_ms",
+            "per request",
+        )
+    )
+    return rows
+
+
+def _agreement_line(a: dict[str, Any], name: str, what: str) -> str:
+    return (
+        f"Agreement of {what} on the {a['pairs']} validation pairs: smallest cosine to sentence-transformers "
+        f"{a['cosine_min']:.5f}; recall@1 {a['recall_at_1'][name]:.3f} vs {a['recall_at_1']['sentence_transformers']:.3f}, "
+        f"MRR {a['mrr'][name]:.3f} vs {a['mrr']['sentence_transformers']:.3f}; same top-1 for "
+        f"{a['same_top1_share']:.1%} of the anchors."
+    )
+
+
+def winner_at(doc: dict[str, Any], clients: int) -> list[tuple[str, float]]:
+    """The servers at ``clients`` clients of one text each, fastest first (sentences/s)."""
+    out = [
+        ("rayrelay /v1/embeddings", doc["endpoint"]["one_text_per_request"][str(clients)]["sentences_per_s"])
+    ]
+    inf = doc.get("infinity")
+    if inf:
+        out.append(
+            (f"infinity-emb ({inf['setting']})", inf["one_text_per_request"][str(clients)]["sentences_per_s"])
+        )
+    return sorted(out, key=lambda x: -x[1])
+
+
+def _sweep_cell(s: dict[str, Any]) -> str:
+    cos = s["agreement"]["cosine_min"]
+    note = "" if cos >= AGREEMENT_FLOOR else f", below {AGREEMENT_FLOOR}: not eligible"
+    return f"{s['setting']} {s['geomean_sentences_per_s']:.1f} (cosine {cos:.4f}{note})"
 
 
 def table(doc: dict[str, Any]) -> list[str]:
     st, ep = doc["sentence_transformers"], doc["endpoint"]
     base = st["sentences_per_s"]
     rows = [
-        [
+        _row(
             "sentence-transformers encode, batch 32, 1 process",
-            f"{base:.1f}",
-            "1.00x",
-            f"{st['batch32_p50_ms']:.1f}",
-            f"{st['batch32_p99_ms']:.1f}",
+            st,
+            base,
+            "batch32_p50_ms",
+            "batch32_p99_ms",
             "per 32-text batch",
-        ],
+        ),
     ]
-    for clients, r in ep["one_text_per_request"].items():
+    for variant, k in (doc.get("kernel") or {}).items():
         rows.append(
-            [
-                f"endpoint /v1/embeddings, {clients} client(s), 1 text each",
-                f"{r['sentences_per_s']:.1f}",
-                f"{r['sentences_per_s'] / base:.2f}x",
-                f"{r['p50_ms']:.1f}",
-                f"{r['p99_ms']:.1f}",
-                "per request",
-            ]
-        )
-    b = ep["batch32_one_client"]
-    rows.append(
-        [
-            "endpoint /v1/embeddings, 1 client, 32 texts each",
-            f"{b['sentences_per_s']:.1f}",
-            f"{b['sentences_per_s'] / base:.2f}x",
-            f"{b['p50_ms']:.1f}",
-            f"{b['p99_ms']:.1f}",
-            "per request",
-        ]
-    )
+            _row(
+                f"kernel bound: published {variant} ONNX session alone, batch 32, {k['intra_op_threads']} threads",
+                k, base, "batch32_p50_ms", "batch32_p99_ms", "per 32-text batch",
+            )
+        )  # fmt: skip
+    rows += _server_rows("endpoint", "/v1/embeddings", ep, base)
     o = ep.get(f"oip_infer_{LEVELS[-1]}_clients")
     if o:
         rows.append(
-            [
+            _row(
                 f"endpoint OIP /v2/models/{{name}}/infer, {LEVELS[-1]} clients, 1 text each (no gateway hop)",
-                f"{o['sentences_per_s']:.1f}",
-                f"{o['sentences_per_s'] / base:.2f}x",
-                f"{o['p50_ms']:.1f}",
-                f"{o['p99_ms']:.1f}",
-                "per request",
-            ]
-        )
+                o, base, "p50_ms", "p99_ms", "per request",
+            )
+        )  # fmt: skip
+    inf = doc.get("infinity")
+    if inf:
+        rows += _server_rows(f"infinity-emb ({inf['setting']})", "/embeddings", inf, base)
     a = doc["agreement"]
-    return [
+    lines = [
         "## Sentence embeddings: endpoint vs sentence-transformers (issue 27)",
         "",
         f"Model: MiniLM fine-tuned on the shipped pairs; endpoint variant {doc['variant']} (auto), "
@@ -344,12 +664,33 @@ def table(doc: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
         *["| " + " | ".join(r) + " |" for r in rows],
         "",
-        f"Agreement on the {a['pairs']} validation pairs: smallest cosine endpoint vs sentence-transformers "
-        f"{a['cosine_min']:.5f}; recall@1 {a['recall_at_1']['endpoint']:.3f} vs {a['recall_at_1']['sentence_transformers']:.3f}, "
-        f"MRR {a['mrr']['endpoint']:.3f} vs {a['mrr']['sentence_transformers']:.3f}; same top-1 for "
-        f"{a['same_top1_share']:.1%} of the anchors.",
+        _agreement_line(a, "endpoint", "the endpoint"),
         "",
     ]
+    if doc.get("kernel"):
+        lines += [
+            "Kernel bound: the published ONNX file in one onnxruntime session in the bench's process "
+            "(the replica's threads, the replica's tokenizer, tokenizing included), no HTTP and no batcher: "
+            "the most a server of these files can approach on this host, measured in the same run (the same load).",
+            "",
+        ]
+    if inf:
+        ranked = winner_at(doc, LEVELS[-1])
+        (first, rate), (second, other) = ranked[0], ranked[1]
+        lines += [
+            f"At {LEVELS[-1]} clients of one text each, {first} wins: {rate:.1f} sentences/s against "
+            f"{other:.1f} for {second} ({rate / other:.2f}x).",
+            "",
+            f"infinity-emb: {inf['server']}; pins {', '.join(inf['pins'])}; {inf['threads']} threads "
+            "(torch: OMP_NUM_THREADS; onnxruntime: intra-op), vector cache off. Its sweep "
+            "(short loads, geometric mean of sentences/s over the client levels): "
+            + "; ".join(_sweep_cell(s) for s in inf["sweep"])
+            + f"; it takes part with {inf['setting']}.",
+            "",
+            _agreement_line(inf["agreement"], INFINITY, "infinity-emb"),
+            "",
+        ]
+    return lines
 
 
 def report_section(doc: dict[str, Any]) -> list[str]:
@@ -362,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter loads and fewer repetitions")
     parser.add_argument(
         "--build", action="store_true", help="only build the model (a subprocess of the benchmark)"
+    )
+    parser.add_argument(
+        "--no-infinity", action="store_true", help="leave infinity-emb out (its venv needs the package index)"
     )
     args = parser.parse_args(argv)
     if args.build:
@@ -377,6 +721,12 @@ def main(argv: list[str] | None = None) -> int:
     before = load_average()
     log(f"embeddings: sentence-transformers on {len(texts)} texts")
     st, reference = st_figures(hf_dir, texts, 2 if args.quick else 5)
+    log("embeddings: the published ONNX files alone (the kernel bound)")
+    kernel = kernel_figures(run, manifest, texts, 2 if args.quick else 5)
+    infinity = None
+    if not args.no_infinity:  # before Ray starts: no idle Ray process beside it
+        with tempfile.TemporaryDirectory(prefix="bench-infinity-") as scratch:
+            infinity = infinity_figures(run, hf_dir, texts, reference, pairs, args.quick, Path(scratch))
     obj = md_object(NAME, f"file://{run / 'manifest.json'}", variant="auto")
     cluster, _ = start_and_deploy(obj)
     try:
@@ -387,7 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cluster.stop()
     doc = {
-        "command": "python -m bench --only embeddings" + (" --quick" if args.quick else ""),
+        "command": "python -m bench --only embeddings"
+        + (" --quick" if args.quick else "")
+        + (" --no-infinity" if args.no_infinity else ""),
         "quick": args.quick,
         "instruction_set": instruction_set(),
         "load_average_before": before,
@@ -395,9 +747,12 @@ def main(argv: list[str] | None = None) -> int:
         "variant": variant,
         "manifest_embedding": manifest.get("embedding"),
         "sentence_transformers": st,
+        "kernel": kernel,
         "endpoint": ep,
         "agreement": agreement(served, reference, pairs),
     }
+    if infinity:
+        doc["infinity"] = infinity
     path = write_result("embeddings", doc)
     doc["load_average_at_end"] = load_average()
     print("\n".join(table(doc)))

@@ -52,6 +52,20 @@ PEER_PACKAGES = {
 }
 PEERS = tuple(PEER_PACKAGES)
 VENVS = CACHE / "peers"
+# bench.embeddings' peer (bench/peer_infinity.py), not one of bench.endpoint's: it serves the
+# hf/ folder with its own engines. infinity-emb 0.0.78 wants numpy<2 and transformers<=5.0, so
+# of .venv's stack only onnxruntime and torch (the CPU build, from the machine's wheel
+# folder) are shared. optimum 2.x (with optimum-onnx): optimum 1.27, the last 1.x, fails to
+# import beside torch 2.13 (torch.onnx.symbolic_opset14._attention_scale is gone).
+EMBEDDING_PEER_PACKAGES = {
+    "infinity": (
+        "infinity-emb[server,torch]==0.0.78",
+        "optimum[onnxruntime]==2.1.0",
+        "optimum-onnx==0.1.0",
+        "transformers==4.57.6",
+        "sentence-transformers==3.4.1",
+    ),
+}
 
 
 def shared_pins() -> tuple[str, ...]:
@@ -60,6 +74,9 @@ def shared_pins() -> tuple[str, ...]:
 
 
 def pins(peer: str) -> tuple[str, ...]:
+    if peer in EMBEDDING_PEER_PACKAGES:
+        shared = tuple(f"{dist}=={version(dist)}" for dist in ("onnxruntime", "torch"))
+        return (*EMBEDDING_PEER_PACKAGES[peer], *shared)
     return (*PEER_PACKAGES[peer], *shared_pins())
 
 
