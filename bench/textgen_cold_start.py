@@ -211,7 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.textgen_cold_start", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--serve-default-intervals",
+        action="store_true",
+        help="the baseline: Serve's own metric record factor (0.2) and a push every quarter window "
+        "for scale-to-zero too, as before rayrelay's scale-from-zero settings",
+    )
     args = parser.parse_args(argv)
+    if args.serve_default_intervals:
+        import rayrelay_core.serveconfig as serveconfig
+
+        os.environ.update({k: "0.2" for k in serveconfig.SERVE_AUTOSCALING_ENV})
+        quarter = serveconfig.metrics_push_interval
+        serveconfig.metrics_push_interval = lambda window_s, scale_to_zero=False: quarter(window_s)  # type: ignore[assignment]
     from bench.textgen import bench_decoder, publish_set
 
     reps = 2 if args.quick else 4
@@ -220,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest_uri = publish_set(folder, work)
     result: dict[str, Any] = {
         "instruction_set": instruction_set(),
+        "serve_default_intervals": args.serve_default_intervals,
         "model": {"layers": layers, "width": width},
         "load_average_before": load_average(),
         "replica": replica_runs(manifest_uri, work, reps, args.quick),
