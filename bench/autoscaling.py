@@ -25,8 +25,12 @@ folder of its own (``RAYRELAY_CACHE_DIR``). Then:
 
 ``--cold-only [--cold-starts N]``: the cold starts alone (no step load), each with Serve's
 part split step by step from the stamps the head's processes log (:func:`serve_timeline`;
-docs/performance.md, "Scale to zero: Serve's part by step"). The replica's record is read
+docs/performance.md, section 6, "Serve's part, step by step"). The replica's record is read
 from its log line, so this process joins the head as no Ray driver.
+
+A full run then runs those cold starts again with ``--serve-default-intervals`` in a
+process of its own (``bench.common.serve_defaults_baseline``; ``--no-baseline`` skips it),
+so the page shows the scale-from-zero settings against Serve's own side by side.
 
 ``--preloaded`` (``python -m bench.autoscaling --preloaded``, then ``python -m
 bench.report``) adds a second contender measured in the same run: the warm cold
@@ -56,7 +60,15 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, apply_env, load_average, log, median, write_result
+from bench.common import (
+    CACHE,
+    apply_env,
+    load_average,
+    log,
+    median,
+    serve_defaults_baseline,
+    write_result,
+)
 
 apply_env()
 
@@ -525,6 +537,11 @@ def main() -> None:
         "for scale-to-zero too, as before rayrelay's scale-from-zero settings",
     )
     parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the baseline cold starts with Serve's own intervals (run after this run's by default)",
+    )
+    parser.add_argument(
         "--preloaded",
         action="store_true",
         help="also measure cold starts on a second head whose idle workers preload the serving code",
@@ -610,6 +627,17 @@ def main() -> None:
     finally:
         cluster.stop()
         moto.stop()
+    baseline: dict[str, Any] = {}
+    if not (args.quick or args.serve_default_intervals or args.no_baseline):
+        b = serve_defaults_baseline("bench.autoscaling", ["--cold-only", "--cold-starts", str(reps)])
+        baseline = {
+            "command": f"python -m bench.autoscaling --cold-only --cold-starts {reps} --serve-default-intervals",
+            "cold_start_warm_median": b["cold_start_warm_median"],
+            "cold_start_serve_steps_warm_median": b["cold_start_serve_steps_warm_median"],
+            "totals_s": [c.get("total_s") for c in b["cold_starts"]],
+            "load_average_end": b.get("load_average_end"),
+        }
+        log(f"autoscaling: baseline (Serve's own intervals) warm median {b['cold_start_warm_median']}")
     write_result(
         "autoscaling",
         {
@@ -623,6 +651,7 @@ def main() -> None:
             "cold_starts": colds,
             "cold_start_warm_median": warm_median,
             "cold_start_serve_steps_warm_median": steps_median,
+            "serve_defaults_baseline": baseline,
             "serve_env": {
                 k: v for k, v in sorted(os.environ.items()) if k.startswith(("RAY_SERVE_", "RAY_worker"))
             },

@@ -240,5 +240,21 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None)
     return path
 
 
+def serve_defaults_baseline(module: str, args: list[str], timeout: float = 900) -> dict[str, Any]:
+    """The same cold starts with Serve's own metric intervals (``--serve-default-intervals``),
+    run after this run's own in a process of its own (a Ray head takes its environment from
+    the process that starts it), its result read back from a scratch results folder: the
+    before/after pair of the scale-from-zero settings, side by side in one ``make bench``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rr-bench-baseline-") as out:
+        env = {**os.environ, "BENCH_RESULTS_DIR": out}
+        cmd = [sys.executable, "-m", module, *args, "--serve-default-intervals"]
+        log(f"{module}: baseline with Serve's own intervals: {' '.join(cmd[1:])}")
+        subprocess.run(cmd, env=env, check=True, timeout=timeout, cwd=ROOT)
+        (path,) = Path(out).glob("*.json")
+        return dict(json.loads(path.read_text()))
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

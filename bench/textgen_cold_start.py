@@ -33,7 +33,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, apply_env, bench_env, free_port, load_average, log, median, write_result
+from bench.common import (
+    ROOT,
+    apply_env,
+    bench_env,
+    free_port,
+    load_average,
+    log,
+    median,
+    serve_defaults_baseline,
+    write_result,
+)
 from rayrelay_workloads.hardware import instruction_set
 
 apply_env()
@@ -176,13 +186,18 @@ def from_zero(manifest_uri: str, work: Path, reps: int, quick: bool) -> list[dic
 def report_section(doc: dict[str, Any]) -> list[str]:
     """The ``textgen_cold_start`` section of docs/performance.md (``bench.report``)."""
     s = doc["summary"]
+    base = doc.get("serve_defaults_baseline") or {}
 
     def sec(value: Any) -> str:
         return f"{value:.2f} s" if isinstance(value, int | float) and value == value else "-"
 
+    def row(label: str, key: str, bold: bool = False) -> str:
+        cells = [sec(s[key])] + ([sec(base["summary"].get(key))] if base else [])
+        return f"| {label} | " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
+
     tokenizers = sorted({str(r.get("tokenizer")) for r in doc["from_zero"] if r.get("tokenizer")})
     imported = any(r.get("transformersImported") for r in doc["replica"])
-    return [
+    out = [
         "## Text generation: cold start (issue 25)",
         "",
         f"TextGenServer on the {doc['model']['layers']} x {doc['model']['width']} bench decoder (int8, "
@@ -190,20 +205,30 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         f"{doc['load_average_before']}, after {doc['load_average_at_end']}. Command: "
         "`python -m bench --only textgen_cold_start`.",
         "",
-        "| step | median |",
-        "|---|---|",
-        f"| imports of the replica's module (Ray Serve included), fresh process | {sec(s['replica_imports_s'])} |",
-        f"| constructor, fresh process | {sec(s['replica_constructor_s'])} |",
-        f"| tokenizer load ({', '.join(tokenizers) or '-'}; transformers imported: {imported}) "
-        f"| {sec(s['replica_tokenizer_s'])} |",
-        f"| **first generate after scale-to-zero, sent -> answered** | **{sec(s['from_zero_s'])}** |",
-        f"| of which Serve: sent -> constructor starts | {sec(s['from_zero_serve_until_constructor_s'])} |",
-        f"| of which the constructor | {sec(s['from_zero_constructor_s'])} |",
-        f"| of which ready -> answered | {sec(s['from_zero_ready_to_answer_s'])} |",
-        "",
-        "Goal (issue 25): first request after scale-to-zero <= 3 s.",
+        "| step | median | baseline: Serve's own intervals |" if base else "| step | median |",
+        "|---|---|---|" if base else "|---|---|",
+        row("imports of the replica's module (Ray Serve included), fresh process", "replica_imports_s"),
+        row("constructor, fresh process", "replica_constructor_s"),
+        row(
+            f"tokenizer load ({', '.join(tokenizers) or '-'}; transformers imported: {imported})",
+            "replica_tokenizer_s",
+        ),
+        row("first generate after scale-to-zero, sent -> answered", "from_zero_s", bold=True),
+        row("of which Serve: sent -> constructor starts", "from_zero_serve_until_constructor_s"),
+        row("of which the constructor", "from_zero_constructor_s"),
+        row("of which ready -> answered", "from_zero_ready_to_answer_s"),
         "",
     ]
+    if base:
+        totals = ", ".join(sec(t) for t in base["totals_s"])
+        out += [
+            f"Baseline column: `{base['command']}`, run right after in a process of its own (Serve's "
+            "record factor 0.2 and a push every quarter of the window, as before rayrelay's scale-from-zero "
+            f"settings); its cold starts from zero: {totals}; load average at its end "
+            f"{base.get('load_average_end')}.",
+            "",
+        ]
+    return out + ["Goal (issue 25): first request after scale-to-zero <= 3 s.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the baseline: Serve's own metric record factor (0.2) and a push every quarter window "
         "for scale-to-zero too, as before rayrelay's scale-from-zero settings",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the baseline run with Serve's own intervals (run after this one by default)",
     )
     args = parser.parse_args(argv)
     if args.serve_default_intervals:
@@ -251,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         "from_zero_ready_to_answer_s": median(r.get("ready_to_answer_s", nan) for r in zero),
     }
     log(f"textgen_cold_start: {result['summary']}")
+    if not (args.quick or args.serve_default_intervals or args.no_baseline):
+        b = serve_defaults_baseline("bench.textgen_cold_start", [])
+        result["serve_defaults_baseline"] = {
+            "command": "python -m bench.textgen_cold_start --serve-default-intervals",
+            "summary": b["summary"],
+            "totals_s": [r.get("total_s") for r in b["from_zero"]],
+            "load_average_end": b.get("load_average_at_end"),
+        }
+        log(f"textgen_cold_start: baseline (Serve's own intervals) {b['summary']}")
     log(
         f"textgen_cold_start: instruction set {result['instruction_set']}, load average before "
         f"{result['load_average_before']}, now {load_average()}"

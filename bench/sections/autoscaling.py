@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from bench.sections.cells import num, table
@@ -126,7 +127,9 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
             ),
             "",
         ]
-    out += serve_steps_table(colds, a.get("cold_start_serve_steps_warm_median") or {})
+    out += serve_steps_table(
+        colds, a.get("cold_start_serve_steps_warm_median") or {}, a.get("serve_defaults_baseline") or {}
+    )
     return out
 
 
@@ -145,24 +148,55 @@ SERVE_STEPS = {
 }
 
 
-def serve_steps_table(colds: list[dict[str, Any]], medians: dict[str, Any]) -> list[str]:
+def serve_steps_table(
+    colds: list[dict[str, Any]], medians: dict[str, Any], baseline: dict[str, Any] | None = None
+) -> list[str]:
     """Serve's part of each cold start, step by step, from the processes' own log stamps
-    (``bench.autoscaling.serve_timeline``); nothing for results written before it existed."""
+    (``bench.autoscaling.serve_timeline``); nothing for results written before it existed.
+    ``baseline``: the same cold starts with Serve's own metric intervals, run after these in
+    the same ``make bench`` (``bench.common.serve_defaults_baseline``), as a last column."""
     if not any(c.get("serve_steps") for c in colds):
         return []
+    b = baseline or {}
+    base = b.get("cold_start_serve_steps_warm_median") or {}
     head = (
-        ["Serve's part, step by step (seconds)"] + [f"#{i + 1}" for i in range(len(colds))] + ["warm median"]
+        ["Serve's part, step by step (seconds)"]
+        + [f"#{i + 1}" for i in range(len(colds))]
+        + ["warm median"]
+        + (["baseline: Serve's own intervals, warm median"] if base else [])
     )
     rows = [
-        [label] + [num((c.get("serve_steps") or {}).get(key), 3) for c in colds] + [num(medians.get(key), 3)]
+        [label]
+        + [num((c.get("serve_steps") or {}).get(key), 3) for c in colds]
+        + [num(medians.get(key), 3)]
+        + ([num(base.get(key), 3)] if base else [])
         for key, label in SERVE_STEPS.items()
     ]
+    if base:
+        totals = [c.get("total_s") for c in colds]
+        warm_total = median([t for t in totals[1:] if isinstance(t, int | float)] or [float("nan")])
+        rows.append(
+            ["**first request after scale-to-zero, sent → answered**"]
+            + [num(t, 3) for t in totals]
+            + [num(warm_total, 3), num(b["cold_start_warm_median"].get("total_s"), 3)]
+        )
     rows.append(
         ["a new worker process started for the replica"]
         + [str(c.get("new_worker_process", "-")) for c in colds]
         + [""]
+        + ([""] if base else [])
     )
-    return table(head, rows) + [
+    lines = table(head, rows)
+    if base:
+        totals_b = ", ".join(num(t, 2) for t in b["totals_s"])
+        lines += [
+            f"Baseline column: `{b['command']}` (the scale-from-zero settings below undone: Serve's "
+            "record factor 0.2 and a push every quarter of the window), run right after this run's cold "
+            f"starts on a head of its own; its cold starts (the first with an empty node cache): {totals_b} s; "
+            f"load average at its end {b.get('load_average_end')}.",
+            "",
+        ]
+    return lines + [
         "Serve's part comes from the stamps the processes log themselves (`python -m bench.autoscaling "
         "--cold-only`: the cold starts without the step load): the controller's decision and replica start "
         "(serve/controller_*.log), the raylet starting the replica's worker process (raylet.out), that "

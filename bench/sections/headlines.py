@@ -76,6 +76,12 @@ def headlines(docs: dict[str, dict[str, Any]]) -> list[str]:
                 if a.get("cold_start_warm_median_preloaded")
                 else ""
             )
+            + (
+                f" ({num(a['serve_defaults_baseline']['cold_start_warm_median'].get('total_s'), 2)} s with "
+                "Serve's own metric intervals, same run)"
+                if a.get("serve_defaults_baseline")
+                else ""
+            )
             + f", {st['errors'] + a['cold_start_errors']} errors."
         )
     return lines
