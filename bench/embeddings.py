@@ -25,6 +25,8 @@ positives, then training anchors up to ``TEXTS``), in this order:
   (c = 1, 8, 32), and one client sending 32 texts per request (the same batch as
   sentence-transformers'); sentences/s and p50/p99 per request. The client runs on this
   machine's cores too (a minimal asyncio HTTP client, ``bench.loadgen.read_response``).
+  Then the same again as ``SPLIT_REPLICAS`` replicas x 1 CPU x 1 thread on the same head
+  (``split_figures``; ``--one-split`` skips it), the split the classification endpoint uses.
 
 Agreement: the endpoint's and infinity's vectors of the validation texts against
 sentence-transformers' (smallest cosine), recall@1 / MRR of both on the validation pairs, and the share of
@@ -337,6 +339,25 @@ def endpoint_figures(
     return out
 
 
+# The other split of the 2 cores (docs/performance.md, section 2): replicas of 1 CPU with one
+# onnxruntime thread each, as the classification endpoint is benchmarked, on the same head.
+SPLIT_REPLICAS = 2
+
+
+def split_figures(cluster: Any, run: Path, texts: list[str], quick: bool) -> dict[str, Any]:
+    """The endpoint again as ``SPLIT_REPLICAS`` replicas x 1 CPU x 1 intra-op thread."""
+    from bench.serving import deploy, md_object, undeploy
+
+    obj = md_object(NAME, f"file://{run / 'manifest.json'}", variant="auto")
+    obj["spec"]["autoscaling"] = {"minReplicas": SPLIT_REPLICAS, "maxReplicas": SPLIT_REPLICAS}
+    obj["spec"]["runtime"] = {"intraOpThreads": 1, "interOpThreads": 1}
+    deploy(cluster, obj)
+    log(f"embeddings: the endpoint as {SPLIT_REPLICAS} replicas x 1 CPU, 1 thread each")
+    figures = endpoint_figures(cluster.url, texts, quick)
+    undeploy(cluster, obj)
+    return {"replicas": SPLIT_REPLICAS, "cpus": 1, "intra_op_threads": 1, **figures}
+
+
 # ------------------------------------------------------------------ infinity-emb
 
 
@@ -591,6 +612,16 @@ def _server_rows(label: str, route: str, doc: dict[str, Any], base: float) -> li
     return rows
 
 
+# The first endpoint's split (``md_object``'s: 1 replica, 1 CPU, THREADS intra-op threads).
+ONE_REPLICA = f"endpoint, 1 replica x 1 CPU ({THREADS} threads)"
+
+
+def split_label(split: dict[str, Any] | None) -> str:
+    if not split:
+        return ""
+    return f"endpoint, {split['replicas']} replicas x {split['cpus']} CPU ({split['intra_op_threads']} thread each)"
+
+
 def _agreement_line(a: dict[str, Any], name: str, what: str) -> str:
     return (
         f"Agreement of {what} on the {a['pairs']} validation pairs: smallest cosine to sentence-transformers "
@@ -603,8 +634,24 @@ def _agreement_line(a: dict[str, Any], name: str, what: str) -> str:
 def winner_at(doc: dict[str, Any], clients: int) -> list[tuple[str, float]]:
     """The servers at ``clients`` clients of one text each, fastest first (sentences/s)."""
     out = [
-        ("rayrelay /v1/embeddings", doc["endpoint"]["one_text_per_request"][str(clients)]["sentences_per_s"])
+        (
+            f"rayrelay /v1/embeddings ({ONE_REPLICA})",
+            doc["endpoint"]["one_text_per_request"][str(clients)]["sentences_per_s"],
+        )
     ]
+    split = doc.get("endpoint_split")
+    if split:
+        out.append(
+            (
+                f"rayrelay /v1/embeddings ({split_label(split)})",
+                split["one_text_per_request"][str(clients)]["sentences_per_s"],
+            )
+        )
+    # OIP infer (one hop, measured at the top level only) is the same replicas' other route.
+    for label, e in ((ONE_REPLICA, doc["endpoint"]), (split_label(split), split)):
+        o = (e or {}).get(f"oip_infer_{clients}_clients")
+        if o:
+            out.append((f"rayrelay OIP infer, one hop ({label})", o["sentences_per_s"]))
     inf = doc.get("infinity")
     if inf:
         out.append(
@@ -639,15 +686,19 @@ def table(doc: dict[str, Any]) -> list[str]:
                 k, base, "batch32_p50_ms", "batch32_p99_ms", "per 32-text batch",
             )
         )  # fmt: skip
-    rows += _server_rows("endpoint", "/v1/embeddings", ep, base)
-    o = ep.get(f"oip_infer_{LEVELS[-1]}_clients")
-    if o:
-        rows.append(
-            _row(
-                f"endpoint OIP /v2/models/{{name}}/infer, {LEVELS[-1]} clients, 1 text each (no gateway hop)",
-                o, base, "p50_ms", "p99_ms", "per request",
-            )
-        )  # fmt: skip
+    split = doc.get("endpoint_split")
+    for label, e in ((ONE_REPLICA if split else "endpoint", ep), (split_label(split), split)):
+        if not e:
+            continue
+        rows += _server_rows(label, "/v1/embeddings", e, base)
+        o = e.get(f"oip_infer_{LEVELS[-1]}_clients")
+        if o:
+            rows.append(
+                _row(
+                    f"{label} OIP /v2/models/{{name}}/infer, {LEVELS[-1]} clients, 1 text each (no gateway hop)",
+                    o, base, "p50_ms", "p99_ms", "per request",
+                )
+            )  # fmt: skip
     inf = doc.get("infinity")
     if inf:
         rows += _server_rows(f"infinity-emb ({inf['setting']})", "/embeddings", inf, base)
@@ -655,8 +706,15 @@ def table(doc: dict[str, Any]) -> list[str]:
     lines = [
         "## Sentence embeddings: endpoint vs sentence-transformers (issue 27)",
         "",
-        f"Model: MiniLM fine-tuned on the shipped pairs; endpoint variant {doc['variant']} (auto), "
-        f"{doc['texts']} texts. Instruction set **{doc['instruction_set']}**; "
+        f"Model: MiniLM fine-tuned on the shipped pairs; endpoint variant {doc['variant']} (auto); "
+        f"*endpoint*: 1 replica of 1 CPU with {THREADS} onnxruntime threads"
+        + (
+            f", then as {split['replicas']} replicas of {split['cpus']} CPU with "
+            f"{split['intra_op_threads']} thread each on the same head"
+            if split
+            else ""
+        )
+        + f"; {doc['texts']} texts. Instruction set **{doc['instruction_set']}**; "
         f"load average before {doc['load_average_before']}, after {doc['load_average_at_end']}. "
         f"Command: `{doc['command']}`.",
         "",
@@ -679,7 +737,9 @@ def table(doc: dict[str, Any]) -> list[str]:
         (first, rate), (second, other) = ranked[0], ranked[1]
         lines += [
             f"At {LEVELS[-1]} clients of one text each, {first} wins: {rate:.1f} sentences/s against "
-            f"{other:.1f} for {second} ({rate / other:.2f}x).",
+            f"{other:.1f} for {second} ({rate / other:.2f}x). All of them, fastest first: "
+            + "; ".join(f"{n} {r:.1f}" for n, r in ranked)
+            + ".",
             "",
             f"infinity-emb: {inf['server']}; pins {', '.join(inf['pins'])}; {inf['threads']} threads "
             "(torch: OMP_NUM_THREADS; onnxruntime: intra-op), vector cache off. Its sweep "
@@ -707,6 +767,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-infinity", action="store_true", help="leave infinity-emb out (its venv needs the package index)"
     )
+    parser.add_argument(
+        "--one-split",
+        action="store_true",
+        help="measure the endpoint as 1 replica with 2 threads only (not also as 2 replicas x 1 thread)",
+    )
     args = parser.parse_args(argv)
     if args.build:
         build()
@@ -729,11 +794,14 @@ def main(argv: list[str] | None = None) -> int:
             infinity = infinity_figures(run, hf_dir, texts, reference, pairs, args.quick, Path(scratch))
     obj = md_object(NAME, f"file://{run / 'manifest.json'}", variant="auto")
     cluster, _ = start_and_deploy(obj)
+    split: dict[str, Any] | None = None
     try:
         served = endpoint_vectors(f"{cluster.url}/v1/embeddings", texts[: 2 * pairs])
         ep = endpoint_figures(cluster.url, texts, args.quick)
         variant = str((obj.get("status") or {}).get("model", {}).get("variant") or "auto")
         undeploy(cluster, obj)
+        if not args.one_split:
+            split = split_figures(cluster, run, texts, args.quick)
     finally:
         cluster.stop()
     doc = {
@@ -753,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if infinity:
         doc["infinity"] = infinity
+    if split:
+        doc["endpoint_split"] = split
     path = write_result("embeddings", doc)
     doc["load_average_at_end"] = load_average()
     print("\n".join(table(doc)))
