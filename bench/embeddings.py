@@ -633,13 +633,9 @@ def _agreement_line(a: dict[str, Any], name: str, what: str) -> str:
 
 def winner_at(doc: dict[str, Any], clients: int) -> list[tuple[str, float]]:
     """The servers at ``clients`` clients of one text each, fastest first (sentences/s)."""
-    out = [
-        (
-            f"rayrelay /v1/embeddings ({ONE_REPLICA})",
-            doc["endpoint"]["one_text_per_request"][str(clients)]["sentences_per_s"],
-        )
-    ]
     split = doc.get("endpoint_split")
+    first = f"rayrelay /v1/embeddings ({ONE_REPLICA})" if split else "rayrelay /v1/embeddings"
+    out = [(first, doc["endpoint"]["one_text_per_request"][str(clients)]["sentences_per_s"])]
     if split:
         out.append(
             (
@@ -648,7 +644,7 @@ def winner_at(doc: dict[str, Any], clients: int) -> list[tuple[str, float]]:
             )
         )
     # OIP infer (one hop, measured at the top level only) is the same replicas' other route.
-    for label, e in ((ONE_REPLICA, doc["endpoint"]), (split_label(split), split)):
+    for label, e in ((ONE_REPLICA if split else "endpoint", doc["endpoint"]), (split_label(split), split)):
         o = (e or {}).get(f"oip_infer_{clients}_clients")
         if o:
             out.append((f"rayrelay OIP infer, one hop ({label})", o["sentences_per_s"]))

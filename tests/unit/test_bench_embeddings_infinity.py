@@ -187,3 +187,38 @@ def test_table_with_kernel_bound_and_infinity() -> None:
     doc["infinity"]["one_text_per_request"]["32"]["sentences_per_s"] = 300.0
     assert winner_at(doc, 32)[0] == ("infinity-emb (engine torch (fp32))", 300.0)
     assert "infinity-emb (engine torch (fp32)) wins: 300.0 sentences/s" in "\n".join(table(doc))
+
+
+def test_table_with_the_second_split_and_the_one_hop_route() -> None:
+    """A result with the endpoint measured twice (1 x 2 threads, then 2 x 1 thread) and OIP
+    infer at 32 clients: both splits get their rows, and the winner line ranks every route."""
+    doc = copy.deepcopy(OLD_DOC)
+    doc["endpoint"]["oip_infer_32_clients"] = {"sentences_per_s": 190.0, "p50_ms": 9.0, "p99_ms": 19.0}
+    doc["endpoint_split"] = {
+        "replicas": 2,
+        "cpus": 1,
+        "intra_op_threads": 1,
+        **_server({"1": 55.0, "8": 110.0, "32": 160.0}, 170.0),
+        "oip_infer_32_clients": {"sentences_per_s": 260.0, "p50_ms": 8.0, "p99_ms": 18.0},
+    }
+    doc["infinity"] = {
+        **_server({"1": 40.0, "8": 90.0, "32": 200.0}, 160.0),
+        "server": "infinity-emb 0.0.78",
+        "pins": ["infinity-emb[server,torch]==0.0.78"],
+        "setting": "engine torch (fp32)",
+        "threads": 2,
+        "sweep": [],
+        "agreement": _agreement("infinity"),
+    }
+    text = "\n".join(table(doc))
+    one, two = "endpoint, 1 replica x 1 CPU (2 threads)", "endpoint, 2 replicas x 1 CPU (1 thread each)"
+    assert f"| {one} /v1/embeddings, 32 client(s), 1 text each | 150.0 | 0.75x |" in text
+    assert f"| {two} /v1/embeddings, 32 client(s), 1 text each | 160.0 | 0.80x |" in text
+    assert (
+        f"| {two} OIP /v2/models/{{name}}/infer, 32 clients, 1 text each (no gateway hop) | 260.0 |" in text
+    )
+    assert "then as 2 replicas of 1 CPU with 1 thread each on the same head" in text
+    ranked = winner_at(doc, 32)
+    assert [rate for _, rate in ranked] == [260.0, 200.0, 190.0, 160.0, 150.0]
+    assert ranked[0][0] == f"rayrelay OIP infer, one hop ({two})"
+    assert f"rayrelay OIP infer, one hop ({two}) wins: 260.0 sentences/s against 200.0" in text
