@@ -93,3 +93,16 @@ def test_the_replicas_request_path_settings_go_with_haproxy(tmp_path: Path) -> N
     same_loop = {"name": "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "value": "0"}
     assert all(same_loop in env for env in pod_envs(build()))
     assert not any(same_loop in env for env in pod_envs(build(haproxy=False)))
+
+
+def test_a_stopped_ingress_replica_drains_for_seconds_not_half_a_minute(tmp_path: Path) -> None:
+    """Behind HAProxy nothing points at an ingress replica's port but HAProxy, which drops it
+    at its next reload: the head of `rayrelay run` and the RayService pods shorten Serve's
+    30 s minimum drain (a replica released to zero kept its CPU 30 s after Serve's
+    decision), unless the caller set it; without HAProxy Serve's default stays."""
+    key = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+    assert 0 < float(haproxy_env({}, str(tmp_path))[key]) <= 10
+    assert key not in haproxy_env({key: "30"}, str(tmp_path))
+    drain = {"name": key, "value": haproxy_env({}, str(tmp_path))[key]}
+    assert all(drain in env for env in pod_envs(build()))
+    assert not any(key in str(env) for env in pod_envs(build(haproxy=False)))
