@@ -62,11 +62,13 @@ from typing import Any
 
 from bench.common import (
     CACHE,
+    add_baseline_args,
     apply_env,
     load_average,
     log,
     median,
     serve_defaults_baseline,
+    use_serve_default_intervals,
     write_result,
 )
 
@@ -530,16 +532,8 @@ def main() -> None:
         help="only the cold starts from zero (no step load): Serve's part step by step",
     )
     parser.add_argument("--cold-starts", type=int, default=0, help="warm cold starts (default 3, 1 quick)")
-    parser.add_argument(
-        "--serve-default-intervals",
-        action="store_true",
-        help="the baseline: Serve's own metric record factor (0.2) and a push every quarter window "
-        "for scale-to-zero too, as before rayrelay's scale-from-zero settings",
-    )
-    parser.add_argument(
-        "--no-baseline",
-        action="store_true",
-        help="skip the baseline cold starts with Serve's own intervals (run after this run's by default)",
+    add_baseline_args(
+        parser, "the baseline cold starts with Serve's own intervals (run after this run's by default)"
     )
     parser.add_argument(
         "--preloaded",
@@ -565,12 +559,7 @@ def main() -> None:
     concurrency, load_s, reps = (8, 15.0, 1) if args.quick else (16, 30.0, 3)
     reps = args.cold_starts or reps
     if args.serve_default_intervals:
-        import rayrelay_core.serveconfig as serveconfig
-
-        # The head inherits this environment; the Serve config is built in this process.
-        os.environ.update({k: "0.2" for k in serveconfig.SERVE_AUTOSCALING_ENV})
-        quarter = serveconfig.metrics_push_interval
-        serveconfig.metrics_push_interval = lambda window_s, scale_to_zero=False: quarter(window_s)  # type: ignore[assignment]
+        use_serve_default_intervals()
     shutil.rmtree(NODE_CACHE, ignore_errors=True)
     os.environ["RAYRELAY_CACHE_DIR"] = str(NODE_CACHE)  # the head (and so every replica) inherits it
     run = ensure_run()

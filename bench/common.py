@@ -240,6 +240,30 @@ def write_result(name: str, result: dict[str, Any], out_dir: Path | None = None)
     return path
 
 
+def add_baseline_args(parser: Any, skipped: str) -> None:
+    """``--serve-default-intervals`` (this run as the baseline) and ``--no-baseline`` (``skipped``:
+    what it skips), for a bench whose full run repeats its cold starts with Serve's own
+    intervals (:func:`serve_defaults_baseline`)."""
+    parser.add_argument(
+        "--serve-default-intervals",
+        action="store_true",
+        help="the baseline: Serve's own metric record factor (0.2) and a push every quarter window "
+        "for scale-to-zero too, as before rayrelay's scale-from-zero settings",
+    )
+    parser.add_argument("--no-baseline", action="store_true", help=f"skip {skipped}")
+
+
+def use_serve_default_intervals() -> None:
+    """Serve's own metric intervals for this process and the head it starts: the record
+    factor back to Serve's 0.2 (the head inherits this environment) and a push every quarter
+    window for scale-to-zero deployments too (the Serve config is built in this process)."""
+    import rayrelay_core.serveconfig as serveconfig
+
+    os.environ.update({k: "0.2" for k in serveconfig.SERVE_AUTOSCALING_ENV})
+    quarter = serveconfig.metrics_push_interval
+    serveconfig.metrics_push_interval = lambda window_s, scale_to_zero=False: quarter(window_s)  # type: ignore[assignment]
+
+
 def serve_defaults_baseline(module: str, args: list[str], timeout: float = 900) -> dict[str, Any]:
     """The same cold starts with Serve's own metric intervals (``--serve-default-intervals``),
     run after this run's own in a process of its own (a Ray head takes its environment from

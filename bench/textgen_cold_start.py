@@ -35,6 +35,7 @@ from typing import Any
 
 from bench.common import (
     ROOT,
+    add_baseline_args,
     apply_env,
     bench_env,
     free_port,
@@ -42,6 +43,7 @@ from bench.common import (
     log,
     median,
     serve_defaults_baseline,
+    use_serve_default_intervals,
     write_result,
 )
 from rayrelay_workloads.hardware import instruction_set
@@ -236,24 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.textgen_cold_start", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--serve-default-intervals",
-        action="store_true",
-        help="the baseline: Serve's own metric record factor (0.2) and a push every quarter window "
-        "for scale-to-zero too, as before rayrelay's scale-from-zero settings",
-    )
-    parser.add_argument(
-        "--no-baseline",
-        action="store_true",
-        help="skip the baseline run with Serve's own intervals (run after this one by default)",
-    )
+    add_baseline_args(parser, "the baseline run with Serve's own intervals (run after this one by default)")
     args = parser.parse_args(argv)
     if args.serve_default_intervals:
-        import rayrelay_core.serveconfig as serveconfig
-
-        os.environ.update({k: "0.2" for k in serveconfig.SERVE_AUTOSCALING_ENV})
-        quarter = serveconfig.metrics_push_interval
-        serveconfig.metrics_push_interval = lambda window_s, scale_to_zero=False: quarter(window_s)  # type: ignore[assignment]
+        use_serve_default_intervals()
     from bench.textgen import bench_decoder, publish_set
 
     reps = 2 if args.quick else 4

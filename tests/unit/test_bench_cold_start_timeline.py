@@ -5,12 +5,16 @@ line); they stand in for a head, which the benchmark itself starts."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
+import rayrelay_core.serveconfig as serveconfig
 from bench.autoscaling import NAME, replica_record, serve_timeline
+from bench.common import use_serve_default_intervals
+from rayrelay_core.api import ModelDeploymentSpec
 
 
 def stamp(at: float) -> str:
@@ -80,3 +84,25 @@ def test_a_replica_that_started_before_the_request_is_not_this_cold_start(tmp_pa
     logs = head_logs(tmp_path, sent)
     with pytest.raises(TimeoutError):
         replica_record(logs, sent + 10, timeout=0.1)
+
+
+def test_the_baseline_process_runs_with_serves_own_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--serve-default-intervals`` (``bench.common.use_serve_default_intervals``): the head
+    this process starts inherits Serve's record factor, and a scale-to-zero deployment's
+    Serve config pushes every quarter window, as before rayrelay's settings."""
+    for key in serveconfig.SERVE_AUTOSCALING_ENV:
+        monkeypatch.setenv(key, serveconfig.SERVE_AUTOSCALING_ENV[key])  # undone after the test
+    monkeypatch.setattr(serveconfig, "metrics_push_interval", serveconfig.metrics_push_interval)
+    spec = ModelDeploymentSpec.model_validate(
+        {
+            "model": {"manifestUri": "s3://bucket/m/manifest.json"},
+            "autoscaling": {"minReplicas": 0, "metricsWindowSeconds": 8},
+        }
+    )
+    assert (
+        serveconfig.autoscaling_config(spec)["metrics_interval_s"]
+        == serveconfig.SCALE_FROM_ZERO_PUSH_INTERVAL_S
+    )
+    use_serve_default_intervals()
+    assert all(os.environ[key] == "0.2" for key in serveconfig.SERVE_AUTOSCALING_ENV)
+    assert serveconfig.autoscaling_config(spec)["metrics_interval_s"] == 2.0
