@@ -25,6 +25,8 @@ positives, then training anchors up to ``TEXTS``), in this order:
   (c = 1, 8, 32), and one client sending 32 texts per request (the same batch as
   sentence-transformers'); sentences/s and p50/p99 per request. The client runs on this
   machine's cores too (a minimal asyncio HTTP client, ``bench.loadgen.read_response``).
+  At 32 clients also the two one-hop routes of the same replicas: OIP infer and OpenAI's
+  embeddings on the model's own base (``ONE_HOP_OPENAI``), neither through the gateway.
   Then the same again as ``SPLIT_REPLICAS`` replicas x 1 CPU x 1 thread on the same head
   (``split_figures``; ``--one-split`` skips it), the split the classification endpoint uses.
 
@@ -336,8 +338,20 @@ def endpoint_figures(
         o = asyncio.run(closed_loop(infer, bodies, LEVELS[-1], 100_000, duration))
         o["sentences_per_s"] = o["requests_per_s"]
         out[f"oip_infer_{LEVELS[-1]}_clients"] = o
+        # The model's own OpenAI base: the same body as /v1/embeddings, one hop (no gateway).
+        own = f"{base_url}{ONE_HOP_OPENAI}"
+        bodies = requests_bytes(own, [{"model": NAME, "input": t, "encoding_format": "float"} for t in texts])
+        o = asyncio.run(closed_loop(own, bodies, LEVELS[-1], 100_000, duration))
+        o["sentences_per_s"] = o["requests_per_s"]
+        log(
+            f"embeddings: {own} c={LEVELS[-1]}: {o['sentences_per_s']:.1f} sentences/s, p99 {o['p99_ms']:.1f} ms"
+        )
+        out[f"openai_one_hop_{LEVELS[-1]}_clients"] = o
     return out
 
+
+# OpenAI's embeddings on the model's own base URL (``/v2/models/{name}/openai/v1``).
+ONE_HOP_OPENAI = f"/v2/models/{NAME}/openai/v1/embeddings"
 
 # The other split of the 2 cores (docs/performance.md, section 2): replicas of 1 CPU with one
 # onnxruntime thread each, as the classification endpoint is benchmarked, on the same head.
@@ -648,6 +662,9 @@ def winner_at(doc: dict[str, Any], clients: int) -> list[tuple[str, float]]:
         o = (e or {}).get(f"oip_infer_{clients}_clients")
         if o:
             out.append((f"rayrelay OIP infer, one hop ({label})", o["sentences_per_s"]))
+        o = (e or {}).get(f"openai_one_hop_{clients}_clients")
+        if o:
+            out.append((f"rayrelay OpenAI embeddings, one hop ({label})", o["sentences_per_s"]))
     inf = doc.get("infinity")
     if inf:
         out.append(
@@ -692,6 +709,15 @@ def table(doc: dict[str, Any]) -> list[str]:
             rows.append(
                 _row(
                     f"{label} OIP /v2/models/{{name}}/infer, {LEVELS[-1]} clients, 1 text each (no gateway hop)",
+                    o, base, "p50_ms", "p99_ms", "per request",
+                )
+            )  # fmt: skip
+        o = e.get(f"openai_one_hop_{LEVELS[-1]}_clients")
+        if o:
+            rows.append(
+                _row(
+                    f"{label} OpenAI /v2/models/{{name}}/openai/v1/embeddings, {LEVELS[-1]} clients, 1 text each "
+                    "(the model's own base: no gateway hop)",
                     o, base, "p50_ms", "p99_ms", "per request",
                 )
             )  # fmt: skip

@@ -13,7 +13,9 @@ A ModelDeployment becomes two Serve applications on a Ray cluster:
   in one hop, and every other path (health, metadata, readiness, KServe v1,
   metrics) falls through to the gateway at ``/``, which reaches the model by
   handle. (Configs written before this had ``route_prefix: null``; the gateway
-  still serves infer for such an application.)
+  still serves infer for such an application.) A text-generation or
+  sentence-embedding model's replica answers all of ``/v2/models/{name}``
+  (:data:`WHOLE_PATH_TASKS`).
 
 The operator's builders (KubeRay ``RayService.spec.serveConfigV2``) and the
 ``ray`` backend (``PUT /api/serve/applications/``) both take their entries from
@@ -80,6 +82,14 @@ MODEL_DEPLOYMENT = "ModelServer"
 GATEWAY_IMPORT_PATH = "rayrelay_workloads.serve.app:gateway_app"
 MODEL_IMPORT_PATH = "rayrelay_workloads.serve.app:model_app"
 TEXT_GENERATION = "text-generation"
+SENTENCE_EMBEDDING = "sentence-embedding"
+# Tasks whose replica takes all of ``/v2/models/{name}`` (one hop for each of its routes): text
+# generation (generate, generate_stream streamed from the replica, issue 16) and sentence
+# embedding (OIP infer and the per-model OpenAI base ``/v2/models/{name}/openai/v1``, whose
+# ``/embeddings`` skips the gateway hop that the shared ``/v1/embeddings`` takes, issue 27).
+# Their metadata and readiness come from a replica too: a request to them for a model scaled
+# to zero is held while a replica starts, as any request to the model is.
+WHOLE_PATH_TASKS = frozenset({TEXT_GENERATION, SENTENCE_EMBEDDING})
 
 # The gateway only parses JSON and forwards; it must not take a CPU that a model
 # replica could use (Serve's own proxy does the same).
@@ -250,9 +260,11 @@ def gateway_application(args: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def model_route_prefix(name: str) -> str:
-    """The model application's own route: the OIP v2 infer path of ``name`` (the hot path)."""
-    return f"/v2/models/{name}/infer"
+def model_route_prefix(name: str, task: str | None = None) -> str:
+    """The model application's own route: the OIP v2 infer path of ``name`` (the hot path), or,
+    for the tasks whose replica answers every ``/v2/models/{name}/...`` path itself
+    (:data:`WHOLE_PATH_TASKS`), that whole prefix."""
+    return f"/v2/models/{name}" if task in WHOLE_PATH_TASKS else f"/v2/models/{name}/infer"
 
 
 def surge_autoscaling(config: dict[str, Any], running: int) -> dict[str, Any]:
@@ -297,9 +309,9 @@ def model_application(
         raise ValueError(f"{GATEWAY_APP_NAME!r} is reserved for the gateway; rename the ModelDeployment")
     return {
         "name": name,
-        # A text-generation replica answers all of /v2/models/{name}/... itself (issue 16:
-        # generate, generate_stream streamed in one hop; rayrelay_workloads.textgen.serving).
-        "route_prefix": f"/v2/models/{name}" if task == TEXT_GENERATION else model_route_prefix(name),
+        # A text-generation or sentence-embedding replica answers all of /v2/models/{name}/...
+        # itself (WHOLE_PATH_TASKS); a classifier's, infer only.
+        "route_prefix": model_route_prefix(name, str(task) if task else None),
         "import_path": MODEL_IMPORT_PATH,
         "args": dict(app_args),
         "deployments": [{"name": MODEL_DEPLOYMENT, **options}],

@@ -13,7 +13,10 @@ smoke request. Then:
   manifest and checked there), and the same ranking of the validation pairs;
 - ``client.models.list()`` names the model (``GET /v1/models`` lists every task's models
   served on OpenAI's routes, not only text generation's);
-- OIP ``/v2/models/{name}/infer`` answers the same vectors as an FP32 ``[n, dim]`` tensor;
+- the model's own OpenAI base, ``/v2/models/{name}/openai/v1`` (one hop, no gateway),
+  answers the same vectors and refusals through the same client;
+- OIP ``/v2/models/{name}/infer`` answers the same vectors as an FP32 ``[n, dim]`` tensor,
+  and the replica answers the model's metadata and readiness;
 - ``dimensions`` other than the model's, limits, an unknown model and hostile bodies get
   4xx (``BadRequestError`` / ``NotFoundError`` through the client), never 5xx;
 - the manifest says ``task: sentence-embedding`` with the cosine and retrieval figures.
@@ -178,6 +181,23 @@ def check_serving(url: str, name: str, artifacts: Path) -> None:
         client.embeddings.create(model=name, input=["a", "x" * 401])
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model="no-such-model", input="a")
+
+    # The model's own OpenAI base: the same client, one hop (no gateway), the same answers.
+    own = openai.OpenAI(
+        base_url=f"{url}/v2/models/{name}/openai/v1", api_key="unused", max_retries=0, timeout=120
+    )
+    direct = own.embeddings.create(model=name, input=texts[:50])
+    assert direct.model == name and direct.usage.prompt_tokens > 0
+    direct_vectors = np.array([d.embedding for d in direct.data], dtype=np.float32)
+    assert cosine_rows(direct_vectors, vectors[:50]).min() >= 0.9999
+    with pytest.raises(openai.BadRequestError, match="input has 101 texts; the limit is 100"):
+        own.embeddings.create(model=name, input=["a"] * 101)
+    with pytest.raises(openai.NotFoundError, match=f"this route serves '{name}'"):
+        own.embeddings.create(model="no-such-model", input="a")
+    # Metadata and readiness of the model come from its replica (the whole /v2/models/{name}).
+    meta = requests.get(f"{url}/v2/models/{name}", timeout=30)
+    assert meta.status_code == 200 and meta.json()["outputs"][0]["shape"] == [-1, dim], meta.text
+    assert requests.get(f"{url}/v2/models/{name}/ready", timeout=30).json() == {"name": name, "ready": True}
     check_hostile_bodies(url, name)
 
 
@@ -196,10 +216,10 @@ def check_hostile_bodies(url: str, name: str) -> None:
     ]
     infer = f"{url}/v2/models/{name}/infer"
     for body in bodies:
-        for target in (f"{url}/v1/embeddings", infer):
+        for target in (f"{url}/v1/embeddings", f"{url}/v2/models/{name}/openai/v1/embeddings", infer):
             resp = requests.post(target, data=body, headers={"Content-Type": "application/json"}, timeout=60)
             assert 400 <= resp.status_code < 500, (target, body[:80], resp.status_code, resp.text[:300])
-            error = resp.json()["error"]  # OpenAI's shape on /v1/embeddings, OIP's on infer
+            error = resp.json()["error"]  # OpenAI's shape on the OpenAI routes, OIP's on infer
             assert 0 < len(error["message"] if isinstance(error, dict) else error) < 300
     bad_output = {
         "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
@@ -207,6 +227,7 @@ def check_hostile_bodies(url: str, name: str) -> None:
     }
     assert requests.post(infer, json=bad_output, timeout=60).status_code == 422
     assert requests.get(f"{url}/v1/embeddings", timeout=30).status_code == 405
+    assert requests.get(f"{url}/v2/models/{name}/openai/v1/embeddings", timeout=30).status_code == 405
 
 
 @pytest.mark.slow

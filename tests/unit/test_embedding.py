@@ -358,3 +358,83 @@ def test_the_gateway_describes_an_embedding_model_by_its_vectors_and_points_v1_p
     response = asyncio.run(scenario(f"/v1/models/{NAME}:predict", "POST", b'{"instances": ["a"]}'))
     assert response.status_code == 400
     assert "/v1/embeddings" in json.loads(response.body)["error"]
+
+
+def embedding_replica(keys: list[str] | None = None) -> Any:
+    """An ``EmbeddingServer`` as its constructor leaves it, but for the model: ``embed`` (the
+    batcher and the ONNX session) answers fixed unit vectors. The routing, keys, parsing,
+    refusals and metrics are the replica's own."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from rayrelay_core.api import ModelDeploymentSpec
+    from rayrelay_core.apikeys import KeyCheck, digest
+    from rayrelay_workloads.embedding.serving import EmbeddingServer
+    from rayrelay_workloads.serve.metrics import ReplicaMetrics
+
+    server = object.__new__(cast(Any, EmbeddingServer).func_or_class)
+    server.name, server.dimension, server._parsing = NAME, DIM, 0
+    server.spec = ModelDeploymentSpec.model_validate(
+        {"model": {"manifestUri": "file:///models/manifest.json"}, "limits": {"maxTextsPerRequest": 8}}
+    )
+    server.artifacts = SimpleNamespace(digest="sha256:" + "ab" * 32)
+    server.keys = KeyCheck(digest(k) for k in keys) if keys else None
+    server.metrics = ReplicaMetrics(NAME, "r1")
+
+    async def embed(texts: list[str]) -> tuple[list[np.ndarray], int]:
+        return [np.ones(DIM, dtype=np.float32) / np.sqrt(DIM) for _ in texts], 3 * len(texts)
+
+    server.embed = embed
+    return server
+
+
+def replica_answer(
+    server: Any, path: str, body: Any = None, method: str = "POST", **headers: str
+) -> tuple[int, Any]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
+    response = asyncio.run(server(http_request(path, raw, method=method, headers=headers)))
+    return response.status_code, json.loads(response.body)
+
+
+def test_the_replica_answers_openai_embeddings_on_the_models_own_base_in_one_hop() -> None:
+    """``/v2/models/{name}/openai/v1/embeddings`` (the route prefix is all of /v2/models/{name}):
+    OpenAI's answer and refusals straight from the replica, its metadata and readiness too."""
+    server = embedding_replica()
+    base = f"/v2/models/{NAME}/openai/v1/embeddings"
+    status, doc = replica_answer(
+        server, base, {"model": NAME, "input": ["a", "b"], "encoding_format": "float"}
+    )
+    assert status == 200 and doc["model"] == NAME and len(doc["data"]) == 2, doc
+    assert doc["usage"] == {"prompt_tokens": 6, "total_tokens": 6}
+    assert np.allclose(doc["data"][1]["embedding"], 1 / np.sqrt(DIM))
+    status, doc = replica_answer(server, base, {"model": "other", "input": "a"})
+    assert (
+        status == 404
+        and doc["error"]["code"] == "model_not_found"
+        and f"serves {NAME!r}" in doc["error"]["message"]
+    )
+    status, doc = replica_answer(server, base, {"model": NAME, "input": ["a"] * 9})
+    assert status == 400 and "input has 9 texts; the limit is 8" in doc["error"]["message"], doc
+    status, doc = replica_answer(server, base, method="GET")
+    assert status == 405 and doc["error"]["type"] == "invalid_request_error"
+    status, doc = replica_answer(server, f"/v2/models/{NAME}", method="GET")
+    assert status == 200 and doc["outputs"][0]["shape"] == [-1, DIM], doc
+    assert replica_answer(server, f"/v2/models/{NAME}/ready", method="GET") == (
+        200,
+        {"name": NAME, "ready": True},
+    )
+    status, doc = replica_answer(server, f"/v2/models/{NAME}/openai/v1/chat/completions", {"model": NAME})
+    assert status == 404, doc
+
+
+def test_the_one_hop_openai_route_asks_for_the_models_key() -> None:
+    server = embedding_replica(keys=["s3cret-key-of-the-model"])
+    base = f"/v2/models/{NAME}/openai/v1/embeddings"
+    status, _ = replica_answer(server, base, {"model": NAME, "input": "a"})
+    assert status == 401
+    status, _ = replica_answer(server, base, {"model": NAME, "input": "a"}, Authorization="Bearer wrong")
+    assert status == 401
+    status, doc = replica_answer(
+        server, base, {"model": NAME, "input": "a"}, Authorization="Bearer s3cret-key-of-the-model"
+    )
+    assert status == 200 and len(doc["data"]) == 1, doc

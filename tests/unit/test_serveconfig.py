@@ -152,3 +152,20 @@ def test_a_rollout_leaves_room_for_one_new_replica_beside_the_running_ones() -> 
     assert bigger[1]["deployments"][0]["autoscaling_config"]["max_replicas"] == 8
     assert bigger[1]["deployments"][0]["autoscaling_config"]["initial_replicas"] == 4
     ServeDeploySchema.model_validate({"applications": serveconfig.application_configs(wire, surge_from=1)})
+
+
+@pytest.mark.parametrize(
+    ("task", "prefix"),
+    [
+        (None, "/v2/models/sentiment/infer"),
+        ("text-generation", "/v2/models/sentiment"),
+        ("sentence-embedding", "/v2/models/sentiment"),
+    ],
+)
+def test_each_task_gets_its_own_route_prefix(task: str | None, prefix: str) -> None:
+    """A classifier's replica takes its infer path only (metadata, readiness and KServe v1 stay
+    with the gateway); a text-generation or sentence-embedding replica takes all of
+    /v2/models/{name} (its one-hop OpenAI base included, for embeddings)."""
+    app_args = {**args(), **({"task": task} if task else {})}
+    model = serveconfig.application_configs(app_args)[1]
+    assert model["route_prefix"] == prefix == serveconfig.model_route_prefix("sentiment", task)

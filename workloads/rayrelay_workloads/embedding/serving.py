@@ -11,18 +11,27 @@ What differs:
 - the session's output is ``sentence_embedding`` (batch, dim), already pooled and
   normalised inside the graph (``embedding.export``); a batch item's result is its vector
   and its token count (OpenAI's ``usage``);
-- ``POST /v2/models/{name}/infer`` (routed here by Serve's proxy) takes the same BYTES
-  tensor of texts as classification and answers one FP32 output, ``embedding``, of shape
-  ``[n, dim]``;
-- :meth:`EmbeddingServer.embeddings` answers OpenAI's ``POST /v1/embeddings`` body, which
-  the gateway forwards by handle (``embedding.openai_gateway``): refusals come back as data
-  with their 4xx.
+- the application's route prefix is all of ``/v2/models/{name}``
+  (``serveconfig.WHOLE_PATH_TASKS``), so Serve's ingress (HAProxy or its proxy) hands every
+  such path straight to a replica, which answers ``GET /v2/models/{name}`` (metadata) and
+  ``.../ready`` itself;
+- ``POST /v2/models/{name}/infer`` takes the same BYTES tensor of texts as classification
+  and answers one FP32 output, ``embedding``, of shape ``[n, dim]``;
+- OpenAI's embeddings in two places: ``POST /v1/embeddings`` names its model in the body,
+  so the shared gateway receives it and forwards the body by handle to
+  :meth:`EmbeddingServer.embeddings` (``embedding.openai_gateway``; refusals come back as
+  data with their 4xx); and the model's own OpenAI base, ``/v2/models/{name}/openai/v1``
+  (``OpenAI(base_url=...)``), whose ``POST .../embeddings`` reaches the replica in one hop,
+  without the gateway (at 32 clients the gateway's hop halved the throughput,
+  docs/embeddings.md). Both answer the same body the same way; the one-hop base serves
+  only its own model (another ``model`` in the body is a 404).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, cast
 
@@ -34,13 +43,17 @@ from starlette.responses import Response
 from rayrelay_core.serveconfig import MODEL_DEPLOYMENT
 from rayrelay_workloads.embedding import openai_api as oa
 from rayrelay_workloads.serve import ingress, protocol
-from rayrelay_workloads.serve.model import _INFER, ModelServer
+from rayrelay_workloads.serve.model import ModelServer
 from rayrelay_workloads.serve.protocol import ProtocolError
 
 log = logging.getLogger("ray.serve")
 
 TASK = "sentence-embedding"
 OUTPUT_NAME = "embedding"  # the OIP infer output
+OPENAI_BASE = "/openai/v1"  # the model's own OpenAI base URL, under /v2/models/{name}
+# The replica's OIP paths: metadata, readiness and infer, optionally of a version.
+_V2 = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/[^/]+)?(?P<rest>/ready|/infer)?/?$")
+_OPENAI = re.compile(r"^/v2/models/(?P<name>[^/]+)" + re.escape(OPENAI_BASE) + r"/embeddings/?$")
 
 # ModelServer is a Serve deployment; this class extends the class inside it.
 _ModelServerClass: Any = cast(Any, ModelServer).func_or_class
@@ -91,11 +104,27 @@ class EmbeddingServer(_ModelServerClass):
 
     # ------------------------------------------------------------------ HTTP
 
+    async def __call__(self, request: Request) -> Response:
+        """Every ``/v2/models/{name}/...`` path (the application's route prefix): the one-hop
+        OpenAI route here, the OIP routes through ``ModelServer.__call__`` (keys, faults,
+        metrics) and :meth:`_v2_infer`."""
+        match = _OPENAI.match(ingress.full_path(request))
+        if match is not None and match.group("name") == self.name:
+            return await self._openai_one_hop(request)
+        response: Response = await super().__call__(request)
+        return response
+
     async def _v2_infer(self, request: Request) -> Response:
         path = ingress.full_path(request)
-        match = _INFER.match(path)
+        match = _V2.match(path)
         if match is None or match.group("name") != self.name:
             raise ProtocolError(404, f"no such endpoint: {request.method} {path}")
+        rest = match.group("rest") or ""
+        if rest != "/infer":
+            ingress.require(request.method, "GET")
+            if rest == "/ready":  # a request reaches a replica only once it runs, warmed up
+                return ingress.json_response(200, {"name": self.name, "ready": True})
+            return ingress.json_response(200, oip_metadata(self.name, self.version, self.dimension))
         ingress.require(request.method, "POST")
         limits = self.spec.limits
         self._parsing += 1  # texts on their way to the batcher: a batch may wait for them
@@ -116,14 +145,52 @@ class EmbeddingServer(_ModelServerClass):
         """OpenAI ``/v1/embeddings`` (forwarded by the gateway): ``{"status", "body"}``."""
         start = time.perf_counter()
         try:
-            req = oa.parse_embeddings(body, self.spec.limits, self.dimension)
-            self.metrics.http.texts.labels(self.name, "openai").observe(len(req.texts))
-            vectors, tokens = await self.embed(req.texts)
-            status, out = 200, oa.embeddings_response(req.model, vectors, tokens, req.encoding_format)
+            status, out = 200, await self._embeddings(body)
         except ProtocolError as exc:
             status, out = exc.status, oa.error_body(exc.status, exc.message)
         self.metrics.http.observe(self.name, "openai", status, time.perf_counter() - start)
         return {"status": status, "body": out}
+
+    async def _openai_one_hop(self, request: Request) -> Response:
+        """``POST /v2/models/{name}/openai/v1/embeddings``: OpenAI's embeddings straight from
+        Serve's ingress; the same answers as the gateway's route, refusals in OpenAI's shape
+        (a missing or wrong key gets the same 401 as every other route of the model)."""
+        start = time.perf_counter()
+        try:
+            refused = ingress.unauthorized(self.keys, request)
+            if refused is not None:
+                response: Response = refused
+            else:
+                ingress.require(request.method, "POST")
+                self._parsing += 1  # as for infer: a batch may wait for these texts
+                try:
+                    body = await ingress.read_body(request, self.spec.limits)
+                finally:
+                    self._parsing -= 1
+                response = ingress.json_response(200, await self._embeddings(body))
+        except ProtocolError as exc:
+            response = ingress.json_response(exc.status, oa.error_body(exc.status, exc.message))
+        except Exception as exc:
+            transient = ingress.transient(exc)
+            if transient is None:  # a server fault, never a client's: say so, keep serving
+                log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
+            status, message = (
+                (503, ingress.describe(transient)) if transient else (500, protocol.INTERNAL_ERROR)
+            )
+            response = ingress.json_response(status, oa.error_body(status, message))
+        self.metrics.http.observe(self.name, "openai", response.status_code, time.perf_counter() - start)
+        return response
+
+    async def _embeddings(self, body: bytes) -> dict[str, Any]:
+        """OpenAI's answer to an embeddings body of this model, or ProtocolError (4xx)."""
+        req = oa.parse_embeddings(body, self.spec.limits, self.dimension)
+        if req.model != self.name:  # the gateway routes by this name; the one-hop base is ours only
+            raise ProtocolError(
+                404, f"model {protocol.show(req.model)} not found: this route serves {self.name!r}"
+            )
+        self.metrics.http.texts.labels(self.name, "openai").observe(len(req.texts))
+        vectors, tokens = await self.embed(req.texts)
+        return oa.embeddings_response(req.model, vectors, tokens, req.encoding_format)
 
     # ------------------------------------------------------------------ introspection
 
@@ -134,7 +201,10 @@ class EmbeddingServer(_ModelServerClass):
             "task": TASK,
             "dimension": self.dimension,
             "metadata": oip_metadata(self.name, self.version, self.dimension),
-            "routes": f"/v2/models/{self.name}/infer or /v1/embeddings",
+            "routes": (
+                f"/v2/models/{self.name}/infer, /v1/embeddings or "
+                f"/v2/models/{self.name}{OPENAI_BASE}/embeddings"
+            ),
         }
 
 
