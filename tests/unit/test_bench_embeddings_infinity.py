@@ -222,3 +222,25 @@ def test_table_with_the_second_split_and_the_one_hop_route() -> None:
     assert [rate for _, rate in ranked] == [260.0, 200.0, 190.0, 160.0, 150.0]
     assert ranked[0][0] == f"rayrelay OIP infer, one hop ({two})"
     assert f"rayrelay OIP infer, one hop ({two}) wins: 260.0 sentences/s against 200.0" in text
+
+
+def test_table_with_the_one_hop_openai_route() -> None:
+    """OpenAI's embeddings on the model's own base (no gateway), measured at 32 clients: its
+    row, and its place in the winner line by its figure."""
+    doc = copy.deepcopy(OLD_DOC)
+    doc["endpoint"]["openai_one_hop_32_clients"] = {"sentences_per_s": 240.0, "p50_ms": 9.5, "p99_ms": 21.0}
+    doc["infinity"] = {
+        **_server({"1": 40.0, "8": 90.0, "32": 200.0}, 160.0),
+        "server": "infinity-emb 0.0.78",
+        "pins": ["infinity-emb[server,torch]==0.0.78"],
+        "setting": "engine torch (fp32)",
+        "threads": 2,
+        "sweep": [],
+        "agreement": _agreement("infinity"),
+    }
+    text = "\n".join(table(doc))
+    row = "| endpoint OpenAI /v2/models/{name}/openai/v1/embeddings, 32 clients, 1 text each (the model's own base: no gateway hop) | 240.0 |"
+    assert row in text, text
+    ranked = winner_at(doc, 32)
+    assert ranked[0] == ("rayrelay OpenAI embeddings, one hop (endpoint)", 240.0)
+    assert "rayrelay OpenAI embeddings, one hop (endpoint) wins: 240.0 sentences/s against 200.0" in text
