@@ -756,7 +756,10 @@ def table(doc: dict[str, Any]) -> list[str]:
         ]
     if inf:
         ranked = winner_at(doc, LEVELS[-1])
-        (first, rate), (second, other) = ranked[0], ranked[1]
+        # Against the best of the other side: rayrelay's routes against the peer, not each other.
+        first, rate = ranked[0]
+        ours = first.startswith("rayrelay")
+        second, other = next((n, r) for n, r in ranked[1:] if n.startswith("rayrelay") != ours)
         lines += [
             f"At {LEVELS[-1]} clients of one text each, {first} wins: {rate:.1f} sentences/s against "
             f"{other:.1f} for {second} ({rate / other:.2f}x). All of them, fastest first: "

@@ -104,6 +104,14 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
         return cells
 
     rows = [row(label, key) for key, label in AUTOSCALING_STEPS]
+    # How long the previous replica took to go (the idle wait before each cold start): Serve's
+    # scaleToZeroAfterSeconds, then the stopping replica's drain (serveconfig.SERVE_REQUEST_PATH_ENV).
+    rows.append(
+        row(
+            "before it: previous answer → zero replicas listed (idle delay, then the drain)",
+            "waited_for_zero_s",
+        )
+    )
     for label, cell in (
         ("bytes downloaded", lambda c: f"{c['downloaded_bytes']:,}"),
         ("HTTP status", lambda c: str(c["status"])),
