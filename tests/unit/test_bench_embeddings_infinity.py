@@ -247,4 +247,6 @@ def test_table_with_the_one_hop_openai_route() -> None:
     # two of rayrelay's routes ahead: the winner line weighs the first against the peer, not the other route
     doc["endpoint"]["oip_infer_32_clients"] = {"sentences_per_s": 250.0, "p50_ms": 9.0, "p99_ms": 20.0}
     text = "\n".join(table(doc))
-    assert "wins: 250.0 sentences/s against 200.0 for infinity-emb (engine torch (fp32)) (1.25x)" in text, text
+    assert "wins: 250.0 sentences/s against 200.0 for infinity-emb (engine torch (fp32)) (1.25x)" in text, (
+        text
+    )
