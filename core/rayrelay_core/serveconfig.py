@@ -37,8 +37,8 @@ from rayrelay_core.api import GenerationCaps, GenerationLimits, ModelDeploymentS
 from rayrelay_core.apikeys import USER_CONFIG_KEY
 
 # Ray Serve's request path in a replica, set where rayrelay puts Serve's HAProxy ingress (the
-# local head of `rayrelay run`, RayService pods): first two settings of Ray's throughput-optimized
-# mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED``). User code runs on the replica's main event loop,
+# local head of `rayrelay run`, RayService pods): two settings of Ray's throughput-optimized
+# mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED``), and a shorter drain (below). User code runs on the replica's main event loop,
 # not on a loop thread of its own (one cross-thread hop less per request; every rayrelay
 # replica keeps blocking work off its loop: the model runs in a worker thread, the
 # text-generation decode loop in its own thread), and access-log lines are flushed in
