@@ -1,0 +1,60 @@
+"""``bench.textgen_batching.step_cost_lines``: the decode step's cost by rows and cached
+positions on the performance page (the figures here are made up; the bench measures them
+on the published int8 decoder)."""
+
+from __future__ import annotations
+
+from bench.textgen_batching import report_section, step_cost_lines
+
+
+def rows() -> list[dict[str, float]]:
+    out = []
+    for b, t, ms in ((1, 16, 1.0), (1, 256, 1.5), (8, 16, 1.6), (8, 256, 10.0)):
+        out.append(
+            {"rows": b, "cached": t, "step_ms": ms, "kv_mb": 0.1 * b * t, "tokens_per_s": b / ms * 1000}
+        )
+    return out
+
+
+def test_the_step_cost_table_and_its_reading() -> None:
+    text = "\n".join(step_cost_lines(rows()))
+    assert (
+        "| cached positions | 1 row(s): ms, cache MB, tokens/s | 8 row(s): ms, cache MB, tokens/s |" in text
+    )
+    assert "| 16 | 1.00, 1.6, 1000 | 1.60, 12.8, 5000 |" in text
+    assert "| 256 | 1.50, 25.6, 667 | 10.00, 204.8, 800 |" in text
+    assert "8 rows make 5.00x the tokens/s of 1 at 16 cached positions and 1.20x at 256" in text
+
+
+def test_older_results_have_no_step_cost_section() -> None:
+    assert step_cost_lines([]) == []
+    doc = {
+        "summary": {
+            "tokens_per_s_ratio_8_vs_1": 3.0,
+            "gap_p50_ratio_8_vs_1": 0.0,
+            "ttft_ms_p99_at_8": 60.0,
+            "vs_pytorch_at_8": 2.5,
+        },
+        "pytorch": [{"concurrency": 1, "tokens_per_s": 100.0}],
+        "levels": [
+            {
+                "concurrency": 1,
+                "tokens_per_s": 300.0,
+                "gap_ms_p50": 1.0,
+                "ttft_ms_p50": 10.0,
+                "ttft_ms_p99": 12.0,
+            }
+        ],
+        "replica_cpus": 1,
+        "model": {"layers": 6, "width": 384},
+        "new_tokens": 64,
+        "rounds": 4,
+        "instruction_set": "amx",
+        "load_average_before": [0.1],
+        "load_average_at_end": [0.2],
+        "replica_stats": {"peakBatch": 8, "peakCachedTokens": 816},
+    }
+    text = "\n".join(report_section(doc))
+    assert "Goals (issue 25)" in text and "One decode step alone" not in text
+    doc["step_cost"] = rows()
+    assert "One decode step alone" in "\n".join(report_section(doc))
