@@ -108,7 +108,7 @@ def autoscaling_section(a: dict[str, Any], doc: Path | None = None) -> list[str]
     # scaleToZeroAfterSeconds, then the stopping replica's drain (serveconfig.SERVE_REQUEST_PATH_ENV).
     rows.append(
         row(
-            "before it: previous answer → zero replicas listed (idle delay, then the drain)",
+            "before it: previous cold start's answer → zero replicas listed (idle delay, then the drain; #1 follows the step load and found zero already)",
             "waited_for_zero_s",
         )
     )
