@@ -26,7 +26,7 @@ positives, then training anchors up to ``TEXTS``), in this order:
   sentence-transformers'); sentences/s and p50/p99 per request. The client runs on this
   machine's cores too (a minimal asyncio HTTP client, ``bench.loadgen.read_response``).
   At 32 clients also the two one-hop routes of the same replicas: OIP infer and OpenAI's
-  embeddings on the model's own base (``ONE_HOP_OPENAI``), neither through the gateway.
+  embeddings on the model's own base (``ONE_HOP_ROUTES``), neither through the gateway.
   Then the same again as ``SPLIT_REPLICAS`` replicas x 1 CPU x 1 thread on the same head
   (``split_figures``; ``--one-split`` skips it), the split the classification endpoint uses.
 
@@ -329,29 +329,43 @@ def endpoint_figures(
     r["sentences_per_s"] = r["requests_per_s"] * BATCH
     out = {"one_text_per_request": levels, "batch32_one_client": r}
     if oip:
-        # OIP infer reaches the replica in one hop (its route prefix); /v1/embeddings passes the gateway.
-        infer = f"{base_url}/v2/models/{NAME}/infer"
-        bodies = requests_bytes(
-            infer,
-            [{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]} for t in texts],
-        )
-        o = asyncio.run(closed_loop(infer, bodies, LEVELS[-1], 100_000, duration))
-        o["sentences_per_s"] = o["requests_per_s"]
-        out[f"oip_infer_{LEVELS[-1]}_clients"] = o
-        # The model's own OpenAI base: the same body as /v1/embeddings, one hop (no gateway).
-        own = f"{base_url}{ONE_HOP_OPENAI}"
-        bodies = requests_bytes(own, [{"model": NAME, "input": t, "encoding_format": "float"} for t in texts])
-        o = asyncio.run(closed_loop(own, bodies, LEVELS[-1], 100_000, duration))
-        o["sentences_per_s"] = o["requests_per_s"]
-        log(
-            f"embeddings: {own} c={LEVELS[-1]}: {o['sentences_per_s']:.1f} sentences/s, p99 {o['p99_ms']:.1f} ms"
-        )
-        out[f"openai_one_hop_{LEVELS[-1]}_clients"] = o
+        # The replicas' one-hop routes (their route prefix), beside /v1/embeddings through the gateway.
+        bodies = {
+            "oip_infer": [
+                {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]} for t in texts
+            ],
+            "openai_one_hop": [{"model": NAME, "input": t, "encoding_format": "float"} for t in texts],
+        }
+        for key, path, *_ in ONE_HOP_ROUTES:
+            one = f"{base_url}{path}"
+            o = asyncio.run(closed_loop(one, requests_bytes(one, bodies[key]), LEVELS[-1], 100_000, duration))
+            o["sentences_per_s"] = o["requests_per_s"]
+            log(
+                f"embeddings: {one} c={LEVELS[-1]}: {o['sentences_per_s']:.1f} sentences/s, p99 {o['p99_ms']:.1f} ms"
+            )
+            out[f"{key}_{LEVELS[-1]}_clients"] = o
     return out
 
 
-# OpenAI's embeddings on the model's own base URL (``/v2/models/{name}/openai/v1``).
-ONE_HOP_OPENAI = f"/v2/models/{NAME}/openai/v1/embeddings"
+# The replicas' one-hop routes, measured at the top client level: (result key, path, the
+# table's label, the winner line's label). OpenAI's embeddings on the model's own base URL
+# (``/v2/models/{name}/openai/v1``) take the same body as /v1/embeddings.
+ONE_HOP_ROUTES = (
+    (
+        "oip_infer",
+        f"/v2/models/{NAME}/infer",
+        "OIP /v2/models/{name}/infer",
+        "no gateway hop",
+        "rayrelay OIP infer",
+    ),
+    (
+        "openai_one_hop",
+        f"/v2/models/{NAME}/openai/v1/embeddings",
+        "OpenAI /v2/models/{name}/openai/v1/embeddings",
+        "the model's own base: no gateway hop",
+        "rayrelay OpenAI embeddings",
+    ),
+)
 
 # The other split of the 2 cores (docs/performance.md, section 2): replicas of 1 CPU with one
 # onnxruntime thread each, as the classification endpoint is benchmarked, on the same head.
@@ -657,14 +671,12 @@ def winner_at(doc: dict[str, Any], clients: int) -> list[tuple[str, float]]:
                 split["one_text_per_request"][str(clients)]["sentences_per_s"],
             )
         )
-    # OIP infer (one hop, measured at the top level only) is the same replicas' other route.
+    # The one-hop routes (measured at the top level only) are the same replicas' other routes.
     for label, e in ((ONE_REPLICA if split else "endpoint", doc["endpoint"]), (split_label(split), split)):
-        o = (e or {}).get(f"oip_infer_{clients}_clients")
-        if o:
-            out.append((f"rayrelay OIP infer, one hop ({label})", o["sentences_per_s"]))
-        o = (e or {}).get(f"openai_one_hop_{clients}_clients")
-        if o:
-            out.append((f"rayrelay OpenAI embeddings, one hop ({label})", o["sentences_per_s"]))
+        for key, _, _, _, name in ONE_HOP_ROUTES:
+            o = (e or {}).get(f"{key}_{clients}_clients")
+            if o:
+                out.append((f"{name}, one hop ({label})", o["sentences_per_s"]))
     inf = doc.get("infinity")
     if inf:
         out.append(
@@ -704,23 +716,11 @@ def table(doc: dict[str, Any]) -> list[str]:
         if not e:
             continue
         rows += _server_rows(label, "/v1/embeddings", e, base)
-        o = e.get(f"oip_infer_{LEVELS[-1]}_clients")
-        if o:
-            rows.append(
-                _row(
-                    f"{label} OIP /v2/models/{{name}}/infer, {LEVELS[-1]} clients, 1 text each (no gateway hop)",
-                    o, base, "p50_ms", "p99_ms", "per request",
-                )
-            )  # fmt: skip
-        o = e.get(f"openai_one_hop_{LEVELS[-1]}_clients")
-        if o:
-            rows.append(
-                _row(
-                    f"{label} OpenAI /v2/models/{{name}}/openai/v1/embeddings, {LEVELS[-1]} clients, 1 text each "
-                    "(the model's own base: no gateway hop)",
-                    o, base, "p50_ms", "p99_ms", "per request",
-                )
-            )  # fmt: skip
+        for key, _, route, note, _ in ONE_HOP_ROUTES:
+            o = e.get(f"{key}_{LEVELS[-1]}_clients")
+            if o:
+                name = f"{label} {route}, {LEVELS[-1]} clients, 1 text each ({note})"
+                rows.append(_row(name, o, base, "p50_ms", "p99_ms", "per request"))
     inf = doc.get("infinity")
     if inf:
         rows += _server_rows(f"infinity-emb ({inf['setting']})", "/embeddings", inf, base)

@@ -115,6 +115,19 @@ def _agreement(name: str) -> dict[str, Any]:
     }
 
 
+def _infinity(at_32: float, sweep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """infinity-emb's result with torch at 32 clients making ``at_32`` sentences/s."""
+    return {
+        **_server({"1": 40.0, "8": 90.0, "32": at_32}, 160.0),
+        "server": "infinity-emb 0.0.78",
+        "pins": ["infinity-emb[server,torch]==0.0.78"],
+        "setting": "engine torch (fp32)",
+        "threads": 2,
+        "sweep": sweep or [],
+        "agreement": _agreement("infinity"),
+    }
+
+
 OLD_DOC: dict[str, Any] = {
     "variant": "int8",
     "texts": 256,
@@ -150,21 +163,16 @@ def test_table_with_kernel_bound_and_infinity() -> None:
             "intra_op_threads": 2,
         },
     }
-    doc["infinity"] = {
-        **_server({"1": 40.0, "8": 90.0, "32": 120.0}, 160.0),
-        "server": "infinity-emb 0.0.78",
-        "pins": ["infinity-emb[server,torch]==0.0.78"],
-        "setting": "engine torch (fp32)",
-        "threads": 2,
-        "sweep": [
+    doc["infinity"] = _infinity(
+        120.0,
+        [
             {
                 "setting": "engine torch (fp32)",
                 "geomean_sentences_per_s": 75.6,
                 "agreement": {"cosine_min": 1.0},
             }
         ],
-        "agreement": _agreement("infinity"),
-    }
+    )
     text = "\n".join(table(doc))
     assert "| kernel bound: published int8 ONNX session alone, batch 32, 2 threads | 400.0 | 2.00x |" in text
     assert "| kernel bound: published fp32 ONNX session alone, batch 32, 2 threads | 230.0 | 1.15x |" in text
@@ -201,15 +209,7 @@ def test_table_with_the_second_split_and_the_one_hop_route() -> None:
         **_server({"1": 55.0, "8": 110.0, "32": 160.0}, 170.0),
         "oip_infer_32_clients": {"sentences_per_s": 260.0, "p50_ms": 8.0, "p99_ms": 18.0},
     }
-    doc["infinity"] = {
-        **_server({"1": 40.0, "8": 90.0, "32": 200.0}, 160.0),
-        "server": "infinity-emb 0.0.78",
-        "pins": ["infinity-emb[server,torch]==0.0.78"],
-        "setting": "engine torch (fp32)",
-        "threads": 2,
-        "sweep": [],
-        "agreement": _agreement("infinity"),
-    }
+    doc["infinity"] = _infinity(200.0)
     text = "\n".join(table(doc))
     one, two = "endpoint, 1 replica x 1 CPU (2 threads)", "endpoint, 2 replicas x 1 CPU (1 thread each)"
     assert f"| {one} /v1/embeddings, 32 client(s), 1 text each | 150.0 | 0.75x |" in text
@@ -229,15 +229,7 @@ def test_table_with_the_one_hop_openai_route() -> None:
     row, and its place in the winner line by its figure."""
     doc = copy.deepcopy(OLD_DOC)
     doc["endpoint"]["openai_one_hop_32_clients"] = {"sentences_per_s": 240.0, "p50_ms": 9.5, "p99_ms": 21.0}
-    doc["infinity"] = {
-        **_server({"1": 40.0, "8": 90.0, "32": 200.0}, 160.0),
-        "server": "infinity-emb 0.0.78",
-        "pins": ["infinity-emb[server,torch]==0.0.78"],
-        "setting": "engine torch (fp32)",
-        "threads": 2,
-        "sweep": [],
-        "agreement": _agreement("infinity"),
-    }
+    doc["infinity"] = _infinity(200.0)
     text = "\n".join(table(doc))
     row = "| endpoint OpenAI /v2/models/{name}/openai/v1/embeddings, 32 clients, 1 text each (the model's own base: no gateway hop) | 240.0 |"
     assert row in text, text

@@ -58,3 +58,10 @@ def test_older_results_have_no_step_cost_section() -> None:
     assert "Goals (issue 25)" in text and "One decode step alone" not in text
     doc["step_cost"] = rows()
     assert "One decode step alone" in "\n".join(report_section(doc))
+
+
+def test_no_ratio_line_without_both_corners() -> None:
+    """A sweep that lacks one row count at the shortest cache prints its table, no ratio."""
+    partial = [r for r in rows() if (r["rows"], r["cached"]) != (1, 16)]
+    text = "\n".join(step_cost_lines(partial))
+    assert "| 16 | - | 1.60, 12.8, 5000 |" in text and "rows make" not in text

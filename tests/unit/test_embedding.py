@@ -438,3 +438,28 @@ def test_the_one_hop_openai_route_asks_for_the_models_key() -> None:
         server, base, {"model": NAME, "input": "a"}, Authorization="Bearer s3cret-key-of-the-model"
     )
     assert status == 200 and len(doc["data"]) == 1, doc
+
+
+def test_the_one_hop_openai_route_maps_faults_as_the_replicas_other_routes() -> None:
+    """Serve's overload is a 503 with Retry-After, a broken model a 500 whose message names no
+    detail: ``ModelServer``'s mapping (``_fault``), in OpenAI's error shape."""
+    from ray.serve.exceptions import BackPressureError
+
+    server = embedding_replica()
+    base = f"/v2/models/{NAME}/openai/v1/embeddings"
+    for exc, status in (
+        (BackPressureError(num_queued_requests=64, max_queued_requests=64), 503),
+        (RuntimeError("the session failed"), 500),
+    ):
+
+        async def embed(texts: list[str], exc: Exception = exc) -> Any:
+            raise exc
+
+        server.embed = embed
+        raw = json.dumps({"model": NAME, "input": "a"}).encode()
+        response = asyncio.run(server(http_request(base, raw)))
+        doc = json.loads(response.body)
+        assert response.status_code == status, doc
+        assert doc["error"]["type"] == "server_error"
+        assert ("retry-after" in response.headers) == (status == 503)
+        assert "the session failed" not in doc["error"]["message"]

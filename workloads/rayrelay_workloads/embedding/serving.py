@@ -30,7 +30,6 @@ What differs:
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from typing import Any, cast
@@ -45,8 +44,6 @@ from rayrelay_workloads.embedding import openai_api as oa
 from rayrelay_workloads.serve import ingress, protocol
 from rayrelay_workloads.serve.model import ModelServer
 from rayrelay_workloads.serve.protocol import ProtocolError
-
-log = logging.getLogger("ray.serve")
 
 TASK = "sentence-embedding"
 OUTPUT_NAME = "embedding"  # the OIP infer output
@@ -170,14 +167,14 @@ class EmbeddingServer(_ModelServerClass):
                 response = ingress.json_response(200, await self._embeddings(body))
         except ProtocolError as exc:
             response = ingress.json_response(exc.status, oa.error_body(exc.status, exc.message))
-        except Exception as exc:
-            transient = ingress.transient(exc)
-            if transient is None:  # a server fault, never a client's: say so, keep serving
-                log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
-            status, message = (
-                (503, ingress.describe(transient)) if transient else (500, protocol.INTERNAL_ERROR)
+        except Exception as exc:  # ModelServer's mapping (503 with Retry-After, or 500), OpenAI's shape
+            status, message = self._fault(exc, request)
+            error = oa.error_body(status, message)
+            response = (
+                ingress.unavailable_response(message, body=error)
+                if status == 503
+                else ingress.json_response(status, error)
             )
-            response = ingress.json_response(status, oa.error_body(status, message))
         self.metrics.http.observe(self.name, "openai", response.status_code, time.perf_counter() - start)
         return response
 

@@ -68,8 +68,11 @@ def unauthorized(check: KeyCheck | None, request: Request) -> JSONResponse | Non
     return unauthorized_response()
 
 
-def unavailable_response(message: str, retry_after_s: float | None = None) -> JSONResponse:
-    response = error_response(503, message)
+def unavailable_response(
+    message: str, retry_after_s: float | None = None, body: dict[str, Any] | None = None
+) -> JSONResponse:
+    """503 with ``Retry-After``; ``body`` replaces the usual error body (OpenAI's shape, say)."""
+    response = error_response(503, message) if body is None else json_response(503, body)
     response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))
     return response
 

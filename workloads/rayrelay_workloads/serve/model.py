@@ -549,15 +549,24 @@ class ModelServer:
         except ProtocolError as exc:
             response = ingress.error_response(exc.status, exc.message)
         except Exception as exc:
-            transient = ingress.transient(exc)
-            if transient is not None:
-                log.warning("%s: infer: 503: %s", self.name, transient)
-                response = ingress.unavailable_response(ingress.describe(transient))
-            else:  # a server fault, never a client's: say so, keep serving
-                log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
-                response = ingress.error_response(500, protocol.INTERNAL_ERROR)
+            status, message = self._fault(exc, request)
+            response = (
+                ingress.unavailable_response(message)
+                if status == 503
+                else ingress.error_response(status, message)
+            )
         self.metrics.http.observe(self.name, "v2", response.status_code, time.perf_counter() - start)
         return response
+
+    def _fault(self, exc: Exception, request: Request) -> tuple[int, str]:
+        """(status, message) of an exception no client caused, logged: 503 for Serve's transient
+        errors (overload, no replica, a replica gone), else 500 with its traceback in the log."""
+        transient = ingress.transient(exc)
+        if transient is not None:
+            log.warning("%s: %s: 503: %s", self.name, request.url.path, transient)
+            return 503, ingress.describe(transient)
+        log.exception("%s: %s %s failed", self.name, request.method, request.url.path)
+        return 500, protocol.INTERNAL_ERROR
 
     async def _v2_infer(self, request: Request) -> Response:
         path = ingress.full_path(request)
