@@ -7,7 +7,9 @@ remove the children (kopf adds our finalizer, ``rayrelay.dev/finalizer``,
 because a delete handler exists) -- for a TrainingJob only where the
 garbage collector cannot (the ray backend, ``_tj_needs_finalizer``): a
 kuberay TrainingJob's children are owned by it and go with it, and its
-timer stops on the DELETED event (``DeletedObjects``). ``run_pass`` has already written the
+timer stops on the DELETED event (``DeletedObjects``). A pass and the object's delete
+handler never overlap, and no pass acts once the deletion began (``ObjectGate``: kopf runs
+the delete handler while a timer tick may still be running). ``run_pass`` has already written the
 condition that explains an error; here a permanent one becomes
 ``kopf.PermanentError`` and a temporary one ``kopf.TemporaryError`` with the
 pass's delay (kopf applies the patch either way, timers included). Nothing
@@ -25,9 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
+import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import kopf
@@ -286,8 +291,66 @@ def _as_object(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _reconcile(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool) -> None:
-    """One ``run_pass``; its patch goes into kopf's, its error into kopf's retry machinery."""
+class ObjectGate:
+    """Keeps an object's reconcile passes and its delete handler apart, across kopf's threads.
+
+    kopf stops an object's timer when its deletion starts, but runs the delete handler at the
+    same time, and a tick already running in a worker thread runs on: a ModelDeployment's
+    tick that planned its deploy before the delete handler took the Serve application down
+    put it back after, with the finalizer gone and nothing left to remove it (seen as a CI
+    failure: the application still served two minutes after its ModelDeployment was deleted).
+    The delete handler marks the object as being deleted, then takes its lock, so it waits
+    for a pass in flight; a pass that starts after the mark does nothing (a deletion is never
+    undone). Locks are striped by object: no per-object state to clean up, and two objects
+    share a lock only by hash, rarely and briefly.
+    """
+
+    def __init__(self, stripes: int = 256, limit: int = 100_000) -> None:
+        self._locks = tuple(threading.Lock() for _ in range(stripes))
+        self._deleting = DeletedObjects(limit)
+        self._marks = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        return self._locks[zlib.crc32(key.encode()) % len(self._locks)]
+
+    @contextmanager
+    def passing(self, key: str) -> Iterator[bool]:
+        """Held for one pass; yields False when the object is being deleted (skip the pass)."""
+        with self._lock(key):
+            with self._marks:
+                deleting = key in self._deleting
+            yield not deleting
+
+    @contextmanager
+    def deleting(self, key: str) -> Iterator[None]:
+        """Held for one call of the delete handler, after marking the object."""
+        with self._marks:
+            self._deleting.add(key)
+        with self._lock(key):
+            yield
+
+
+def _key(kind: str, body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{kind}/{meta.get('uid') or ''}/{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _reconcile(
+    kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool, gate: ObjectGate | None = None
+) -> None:
+    """One ``run_pass``; its patch goes into kopf's, its error into kopf's retry machinery.
+
+    With ``gate``, the pass holds the object's lock and is skipped once its deletion began.
+    """
+    if gate is None:
+        return _reconcile_now(kind, body, patch, memo, timer=timer)
+    with gate.passing(_key(kind, body)) as live:
+        if live:
+            _reconcile_now(kind, body, patch, memo, timer=timer)
+    return None
+
+
+def _reconcile_now(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool) -> None:
     ctx: ReconcileContext = memo.ctx
     meta = body.get("metadata") or {}
     started = time.monotonic()
@@ -454,12 +517,15 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         metrics.serve(memo.get("metrics_port", ours.metrics_port))
         metrics.track_leadership(peering=bool(settings.peering.mandatory))
 
-    _register_trainingjob(registry, interval, idle)
-    _register_modeldeployment(registry, interval, idle)
+    gate = ObjectGate()
+    _register_trainingjob(registry, interval, idle, gate)
+    _register_modeldeployment(registry, interval, idle, gate)
     return registry
 
 
-def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle: float) -> None:
+def _register_trainingjob(
+    registry: kopf.OperatorRegistry, interval: float, idle: float, gate: ObjectGate
+) -> None:
     """TrainingJob: create/update/resume and the timer run the pass; delete removes the children
     (only where the garbage collector does not: ``_tj_needs_finalizer``)."""
     gone = DeletedObjects()
@@ -473,7 +539,7 @@ def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle
     @kopf.on.update(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, field="spec", registry=registry)
     @kopf.on.resume(GROUP, VERSION, TJ_PLURAL, id=TJ_RECONCILE, registry=registry)
     def trainingjob_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        _reconcile("TrainingJob", body, patch, memo, timer=False)
+        _reconcile("TrainingJob", body, patch, memo, timer=False, gate=gate)
 
     @kopf.timer(
         GROUP,
@@ -486,13 +552,13 @@ def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle
         registry=registry,
     )
     def trainingjob_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        _reconcile("TrainingJob", body, patch, memo, timer=True)
+        _reconcile("TrainingJob", body, patch, memo, timer=True, gate=gate)
 
     _without_finalizer(registry, TJ_TIMER)
 
     @kopf.on.delete(GROUP, VERSION, TJ_PLURAL, id=TJ_DELETE, when=_tj_needs_finalizer, registry=registry)
     def trainingjob_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-        _delete("TrainingJob", body, memo, retry)
+        _delete("TrainingJob", body, memo, retry, gate)
 
     @kopf.on.event(GROUP, VERSION, TJ_PLURAL, id=TJ_GONE, when=_deletion, registry=registry)
     async def trainingjob_gone(body: kopf.Body, **_: Any) -> None:
@@ -517,29 +583,32 @@ def _register_trainingjob(registry: kopf.OperatorRegistry, interval: float, idle
             cache.seen(event.get("type"), event.get("object") or {})
 
 
-def _register_modeldeployment(registry: kopf.OperatorRegistry, interval: float, idle: float) -> None:
+def _register_modeldeployment(
+    registry: kopf.OperatorRegistry, interval: float, idle: float, gate: ObjectGate
+) -> None:
     """ModelDeployment: the same three handlers as a TrainingJob's (its timer always runs)."""
 
     @kopf.on.create(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
     @kopf.on.update(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, field="spec", registry=registry)
     @kopf.on.resume(GROUP, VERSION, MD_PLURAL, id=MD_RECONCILE, registry=registry)
     def deployment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        _reconcile("ModelDeployment", body, patch, memo, timer=False)
+        _reconcile("ModelDeployment", body, patch, memo, timer=False, gate=gate)
 
     @kopf.timer(GROUP, VERSION, MD_PLURAL, id=MD_TIMER, interval=interval, idle=idle, registry=registry)
     def deployment_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        _reconcile("ModelDeployment", body, patch, memo, timer=True)
+        _reconcile("ModelDeployment", body, patch, memo, timer=True, gate=gate)
 
     @kopf.on.delete(GROUP, VERSION, MD_PLURAL, id=MD_DELETE, registry=registry)
     def deployment_deleted(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
-        _delete("ModelDeployment", body, memo, retry)
+        _delete("ModelDeployment", body, memo, retry, gate)
 
 
-def _delete(kind: str, body: kopf.Body, memo: Any, retry: int) -> None:
+def _delete(kind: str, body: kopf.Body, memo: Any, retry: int, gate: ObjectGate) -> None:
     ctx: ReconcileContext = memo.ctx
     meta = body.get("metadata") or {}
     try:
-        delete_pass(kind, _as_object(kind, body), ctx)
+        with gate.deleting(_key(kind, body)):
+            delete_pass(kind, _as_object(kind, body), ctx)
     except Exception as exc:
         err = classify(exc, retry, ctx.settings)
         metrics.ERRORS.labels(kind, err.reason).inc()

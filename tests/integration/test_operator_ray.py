@@ -144,14 +144,18 @@ async def test_trainingjob_to_endpoint_and_back_on_ray(
         ]
         return jobs, name in (op.backend.serve_instance().get("applications") or {})
 
+    left: list[str] = []
+
     async def gone() -> bool:
         jobs, app = await asyncio.to_thread(ray_children)
-        return (
-            not jobs
-            and not app
-            and await op.get("trainingjobs", name) is None
-            and await op.get("modeldeployments", name) is None
-        )
+        left[:] = [f"Ray job {j}" for j in jobs] + ([f"Serve application {name}"] if app else [])
+        for plural in ("trainingjobs", "modeldeployments"):
+            if await op.get(plural, name) is not None:
+                left.append(f"{plural}/{name}")
+        return not left
 
-    await wait("the Ray job and the Serve application to be gone", gone, timeout=120)
+    try:
+        await wait("the Ray job and the Serve application to be gone", gone, timeout=120)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: still there: {', '.join(left)}") from None
     await op.stop()
