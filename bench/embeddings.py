@@ -9,14 +9,17 @@ positives, then training anchors up to ``TEXTS``), in this order:
 - **sentence-transformers** (``SentenceTransformer(<published hf/>)``, PyTorch fp32,
   ``THREADS`` torch threads, in this one process, before the endpoint starts):
   ``encode(texts, batch_size=32, normalize_embeddings=True)``, sentences/s over the whole
-  list, and the p50/p99 of one 32-text batch;
-- **the kernel bound** (``kernel_figures``): each published ONNX file (int8, fp32) in one
-  onnxruntime session in this process with the replica's threads and tokenizer, batch 32,
-  tokenizing included: what no server of these files can pass on this host;
+  list, and the p50/p99 of one 32-text batch; on a CPU with bf16 instructions the same
+  again with the weights in bf16 (``torch_dtype`` bfloat16), the library's strongest CPU
+  setting there (the ratios stay to fp32's ``encode``, the issue's baseline);
+- **the kernel bound** (``kernel_figures``): each published variant (int8, fp32 in
+  onnxruntime; bf16 in OpenVINO) in one session in this process with the replica's threads
+  and tokenizer, batch 32, tokenizing included: what no server of these files can pass on
+  this host;
 - **infinity-emb** (``bench/peer_infinity.py``, from a venv of its own made by
   ``bench.peers``), serving the published ``hf/`` folder: a short sweep of its documented
-  CPU engines (``INFINITY_SWEEP``: torch; optimum with optimum's own ONNX export, int8 and
-  fp32), each at batch 32 with ``THREADS`` threads, then the winner (highest geometric mean
+  CPU engines (``INFINITY_SWEEP``: torch in fp32 and in bf16; optimum with optimum's own ONNX
+  export, int8 and fp32), each at batch 32 with ``THREADS`` threads, then the winner (highest geometric mean
   of sentences/s over the client levels) at the endpoint's levels over its OpenAI
   ``POST /embeddings``, with the same load generator; before Ray starts;
 - **the endpoint** (one ModelDeployment brought up the product's way, ``bench.serving``:
@@ -101,8 +104,11 @@ def bench_spec() -> dict[str, Any]:
 def complete_run() -> Path | None:
     for manifest in sorted(RUN_CACHE.glob("*/manifest.json")):
         doc = json.loads(manifest.read_text())
-        if doc.get("task") == "sentence-embedding" and all(
-            (manifest.parent / f["path"]).is_file() for f in doc["files"]
+        # A set from before bf16 was measured for embeddings lists no bf16 variant: built again.
+        if (
+            doc.get("task") == "sentence-embedding"
+            and "bf16" in doc["variants"]
+            and all((manifest.parent / f["path"]).is_file() for f in doc["files"])
         ):
             return manifest.parent
     return None
@@ -143,6 +149,14 @@ def ensure_run() -> Path:
     return run
 
 
+def bf16_host() -> bool:
+    """Whether this CPU has bf16 instructions (AMX, AVX-512 BF16)."""
+    from rayrelay_workloads.hardware import cpu_flags
+    from rayrelay_workloads.openvino_runtime import BF16_FLAGS
+
+    return bool(set(BF16_FLAGS) & set(cpu_flags()))
+
+
 def bench_texts() -> tuple[list[str], int]:
     """(texts, number of validation pairs): validation anchors, their positives, then training anchors."""
     pairs = [json.loads(line) for line in (DATA / "embedding-validation.jsonl").read_text().splitlines()]
@@ -154,12 +168,17 @@ def bench_texts() -> tuple[list[str], int]:
 # ------------------------------------------------------------------ sentence-transformers
 
 
-def st_figures(hf_dir: Path, texts: list[str], reps: int) -> tuple[dict[str, Any], Any]:
+def st_figures(
+    hf_dir: Path, texts: list[str], reps: int, dtype: str | None = None
+) -> tuple[dict[str, Any], Any]:
+    """sentence-transformers' ``encode`` in this process; ``dtype`` "bfloat16" loads the weights in
+    bf16 (``model_kwargs={"torch_dtype": ...}``, its documented way; AMX runs it natively)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(THREADS)
-    model = SentenceTransformer(str(hf_dir), device="cpu")
+    kwargs = {"model_kwargs": {"torch_dtype": getattr(torch, dtype)}} if dtype else {}
+    model = SentenceTransformer(str(hf_dir), device="cpu", **kwargs)
     vectors = model.encode(texts, batch_size=BATCH, normalize_embeddings=True)  # warm-up, and the reference
     walls = []
     for _ in range(reps):
@@ -178,6 +197,7 @@ def st_figures(hf_dir: Path, texts: list[str], reps: int) -> tuple[dict[str, Any
         "batch32_p50_ms": percentile(batches, 50) * 1000,
         "batch32_p99_ms": percentile(batches, 99) * 1000,
         "torch_threads": THREADS,
+        "dtype": dtype or "float32",
         "version": __import__("sentence_transformers").__version__,
     }, vectors
 
@@ -189,7 +209,8 @@ def kernel_figures(run: Path, manifest: dict[str, Any], texts: list[str], reps: 
     """The published ONNX sessions alone, in this process: the host's bound for the endpoint.
 
     Each published variant (int8, fp32) in an onnxruntime session with the replica's settings
-    (``md_object``: ``THREADS`` intra-op threads, 1 inter-op, idle threads not spinning), fed
+    (``md_object``: ``THREADS`` intra-op threads, 1 inter-op, idle threads not spinning), bf16
+    in the replica's OpenVINO session (``THREADS`` threads), fed
     the bench texts in batches of ``BATCH`` tokenized as a replica tokenizes them (the set's
     ``tokenizer.json`` through ``LightTokenizer``, padded to the batch's longest text,
     truncated at the manifest's sequence length). Tokenizing is inside the timing, as it is
@@ -210,11 +231,18 @@ def kernel_figures(run: Path, manifest: dict[str, Any], texts: list[str], reps: 
     for variant, doc in manifest["variants"].items():
         if not doc.get("file") or not doc.get("accepted", True):
             continue
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = THREADS
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
-        session = ort.InferenceSession(str(run / doc["file"]), options, providers=["CPUExecutionProvider"])
+        if doc.get("runtime") == "openvino":  # bf16: OpenVINO on fp32's file, as a replica runs it
+            from rayrelay_workloads.openvino_runtime import OpenVinoSession
+
+            session: Any = OpenVinoSession(str(run / doc["file"]), THREADS, "bf16")
+        else:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = THREADS
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+            session = ort.InferenceSession(
+                str(run / doc["file"]), options, providers=["CPUExecutionProvider"]
+            )
         names = [i.name for i in session.get_inputs()]
         walls, per_batch = [], []
         for rep in range(reps + 1):  # the first pass warms up
@@ -233,6 +261,7 @@ def kernel_figures(run: Path, manifest: dict[str, Any], texts: list[str], reps: 
             "batch32_p50_ms": percentile(per_batch, 50) * 1000,
             "batch32_p99_ms": percentile(per_batch, 99) * 1000,
             "intra_op_threads": THREADS,
+            "runtime": doc.get("runtime") or "onnxruntime",
         }
         log(f"embeddings: kernel {variant}: {out[variant]['sentences_per_s']:.1f} sentences/s")
     return out
@@ -399,6 +428,8 @@ INFINITY_SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
     ("engine torch (fp32)", {"engine": "torch"}),
     ("engine optimum, ONNX int8 (model_quantized.onnx)", {"engine": "optimum"}),
     ("engine optimum, ONNX fp32", {"engine": "optimum", "prefer_quantized": False}),
+    # --dtype bfloat16: PyTorch with bf16 weights (AMX runs it natively; elsewhere it is emulated).
+    ("engine torch, --dtype bfloat16", {"engine": "torch", "dtype": "bfloat16"}),
 )
 
 
@@ -416,6 +447,8 @@ def infinity_args(options: dict[str, Any], port: int) -> list[str]:
     ]  # fmt: skip
     if options.get("prefer_quantized") is False:
         args.append("--onnx-do-not-prefer-quantized")
+    if options.get("dtype"):
+        args += ["--dtype", str(options["dtype"])]
     return args
 
 
@@ -442,7 +475,8 @@ def infinity_folder(run: Path, hf_dir: Path) -> Path:
 
     python = peers.ensure_venv(INFINITY)
     recipe = hashlib.sha256((ROOT / "bench" / "peer_infinity.py").read_bytes()).hexdigest()[:8]
-    folder = peers.VENVS / f"{python.parent.parent.name}-model-{run.name}-{recipe}"
+    # Per publication (hf/ is linked, not copied: a rebuilt run is a new attempt folder).
+    folder = peers.VENVS / f"{python.parent.parent.name}-model-{run.name}-{hf_dir.parent.name}-{recipe}"
     if not (folder / "done").is_file():
         log(f"embeddings: preparing {folder} (optimum ONNX export + int8) for infinity")
         shutil.rmtree(folder, ignore_errors=True)
@@ -704,10 +738,19 @@ def table(doc: dict[str, Any]) -> list[str]:
             "per 32-text batch",
         ),
     ]
+    st_bf16 = doc.get("sentence_transformers_bf16")
+    if st_bf16:
+        rows.append(
+            _row(
+                "sentence-transformers encode, bf16 weights (torch_dtype bfloat16), batch 32, 1 process",
+                st_bf16, base, "batch32_p50_ms", "batch32_p99_ms", "per 32-text batch",
+            )
+        )  # fmt: skip
     for variant, k in (doc.get("kernel") or {}).items():
         rows.append(
             _row(
-                f"kernel bound: published {variant} ONNX session alone, batch 32, {k['intra_op_threads']} threads",
+                f"kernel bound: published {variant} ONNX, {k.get('runtime', 'onnxruntime')} session alone, "
+                f"batch 32, {k['intra_op_threads']} threads",
                 k, base, "batch32_p50_ms", "batch32_p99_ms", "per 32-text batch",
             )
         )  # fmt: skip
@@ -811,6 +854,12 @@ def main(argv: list[str] | None = None) -> int:
     before = load_average()
     log(f"embeddings: sentence-transformers on {len(texts)} texts")
     st, reference = st_figures(hf_dir, texts, 2 if args.quick else 5)
+    st_bf16 = None
+    if bf16_host():  # where PyTorch runs bf16 natively: the strongest setting of the same library
+        st_bf16, bf16_vectors = st_figures(hf_dir, texts, 2 if args.quick else 5, "bfloat16")
+        from rayrelay_workloads.embedding.objective import cosine_rows
+
+        st_bf16["cosine_min_to_fp32"] = float(cosine_rows(bf16_vectors, reference).min())
     log("embeddings: the published ONNX files alone (the kernel bound)")
     kernel = kernel_figures(run, manifest, texts, 2 if args.quick else 5)
     infinity = None
@@ -846,6 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if infinity:
         doc["infinity"] = infinity
+    if st_bf16:
+        doc["sentence_transformers_bf16"] = st_bf16
     if split:
         doc["endpoint_split"] = split
     path = write_result("embeddings", doc)

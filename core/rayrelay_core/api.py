@@ -528,6 +528,17 @@ class QualityGate(ApiModel):
             "PyTorch's of the same validation text; a lower one rejects int8 (fp32 is served instead)."
         ),
     )
+    min_bf16_cosine: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description=(
+            "sentence-embedding only: smallest cosine similarity allowed between a bf16 embedding "
+            "(OpenVINO running the fp32 ONNX in bf16, measured at export) and PyTorch's of the same "
+            "validation text; a lower one rejects bf16, and variant auto never serves it. Unset: any "
+            "is accepted, but a bf16 the export could not measure is never accepted."
+        ),
+    )
 
 
 class ArtifactEncryption(ApiModel):
@@ -811,14 +822,16 @@ class TrainingJobSpec(ApiModel):
             "(!has(self.qualityGate.minEvalAccuracy) && !has(self.qualityGate.maxInt8AccuracyDrop) && "
             "!has(self.qualityGate.maxBf16AccuracyDrop))",
             "qualityGate.minEvalAccuracy, maxInt8AccuracyDrop and maxBf16AccuracyDrop are for "
-            "sequence-classification; sentence-embedding uses minRecallAt1, minMrr and minInt8Cosine",
+            "sequence-classification; sentence-embedding uses minRecallAt1, minMrr, minInt8Cosine and "
+            "minBf16Cosine",
             ".qualityGate",
         ),
         CelRule(
             "self.model.task == 'sentence-embedding' || !has(self.qualityGate) || "
             "(!has(self.qualityGate.minRecallAt1) && !has(self.qualityGate.minMrr) && "
-            "!has(self.qualityGate.minInt8Cosine))",
-            "qualityGate.minRecallAt1, minMrr and minInt8Cosine are only for task sentence-embedding",
+            "!has(self.qualityGate.minInt8Cosine) && !has(self.qualityGate.minBf16Cosine))",
+            "qualityGate.minRecallAt1, minMrr, minInt8Cosine and minBf16Cosine are only for task "
+            "sentence-embedding",
             ".qualityGate",
         ),
         CelRule(
@@ -949,14 +962,19 @@ class TrainingJobSpec(ApiModel):
             raise RuleError(
                 ("qualityGate",),
                 "qualityGate.minEvalAccuracy, maxInt8AccuracyDrop and maxBf16AccuracyDrop are for "
-                "sequence-classification; sentence-embedding uses minRecallAt1, minMrr and minInt8Cosine",
+                "sequence-classification; sentence-embedding uses minRecallAt1, minMrr, minInt8Cosine and "
+                "minBf16Cosine",
             )
         if not embedding and (
-            gate.min_recall_at1 is not None or gate.min_mrr is not None or gate.min_int8_cosine is not None
+            gate.min_recall_at1 is not None
+            or gate.min_mrr is not None
+            or gate.min_int8_cosine is not None
+            or gate.min_bf16_cosine is not None
         ):
             raise RuleError(
                 ("qualityGate",),
-                "qualityGate.minRecallAt1, minMrr and minInt8Cosine are only for task sentence-embedding",
+                "qualityGate.minRecallAt1, minMrr, minInt8Cosine and minBf16Cosine are only for task "
+                "sentence-embedding",
             )
         if not embedding and any(
             f is not None for f in (data.anchor_field, data.positive_field, data.negative_field)

@@ -28,6 +28,7 @@ step-4 checkpoint, and the run publishes with no step run twice or skipped.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -42,10 +43,13 @@ import numpy as np
 import pytest
 import requests
 
+from rayrelay_workloads.export import export_host_lacks_bf16
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DATA = REPO / "examples" / "data"
 TRAIN_PAIRS = 160
+BF16_MIN_COSINE = 0.99  # bf16 against PyTorch (examples/embeddings.yaml gates it at this)
 
 
 def manifest_file(folder: Path, name: str) -> Path:
@@ -68,8 +72,15 @@ def manifest_file(folder: Path, name: str) -> Path:
     md["spec"]["model"]["trainingJobRef"] = {"name": name, "variant": "fp32"}
     md["spec"]["resources"] = {"cpus": 0.5}
     md["spec"]["limits"] = {"maxTextsPerRequest": 100, "maxTextChars": 400}
+    docs = [tj, md]
+    if export_host_lacks_bf16() is None:
+        # bf16 (OpenVINO on fp32's file) is measured here: a second deployment serves it.
+        bf16 = copy.deepcopy(md)
+        bf16["metadata"]["name"] = f"{name}-bf16"
+        bf16["spec"]["model"]["trainingJobRef"] = {"name": name, "variant": "bf16"}
+        docs.append(bf16)
     path = folder / "embeddings.yaml"
-    path.write_text(yaml.safe_dump_all([tj, md]))
+    path.write_text(yaml.safe_dump_all(docs))
     return path
 
 
@@ -126,6 +137,15 @@ def check_serving(url: str, name: str, artifacts: Path) -> None:
     assert figures["cosineMin"]["fp32"] >= 0.999
     assert 0 < figures["cosineMin"]["int8"] <= 1 and "int8" in manifest["variants"]
     assert 0 < figures["recallAt1"]["pytorch"] <= 1 and figures["validationPairs"] == len(validation_pairs())
+    # bf16 (export.bf16 unset): measured through OpenVINO where this host has bf16 instructions,
+    # with no file of its own; elsewhere listed as not measured, refused.
+    bf16 = manifest["variants"]["bf16"]
+    if export_host_lacks_bf16() is None:
+        assert bf16["file"] == manifest["variants"]["fp32"]["file"] and bf16["runtime"] == "openvino"
+        assert bf16["accepted"] and bf16["measured"].startswith("openvino ")
+        assert BF16_MIN_COSINE <= figures["cosineMin"]["bf16"] <= 1
+    else:
+        assert bf16.get("file") is None and not bf16["accepted"] and "export.bf16" in bf16["reason"]
     hf_dir = manifest_path.parent / next(
         f["path"] for f in manifest["files"] if f["path"].endswith("hf/config.json")
     )
@@ -199,6 +219,28 @@ def check_serving(url: str, name: str, artifacts: Path) -> None:
     assert meta.status_code == 200 and meta.json()["outputs"][0]["shape"] == [-1, dim], meta.text
     assert requests.get(f"{url}/v2/models/{name}/ready", timeout=30).json() == {"name": name, "ready": True}
     check_hostile_bodies(url, name)
+    if export_host_lacks_bf16() is None:
+        check_bf16(url, f"{name}-bf16", texts, reference)
+
+
+def check_bf16(url: str, name: str, texts: list[str], reference: np.ndarray) -> None:
+    """The deployment that serves bf16: OpenVINO's vectors, close to sentence-transformers'."""
+    from rayrelay_workloads.embedding.objective import cosine_rows
+
+    resp = requests.post(
+        f"{url}/v2/models/{name}/infer",
+        json={"inputs": [{"name": "text", "shape": [8], "datatype": "BYTES", "data": texts[:8]}]},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    (output,) = resp.json()["outputs"]
+    vectors = np.array(output["data"], dtype=np.float32).reshape(8, -1)
+    assert cosine_rows(vectors, reference[:8]).min() >= BF16_MIN_COSINE
+    served = requests.get(f"{url}/metrics", timeout=30).text
+    assert any(
+        f'model="{name}"' in line and 'runtime="openvino"' in line and 'precision="bf16"' in line
+        for line in served.splitlines()
+    ), [line for line in served.splitlines() if name in line][:10]
 
 
 def check_hostile_bodies(url: str, name: str) -> None:

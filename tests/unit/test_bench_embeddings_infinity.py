@@ -68,7 +68,9 @@ def test_infinity_args_per_setting() -> None:
         assert "--no-vector-disk-cache" in args
         assert args[args.index("--pooling-method") + 1] == "mean"  # the model's pooling, for every engine
     engines = {label: args[args.index("--engine") + 1] for label, args in by_label.items()}
-    assert sorted(engines.values()) == ["optimum", "optimum", "torch"]
+    assert sorted(engines.values()) == ["optimum", "optimum", "torch", "torch"]
+    bf16 = [label for label, args in by_label.items() if "--dtype" in args and args[-1] == "bfloat16"]
+    assert bf16 == ["engine torch, --dtype bfloat16"]
     fp32_only = [label for label, args in by_label.items() if "--onnx-do-not-prefer-quantized" in args]
     assert fp32_only == ["engine optimum, ONNX fp32"]
 
@@ -162,6 +164,20 @@ def test_table_with_kernel_bound_and_infinity() -> None:
             "batch32_p99_ms": 150.0,
             "intra_op_threads": 2,
         },
+        "bf16": {
+            "sentences_per_s": 610.0,
+            "batch32_p50_ms": 52.0,
+            "batch32_p99_ms": 60.0,
+            "intra_op_threads": 2,
+            "runtime": "openvino",
+        },
+    }
+    doc["sentence_transformers_bf16"] = {
+        "sentences_per_s": 500.0,
+        "batch32_p50_ms": 64.0,
+        "batch32_p99_ms": 70.0,
+        "torch_threads": 2,
+        "dtype": "bfloat16",
     }
     doc["infinity"] = _infinity(
         120.0,
@@ -174,8 +190,12 @@ def test_table_with_kernel_bound_and_infinity() -> None:
         ],
     )
     text = "\n".join(table(doc))
-    assert "| kernel bound: published int8 ONNX session alone, batch 32, 2 threads | 400.0 | 2.00x |" in text
-    assert "| kernel bound: published fp32 ONNX session alone, batch 32, 2 threads | 230.0 | 1.15x |" in text
+    bf16_st = "| sentence-transformers encode, bf16 weights (torch_dtype bfloat16), batch 32, 1 process"
+    assert f"{bf16_st} | 500.0 | 2.50x |" in text  # the ratio stays to fp32's encode
+    kernel = "| kernel bound: published {} ONNX, {} session alone, batch 32, 2 threads | {} |"
+    assert kernel.format("int8", "onnxruntime", "400.0 | 2.00x") in text  # a record without runtime
+    assert kernel.format("fp32", "onnxruntime", "230.0 | 1.15x") in text
+    assert kernel.format("bf16", "openvino", "610.0 | 3.05x") in text
     assert (
         "| infinity-emb (engine torch (fp32)) /embeddings, 32 client(s), 1 text each | 120.0 | 0.60x |"
         in text

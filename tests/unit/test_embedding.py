@@ -28,7 +28,7 @@ from rayrelay_workloads.data import DataError
 from rayrelay_workloads.embedding import make_pairs, objective
 from rayrelay_workloads.embedding import openai_api as oa
 from rayrelay_workloads.embedding.data import PairFields, parse_pairs
-from rayrelay_workloads.embedding.gate import check_retrieval, int8_cosine_decision
+from rayrelay_workloads.embedding.gate import bf16_cosine_decision, check_retrieval, int8_cosine_decision
 from rayrelay_workloads.quality import QualityGateError
 from rayrelay_workloads.serve.protocol import ProtocolError
 
@@ -142,6 +142,16 @@ def test_int8_cosine_decision() -> None:
     assert not refused.accepted and refused.recommended_variant == "fp32"
     assert "qualityGate.minInt8Cosine 0.99" in (refused.reason or "")
     assert not int8_cosine_decision(gate, None).accepted
+
+
+def test_bf16_cosine_decision() -> None:
+    assert bf16_cosine_decision(QualityGate(), 0.5).accepted  # no gate: any measured bf16
+    gate = QualityGate(min_bf16_cosine=0.999)
+    assert bf16_cosine_decision(gate, 0.9995).accepted
+    refused = bf16_cosine_decision(gate, 0.998)
+    assert not refused.accepted and "qualityGate.minBf16Cosine 0.999" in (refused.reason or "")
+    missing = bf16_cosine_decision(QualityGate(), None, "OpenVINO is not installed")
+    assert not missing.accepted and "OpenVINO is not installed" in (missing.reason or "")
 
 
 # ------------------------------------------------------------------ data

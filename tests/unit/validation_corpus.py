@@ -671,7 +671,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, Any], str, str, bool]] = [
         TJ,
         {"spec.model.task": "sentence-embedding", "spec.qualityGate.minEvalAccuracy": 0.5},
         "spec.qualityGate",
-        "sentence-embedding uses minRecallAt1, minMrr and minInt8Cosine",
+        "sentence-embedding uses minRecallAt1, minMrr, minInt8Cosine and minBf16Cosine",
         True,
     ),
     (
@@ -1320,7 +1320,7 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
     (
         "TrainingJob",
         "spec",
-        "minInt8Cosine are only for task sentence-embedding",
+        "minBf16Cosine are only for task sentence-embedding",
         spec_with(
             "TrainingJob",
             model={"source": "m", "task": "sentence-embedding"},
@@ -1331,8 +1331,15 @@ CEL_CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
     (
         "TrainingJob",
         "spec",
-        "minInt8Cosine are only for task sentence-embedding",
+        "minBf16Cosine are only for task sentence-embedding",
         spec_with("TrainingJob", qualityGate={"minRecallAt1": 0.9}),
+        False,
+    ),
+    (
+        "TrainingJob",
+        "spec",
+        "minBf16Cosine are only for task sentence-embedding",
+        spec_with("TrainingJob", qualityGate={"minBf16Cosine": 0.99}),
         False,
     ),
     (

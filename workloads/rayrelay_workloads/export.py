@@ -532,12 +532,17 @@ def ort_variants(
 
 
 def bf16_variant(
-    fp32_path: Path, threads: int, bench: dict[str, Any], repeats: int
+    fp32_path: Path,
+    threads: int,
+    bench: dict[str, Any],
+    repeats: int,
+    run: Callable[[Any, dict[str, Any]], Any] = onnx_logits,
 ) -> tuple[Any, RuntimeVariant | None, dict[str, float], str | None]:
     """OpenVINO reading the served fp32 graph with a bf16 hint: its session, record, timing, or why not.
 
-    The session is the one a replica would create (``openvino_runtime.OpenVinoSession``). An
-    emulated bf16 (no bf16 instructions here) is measured for accuracy but not timed."""
+    The session is the one a replica would create (``openvino_runtime.OpenVinoSession``); ``run``
+    is the task's call of a session on ``bench`` (the timing). An emulated bf16 (no bf16
+    instructions here) is measured for accuracy but not timed."""
     from rayrelay_workloads import openvino_runtime as ovr
 
     cap = ovr.capability()
@@ -550,7 +555,7 @@ def bf16_variant(
     record = RuntimeVariant(ovr.RUNTIME, f"{ovr.RUNTIME} {sess.version}, {sess.precision_label}")
     metrics = {"bf16_emulated": float(sess.emulated)}
     if not sess.emulated:
-        metrics["openvino_bf16_ms"] = time_ms(functools.partial(onnx_logits, sess, bench), repeats)
+        metrics["openvino_bf16_ms"] = time_ms(functools.partial(run, sess, bench), repeats)
     return sess, record, metrics, None
 
 
@@ -632,7 +637,12 @@ def edge_variants(
 
 
 def maybe_bf16(
-    spec: ExportSpec, fp32_path: Path, threads: int, bench: Any, bench_repeats: int
+    spec: ExportSpec,
+    fp32_path: Path,
+    threads: int,
+    bench: Any,
+    bench_repeats: int,
+    run: Callable[[Any, dict[str, Any]], Any] = onnx_logits,
 ) -> tuple[Any, RuntimeVariant | None, dict[str, float], str | None]:
     """(session, variant, metrics, why it is missing) of the bf16 variant, as ``export.bf16`` asks.
 
@@ -643,7 +653,7 @@ def maybe_bf16(
         return None, None, {}, None
     if spec.bf16 is None and (why := export_host_lacks_bf16()):
         return None, None, {}, why
-    return bf16_variant(fp32_path, threads, bench, bench_repeats)
+    return bf16_variant(fp32_path, threads, bench, bench_repeats, run)
 
 
 def compare_variants(

@@ -12,13 +12,18 @@
   (``export.export_onnx``: the additive mask BERT fusion expects) and, with
   ``export.optimize``, fused by the same transformer optimizer (``export.optimize_onnx``),
   kept only when measurably faster (``export_checks.fused_is_faster``);
-- ``onnx/model.int8.onnx``: dynamic int8 with per-channel weight scales (``export.quantize_int8``).
+- ``onnx/model.int8.onnx``: dynamic int8 with per-channel weight scales (``export.quantize_int8``);
+- no file for ``bf16``: OpenVINO runs ``onnx/model.onnx`` with a bf16 precision hint, as for
+  classification (``export.maybe_bf16``: measured where the export host has bf16 instructions
+  unless ``export.bf16`` says otherwise). On an AMX host it ran the bench's texts 1.5x faster
+  than int8 (docs/embeddings.md).
 
 Checks: every variant's vector of each validation text (anchors and positives) is compared
 with PyTorch's by cosine similarity; ONNX fp32 must reach :data:`FP32_MIN_COSINE` on every
-text (else ``ParityError``), int8's smallest and mean cosine are recorded and judged by
-``qualityGate.minInt8Cosine`` (``pipeline``). Recall@1 and MRR of each variant on the
-validation pairs are measured too, so the manifest shows what int8 costs in retrieval.
+text (else ``ParityError``), int8's and bf16's smallest and mean cosine are recorded and
+judged by ``qualityGate.minInt8Cosine`` and ``minBf16Cosine`` (``embedding.gate``). Recall@1
+and MRR of each variant on the validation pairs are measured too, so the manifest shows
+what int8 and bf16 cost in retrieval.
 """
 
 from __future__ import annotations
@@ -33,7 +38,14 @@ import numpy as np
 from rayrelay_core.api import ExportSpec, Quantize
 from rayrelay_workloads.embedding.data import Pair
 from rayrelay_workloads.embedding.objective import cosine_rows, mean_pool, retrieval, without_pooler
-from rayrelay_workloads.export import onnx_input_names, optimize_onnx, quantize_int8, session
+from rayrelay_workloads.export import (
+    RuntimeVariant,
+    maybe_bf16,
+    onnx_input_names,
+    optimize_onnx,
+    quantize_int8,
+    session,
+)
 from rayrelay_workloads.export_checks import ParityError, fused_is_faster, time_ms
 
 OUTPUT = "sentence_embedding"
@@ -58,6 +70,9 @@ class EmbeddingExportResult:
     pairs: int
     lower_case: bool | None
     metrics: dict[str, float] = field(default_factory=dict)
+    # The bf16 variant (OpenVINO on fp32's file): what ran, or why it was not measured.
+    bf16: RuntimeVariant | None = None
+    bf16_missing: str | None = None
 
 
 def load_encoder_checkpoint(checkpoint_dir: str | Path) -> Any:
@@ -274,6 +289,12 @@ def export_embedding(
         quantize_int8(fp32_path, int8_path, fused_used, per_channel=True)
         sessions["int8"] = session(int8_path, threads)
         metrics["onnx_int8_ms"] = time_ms(lambda: onnx_vectors(sessions["int8"], bench), bench_repeats)
+    bf16_sess, bf16, bf16_metrics, bf16_missing = maybe_bf16(
+        spec, fp32_path, threads, bench, bench_repeats, onnx_vectors
+    )
+    metrics |= bf16_metrics
+    if bf16_sess is not None:
+        sessions["bf16"] = bf16_sess
     metrics |= {"bench_batch": BENCH_BATCH, "bench_seq_len": max_len, "bench_threads": threads}
     found = compare(variant_vectors(ref, sessions, texts), len(validation))
     return EmbeddingExportResult(
@@ -291,4 +312,6 @@ def export_embedding(
         pairs=len(validation),
         lower_case=getattr(tokenizer, "do_lower_case", None),
         metrics=metrics,
+        bf16=bf16,
+        bf16_missing=bf16_missing,
     )

@@ -5,13 +5,15 @@
 ``QualityGateError`` (reason ``QualityGateFailed``) naming the figure and by how much.
 ``qualityGate.minInt8Cosine`` judges int8: its smallest cosine similarity to PyTorch's
 vector over the validation texts; below it int8 is rejected and fp32 is served
-(``quality.Int8Decision``, as classification's int8 gate decides).
+(``quality.Int8Decision``, as classification's int8 gate decides). ``qualityGate.minBf16Cosine``
+judges bf16 the same way; a bf16 the export did not measure is never accepted, and an
+accepted one is served only where ``variant: auto`` times it fastest (classification's rule).
 """
 
 from __future__ import annotations
 
 from rayrelay_core.api import QualityGate
-from rayrelay_workloads.quality import Int8Decision, QualityGateError
+from rayrelay_workloads.quality import Int8Decision, QualityGateError, VariantDecision
 
 
 def check_retrieval(gate: QualityGate, recall_at_1: float | None, mrr: float | None, what: str) -> None:
@@ -43,3 +45,20 @@ def int8_cosine_decision(gate: QualityGate, int8_min_cosine: float | None) -> In
             "fp32",
         )
     return Int8Decision(True, None, "int8")
+
+
+def bf16_cosine_decision(
+    gate: QualityGate, bf16_min_cosine: float | None, missing: str | None = None
+) -> VariantDecision:
+    """Accept bf16 unless it was not measured (``missing`` says why) or its smallest cosine to
+    PyTorch is below qualityGate.minBf16Cosine."""
+    if bf16_min_cosine is None:
+        return VariantDecision(False, f"bf16 not measured at export: {missing or 'no figure'}")
+    limit = gate.min_bf16_cosine
+    if limit is not None and bf16_min_cosine < limit:
+        return VariantDecision(
+            False,
+            f"bf16 embeddings reach only cosine {bf16_min_cosine:.4f} to PyTorch's, below "
+            f"qualityGate.minBf16Cosine {limit:g}",
+        )
+    return VariantDecision(True, None)

@@ -4,7 +4,8 @@
 hashed, uploaded into a fresh publication folder, encrypted when asked, the store's
 outages waited out, manifest.json written last) with :func:`build_embedding_manifest`
 as the manifest: ``task: sentence-embedding``, the variants (int8 accepted or not by
-``gate.int8_cosine_decision``), the tokenizer, lineage, and an ``embedding`` block (vector
+``gate.int8_cosine_decision``; bf16, OpenVINO on fp32's file, by
+``gate.bf16_cosine_decision``), the tokenizer, lineage, and an ``embedding`` block (vector
 size, output name, pooling, and each variant's cosine similarity to PyTorch and recall@1
 / MRR on the validation pairs), with the same figures flat in ``metrics``.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo
+from rayrelay_core.runs import FileEntry, JobDocument, Manifest, Parity, TokenizerInfo, VariantInfo
 from rayrelay_core.store import join
 from rayrelay_workloads.embedding.data import LoadedPairs
 from rayrelay_workloads.embedding.export import FP32_MIN_COSINE, OUTPUT, EmbeddingExportResult
+from rayrelay_workloads.embedding.gate import bf16_cosine_decision
 from rayrelay_workloads.embedding.objective import METRIC
 from rayrelay_workloads.publish import lineage_of, onnx_variants, publish_folder, timestamp
 from rayrelay_workloads.quality import Int8Decision
@@ -38,6 +40,28 @@ def embedding_metrics(result: EmbeddingExportResult, train_metrics: dict[str, An
         if isinstance(train_metrics.get(key), int | float):
             metrics[f"train_best_{key}"] = float(train_metrics[key])
     return metrics
+
+
+def embedding_variants(
+    job: JobDocument, result: EmbeddingExportResult, decision: Int8Decision, files: list[FileEntry], root: str
+) -> dict[str, VariantInfo]:
+    """PyTorch, fp32, int8 as its gate decided, and bf16 (fp32's file, run by OpenVINO) when the
+    export measured it or says why not (``export.bf16: false`` lists none)."""
+    variants = onnx_variants(root, files, result.fp32_file, result.int8_file, decision)
+    if result.bf16 is None and not result.bf16_missing:
+        return variants
+    bf16 = bf16_cosine_decision(job.spec.quality_gate, result.cosine_min.get("bf16"), result.bf16_missing)
+    fp32 = variants["fp32"]
+    ran = result.bf16
+    variants["bf16"] = VariantInfo(
+        file=fp32.file if ran is not None else None,
+        size=fp32.size if ran is not None else None,
+        accepted=bf16.accepted and ran is not None,
+        reason=bf16.reason,
+        runtime=ran.runtime if ran is not None else "openvino",
+        measured=ran.measured if ran is not None else None,
+    )
+    return variants
 
 
 def embedding_block(result: EmbeddingExportResult) -> dict[str, Any]:
@@ -69,7 +93,7 @@ def build_embedding_manifest(
         run_id=job.run_id,
         created_at=timestamp(),
         files=files,
-        variants=onnx_variants(root, files, result.fp32_file, result.int8_file, decision),
+        variants=embedding_variants(job, result, decision, files, root),
         recommended_variant=decision.recommended_variant,
         task=TASK,
         embedding=embedding_block(result),

@@ -3,7 +3,8 @@
 A ModelDeployment whose manifest says ``task: sentence-embedding`` gets this class
 (``serve.app.model_app``), under the same deployment name. Everything but the answer is
 ``ModelServer``'s: artifact download and digest checks (encrypted sets decrypted in
-memory), the light tokenizer, ``variant: auto`` timing fp32 against int8 on this host,
+memory), the light tokenizer, ``variant: auto`` timing fp32, int8 and bf16 (OpenVINO, on
+CPUs with bf16 instructions) on this host,
 continuous dynamic batching (``batching.Batcher``: texts of concurrent requests share one
 session call of up to ``maxBatchSize``), API keys, metrics and the cold-start record.
 What differs:
