@@ -792,9 +792,10 @@ def table(doc: dict[str, Any]) -> list[str]:
     ]
     if doc.get("kernel"):
         lines += [
-            "Kernel bound: the published ONNX file in one onnxruntime session in the bench's process "
-            "(the replica's threads, the replica's tokenizer, tokenizing included), no HTTP and no batcher: "
-            "the most a server of these files can approach on this host, measured in the same run (the same load).",
+            "Kernel bound: each published variant in one session in the bench's process (int8 and fp32 in "
+            "onnxruntime, bf16 in OpenVINO on fp32's file, as a replica runs them; the replica's threads, the "
+            "replica's tokenizer, tokenizing included), no HTTP and no batcher: the most a server of these files "
+            "can approach on this host, measured in the same run (the same load).",
             "",
         ]
     if inf:
