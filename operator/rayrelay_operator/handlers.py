@@ -297,8 +297,8 @@ class ObjectGate:
     kopf stops an object's timer when its deletion starts, but runs the delete handler at the
     same time, and a tick already running in a worker thread runs on: a ModelDeployment's
     tick that planned its deploy before the delete handler took the Serve application down
-    put it back after, with the finalizer gone and nothing left to remove it (seen as a CI
-    failure: the application still served two minutes after its ModelDeployment was deleted).
+    put it back after, with the finalizer gone and nothing left to remove it (the likely
+    cause of a CI run in which something was still there two minutes after the delete).
     The delete handler marks the object as being deleted, then takes its lock, so it waits
     for a pass in flight; a pass that starts after the mark does nothing (a deletion is never
     undone). Locks are striped by object: no per-object state to clean up, and two objects
