@@ -149,14 +149,6 @@ def ensure_run() -> Path:
     return run
 
 
-def bf16_host() -> bool:
-    """Whether this CPU has bf16 instructions (AMX, AVX-512 BF16)."""
-    from rayrelay_workloads.hardware import cpu_flags
-    from rayrelay_workloads.openvino_runtime import BF16_FLAGS
-
-    return bool(set(BF16_FLAGS) & set(cpu_flags()))
-
-
 def bench_texts() -> tuple[list[str], int]:
     """(texts, number of validation pairs): validation anchors, their positives, then training anchors."""
     pairs = [json.loads(line) for line in (DATA / "embedding-validation.jsonl").read_text().splitlines()]
@@ -846,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
         build()
         return 0
     from bench.serving import md_object, start_and_deploy, undeploy
+    from rayrelay_workloads.embedding.objective import cosine_rows
+    from rayrelay_workloads.export import export_host_lacks_bf16
     from rayrelay_workloads.hardware import instruction_set
 
     run = ensure_run()
@@ -856,10 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"embeddings: sentence-transformers on {len(texts)} texts")
     st, reference = st_figures(hf_dir, texts, 2 if args.quick else 5)
     st_bf16 = None
-    if bf16_host():  # where PyTorch runs bf16 natively: the strongest setting of the same library
+    if export_host_lacks_bf16() is None:  # bf16 runs natively here: the library's strongest setting
         st_bf16, bf16_vectors = st_figures(hf_dir, texts, 2 if args.quick else 5, "bfloat16")
-        from rayrelay_workloads.embedding.objective import cosine_rows
-
         st_bf16["cosine_min_to_fp32"] = float(cosine_rows(bf16_vectors, reference).min())
     log("embeddings: the published ONNX files alone (the kernel bound)")
     kernel = kernel_figures(run, manifest, texts, 2 if args.quick else 5)

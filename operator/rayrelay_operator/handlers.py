@@ -336,21 +336,18 @@ def _key(kind: str, body: Mapping[str, Any]) -> str:
 
 
 def _reconcile(
-    kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool, gate: ObjectGate | None = None
+    kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool, gate: ObjectGate
 ) -> None:
     """One ``run_pass``; its patch goes into kopf's, its error into kopf's retry machinery.
 
-    With ``gate``, the pass holds the object's lock and is skipped once its deletion began.
+    The pass holds the object's lock in ``gate`` and is skipped once the object's deletion began.
     """
-    if gate is None:
-        return _reconcile_now(kind, body, patch, memo, timer=timer)
     with gate.passing(_key(kind, body)) as live:
         if live:
-            _reconcile_now(kind, body, patch, memo, timer=timer)
-    return None
+            _run(kind, body, patch, memo, timer=timer)
 
 
-def _reconcile_now(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool) -> None:
+def _run(kind: str, body: kopf.Body, patch: kopf.Patch, memo: Any, *, timer: bool) -> None:
     ctx: ReconcileContext = memo.ctx
     meta = body.get("metadata") or {}
     started = time.monotonic()

@@ -187,11 +187,12 @@ def test_a_retried_attempt_counts_its_reason_and_backoff(tmp_path: Path, monkeyp
     monkeypatch.setattr(handlers.kopf, "event", lambda body, **_: None)
     memo = kopf.Memo(ctx=ctx)
     raw = {**tj_dict("r28", failurePolicy={"backoffLimit": 3}), "status": {}}
+    gate = handlers.ObjectGate()
 
     def tick() -> None:
         patch = kopf.Patch()
         try:
-            handlers._reconcile("TrainingJob", kopf.Body(raw), patch, memo, timer=True)
+            handlers._reconcile("TrainingJob", kopf.Body(raw), patch, memo, timer=True, gate=gate)
         finally:  # applied as kopf applies it, a temporary error's included
             raw["status"] = {**raw["status"], **dict(patch.get("status") or {})}
 

@@ -106,11 +106,12 @@ def drive_kopf_handler(sc: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
         lambda body, *, type, reason, message: sc.ctx.emit(handlers.Event(type, reason, message)),
     )
     memo = kopf.Memo(ctx=sc.ctx)
+    gate = handlers.ObjectGate()
     raw = dict(sc.obj, status={})
     while not sc.passes or sc.passes[-1][0] != "Ready":
         patch = kopf.Patch()
         try:
-            handlers._reconcile("ModelDeployment", kopf.Body(raw), patch, memo, timer=True)
+            handlers._reconcile("ModelDeployment", kopf.Body(raw), patch, memo, timer=True, gate=gate)
         except kopf.TemporaryError as exc:
             sc.sleep(float(exc.delay or 0))
         raw["status"] = {**raw["status"], **dict(patch.get("status") or {})}

@@ -62,7 +62,7 @@ from rayrelay_core.runs import (
 from rayrelay_core.store import join, open_store, sha256_file, sse_args
 from rayrelay_workloads import envelope, quality
 from rayrelay_workloads.data import LoadedData
-from rayrelay_workloads.export import ExportResult
+from rayrelay_workloads.export import ExportResult, RuntimeVariant
 from rayrelay_workloads.quality import Int8Decision, VariantDecision
 from rayrelay_workloads.storewait import StoreWait, hold
 
@@ -189,7 +189,9 @@ def variant_infos(
             size=sizes.get(int8_file),
         )
     if bf16 is not None and (result.bf16 is not None or result.bf16_missing):
-        variants["bf16"] = bf16_info(result, bf16, fp32_file, sizes.get(fp32_file))
+        variants["bf16"] = bf16_info(
+            result.bf16, bf16, fp32_file, sizes.get(fp32_file), result.accuracy.get("bf16")
+        )
     for name, extra in result.extra_files.items():  # other formats (export.targets), e.g. fp32-ort
         path = rel(extra)
         # A format of int8 is as good as int8 itself: the same gate decides. LiteRT's int8 is a
@@ -211,21 +213,30 @@ def variant_infos(
 
 
 def bf16_info(
-    result: ExportResult, bf16: VariantDecision, fp32_file: str, fp32_size: int | None
+    ran: RuntimeVariant | None,
+    bf16: VariantDecision,
+    fp32_file: str | None,
+    fp32_size: int | None,
+    accuracy: float | None = None,
+    logits: bool = True,
 ) -> VariantInfo:
-    """bf16 is served from fp32's file by another runtime; unmeasured, it is listed as not accepted."""
-    ran = result.bf16
+    """bf16 is served from fp32's file by another runtime; unmeasured, it is listed as not accepted.
+
+    ``ran``: what the export measured (None: not measured); ``logits``: whether the task's
+    figures include the logit differences (classification's; an embedding model has none)."""
+    measured = ran is not None
+    with_logits = ran if measured and logits else None
     return VariantInfo(
-        file=fp32_file if ran is not None else None,
-        accuracy=result.accuracy.get("bf16"),
-        accepted=bf16.accepted and ran is not None,
+        file=fp32_file if measured else None,
+        accuracy=accuracy,
+        accepted=bf16.accepted and measured,
         reason=bf16.reason,
-        size=fp32_size if ran is not None else None,
+        size=fp32_size if measured else None,
         runtime=ran.runtime if ran is not None else "openvino",
         measured=ran.measured if ran is not None else None,
-        max_abs_logit_diff=ran.max_diff_pytorch if ran is not None else None,
-        max_abs_logit_diff_fp32=ran.max_diff_fp32 if ran is not None else None,
-        labels_equal_fp32=ran.labels_equal_fp32 if ran is not None else None,
+        max_abs_logit_diff=with_logits.max_diff_pytorch if with_logits else None,
+        max_abs_logit_diff_fp32=with_logits.max_diff_fp32 if with_logits else None,
+        labels_equal_fp32=with_logits.labels_equal_fp32 if with_logits else None,
     )
 
 

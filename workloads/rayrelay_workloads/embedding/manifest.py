@@ -20,7 +20,7 @@ from rayrelay_workloads.embedding.data import LoadedPairs
 from rayrelay_workloads.embedding.export import FP32_MIN_COSINE, OUTPUT, EmbeddingExportResult
 from rayrelay_workloads.embedding.gate import bf16_cosine_decision
 from rayrelay_workloads.embedding.objective import METRIC
-from rayrelay_workloads.publish import lineage_of, onnx_variants, publish_folder, timestamp
+from rayrelay_workloads.publish import bf16_info, lineage_of, onnx_variants, publish_folder, timestamp
 from rayrelay_workloads.quality import Int8Decision
 from rayrelay_workloads.storewait import StoreWait
 
@@ -52,15 +52,7 @@ def embedding_variants(
         return variants
     bf16 = bf16_cosine_decision(job.spec.quality_gate, result.cosine_min.get("bf16"), result.bf16_missing)
     fp32 = variants["fp32"]
-    ran = result.bf16
-    variants["bf16"] = VariantInfo(
-        file=fp32.file if ran is not None else None,
-        size=fp32.size if ran is not None else None,
-        accepted=bf16.accepted and ran is not None,
-        reason=bf16.reason,
-        runtime=ran.runtime if ran is not None else "openvino",
-        measured=ran.measured if ran is not None else None,
-    )
+    variants["bf16"] = bf16_info(result.bf16, bf16, fp32.file, fp32.size, logits=False)
     return variants
 
 
