@@ -5,17 +5,21 @@ kopf's reactor reads every listed and watched object through
 ``queueing.watcher``). Here the API server's side is stood in for by replacing
 ``continuous_watch`` (what ``infinite_watch`` reads from) with a generator of two events
 shaped as the API server sends them; everything between it and kopf's consumer is kopf's.
+
+The watch lines' decoder (``streams.WatchJson``, orjson) is checked where kopf's stream
+looks it up (``kopf._cogs.clients.api.json``) and against the standard library's answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from typing import Any
 
 import kopf
 import pytest
-from kopf._cogs.clients import watching
+from kopf._cogs.clients import api, watching
 from kopf._cogs.structs import references
 
 from rayrelay_operator import handlers, streams
@@ -87,3 +91,33 @@ def test_slim_event_leaves_other_shapes_alone() -> None:
     assert streams.slim_event(watching.Bookmark.LISTED) is watching.Bookmark.LISTED
     error = {"type": "ERROR", "object": {"code": 410}}
     assert streams.slim_event(copy.deepcopy(error)) == error
+
+
+def test_build_registry_puts_orjson_in_kopfs_watch_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "json", json)  # kopf's own, restored afterwards
+    assert not streams.installed()
+    handlers.build_registry(Settings())
+    assert isinstance(api.json, streams.WatchJson) and streams.installed()
+    # kopf's stream decodes each line as ``json.loads(line.decode("utf-8"))``, by that name.
+    line = json.dumps({"type": "ADDED", "object": TJ}).encode()
+    assert api.json.loads(line.decode("utf-8")) == json.loads(line)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"type": "MODIFIED", "object": TJ}),
+        '{"a": 1.5e300, "b": -0.0, "c": 9007199254740993, "d": "\\u00e9\\ud83d\\ude00", "e": [true, null]}',
+        '{"x": NaN, "y": Infinity}',  # not JSON; the standard library takes it, so kopf still does
+        '{"dup": 1, "dup": 2}',
+    ],
+)
+def test_watch_json_decodes_as_the_standard_library(text: str) -> None:
+    got, want = streams.WatchJson().loads(text), json.loads(text)
+    assert repr(got) == repr(want)  # repr: NaN != NaN, and -0.0 == 0.0 would hide a sign
+
+
+def test_watch_json_refuses_what_the_standard_library_refuses() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        streams.WatchJson().loads('{"type": "ADDED", "object": {')
+    assert streams.WatchJson().dumps({"a": 1}) == json.dumps({"a": 1})  # the rest is the stdlib's
