@@ -70,6 +70,30 @@ def _beside_benchmark(name: str) -> Callable[[dict[str, Any]], list[str]]:
     return section
 
 
+def machines_line(docs: dict[str, Any], fallback: dict[str, Any]) -> str:
+    """Which machine each benchmark ran on (each result file records its own; ``--only``
+    re-runs can land on another host kind), most benchmarks first."""
+    runs: dict[str, list[str]] = {}
+    for name, d in docs.items():
+        mm = d.get("machine") if isinstance(d, dict) else None
+        if isinstance(mm, dict):
+            runs.setdefault(
+                f"{mm.get('nproc')} CPUs ({mm.get('cpu')}), {mm.get('memory_gib')} GiB memory", []
+            ).append(name)
+    if len(runs) <= 1:
+        return (
+            f"Machine: {fallback.get('nproc')} CPUs ({fallback.get('cpu')}), {fallback.get('memory_gib')} GiB "
+            f"memory, no GPU, {fallback.get('os')}."
+        )
+    ordered = sorted(runs.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return (
+        "Machines (the benchmarks ran on more than one host; each section's own header gives its "
+        "instruction set): "
+        + "; ".join(f"{desc}: {', '.join(sorted(names))}" for desc, names in ordered)
+        + "; no GPU."
+    )
+
+
 def render(results: Path | None = None, doc: Path | None = None) -> Path:
     results = results or RESULTS
     doc = doc or DOC
@@ -95,8 +119,7 @@ def render(results: Path | None = None, doc: Path | None = None) -> Path:
         + ".",
         "",
         *([run["note"], ""] if run.get("note") else []),
-        f"Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('memory_gib')} GiB memory, no GPU, "
-        f"{m.get('os')}. Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        machines_line(docs, m) + " Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
         "This machine is shared: absolute times vary from run to run (load average at the end of each "
         "benchmark is in its JSON file); ratios between contenders measured interleaved in the same run "

@@ -157,3 +157,25 @@ def test_the_request_path_table() -> None:
         "| user code on Serve's loop | `RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0` | 3.90 | 8.0 | 3.50 | 3.90 | 2.0 |"
         in page
     )
+
+
+def test_the_page_names_each_machine_with_the_benchmarks_that_ran_on_it() -> None:
+    from bench.report import machines_line
+
+    xeon = {"nproc": 2, "cpu": "Intel(R) Xeon(R) Processor", "memory_gib": 23.5, "os": "Linux"}
+    epyc = {**xeon, "cpu": "AMD EPYC"}
+    docs: dict[str, Any] = {
+        "kernel": {"machine": epyc},
+        "control_plane": {"machine": xeon},
+        "embeddings": {"machine": xeon},
+        "run": {"commands": []},
+        "textgen": [{"machine": epyc}],  # a result file that is a list has no machine of its own
+    }
+    line = machines_line(docs, xeon)
+    assert line.startswith("Machines ")
+    assert "2 CPUs (Intel(R) Xeon(R) Processor), 23.5 GiB memory: control_plane, embeddings; " in line
+    assert line.endswith("2 CPUs (AMD EPYC), 23.5 GiB memory: kernel; no GPU.")
+    one = machines_line({"kernel": {"machine": epyc}}, epyc)
+    assert one == "Machine: 2 CPUs (AMD EPYC), 23.5 GiB memory memory, no GPU, Linux.".replace(
+        " memory memory", " memory"
+    )
