@@ -18,6 +18,12 @@ Ceiling: the replica's decode loop alone (``TextGenEngine`` and its
 closed-loop workers as above; what the endpoint loses against it is the
 serving path's per-token cost.
 
+Lever (the in-place KV cache, ``textgen.inplace``): the published decoder of a GPT-2 model
+writes each new position into cache buffers in place; the generic graph
+(``export_decoder``: past in, past + new out) is built from the same model and
+quantised the same way, and the decode loop alone and one decode step are
+measured on both.
+
 Baseline: PyTorch ``generate`` (eager fp32, greedy, ``min_new_tokens`` =
 ``max_new_tokens``) on the same prompts batched the same way (c rows, left
 padded) in one process, with the replica's thread count; tokens/s = c x NEW /
@@ -184,13 +190,13 @@ def serve_int8(manifest_uri: str, work: Path, new: int) -> str:
     return f"http://127.0.0.1:{port}/v2/models/textgen/generate_stream"
 
 
-def decode_loop_alone(folder: Path, work: Path, new: int, rounds: int) -> list[dict[str, Any]]:
+def decode_loop_alone(folder: Path, model_path: Path, new: int, rounds: int) -> list[dict[str, Any]]:
     """The replica's decode loop without HTTP or Serve: the ceiling of the serving path.
 
     The published int8 decoder with the replica's thread count, the product's
     ``TextGenEngine`` and ``Scheduler`` (detokenising, stop handling and the caps included), c
     closed-loop workers of ``rounds`` requests each (the next one submitted when the last one
-    ends), no EOS so that every request makes ``new`` tokens."""
+    ends), no EOS so that every request makes ``new`` tokens. ``model_path``: the int8 graph."""
     import threading
 
     from transformers import AutoTokenizer
@@ -201,7 +207,7 @@ def decode_loop_alone(folder: Path, work: Path, new: int, rounds: int) -> list[d
     from rayrelay_workloads.textgen.serving import TextGenEngine
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    sess = session(next((work / "store").rglob("model.int8.onnx")), REPLICA_CPUS)
+    sess = session(model_path, REPLICA_CPUS)
     limits = GenerationLimits(max_new_tokens=new, max_prompt_tokens=128, max_batch_size=max(LEVELS))
     engine = TextGenEngine(sess, tokenizer, None, 512, limits, 100_000)
     prompts = prompt_texts(max(LEVELS))
@@ -246,41 +252,81 @@ STEP_BATCHES = (1, 8)
 STEP_CACHE = (16, 64, 128, 256)
 
 
-def step_cost(work: Path, reps: int) -> list[dict[str, Any]]:
-    """One decode step of the published int8 decoder (one session call, the replica's thread
-    count) by rows and cached positions: where the decode loop's own time goes as streams
-    share the batch. The graph takes the past keys/values as inputs and returns the whole
-    present cache (past + the new position) as outputs, so each step reads and writes every
-    row's cache: ``kv_mb`` is that cache, read once and written once per step."""
+def step_cost(graphs: dict[str, Path], reps: int) -> list[dict[str, Any]]:
+    """One decode step of each int8 graph (one session call, the replica's thread count) by rows
+    and cached positions: where the decode loop's own time goes as streams share the batch.
+
+    ``generic``: the graph takes the past keys/values as inputs and returns the whole present
+    cache (past + the new position) as outputs, so each step reads and writes every row's
+    cache. ``in-place``: the step writes only the new position into the buffers it is bound
+    to. ``kv_mb``: the cache the step attends over (the generic graph also writes it back)."""
     import numpy as np
 
     from rayrelay_workloads.textgen.export import session
+    from rayrelay_workloads.textgen.inplace import KvSlots, is_inplace
 
-    sess = session(next((work / "store").rglob("model.int8.onnx")), REPLICA_CPUS)
-    past = [i for i in sess.get_inputs() if i.name.startswith("past")]
-    outs = [o.name for o in sess.get_outputs()]
-    heads, size = int(past[0].shape[1]), int(past[0].shape[3])
     rows = []
-    for b in STEP_BATCHES:
-        for t in STEP_CACHE:
-            feed = {
-                "input_ids": np.ones((b, 1), np.int64),
-                "attention_mask": np.ones((b, t + 1), np.int64),
-                "position_ids": np.full((b, 1), t, np.int64),
-            }
-            rng = np.random.default_rng(0)
-            feed.update({i.name: rng.random((b, heads, t, size), dtype=np.float32) for i in past})
-            for _ in range(5):
-                sess.run(outs, feed)
-            began = time.perf_counter()
-            for _ in range(reps):
-                sess.run(outs, feed)
-            ms = (time.perf_counter() - began) / reps * 1000
-            kv_mb = len(past) * b * heads * t * size * 4 / 1e6
-            rows.append(
-                {"rows": b, "cached": t, "step_ms": ms, "kv_mb": kv_mb, "tokens_per_s": b / ms * 1000}
-            )
+    for graph, path in graphs.items():
+        sess = session(path, REPLICA_CPUS)
+        past = [i for i in sess.get_inputs() if i.name.startswith("past")]
+        outs = [o.name for o in sess.get_outputs()]
+        heads, size = int(past[0].shape[1]), int(past[0].shape[3])
+        for b in STEP_BATCHES:
+            for t in STEP_CACHE:
+                ids, pos = np.ones((b, 1), np.int64), np.full((b, 1), t, np.int64)
+                if is_inplace(sess):
+                    slots = KvSlots(sess)
+                    slots.ensure(b, max(STEP_CACHE) + 1)
+                    lengths = np.full(b, t + 1)
+
+                    def call(
+                        slots: Any = slots, ids: Any = ids, pos: Any = pos, lengths: Any = lengths
+                    ) -> None:
+                        slots.run(0, ids, pos, lengths)
+
+                else:
+                    feed = {
+                        "input_ids": ids,
+                        "attention_mask": np.ones((b, t + 1), np.int64),
+                        "position_ids": pos,
+                    }
+                    rng = np.random.default_rng(0)
+                    feed.update({i.name: rng.random((b, heads, t, size), dtype=np.float32) for i in past})
+
+                    def call(sess: Any = sess, outs: Any = outs, feed: Any = feed) -> None:
+                        sess.run(outs, feed)
+
+                for _ in range(5):
+                    call()
+                began = time.perf_counter()
+                for _ in range(reps):
+                    call()
+                ms = (time.perf_counter() - began) / reps * 1000
+                kv_mb = len(past) * b * heads * t * size * 4 / 1e6
+                rows.append(
+                    {
+                        "graph": graph,
+                        "rows": b,
+                        "cached": t,
+                        "step_ms": ms,
+                        "kv_mb": kv_mb,
+                        "tokens_per_s": b / ms * 1000,
+                    }
+                )
     return rows
+
+
+def generic_int8(folder: Path, work: Path) -> Path:
+    """The generic graph (past in, present out) of the same model, quantised as the export does."""
+    from transformers import AutoModelForCausalLM
+
+    from rayrelay_workloads.textgen.export import export_decoder, quantize_decoder
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").eval()
+    fp32 = work / "generic" / "model.onnx"
+    export_decoder(model, fp32, 17)
+    quantize_decoder(fp32, fp32.with_name("model.int8.onnx"))
+    return fp32.with_name("model.int8.onnx")
 
 
 def torch_baseline(folder: Path, new: int, rounds: int) -> list[dict[str, Any]]:
@@ -312,13 +358,22 @@ def torch_baseline(folder: Path, new: int, rounds: int) -> list[dict[str, Any]]:
 
 
 def summary(
-    levels: list[dict[str, Any]], torch_rows: list[dict[str, Any]], loop_rows: list[dict[str, Any]]
+    levels: list[dict[str, Any]],
+    torch_rows: list[dict[str, Any]],
+    loop_rows: list[dict[str, Any]],
+    generic_rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
     by_c = {row["concurrency"]: row for row in levels}
     base = {row["concurrency"]: row for row in torch_rows}
     loop = {row["concurrency"]: row for row in loop_rows}
+    generic = {row["concurrency"]: row for row in generic_rows}
     top = max(LEVELS)
     return {
+        "generic_loop_tokens_per_s_ratio_8_vs_1": ratio(
+            generic[top]["tokens_per_s"], generic[1]["tokens_per_s"]
+        ),
+        "loop_inplace_vs_generic_at_1": ratio(loop[1]["tokens_per_s"], generic[1]["tokens_per_s"]),
+        "loop_inplace_vs_generic_at_8": ratio(loop[top]["tokens_per_s"], generic[top]["tokens_per_s"]),
         "tokens_per_s_ratio_8_vs_1": ratio(by_c[top]["tokens_per_s"], by_c[1]["tokens_per_s"]),
         # Time between tokens per stream, (last - first) / (tokens - 1): events that arrive
         # together do not make it look shorter (the gaps between events would).
@@ -336,6 +391,7 @@ def report_section(doc: dict[str, Any]) -> list[str]:
     """The ``textgen_batching`` section of docs/performance.md (``bench.report``)."""
     s, torch_rows = doc["summary"], {r["concurrency"]: r for r in doc["pytorch"]}
     loop_rows = {r["concurrency"]: r for r in doc.get("decode_loop", [])}  # absent in older results
+    generic_rows = {r["concurrency"]: r for r in doc.get("decode_loop_generic", [])}
     lines = [
         "## Text generation: continuous batching (issue 25)",
         "",
@@ -345,16 +401,18 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         f"workers on one asyncio loop (aiohttp, loopback), {doc['rounds']} streams each, back to back. "
         f"Baseline: PyTorch `generate` (fp32 eager, {doc['replica_cpus']} thread) on the same prompts, "
         f"c rows per call. Decode loop alone: the replica's engine and scheduler in one process, no "
-        f"HTTP or Serve (the ceiling of the serving path). Time per token: a stream's (last - first "
+        f"HTTP or Serve (the ceiling of the serving path); with the generic graph: the same loop on "
+        f"the generic decoder of the same model (past in, present out), the lever's before. Time per token: a stream's (last - first "
         f"token) / (tokens - 1); between events: gaps between consecutive events (events that were "
         f"ready together arrive in one read). Instruction set **{doc['instruction_set']}**; load "
         f"average before {doc['load_average_before']}, after {doc['load_average_at_end']}. Command: "
         "`python -m bench --only textgen_batching`.",
         "",
-        "| streams | tokens/s | decode loop alone tokens/s | time per token p50 ms | p50 between events ms "
+        "| streams | tokens/s | decode loop alone tokens/s | decode loop alone, generic graph tokens/s "
+        "| time per token p50 ms | p50 between events ms "
         "| tokens per read | CPU ms per token: replica, proxy, client | TTFT p50 ms | TTFT p99 ms "
         "| PyTorch generate tokens/s | vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def num(value: Any, digits: int = 1) -> str:
@@ -367,6 +425,7 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         cpu_text = ", ".join(num(cpu.get(k), 3) for k in ("replica", "proxy", "client"))
         lines.append(
             f"| {c} | {row['tokens_per_s']:.1f} | {num(loop_rows.get(c, {}).get('tokens_per_s'))} | "
+            f"{num(generic_rows.get(c, {}).get('tokens_per_s'))} | "
             f"{num(row.get('tpot_ms_p50'), 2)} | {row['gap_ms_p50']:.1f} | {num(row.get('tokens_per_read'), 2)} | "
             f"{cpu_text} | {row['ttft_ms_p50']:.1f} | {row['ttft_ms_p99']:.1f} | {base:.1f} | "
             f"{ratio(row['tokens_per_s'], base):.2f}x |"
@@ -384,26 +443,39 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         "positions at most.",
         "",
     ]
+    if "generic_loop_tokens_per_s_ratio_8_vs_1" in s:
+        lines += [
+            "The lever (the in-place KV cache, docs/textgen.md): the decode loop alone makes "
+            f"{s['loop_inplace_vs_generic_at_1']:.2f}x (1 stream) and {s['loop_inplace_vs_generic_at_8']:.2f}x "
+            "(8 streams) the tokens/s of the same loop on the generic graph; 8 streams vs 1 on the generic "
+            f"graph: {s['generic_loop_tokens_per_s_ratio_8_vs_1']:.2f}x.",
+            "",
+        ]
     return lines + step_cost_lines(doc.get("step_cost") or [])
 
 
 def step_cost_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The decode step's cost by rows and cached positions (absent in older results)."""
+    """The decode step's cost by graph, rows and cached positions (absent in older results)."""
     if not rows:
         return []
-    cell = {(r["rows"], r["cached"]): r for r in rows}
+    graphs = list(dict.fromkeys(r.get("graph", "generic") for r in rows))  # older results: generic only
+    cell = {(r.get("graph", "generic"), r["rows"], r["cached"]): r for r in rows}
     batches = sorted({r["rows"] for r in rows})
     cached = sorted({r["cached"] for r in rows})
+    heads = [(g, b) for g in graphs for b in batches]
     lines = [
-        "One decode step alone (one session call of the int8 decoder, the replica's thread): ms per "
-        "step, and the key/value cache the step reads and writes back whole (the graph returns the "
-        "present cache, past + the new position, as its outputs).",
+        "One decode step alone (one session call of an int8 decoder, the replica's thread): ms per "
+        "step, the key/value cache the step attends over, and tokens/s. The generic graph reads the "
+        "past cache and writes it back whole with the new position (its present outputs); the "
+        "in-place graph writes only the new position into buffers it is bound to.",
         "",
-        "| cached positions | " + " | ".join(f"{b} row(s): ms, cache MB, tokens/s" for b in batches) + " |",
-        "|---|" + "---|" * len(batches),
+        "| cached positions | "
+        + " | ".join(f"{g}, {b} row(s): ms, cache MB, tokens/s" for g, b in heads)
+        + " |",
+        "|---|" + "---|" * len(heads),
     ]
     for t in cached:
-        cells = [cell.get((b, t)) for b in batches]
+        cells = [cell.get((g, b, t)) for g, b in heads]
         lines.append(
             f"| {t} | "
             + " | ".join(
@@ -412,14 +484,17 @@ def step_cost_lines(rows: list[dict[str, Any]]) -> list[str]:
             + " |"
         )
     lo, hi = min(batches), max(batches)
-    if all((b, t) in cell for b in (lo, hi) for t in (cached[0], cached[-1])):
-        short = cell[(hi, cached[0])]["tokens_per_s"] / cell[(lo, cached[0])]["tokens_per_s"]
-        long_ = cell[(hi, cached[-1])]["tokens_per_s"] / cell[(lo, cached[-1])]["tokens_per_s"]
-        lines += [
-            "",
-            f"{hi} rows make {short:.2f}x the tokens/s of {lo} at {cached[0]} cached positions and "
-            f"{long_:.2f}x at {cached[-1]} (docs/textgen.md, where the decode loop's ceiling is).",
-        ]
+    readings = []
+    for g in graphs:
+        if all((g, b, t) in cell for b in (lo, hi) for t in (cached[0], cached[-1])):
+            short = cell[(g, hi, cached[0])]["tokens_per_s"] / cell[(g, lo, cached[0])]["tokens_per_s"]
+            long_ = cell[(g, hi, cached[-1])]["tokens_per_s"] / cell[(g, lo, cached[-1])]["tokens_per_s"]
+            readings.append(
+                f"{g}: {hi} rows make {short:.2f}x the tokens/s of {lo} at {cached[0]} cached positions "
+                f"and {long_:.2f}x at {cached[-1]}"
+            )
+    if readings:
+        lines += ["", "; ".join(readings) + " (docs/textgen.md, where the decode loop's ceiling is)."]
     return lines + [""]
 
 
@@ -444,8 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         "pytorch": torch_baseline(folder, new, rounds),
     }
     manifest_uri = publish_set(folder, work)
-    result["decode_loop"] = decode_loop_alone(folder, work, new, rounds)  # before Ray starts
-    result["step_cost"] = step_cost(work, 20 if args.quick else 50)
+    published = next((work / "store").rglob("model.int8.onnx"))
+    generic = generic_int8(folder, work)
+    result["decode_loop"] = decode_loop_alone(folder, published, new, rounds)  # before Ray starts
+    result["decode_loop_generic"] = decode_loop_alone(folder, generic, new, rounds)
+    result["step_cost"] = step_cost({"in-place": published, "generic": generic}, 20 if args.quick else 50)
     url = serve_int8(manifest_uri, work, new)
     asyncio.run(level(url, 2, 1, new))  # warm-up
     from ray import serve
@@ -468,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['tpot_ms_p50']:17.2f} | {row['ttft_ms_p99']:11.1f} | "
             f"{cpu.get('replica', 0):.3f}, {cpu.get('proxy', 0):.3f}, {cpu.get('client', 0):.3f}"
         )
-    result["summary"] = summary(result["levels"], result["pytorch"], result["decode_loop"])
+    result["summary"] = summary(
+        result["levels"], result["pytorch"], result["decode_loop"], result["decode_loop_generic"]
+    )
     log(f"textgen_batching: {result['summary']}")
     log(
         f"textgen_batching: instruction set {result['instruction_set']}, load average before "

@@ -162,6 +162,7 @@ def check_serving(ray_cluster: Any, name: str, artifacts: Path) -> None:
     manifest = json.loads(manifest_path.read_text())
     assert manifest["task"] == "text-generation"
     generation = manifest["generation"]
+    assert generation["kvCache"] == "inplace" and "seqlens_k" in generation["inputs"]
     assert generation["greedyMatch"]["fp32"] == 1.0
     assert 0.0 <= generation["greedyMatch"]["int8"] <= 1.0
     assert manifest["parity"]["passed"] and manifest["parity"]["maxAbsLogitDiffFp32"] < 1e-3

@@ -16,14 +16,27 @@ def rows() -> list[dict[str, float]]:
     return out
 
 
-def test_the_step_cost_table_and_its_reading() -> None:
+def test_an_older_result_reads_as_the_generic_graph() -> None:
     text = "\n".join(step_cost_lines(rows()))
     assert (
-        "| cached positions | 1 row(s): ms, cache MB, tokens/s | 8 row(s): ms, cache MB, tokens/s |" in text
+        "| cached positions | generic, 1 row(s): ms, cache MB, tokens/s | generic, 8 row(s): ms, cache MB, "
+        "tokens/s |" in text
     )
     assert "| 16 | 1.00, 1.6, 1000 | 1.60, 12.8, 5000 |" in text
     assert "| 256 | 1.50, 25.6, 667 | 10.00, 204.8, 800 |" in text
-    assert "8 rows make 5.00x the tokens/s of 1 at 16 cached positions and 1.20x at 256" in text
+    assert "generic: 8 rows make 5.00x the tokens/s of 1 at 16 cached positions and 1.20x at 256" in text
+
+
+def test_both_graphs_side_by_side() -> None:
+    inplace = [dict(r, graph="in-place", step_ms=r["step_ms"] / 2) for r in rows()]
+    for r in inplace:
+        r["tokens_per_s"] = r["rows"] / r["step_ms"] * 1000
+    generic = [dict(r, graph="generic") for r in rows()]
+    text = "\n".join(step_cost_lines(inplace + generic))
+    assert "| in-place, 1 row(s): ms, cache MB, tokens/s | in-place, 8 row(s)" in text
+    assert "| generic, 1 row(s): ms, cache MB, tokens/s | generic, 8 row(s)" in text
+    assert "| 256 | 0.75, 25.6, 1333 | 5.00, 204.8, 1600 | 1.50, 25.6, 667 | 10.00, 204.8, 800 |" in text
+    assert "in-place: 8 rows make 5.00x" in text and "; generic: 8 rows make 5.00x" in text
 
 
 def test_older_results_have_no_step_cost_section() -> None:

@@ -130,6 +130,7 @@ def test_export_with_kv_cache_matches_pytorch(tiny: tuple[Any, Any, Path], tmp_p
     )
     assert (tmp_path / "out" / "onnx" / "model.onnx").is_file()
     assert (tmp_path / "out" / "onnx" / "model.int8.onnx").is_file()
+    assert result.kv_cache == "inplace", "a GPT-2 model gets the in-place decoder"
     assert result.max_diff_fp32 < 1e-4 and result.greedy_match["fp32"] == 1.0
     assert result.max_diff_int8 is not None and 0.0 <= result.greedy_match["int8"] <= 1.0
     assert result.perplexity["fp32"] == pytest.approx(result.perplexity["pytorch"], rel=1e-4)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.unit.textgen_replica import NAME, body_of, http_request, replica, tiny_decoder
 
 GENERATE = f"/v2/models/{NAME}/generate"
@@ -48,7 +50,7 @@ class Gate:
             self.allowed = None if count is None else (self.allowed or 0) + count
             self.lock.notify_all()
 
-    def run(self, *args: Any) -> Any:
+    def _wait(self) -> None:
         with self.lock:
             while self.allowed == 0:
                 self.held = True
@@ -56,7 +58,14 @@ class Gate:
             self.held = False
             if self.allowed is not None:
                 self.allowed -= 1
+
+    def run(self, *args: Any) -> Any:  # the generic graph's calls
+        self._wait()
         return self.inner.run(*args)
+
+    def run_with_iobinding(self, *args: Any) -> Any:  # the in-place graph's calls
+        self._wait()
+        return self.inner.run_with_iobinding(*args)
 
 
 async def until(condition: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
@@ -118,8 +127,9 @@ def run_alone_then_batched(server: Any, gate: Gate) -> tuple[list[Any], list[Any
     return asyncio.run(scenario())
 
 
-def test_a_request_writes_the_same_tokens_alone_and_in_a_batch_of_8() -> None:
-    server = replica(wrap=Gate)
+@pytest.mark.parametrize("kv_cache", ["inplace", "concat"])
+def test_a_request_writes_the_same_tokens_alone_and_in_a_batch_of_8(kv_cache: str) -> None:
+    server = replica(wrap=Gate, kv_cache=kv_cache)
     gate = server.engine.decoder.session
     alone, batched = run_alone_then_batched(server, gate)
     assert all(status == 200 for status, _ in alone + batched), [a for s, a in alone + batched if s != 200]
@@ -130,8 +140,9 @@ def test_a_request_writes_the_same_tokens_alone_and_in_a_batch_of_8() -> None:
         assert many["text_output"] == one["text_output"] and many["finish_reason"] == one["finish_reason"]
 
 
-def test_a_client_gone_mid_stream_frees_its_slot_at_the_next_step() -> None:
-    server = replica(spec={"generation": {"maxBatchSize": 1}}, wrap=Gate)
+@pytest.mark.parametrize("kv_cache", ["inplace", "concat"])
+def test_a_client_gone_mid_stream_frees_its_slot_at_the_next_step(kv_cache: str) -> None:
+    server = replica(spec={"generation": {"maxBatchSize": 1}}, wrap=Gate, kv_cache=kv_cache)
     gate = server.engine.decoder.session
     rows: list[Any] = []
     make_row = server.engine.row
@@ -337,8 +348,11 @@ def test_a_full_queue_gets_429_and_a_queued_request_waits_its_turn() -> None:
     assert [s for s, _ in done] == [200, 200] and server.scheduler.stats.peak_rows == 1
 
 
-def test_the_cache_cap_bounds_the_batch_and_refuses_what_never_fits() -> None:
-    server = replica(spec={"generation": {"maxCachedTokens": 64, "maxNewTokens": 60}}, wrap=Gate)
+@pytest.mark.parametrize("kv_cache", ["inplace", "concat"])
+def test_the_cache_cap_bounds_the_batch_and_refuses_what_never_fits(kv_cache: str) -> None:
+    server = replica(
+        spec={"generation": {"maxCachedTokens": 64, "maxNewTokens": 60}}, wrap=Gate, kv_cache=kv_cache
+    )
     gate = server.engine.decoder.session
     # Each asks for prompt + 20 = at most 25 positions: two fit in 64 together, three do not.
     bodies = [doc(" ".join(WORDS[i : i + 3]), 20) for i in range(4)]

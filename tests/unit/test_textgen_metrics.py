@@ -132,10 +132,17 @@ class Breakable:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def run(self, *args: Any) -> Any:
+    def _check(self) -> None:
         if self.broken:
             raise RuntimeError("the model's graph failed")
+
+    def run(self, *args: Any) -> Any:  # the generic graph's calls
+        self._check()
         return self.inner.run(*args)
+
+    def run_with_iobinding(self, *args: Any) -> Any:  # the in-place graph's calls
+        self._check()
+        return self.inner.run_with_iobinding(*args)
 
 
 def test_a_models_server_error_series_exist_at_zero_before_its_first_5xx() -> None:

@@ -29,18 +29,34 @@ CONTEXT = 128
 
 
 @functools.cache
-def tiny_decoder() -> tuple[Any, Any]:
-    """(onnxruntime session of the exported tiny decoder, its tokenizer), once per process."""
+def tiny_model() -> tuple[Any, Any, Path]:
+    """(the tiny GPT-2 in eval mode, its tokenizer, a folder for its graphs), once per process."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rayrelay_workloads.textgen.export import export_decoder, session
     from rayrelay_workloads.textgen.tiny import build_tiny_gpt2
 
     folder = Path(tempfile.mkdtemp(prefix="rayrelay-tiny-replica-"))
     model_dir = build_tiny_gpt2(folder / "hf", TRAIN, width=32, positions=CONTEXT, vocab_size=320)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-    export_decoder(model, folder / "decoder.onnx", 17)
-    return session(folder / "decoder.onnx", 1), AutoTokenizer.from_pretrained(str(model_dir))
+    return model, AutoTokenizer.from_pretrained(str(model_dir)), folder
+
+
+@functools.cache
+def tiny_decoder(kv_cache: str = "inplace") -> tuple[Any, Any]:
+    """(onnxruntime session of the tiny decoder, its tokenizer), once per process and graph kind.
+
+    ``inplace`` is the graph the export writes for GPT-2 (``textgen.inplace``); ``concat`` the
+    generic one (past in, present out) it writes for other models and wrote before."""
+    from rayrelay_workloads.textgen.export import export_decoder, session
+    from rayrelay_workloads.textgen.inplace import build_inplace_decoder
+
+    model, tokenizer, folder = tiny_model()
+    path = folder / f"decoder.{kv_cache}.onnx"
+    if kv_cache == "inplace":
+        build_inplace_decoder(model, path)
+    else:
+        export_decoder(model, path, 17)
+    return session(path, 1), tokenizer
 
 
 def replica(
@@ -48,6 +64,7 @@ def replica(
     spec: dict[str, Any] | None = None,
     chat_template: str | None = None,
     wrap: Any = None,
+    kv_cache: str = "inplace",
 ) -> Any:
     """A ``TextGenServer`` on the tiny decoder; ``spec`` adds to a minimal ModelDeployment spec.
 
@@ -56,7 +73,7 @@ def replica(
     from rayrelay_workloads.serve.metrics import GenerationMetrics
     from rayrelay_workloads.textgen.serving import TextGenEngine, TextGenServer
 
-    session, tokenizer = tiny_decoder()
+    session, tokenizer = tiny_decoder(kv_cache)
     session = session if wrap is None else wrap(session)
     if chat_template is not None:
         tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, choose, left_pad, positions
+from rayrelay_workloads.textgen.inplace import InplaceDecoder, KvSlots, right_pad
 
 log = logging.getLogger("ray.serve")
 
@@ -111,6 +112,11 @@ class DecodeBatch:
     def cached_tokens(self) -> int:
         """Cache positions held now, padding included (rows x width)."""
         return int(self.mask.size)
+
+    @property
+    def width(self) -> int:
+        """The longest row's cached length."""
+        return int(self.mask.shape[1])
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]) -> Any:
         feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
@@ -185,6 +191,88 @@ class DecodeBatch:
         self.drop()
 
 
+class InplaceBatch:
+    """The rows decoding together on the in-place decoder (``textgen.inplace``): row i is slot i.
+
+    Joining rows are prefilled together into the slots after the running ones (right-padded,
+    each with its own length); a step feeds every row's last token and the graph writes each
+    row's new key/value at the row's own length. A leaving row's slot is filled by moving the
+    rows after it down (only their cached positions are copied), so the running rows always sit
+    in slots 0 .. n-1 and one graph call serves them all. The buffers are freed when the batch
+    empties."""
+
+    def __init__(self, decoder: InplaceDecoder) -> None:
+        self.pad_id = decoder.pad_id
+        self.slots = KvSlots(decoder.session)
+        self.rows: list[Row] = []
+        self.lengths: list[int] = []  # each row's cached positions
+
+    @property
+    def width(self) -> int:
+        """The longest row's cached length."""
+        return max(self.lengths, default=0)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Cache positions held now, counted as the generic batch does (rows x the longest row)."""
+        return len(self.rows) * self.width
+
+    def join(self, rows: list[Row]) -> None:
+        """Prefill ``rows`` together, emit each one's first token, keep the unfinished in the batch."""
+        start = len(self.rows)
+        ids, pos, lengths = right_pad([r.prompt for r in rows], self.pad_id)
+        reserve = max(r.reserve for r in [*self.rows, *rows])
+        self.slots.ensure(start + len(rows), max(reserve, ids.shape[1]))
+        logits = self.slots.run(start, ids, pos, lengths)
+        self.rows = self.rows + rows
+        self.lengths = self.lengths + [int(n) for n in lengths]
+        for i, row in enumerate(rows):
+            row.pos = len(row.prompt) - 1
+            row.take(logits[i, int(lengths[i]) - 1])
+        self.drop()
+
+    def step(self) -> None:
+        """One decode step of every row: feed its last token, choose and emit the next."""
+        if not self.rows:
+            return
+        ids = np.array([[r.last] for r in self.rows], dtype=np.int64)
+        pos = np.array([[r.pos] for r in self.rows], dtype=np.int64)
+        after = np.array(self.lengths, dtype=np.int64) + 1
+        self.slots.ensure(len(self.rows), int(after.max()))
+        logits = self.slots.run(0, ids, pos, after)
+        self.lengths = [int(n) for n in after]
+        for i, row in enumerate(self.rows):
+            row.take(logits[i, -1])
+        self.drop()
+
+    def drop(self) -> None:
+        """Cut out rows that ended or were cancelled; the rows after them move down a slot."""
+        keep = [i for i, r in enumerate(self.rows) if not (r.done or r.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        for dst, src in enumerate(keep):
+            if src != dst:  # keep is increasing, so src's slot is never overwritten before it moves
+                self.slots.move(src, dst, self.lengths[src])
+        self.rows = [self.rows[i] for i in keep]
+        self.lengths = [self.lengths[i] for i in keep]
+        if not self.rows:
+            self.slots.clear()
+
+    def fail(self, exc: BaseException) -> None:
+        """A step failed: every row gets the error and the batch empties."""
+        for row in self.rows:
+            row.done = True
+            row.emit(exc)
+        self.drop()
+
+
+def batch_for(decoder: OnnxDecoder | InplaceDecoder) -> DecodeBatch | InplaceBatch:
+    """The batch that drives ``decoder``'s graph."""
+    if isinstance(decoder, InplaceDecoder):
+        return InplaceBatch(decoder)
+    return DecodeBatch(decoder)
+
+
 def _pad_left(mask: np.ndarray, past: list[np.ndarray], width: int) -> tuple[np.ndarray, list[np.ndarray]]:
     extra = width - mask.shape[1]
     if extra == 0:
@@ -218,8 +306,8 @@ class Stats:
 class Scheduler:
     """One decode loop per replica, on its own thread; rows join and leave at step boundaries."""
 
-    def __init__(self, decoder: OnnxDecoder, caps: Caps) -> None:
-        self.batch = DecodeBatch(decoder)
+    def __init__(self, decoder: OnnxDecoder | InplaceDecoder, caps: Caps) -> None:
+        self.batch = batch_for(decoder)
         self.caps = caps
         self.cond = threading.Condition()
         self.waiting: deque[Row] = deque()
@@ -310,5 +398,5 @@ class Scheduler:
         """Peaks of the step about to run (its cache is one column wider than now)."""
         rows = len(self.batch.rows)
         self.stats.peak_rows = max(self.stats.peak_rows, rows)
-        held = rows * (self.batch.mask.shape[1] + 1) if rows else 0
+        held = rows * (self.batch.width + 1) if rows else 0
         self.stats.peak_cached_tokens = max(self.stats.peak_cached_tokens, held)

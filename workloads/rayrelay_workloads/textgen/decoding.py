@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rayrelay_workloads.textgen.inplace import InplaceDecoder, is_inplace
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -97,6 +99,26 @@ class OnnxDecoder:
         pos = self.next_pos
         self.next_pos = pos + 1
         return self._run(tokens.reshape(-1, 1).astype(np.int64), pos)
+
+    def full_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position of one row (a prefill on an empty past; the cache is left as it is)."""
+        feed: dict[str, np.ndarray] = {
+            "input_ids": np.array([list(ids)], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+            "position_ids": np.arange(len(ids), dtype=np.int64)[None],
+        }
+        empty = np.zeros((1, self.heads, 0, self.head_size), dtype=np.float32)
+        feed |= {n: empty for n in self.past_names}
+        logits: np.ndarray = self.session.run(["logits"], feed)[0][0]
+        return logits
+
+
+def onnx_decoder(session: Any, pad_id: int) -> OnnxDecoder | InplaceDecoder:
+    """The decoder that drives ``session``'s graph: the in-place one (``textgen.inplace``) or the
+    generic one with past and present caches."""
+    if is_inplace(session):
+        return InplaceDecoder(session, pad_id)
+    return OnnxDecoder(session, pad_id)
 
 
 class TorchDecoder:

@@ -4,10 +4,13 @@
 checkpoint. It writes what ``publish`` uploads:
 
 - ``hf/``: save_pretrained model + tokenizer (the PyTorch reference);
-- ``onnx/model.onnx``: the decoder with past key values (``decoding.py`` states
-  its inputs and outputs), exported from eager attention with the TorchScript
-  exporter and dynamic batch / sequence / past axes, so one graph serves the
-  prefill (an empty past) and every later step (one new token);
+- ``onnx/model.onnx``: the decoder with its KV cache. A GPT-2 model gets the
+  in-place graph (``textgen.inplace``: built from the weights, onnxruntime's
+  ``GroupQueryAttention`` writes each new position into cache buffers the caller
+  keeps); any other model the generic graph with past key values in and present
+  ones out (``decoding.py`` states its inputs and outputs), exported from eager
+  attention with the TorchScript exporter and dynamic batch / sequence / past
+  axes. Either way one graph serves the prefill and every later step;
 - ``onnx/model.int8.onnx``: onnxruntime's dynamic int8 quantisation of it.
 
 Checks, recorded in the manifest (``generation`` block and metrics):
@@ -41,12 +44,13 @@ from rayrelay_core.api import ExportSpec, Quantize
 from rayrelay_workloads.export_checks import ParityError, time_ms
 from rayrelay_workloads.textgen.data import LmExample
 from rayrelay_workloads.textgen.decoding import (
-    OnnxDecoder,
     Sampling,
     StepModel,
     TorchDecoder,
     generate_ids,
+    onnx_decoder,
 )
+from rayrelay_workloads.textgen.inplace import build_inplace_decoder, supports
 from rayrelay_workloads.textgen.lm import encode_examples, perplexity
 
 PARITY_PROMPTS = 8  # validation rows whose first words become parity prompts
@@ -69,6 +73,7 @@ class LmExportResult:
     eos_token_id: int | None
     context_length: int
     metrics: dict[str, float] = field(default_factory=dict)
+    kv_cache: str = "concat"  # "inplace" (textgen.inplace) or "concat" (export_decoder)
 
 
 def past_names(layers: int) -> tuple[list[str], list[str]]:
@@ -197,20 +202,13 @@ def torch_greedy(model: Any, prompts: list[list[int]], new_tokens: int, eos: int
 
 def onnx_perplexity(sess: Any, tokenizer: Any, rows: list[LmExample], max_len: int) -> float:
     """Validation perplexity of an ONNX decoder (prefill over each row, empty past)."""
-    decoder = OnnxDecoder(sess, int(tokenizer.pad_token_id or 0))
+    decoder = onnx_decoder(sess, int(tokenizer.pad_token_id or 0))
     total, count = 0.0, 0
     for row in rows:
         batch = encode_examples(tokenizer, [row], max_len)
         ids = batch["input_ids"][0].tolist()
         labels = batch["labels"][0].numpy()
-        feed: dict[str, Any] = {
-            "input_ids": np.array([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-            "position_ids": np.arange(len(ids), dtype=np.int64)[None],
-        }
-        empty = np.zeros((1, decoder.heads, 0, decoder.head_size), dtype=np.float32)
-        feed |= {n: empty for n in decoder.past_names}
-        logits = sess.run(["logits"], feed)[0][0].astype(np.float64)
+        logits = decoder.full_logits(ids).astype(np.float64)
         target = labels[1:]
         keep = target != -100
         shifted = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
@@ -236,7 +234,7 @@ def export_lm(
     out = Path(out_dir)
     torch.set_num_threads(threads)
     model, tokenizer = _load_and_save(checkpoint_dir, tokenizer_source, out, max_len)
-    sessions, int8_file = _export_variants(model, out, spec, threads)
+    sessions, int8_file, kv_cache = _export_variants(model, out, spec, threads)
     eos = tokenizer.eos_token_id
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0))
     prompts = parity_prompts(tokenizer, validation)
@@ -263,6 +261,7 @@ def export_lm(
             getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
         ),
         metrics=metrics,
+        kv_cache=kv_cache,
     )
 
 
@@ -289,17 +288,26 @@ def _load_and_save(
 
 def _export_variants(
     model: Any, out: Path, spec: ExportSpec, threads: int
-) -> tuple[dict[str, Any], str | None]:
-    """The fp32 decoder and, with ``quantize: int8``, its int8 copy: their sessions, and the int8 file."""
+) -> tuple[dict[str, Any], str | None, str]:
+    """The fp32 decoder and, with ``quantize: int8``, its int8 copy: their sessions, the int8 file,
+    and the kind of KV cache the graph has.
+
+    A GPT-2 model gets the in-place graph (``textgen.inplace``: each step writes only the new
+    position into the cache); any other model the generic TorchScript export."""
     fp32_path = out / "onnx" / "model.onnx"
-    export_decoder(model, fp32_path, spec.opset)
+    if supports(model.config) is None:
+        build_inplace_decoder(model, fp32_path)
+        kv_cache = "inplace"
+    else:
+        export_decoder(model, fp32_path, spec.opset)
+        kv_cache = "concat"
     sessions = {"fp32": session(fp32_path, threads)}
     if spec.quantize != Quantize.INT8:
-        return sessions, None
+        return sessions, None, kv_cache
     int8_path = fp32_path.with_name("model.int8.onnx")
     quantize_decoder(fp32_path, int8_path)
     sessions["int8"] = session(int8_path, threads)
-    return sessions, "onnx/model.int8.onnx"
+    return sessions, "onnx/model.int8.onnx", kv_cache
 
 
 def _parity(
@@ -312,7 +320,7 @@ def _parity(
     diffs: dict[str, float] = {}
     matches: dict[str, float] = {}
     for name, sess in sessions.items():
-        decoder = OnnxDecoder(sess, pad)
+        decoder = onnx_decoder(sess, pad)
         worst = 0.0
         for prompt, ref_tokens in zip(prompts, reference, strict=True):
             ref_logits = stepwise_logits(TorchDecoder(model, pad), prompt, ref_tokens[:-1])
@@ -352,7 +360,7 @@ def _timings(
     """ms per generated token (batch 1, greedy, no EOS stop) of PyTorch and each ONNX variant."""
     sampling = Sampling(max_new_tokens=BENCH_NEW_TOKENS)
     runners: dict[str, StepModel] = {"pytorch": TorchDecoder(model, pad)}
-    runners |= {k: OnnxDecoder(s, pad) for k, s in sessions.items()}
+    runners |= {k: onnx_decoder(s, pad) for k, s in sessions.items()}
     metrics: dict[str, float] = {"decode_bench_new_tokens": BENCH_NEW_TOKENS}
     for name, runner in runners.items():
 

@@ -107,9 +107,20 @@ def lm_metrics(result: LmExportResult, train_metrics: dict[str, float]) -> dict[
 
 def generation_block(result: LmExportResult) -> dict[str, Any]:
     """The manifest's ``generation``: what a replica needs to drive the decoder, and its parity figures."""
+    if result.kv_cache == "inplace":
+        inputs = [
+            "input_ids",
+            "position_ids",
+            "seqlens_k",
+            "total_sequence_length",
+            "past_key_values.{i}.key|value",
+        ]
+    else:
+        inputs = ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"]
     return {
-        "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
+        "inputs": inputs,
         "outputs": ["logits", "present.{i}.key|value"],
+        "kvCache": result.kv_cache,
         "eosTokenId": result.eos_token_id,
         "contextLength": result.context_length,
         "parityPrompts": result.prompts,

@@ -76,8 +76,8 @@ from rayrelay_workloads.serve.metrics import GenerationMetrics
 from rayrelay_workloads.serve.protocol import ProtocolError, show
 from rayrelay_workloads.textgen import openai_api as oa
 from rayrelay_workloads.textgen import protocol as gp
-from rayrelay_workloads.textgen.batching import Caps, DecodeBatch, Piece, QueueFull, Row, Scheduler
-from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, TextStream
+from rayrelay_workloads.textgen.batching import Caps, Piece, QueueFull, Row, Scheduler, batch_for
+from rayrelay_workloads.textgen.decoding import Sampling, TextStream, onnx_decoder
 from rayrelay_workloads.textgen.tokenizer import light_text_tokenizer
 
 log = logging.getLogger("ray.serve")
@@ -141,7 +141,7 @@ class TextGenEngine:
         # threads must not touch at once ("Already borrowed").
         self.tokenizer_lock = threading.Lock()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
-        self.decoder = OnnxDecoder(session, int(pad))
+        self.decoder = onnx_decoder(session, int(pad))
         self.eos_id = eos_id
         self.context = context
         self.limits = limits
@@ -202,7 +202,7 @@ class TextGenEngine:
     def pieces(self, req: gp.GenerationRequest, ids: list[int]) -> Iterator[Piece]:
         """One request alone, on the calling thread: each token as it is chosen (warm-up, tests)."""
         out: list[Piece | BaseException] = []
-        batch = DecodeBatch(self.decoder)
+        batch = batch_for(self.decoder)
         batch.join([self.row(req, ids, out.append)])
         while True:
             for item in out:
