@@ -15,6 +15,11 @@ sampling parameters and seeded generator, and a ``turn`` function that makes a
   their cache is merged in; leaving rows are cut out and the columns no row
   uses any more are trimmed, so the cache is always
   ``rows x the longest row's length``.
+- :class:`InplaceBatch` does the same on the in-place decoder
+  (``textgen.inplace``, what the export writes for GPT-2): each row has a
+  slot of cache buffers the graph writes into, and its own length, so
+  nothing is padded, masked or copied per step (:func:`batch_for` picks the
+  batch from the decoder).
 - :class:`Scheduler` runs one decode loop per replica on its own thread
   (onnxruntime releases the GIL, so the event loop keeps streaming): at each
   step boundary it drops cancelled rows (a client gone), admits waiting rows

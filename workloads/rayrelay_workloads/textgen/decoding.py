@@ -7,7 +7,11 @@ The exported graph (``textgen.export``) takes ``input_ids``, ``attention_mask``
 call (prefill) passes an empty past (length 0) and the whole prompt; every
 later call passes only the new token, so the prefix is never recomputed.
 
-:class:`OnnxDecoder` runs that graph; :class:`TorchDecoder` runs the same
+For GPT-2 models the export writes the in-place graph instead
+(``textgen.inplace``, its ``InplaceDecoder``); :func:`onnx_decoder` picks the
+decoder from the graph's inputs.
+
+:class:`OnnxDecoder` runs the generic graph; :class:`TorchDecoder` runs the same
 steps on the PyTorch model (the reference of the parity checks and the bench).
 :func:`decode` is the loop both share: greedy when ``temperature`` is 0, else
 temperature + nucleus (``top_p``) sampling from a seeded generator; it yields

@@ -63,109 +63,122 @@ def is_inplace(session: Any) -> bool:
 def build_inplace_decoder(model: Any, path: Path) -> None:
     """Write the in-place decoder of a GPT-2 ``model`` (``GPT2LMHeadModel``) to ``path``."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     why = supports(model.config)
     if why is not None:
         raise ValueError(f"the in-place decoder does not support this model: {why}")
-    cfg = model.config
-    layers, heads, width = int(cfg.n_layer), int(cfg.n_head), int(cfg.n_embd)
-    head_size = width // heads
-    eps = float(cfg.layer_norm_epsilon)
-    weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    inits: list[Any] = []
-    nodes: list[Any] = []
-
-    def init(name: str, array: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], out: str, domain: str = "", **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
-        return out
-
-    def linear(x: str, prefix: str, out: str) -> str:
-        # GPT-2's Conv1D keeps its weight as (in, out): x @ W + b.
-        mm = node("MatMul", [x, init(f"{prefix}.weight", weights[f"{prefix}.weight"])], f"{out}_mm")
-        return node("Add", [mm, init(f"{prefix}.bias", weights[f"{prefix}.bias"])], out)
-
-    def norm(x: str, prefix: str, out: str) -> str:
-        scale, bias = (
-            init(f"{prefix}.weight", weights[f"{prefix}.weight"]),
-            init(f"{prefix}.bias", weights[f"{prefix}.bias"]),
-        )
-        return node("LayerNormalization", [x, scale, bias], out, axis=-1, epsilon=eps)
-
-    t = "transformer"
-    tok = node("Gather", [init("wte", weights[f"{t}.wte.weight"]), "input_ids"], "tok_emb")
-    pos = node("Gather", [init("wpe", weights[f"{t}.wpe.weight"]), "position_ids"], "pos_emb")
-    x = node("Add", [tok, pos], "h_in")
-    split = init("qkv_split", np.array([width, width, width], dtype=np.int64))
-    gelu = GELU_OPS[cfg.activation_function]
-    present: list[str] = []
-    for i in range(layers):
-        p = f"{t}.h.{i}"
-        a = norm(x, f"{p}.ln_1", f"l{i}_ln1")
-        qkv = linear(a, f"{p}.attn.c_attn", f"l{i}_qkv")
-        nodes.append(helper.make_node("Split", [qkv, split], [f"l{i}_q", f"l{i}_k", f"l{i}_v"], axis=-1))
-        nodes.append(
-            helper.make_node(
-                "GroupQueryAttention",
-                [
-                    f"l{i}_q",
-                    f"l{i}_k",
-                    f"l{i}_v",
-                    f"past_key_values.{i}.key",
-                    f"past_key_values.{i}.value",
-                    "seqlens_k",
-                    "total_sequence_length",
-                ],
-                [f"l{i}_att", f"present.{i}.key", f"present.{i}.value"],
-                name=f"l{i}_gqa",
-                domain="com.microsoft",
-                num_heads=heads,
-                kv_num_heads=heads,
-                scale=1.0 / math.sqrt(head_size),
-            )
-        )
-        present += [f"present.{i}.key", f"present.{i}.value"]
-        x = node("Add", [x, linear(f"l{i}_att", f"{p}.attn.c_proj", f"l{i}_o")], f"l{i}_res1")
-        m = norm(x, f"{p}.ln_2", f"l{i}_ln2")
-        m = node(gelu, [linear(m, f"{p}.mlp.c_fc", f"l{i}_fc")], f"l{i}_gelu", domain="com.microsoft")
-        x = node("Add", [x, linear(m, f"{p}.mlp.c_proj", f"l{i}_mlp")], f"l{i}_res2")
-    x = norm(x, f"{t}.ln_f", "ln_f")
-    head = weights.get("lm_head.weight", weights[f"{t}.wte.weight"])
-    node("MatMul", [x, init("lm_head_t", head.T)], "logits")
-
-    f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
-    buf: list[str | int | None] = ["batch", heads, "buffer", head_size]
-    inputs = [
-        helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
-        helper.make_tensor_value_info("position_ids", i64, ["batch", "sequence"]),
-        helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
-        helper.make_tensor_value_info("total_sequence_length", i32, []),
-    ]
-    inputs += [
-        helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", f32, buf)
-        for i in range(layers)
-        for kv in ("key", "value")
-    ]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "sequence", int(cfg.vocab_size)])]
-    outputs += [helper.make_tensor_value_info(n, f32, buf) for n in present]
-    # Shape inference stops at com.microsoft ops; their outputs' types let the int8
-    # quantiser (which needs every MatMul input's type) go on past them.
-    hidden = [f"l{i}_att" for i in range(layers)] + [f"l{i}_gelu" for i in range(layers)]
-    known = [helper.make_tensor_value_info(n, f32, None) for n in hidden]
-    graph = helper.make_graph(nodes, "rayrelay_inplace_decoder", inputs, outputs, inits, value_info=known)
+    g = _Graph(model)
+    x = g.node("Add", [g.embedding("wte", "input_ids"), g.embedding("wpe", "position_ids")], "h_in")
+    for i in range(g.layers):
+        x = g.block(i, x)
+    x = g.norm(x, "transformer.ln_f", "ln_f")
+    head = g.weights.get("lm_head.weight", g.weights["transformer.wte.weight"])
+    g.node("MatMul", [x, g.init("lm_head_t", head.T)], "logits")
     proto = helper.make_model(
-        graph,
+        g.graph(),
         ir_version=10,
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
         producer_name="rayrelay",
     )
-    helper.set_model_props(proto, {"rayrelay.kv_cache": "inplace", "rayrelay.context": str(cfg.n_positions)})
+    helper.set_model_props(
+        proto, {"rayrelay.kv_cache": "inplace", "rayrelay.context": str(model.config.n_positions)}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
+
+
+class _Graph:
+    """The nodes and weights of the in-place graph as they are added (``build_inplace_decoder``)."""
+
+    def __init__(self, model: Any) -> None:
+        cfg = model.config
+        self.cfg = cfg
+        self.layers, self.heads, self.width = int(cfg.n_layer), int(cfg.n_head), int(cfg.n_embd)
+        self.head_size = self.width // self.heads
+        self.weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+        self.inits: list[Any] = []
+        self.nodes: list[Any] = []
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def weight(self, name: str) -> str:
+        return self.init(name, self.weights[name])
+
+    def node(self, op: str, inputs: list[str], out: str, domain: str = "", **attrs: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def embedding(self, table: str, ids: str) -> str:
+        return self.node(
+            "Gather", [self.init(table, self.weights[f"transformer.{table}.weight"]), ids], f"{table}_out"
+        )
+
+    def linear(self, x: str, prefix: str, out: str) -> str:
+        # GPT-2's Conv1D keeps its weight as (in, out): x @ W + b.
+        mm = self.node("MatMul", [x, self.weight(f"{prefix}.weight")], f"{out}_mm")
+        return self.node("Add", [mm, self.weight(f"{prefix}.bias")], out)
+
+    def norm(self, x: str, prefix: str, out: str) -> str:
+        scale, bias = self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias")
+        eps = float(self.cfg.layer_norm_epsilon)
+        return self.node("LayerNormalization", [x, scale, bias], out, axis=-1, epsilon=eps)
+
+    def block(self, i: int, x: str) -> str:
+        """Layer ``i``: attention over the cache buffers, then the MLP, each with its residual."""
+        from onnx import helper
+
+        p = f"transformer.h.{i}"
+        qkv = self.linear(self.norm(x, f"{p}.ln_1", f"l{i}_ln1"), f"{p}.attn.c_attn", f"l{i}_qkv")
+        split = self.init(f"l{i}_split", np.array([self.width] * 3, dtype=np.int64))
+        self.nodes.append(helper.make_node("Split", [qkv, split], [f"l{i}_q", f"l{i}_k", f"l{i}_v"], axis=-1))
+        past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        self.nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [f"l{i}_q", f"l{i}_k", f"l{i}_v", *past, "seqlens_k", "total_sequence_length"],
+                [f"l{i}_att", f"present.{i}.key", f"present.{i}.value"],
+                name=f"l{i}_gqa",
+                domain="com.microsoft",
+                num_heads=self.heads,
+                kv_num_heads=self.heads,
+                scale=1.0 / math.sqrt(self.head_size),
+            )
+        )
+        x = self.node("Add", [x, self.linear(f"l{i}_att", f"{p}.attn.c_proj", f"l{i}_o")], f"l{i}_res1")
+        m = self.linear(self.norm(x, f"{p}.ln_2", f"l{i}_ln2"), f"{p}.mlp.c_fc", f"l{i}_fc")
+        m = self.node(GELU_OPS[self.cfg.activation_function], [m], f"l{i}_gelu", domain="com.microsoft")
+        return self.node("Add", [x, self.linear(m, f"{p}.mlp.c_proj", f"l{i}_mlp")], f"l{i}_res2")
+
+    def graph(self) -> Any:
+        """The graph with its inputs and outputs (see the module docstring)."""
+        from onnx import TensorProto, helper
+
+        f32, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+        buf: list[str | int | None] = ["batch", self.heads, "buffer", self.head_size]
+        caches = [(i, kv) for i in range(self.layers) for kv in ("key", "value")]
+        inputs = [
+            helper.make_tensor_value_info("input_ids", i64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("position_ids", i64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("seqlens_k", i32, ["batch"]),
+            helper.make_tensor_value_info("total_sequence_length", i32, []),
+        ] + [helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", f32, buf) for i, kv in caches]
+        vocab = int(self.cfg.vocab_size)
+        outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "sequence", vocab])]
+        outputs += [helper.make_tensor_value_info(f"present.{i}.{kv}", f32, buf) for i, kv in caches]
+        # Shape inference stops at com.microsoft ops; their outputs' types let the int8
+        # quantiser (which needs every MatMul input's type) go on past them.
+        hidden = [f"l{i}_{op}" for i in range(self.layers) for op in ("att", "gelu")]
+        known = [helper.make_tensor_value_info(n, f32, None) for n in hidden]
+        return helper.make_graph(
+            self.nodes, "rayrelay_inplace_decoder", inputs, outputs, self.inits, value_info=known
+        )
 
 
 class KvSlots:
