@@ -4,16 +4,19 @@ The model is a GPT-2-style decoder built here (``rayrelay_workloads.textgen.tiny
 random weights, 6 layers, width 384, 6 heads, a byte-level BPE tokenizer trained
 on the shipped text; no hub is reachable here, and speed does not depend on
 the weights). The ONNX variants are made with the product's own functions
-(``textgen.export``): ``export_decoder`` (past key values as inputs and outputs)
-and ``quantize_decoder`` (dynamic int8).
+(``textgen.export``): ``export_decoder`` (the generic graph: past key values as
+inputs, past + new as outputs), ``build_inplace_decoder`` (the in-place graph the
+export writes for GPT-2 models, ``textgen.inplace``) and ``quantize_decoder``
+(dynamic int8).
 
 Contenders, each with 2 threads (``torch.set_num_threads`` / onnxruntime
 ``intra_op_num_threads``):
 
 - ``pytorch-generate``: transformers ``generate`` (greedy, its own KV cache,
   ``min_new_tokens`` = ``max_new_tokens`` so no row stops early), eager, fp32;
-- ``ort-fp32-kv`` / ``ort-int8-kv``: the product's decoding loop
-  (``textgen.decoding.decode``, greedy, same token count) on each graph.
+- ``ort-fp32-kv`` / ``ort-int8-kv`` (generic graph) and ``ort-fp32-inplace`` /
+  ``ort-int8-inplace``: the product's decoding loop (``textgen.decoding.decode``,
+  greedy, same token count) on each graph.
 
 For batch 1 and 8 (prompts: validation texts cut to the same 32 tokens), each
 contender generates ``NEW`` tokens per row; the contenders are interleaved per
@@ -41,7 +44,7 @@ apply_env()
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 PROMPT_TOKENS = 32
-CONTENDERS = ("pytorch-generate", "ort-fp32-kv", "ort-int8-kv")
+CONTENDERS = ("pytorch-generate", "ort-fp32-kv", "ort-int8-kv", "ort-fp32-inplace", "ort-int8-inplace")
 
 
 def prompts(tokenizer: Any, batch: int) -> list[list[int]]:
@@ -61,8 +64,9 @@ def kernel(folder: Path, work: Path, batches: list[int], new: int, reps: int) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rayrelay_workloads.textgen.decoding import OnnxDecoder, Sampling, generate_ids
+    from rayrelay_workloads.textgen.decoding import Sampling, generate_ids, onnx_decoder
     from rayrelay_workloads.textgen.export import export_decoder, quantize_decoder, session
+    from rayrelay_workloads.textgen.inplace import build_inplace_decoder
 
     torch.set_num_threads(THREADS)
     model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").eval()
@@ -71,7 +75,17 @@ def kernel(folder: Path, work: Path, batches: list[int], new: int, reps: int) ->
     export_decoder(model, fp32, 17)
     quantize_decoder(fp32, int8)
     sizes = {"fp32_mib": fp32.stat().st_size / 2**20, "int8_mib": int8.stat().st_size / 2**20}
-    decoders = {"ort-fp32-kv": session(fp32, THREADS), "ort-int8-kv": session(int8, THREADS)}
+    # The in-place graph (textgen.inplace) is what the export writes for this GPT-2 model; the
+    # generic one (past in, present out) is what it writes for other models.
+    fp32_inplace, int8_inplace = work / "model.inplace.onnx", work / "model.inplace.int8.onnx"
+    build_inplace_decoder(model, fp32_inplace)
+    quantize_decoder(fp32_inplace, int8_inplace)
+    decoders = {
+        "ort-fp32-kv": session(fp32, THREADS),
+        "ort-int8-kv": session(int8, THREADS),
+        "ort-fp32-inplace": session(fp32_inplace, THREADS),
+        "ort-int8-inplace": session(int8_inplace, THREADS),
+    }
     sampling = Sampling(max_new_tokens=new)
 
     def run_torch(batch: list[list[int]]) -> None:
@@ -92,7 +106,7 @@ def kernel(folder: Path, work: Path, batches: list[int], new: int, reps: int) ->
         batch = prompts(tokenizer, batch_size)
         runners = {"pytorch-generate": lambda b=batch: run_torch(b)}
         for name, sess in decoders.items():
-            runners[name] = lambda b=batch, s=sess: generate_ids(OnnxDecoder(s, 0), b, sampling, None)
+            runners[name] = lambda b=batch, s=sess: generate_ids(onnx_decoder(s, 0), b, sampling, None)
         for fn in runners.values():  # warm-up
             fn()
         seconds: dict[str, list[float]] = {name: [] for name in runners}
@@ -124,7 +138,7 @@ def kernel(folder: Path, work: Path, batches: list[int], new: int, reps: int) ->
                 )
             ref_tokens = ref[0, PROMPT_TOKENS:].tolist()
             for name, sess in decoders.items():
-                got = generate_ids(OnnxDecoder(sess, 0), batch, sampling, None)[0]
+                got = generate_ids(onnx_decoder(sess, 0), batch, sampling, None)[0]
                 agree[name] = float(np.mean([a == b for a, b in zip(got, ref_tokens, strict=True)]))
     return {"rows": rows, "sizes": sizes, "greedy_token_agreement_b1": agree}
 
@@ -233,10 +247,12 @@ def report_section(doc: dict[str, Any]) -> list[str]:
         "",
         f"GPT-2-style decoder, random weights, {model['layers']} layers x width {model['width']}; prompts of "
         f"{model['prompt_tokens']} tokens, {model['new_tokens']} new tokens per row (greedy, no early stop); "
-        f"{doc['threads']} threads each; instruction set {doc['instruction_set']} (no AVX-512 here); "
+        f"{doc['threads']} threads each; instruction set {doc['instruction_set']}; "
         f"load average at the end {doc.get('load_average_at_end')}. Tokens/s = rows x new tokens / wall "
         "time, median of interleaved repetitions. Command: `python -m bench --only textgen` "
-        "(it runs `python -m bench.textgen`).",
+        "(it runs `python -m bench.textgen`). `-kv`: the generic graph (past keys/values in, past + new "
+        "out); `-inplace`: the graph the export writes for GPT-2 models, which writes each new position "
+        "into cache buffers in place (docs/textgen.md).",
         "",
         "| batch | contender | tokens/s | vs PyTorch generate |",
         "|---|---|---|---|",
