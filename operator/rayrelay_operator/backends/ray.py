@@ -759,6 +759,7 @@ class RayBackend:
             if _same(merged, current):
                 return  # nothing changed: a PUT would only make Serve re-check everything
             self._rest("PUT", deploy_body(instance, merged, self.serve_host, self.serve_port))
+            log.info("Serve applications written for %s: %s", work.app_name, _names(merged))
 
     def _check_app_owner(self, current: list[dict[str, Any]], work: ServingWork) -> None:
         mine = next((app for app in current if app.get("name") == work.app_name), None)
@@ -791,6 +792,12 @@ class RayBackend:
         with _SERVE_LOCK:
             instance = self.serve_instance()
             if work.app_name not in (instance.get("applications") or {}):
+                listed = sorted(instance.get("applications") or {})
+                log.info(
+                    "Serve application %s: not listed (Serve has %s), nothing to delete",
+                    work.app_name,
+                    listed,
+                )
                 return
             current = current_applications(instance)
             mine = next((app for app in current if app.get("name") == work.app_name), None)
@@ -798,6 +805,11 @@ class RayBackend:
                 return  # another namespace's application: never ours to remove
             remaining = remove_application(current, work.app_name)
             self._rest("PUT", deploy_body(instance, remaining, self.serve_host, self.serve_port))
+            log.info("Serve application %s: deleted; applications left: %s", work.app_name, _names(remaining))
+
+
+def _names(apps: list[dict[str, Any]]) -> list[str]:
+    return sorted(str(app.get("name")) for app in apps)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
