@@ -81,9 +81,6 @@ def build_inplace_decoder(model: Any, path: Path) -> None:
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
         producer_name="rayrelay",
     )
-    helper.set_model_props(
-        proto, {"rayrelay.kv_cache": "inplace", "rayrelay.context": str(model.config.n_positions)}
-    )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
 
@@ -201,10 +198,6 @@ class KvSlots:
         self.heads, self.head_size = int(shape[1]), int(shape[3])
         self.buffers: list[np.ndarray] = []
         self.capacity = self.length = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.buffers)
 
     def ensure(self, rows: int, length: int) -> None:
         """Room for ``rows`` slots of ``length`` positions; what the slots hold is kept."""
